@@ -1,0 +1,166 @@
+"""The preprocessing cache: one uint8 array per (dataset, preprocessing) shared by every run.
+
+Layout under ``cache_dir``:
+  inventory/<key>.csv + .json  the ingest result (one row per source file), no polygons
+  images/<key>.npy + .csv      all usable images, preprocessed, opened with memmap; the CSV
+                               index says which rows decoded and why the others did not
+Both are written to a temporary file and renamed, and built under a file lock, so parallel
+jobs of a sweep never see a partial cache and never build the same one twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+from tqdm import tqdm
+
+from xray_ablate.data.atomic import temp_path_beside, write_text_atomic
+from xray_ablate.data.ingest import ImageRecord, IngestOptions, Inventory
+from xray_ablate.data.masks import PreprocessOptions, preprocess
+
+log = logging.getLogger(__name__)
+
+# Bump when ingest or preprocess() would give different output for the same input.
+INGEST_VERSION = 1
+PREPROCESS_VERSION = 1
+# Below this many images a process pool costs more than it saves.
+_POOL_MIN_IMAGES = 64
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def inventory_key(fingerprint: str, ingest_opts: IngestOptions) -> str:
+    return _digest({"fingerprint": fingerprint, "ingest": asdict(ingest_opts), "v": INGEST_VERSION})
+
+
+def cache_key(fingerprint: str, ingest_opts: IngestOptions, prep: PreprocessOptions) -> str:
+    """The cache key: dataset content, ingest options and preprocessing options."""
+    return _digest({
+        "inventory": inventory_key(fingerprint, ingest_opts),
+        "preprocess": prep.as_dict(), "v": PREPROCESS_VERSION,
+    })
+
+
+def lock(cache_dir: Path, key: str) -> FileLock:
+    path = Path(cache_dir) / "locks" / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
+
+
+# --- inventory -----------------------------------------------------------------------------
+
+INVENTORY_COLUMNS = [
+    "image_id", "source", "image_path", "cls", "patient_id", "view", "modality",
+    "width", "height", "n_lung", "n_ignore", "reason", "detail", "tags",
+]
+
+
+def inventory_table(inv: Inventory) -> pd.DataFrame:
+    rows = [{
+        "image_id": r.image_id, "source": str(r.source), "image_path": str(r.image_path or ""),
+        "cls": r.cls or "", "patient_id": r.patient_id, "view": r.view, "modality": r.modality,
+        "width": r.width, "height": r.height, "n_lung": len(r.lungs), "n_ignore": len(r.ignores),
+        "reason": r.reason or "", "detail": r.detail, "tags": "|".join(r.tags),
+    } for r in inv.records]
+    return pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
+
+
+def save_inventory(cache_dir: Path, key: str, inv: Inventory) -> pd.DataFrame:
+    table = inventory_table(inv)
+    base = Path(cache_dir) / "inventory" / key
+    write_text_atomic(base.with_suffix(".json"), json.dumps({
+        "layout": inv.layout, "maskable": inv.maskable, "unknown_tags": inv.unknown_tags,
+        "patient_fallbacks": inv.patient_fallbacks,
+    }))
+    write_text_atomic(base.with_suffix(".csv"), table.to_csv(index=False))
+    return table
+
+
+def load_inventory(cache_dir: Path, key: str) -> tuple[pd.DataFrame, dict] | None:
+    base = Path(cache_dir) / "inventory" / key
+    try:
+        meta = json.loads(base.with_suffix(".json").read_text())
+        table = pd.read_csv(base.with_suffix(".csv"), dtype=str, keep_default_na=False)
+    except (OSError, ValueError):
+        return None
+    return table, meta
+
+
+# --- image arrays --------------------------------------------------------------------------
+
+def load_images(cache_dir: Path, key: str) -> tuple[np.ndarray, pd.DataFrame] | None:
+    base = Path(cache_dir) / "images" / key
+    try:
+        index = pd.read_csv(base.with_suffix(".csv"), dtype={"image_id": str, "error": str},
+                            keep_default_na=False)
+        images = np.load(base.with_suffix(".npy"), mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return images, index
+
+
+def build_images(
+    cache_dir: Path, key: str, records: list[ImageRecord], prep: PreprocessOptions, workers: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Preprocess every record into one array; an image that fails to decode stays zero."""
+    base = Path(cache_dir) / "images" / key
+    size = prep.image_size
+    tmp = temp_path_beside(base.with_suffix(".npy"))
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
+        del out  # workers write through their own maps
+        jobs = [(i, rec) for i, rec in enumerate(records)]
+        workers = max(1, min(workers, os.cpu_count() or 1))
+        desc = f"preprocessing {len(records)} images ({prep.mode}, {size}px)"
+        if workers == 1 or len(records) < _POOL_MIN_IMAGES:
+            _init_worker(str(tmp), prep)
+            errors = [_work(job) for job in tqdm(jobs, desc=desc, leave=False)]
+            _worker_state.clear()
+        else:
+            chunk = max(1, len(jobs) // (workers * 8))
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                     initializer=_init_worker, initargs=(str(tmp), prep)) as pool:
+                errors = list(tqdm(pool.map(_work, jobs, chunksize=chunk), total=len(jobs),
+                                   desc=desc, leave=False))
+        index = pd.DataFrame({
+            "image_id": [r.image_id for r in records],
+            "decoded": [e == "" for e in errors],
+            "error": errors,
+        })
+        for rec, err in zip(records, errors):
+            if err:
+                log.warning("excluded %s: image_unreadable (%s)", rec.source, err)
+        write_text_atomic(base.with_suffix(".csv"), index.to_csv(index=False))
+        os.replace(tmp, base.with_suffix(".npy"))  # the .npy appearing commits the cache
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.load(base.with_suffix(".npy"), mmap_mode="r"), index
+
+
+_worker_state: dict = {}
+
+
+def _init_worker(path: str, prep: PreprocessOptions) -> None:
+    _worker_state["out"] = np.load(path, mmap_mode="r+")
+    _worker_state["prep"] = prep
+
+
+def _work(job: tuple[int, ImageRecord]) -> str:
+    i, rec = job
+    try:
+        _worker_state["out"][i] = preprocess(rec, _worker_state["prep"])
+    except (OSError, ValueError, SyntaxError) as err:  # Pillow raises these for broken files
+        return f"{Path(rec.image_path).name}: {err}"
+    return ""

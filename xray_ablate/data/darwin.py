@@ -1,0 +1,138 @@
+"""Read one V7 Darwin JSON file (format 1.0 or 2.0) into a format-independent record.
+
+Darwin 1.0 (the public COVID-19 export): ``image`` holds ``filename``, ``width``, ``height``
+(and an optional folder ``path``); shapes are ``polygon.path`` (one ring) or
+``complex_polygon.path`` (a list of rings). Darwin 2.0 (current darwin-py): ``version: "2.0"``,
+``item`` holds ``name``, ``path`` and ``slots`` (the first slot gives ``width``/``height``);
+shapes are ``polygon.paths`` (a list of rings). Tags are annotations with a ``tag`` key in both.
+Rings of one shape combine by the even-odd rule, so inner rings are holes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+Ring = np.ndarray  # (k, 2) float64 array of x, y in pixel coordinates
+Shape = list  # list[Ring]; rings combine by the even-odd rule
+
+LUNG = "lung"
+IGNORE = "ignore"
+
+
+class DarwinFormatError(ValueError):
+    """The file is not a Darwin JSON we can read; ``reason`` is an exclusion reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class DarwinImage:
+    filename: str
+    folder: str
+    width: int
+    height: int
+    tags: list[str] = field(default_factory=list)
+    lungs: list[Shape] = field(default_factory=list)
+    ignores: list[Shape] = field(default_factory=list)
+    original_filename: str = ""
+
+
+def read_darwin(path: Path) -> DarwinImage:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DarwinFormatError("not_json", f"not valid JSON ({err})") from None
+    if not isinstance(doc, dict):
+        raise DarwinFormatError("not_json", "top level is not a JSON object")
+    if str(doc.get("version", "1.0")).startswith("2"):
+        image = _header_v2(doc)
+    else:
+        image = _header_v1(doc)
+    annotations = doc.get("annotations")
+    if not isinstance(annotations, list):
+        raise DarwinFormatError("missing_fields", "no 'annotations' list")
+    for ann in annotations:
+        if not isinstance(ann, dict) or "name" not in ann:
+            raise DarwinFormatError("missing_fields", "an annotation has no 'name'")
+        name = str(ann["name"])
+        if "tag" in ann:
+            image.tags.append(name)
+            continue
+        rings = _rings(ann)
+        if rings is None:
+            continue  # bounding boxes, keypoints, ...: not used
+        kind = name.strip().lower()
+        if kind == LUNG:
+            image.lungs.append(rings)
+        elif kind == IGNORE:
+            image.ignores.append(rings)
+    return image
+
+
+def _header_v1(doc: dict) -> DarwinImage:
+    img = doc.get("image")
+    if not isinstance(img, dict):
+        raise DarwinFormatError("missing_fields", "no 'image' object (Darwin 1.0)")
+    missing = [k for k in ("filename", "width", "height") if img.get(k) in (None, "")]
+    if missing:
+        raise DarwinFormatError("missing_fields", "image." + ", image.".join(missing) + " missing")
+    return DarwinImage(
+        filename=str(img["filename"]), folder=str(img.get("path") or "/"),
+        width=_int(img, "width"), height=_int(img, "height"),
+        original_filename=str(img.get("original_filename") or ""),
+    )
+
+
+def _header_v2(doc: dict) -> DarwinImage:
+    item = doc.get("item")
+    if not isinstance(item, dict) or not item.get("name"):
+        raise DarwinFormatError("missing_fields", "no 'item.name' (Darwin 2.0)")
+    slots = item.get("slots")
+    if not isinstance(slots, list) or not slots or not isinstance(slots[0], dict):
+        raise DarwinFormatError("missing_fields", "no 'item.slots' (Darwin 2.0)")
+    slot = slots[0]
+    missing = [k for k in ("width", "height") if slot.get(k) in (None, "")]
+    if missing:
+        raise DarwinFormatError("missing_fields", "item.slots[0]." + ", ".join(missing) + " missing")
+    files = slot.get("source_files") or [{}]
+    return DarwinImage(
+        filename=str(item["name"]), folder=str(item.get("path") or "/"),
+        width=_int(slot, "width"), height=_int(slot, "height"),
+        original_filename=str(files[0].get("file_name") or ""),
+    )
+
+
+def _int(obj: dict, key: str) -> int:
+    try:
+        return int(obj[key])
+    except (TypeError, ValueError):
+        raise DarwinFormatError("missing_fields", f"{key} is not a number: {obj[key]!r}") from None
+
+
+def _rings(ann: dict) -> Shape | None:
+    if "polygon" in ann:
+        poly = ann["polygon"] or {}
+        if "paths" in poly:  # 2.0
+            paths = poly["paths"]
+        else:  # 1.0
+            paths = [poly.get("path")]
+    elif "complex_polygon" in ann:  # 1.0 only
+        paths = (ann["complex_polygon"] or {}).get("path")
+    else:
+        return None
+    if not isinstance(paths, list) or not paths:
+        raise DarwinFormatError("missing_fields", f"'{ann['name']}' polygon has no path")
+    try:
+        return [np.array([[float(p["x"]), float(p["y"])] for p in path], dtype=np.float64)
+                .reshape(-1, 2) for path in paths]
+    except (TypeError, KeyError, ValueError):
+        raise DarwinFormatError(
+            "missing_fields", f"'{ann['name']}' polygon has a point without numeric x/y"
+        ) from None

@@ -1,0 +1,41 @@
+"""Decode any image file to one 8-bit grayscale channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# X-rays from the V7 export reach 5600x4700; Pillow's bomb guard would refuse some of them.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+def decode_grayscale(path: Path, min_size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+    """Return (uint8 HxW array, scale), scale = decoded width / stored width.
+
+    With ``min_size`` a JPEG is decoded at a reduced DCT scale that is still at least that
+    large, which makes big JPEGs several times faster to read. Images of more than 8 bits
+    per pixel are scaled linearly from their own min..max to 0..255 (never clipped).
+    RGB, RGBA, palette and CMYK images go through Pillow's luma conversion.
+    """
+    with Image.open(path) as im:
+        stored_width = im.size[0]
+        if min_size is not None and im.format == "JPEG":
+            im.draft("L", min_size)
+        im.load()
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            array = _rescale(np.asarray(im))
+        else:
+            if im.mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")
+            array = np.asarray(im.convert("L"))
+    return np.ascontiguousarray(array), array.shape[1] / stored_width
+
+
+def _rescale(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.uint8)
+    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)

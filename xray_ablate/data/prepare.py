@@ -1,0 +1,128 @@
+"""Fingerprint -> inventory -> preprocessed array -> split: the data a run trains on."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xray_ablate.data import cache
+from xray_ablate.data.atomic import write_text_atomic
+from xray_ablate.data.fingerprint import dataset_fingerprint
+from xray_ablate.data.ingest import IngestOptions, ingest
+from xray_ablate.data.labels import CLASSES
+from xray_ablate.data.masks import PreprocessOptions
+from xray_ablate.data.splits import SplitOptions, make_split, manifest_hash
+from xray_ablate.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: Path
+    cache_dir: Path
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
+    split: SplitOptions = field(default_factory=SplitOptions)
+    workers: int = 0  # 0: all cores
+
+
+@dataclass
+class PreparedData:
+    images: np.ndarray  # (N, size, size) uint8, row i is table row i
+    table: pd.DataFrame  # image_id, cls, label, patient_id, view, split
+    excluded: pd.DataFrame  # source, image_id, cls, reason, detail
+    fingerprint: str
+    cache_key: str
+    manifest: pd.DataFrame
+    manifest_hash: str
+    manifest_path: Path
+    layout: str
+    unknown_tags: dict
+    patient_fallbacks: int
+    decoded_now: int  # images decoded by this call (0 when the cache was warm)
+
+    def split_indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+
+def prepare(cfg: DataConfig) -> PreparedData:
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise UserError(f"dataset root {root} does not exist (set dataset.root)")
+    fingerprint = dataset_fingerprint(root, cfg.cache_dir)
+    inv_key = cache.inventory_key(fingerprint, cfg.ingest)
+    with cache.lock(cfg.cache_dir, inv_key):
+        loaded = cache.load_inventory(cfg.cache_dir, inv_key)
+        if loaded is None:
+            inventory = _ingest(root, cfg.ingest)
+            table = cache.save_inventory(cfg.cache_dir, inv_key, inventory)
+            meta = {"layout": inventory.layout, "maskable": inventory.maskable,
+                    "unknown_tags": inventory.unknown_tags,
+                    "patient_fallbacks": inventory.patient_fallbacks}
+        else:
+            table, meta = loaded
+    if cfg.preprocess.mode == "masked" and not meta["maskable"]:
+        raise UserError(
+            f"dataset {root} ({meta['layout']}) has no Lung polygons, so dataset=masked cannot be "
+            "built; use dataset=raw"
+        )
+
+    usable = table[table["reason"] == ""].sort_values("image_id").reset_index(drop=True)
+    key = cache.cache_key(fingerprint, cfg.ingest, cfg.preprocess)
+    decoded_now = 0
+    with cache.lock(cfg.cache_dir, key):
+        loaded_images = cache.load_images(cfg.cache_dir, key)
+        if loaded_images is None:
+            records = {r.image_id: r for r in _ingest(root, cfg.ingest).records if r.ok}
+            ordered = [records[i] for i in usable["image_id"]]
+            workers = cfg.workers or os.cpu_count() or 1
+            loaded_images = cache.build_images(cfg.cache_dir, key, ordered, cfg.preprocess, workers)
+            decoded_now = len(ordered)
+    images, index = loaded_images
+    if list(index["image_id"]) != list(usable["image_id"]):
+        raise RuntimeError(f"image cache {key} does not match its inventory; delete {cfg.cache_dir}")
+
+    decoded = index["decoded"].astype(str).str.lower().eq("true").to_numpy()
+    excluded = table[table["reason"] != ""][["source", "image_id", "cls", "reason", "detail"]]
+    unreadable = usable[~decoded].assign(reason="image_unreadable", detail=index["error"][~decoded])
+    excluded = pd.concat([excluded, unreadable[excluded.columns]], ignore_index=True)
+    rows = np.flatnonzero(decoded)
+    usable = usable.iloc[rows].reset_index(drop=True)
+    if usable.empty:
+        raise UserError(f"no usable image in {root}: {_reason_counts(excluded)}")
+
+    manifest = make_split(usable, cfg.split)
+    digest = manifest_hash(manifest)
+    manifest_path = Path(cfg.cache_dir) / "splits" / f"{digest}.csv"
+    if not manifest_path.exists():
+        write_text_atomic(manifest_path, manifest.to_csv(index=False))
+    usable = usable.merge(manifest[["image_id", "split"]], on="image_id", validate="1:1")
+    usable["label"] = usable["cls"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
+    # Only decoded rows; a fancy index would copy, so keep the memmap when nothing failed.
+    images = images if len(rows) == len(decoded) else images[rows]
+    return PreparedData(
+        images=images,
+        table=usable[["image_id", "cls", "label", "patient_id", "view", "split"]],
+        excluded=excluded.reset_index(drop=True),
+        fingerprint=fingerprint, cache_key=key, manifest=manifest, manifest_hash=digest,
+        manifest_path=manifest_path, layout=meta["layout"], unknown_tags=meta["unknown_tags"],
+        patient_fallbacks=int(meta["patient_fallbacks"]), decoded_now=decoded_now,
+    )
+
+
+def _ingest(root: Path, opts: IngestOptions):
+    try:
+        return ingest(root, opts)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+
+
+def _reason_counts(excluded: pd.DataFrame) -> str:
+    counts = excluded["reason"].value_counts()
+    return ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "no images found"

@@ -1,0 +1,72 @@
+"""The split rule: stratified by class, grouped by patient, independent of the training seed.
+
+Patients are dealt to test, then validation, then train, class by class (a patient counts in
+the class most of their images have), in an order fixed by ``split.seed``, until each split
+holds its share of the class's images. No patient is in two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from xray_ablate.data.labels import CLASSES
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ["image_id", "cls", "patient_id", "split"]
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    seed: int = 0
+    test_fraction: float = 0.30
+    val_fraction: float = 0.25  # of what is left after the test split
+
+    def __post_init__(self):
+        if not (0 < self.test_fraction < 1 and 0 <= self.val_fraction < 1):
+            raise ValueError("split fractions must lie in (0, 1)")
+
+
+def make_split(images: pd.DataFrame, opts: SplitOptions) -> pd.DataFrame:
+    """Return the manifest: ``images`` (image_id, cls, patient_id) plus a ``split`` column."""
+    images = images[["image_id", "cls", "patient_id"]].sort_values("image_id").reset_index(drop=True)
+    rank = {c: i for i, c in enumerate(CLASSES)}
+    counts = images.groupby(["patient_id", "cls"]).size().reset_index(name="n")
+    counts["rank"] = counts["cls"].map(rank)
+    # A patient's stratum: their most frequent class (ties: the class listed first).
+    primary = counts.sort_values(["patient_id", "n", "rank"], ascending=[True, False, True])
+    primary = primary.drop_duplicates("patient_id").set_index("patient_id")["cls"]
+    sizes = images.groupby("patient_id").size()
+
+    rng = np.random.default_rng(opts.seed)
+    assignment: dict[str, str] = {}
+    for cls in CLASSES:
+        patients = np.array(sorted(primary.index[primary == cls]))
+        if len(patients) == 0:
+            continue
+        patients = patients[rng.permutation(len(patients))]
+        total = int(sizes[patients].sum())
+        test_target = opts.test_fraction * total
+        val_target = opts.val_fraction * (total - test_target)
+        filled = {"test": 0, "val": 0}
+        for patient in patients:
+            n = int(sizes[patient])
+            if filled["test"] + n / 2 <= test_target:
+                split = "test"
+            elif filled["val"] + n / 2 <= val_target:
+                split = "val"
+            else:
+                split = "train"
+            filled[split] = filled.get(split, 0) + n
+            assignment[patient] = split
+    images["split"] = images["patient_id"].map(assignment)
+    return images[MANIFEST_COLUMNS]
+
+
+def manifest_hash(manifest: pd.DataFrame) -> str:
+    """Content hash of a manifest; equal manifests give equal hashes on every machine."""
+    canonical = manifest[MANIFEST_COLUMNS].sort_values("image_id").to_csv(index=False, lineterminator="\n")
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
