@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make run` (demo sweep + report) and `make test`.
+SHELL := /bin/bash
+PYTHON_BIN ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 5000
+
+.PHONY: install run test bench report quality ui server lint clean
+
+install: $(STAMP)
+
+# Reinstall when the dependencies change. Pins: torch 2.14.1 / torchvision 0.29.1 (local wheels).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import torch, torchvision, xray_ablate" || (echo "install failed" >&2; exit 1)
+	@touch $(STAMP)
+
+run: install
+	$(PY) -m xray_ablate -m experiment=demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m xray_ablate.bench
+
+report: install
+	$(PY) -m xray_ablate.report
+
+quality: install
+	$(PY) -m xray_ablate.quality
+
+ui: install
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+server: install
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+lint: install
+	$(VENV)/bin/ruff check xray_ablate tests
+
+clean:
+	rm -rf .cache outputs multirun reports

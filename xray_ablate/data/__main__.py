@@ -1,0 +1,50 @@
+"""python -m xray_ablate.data summary ROOT [--json]: ingest a dataset and print what it holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import logging
+import sys
+from pathlib import Path
+
+from xray_ablate.data.ingest import IngestOptions
+from xray_ablate.data.masks import PreprocessOptions
+from xray_ablate.data.prepare import DataConfig, prepare
+from xray_ablate.data.summary import format_summary, summarize
+from xray_ablate.errors import UserError
+from xray_ablate.settings import project_root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xray_ablate.data")
+    sub = parser.add_subparsers(dest="command", required=True)
+    summary = sub.add_parser("summary", help="images per class, exclusions, splits, patients")
+    summary.add_argument("root", type=Path)
+    summary.add_argument("--json", action="store_true", help="print one JSON object")
+    summary.add_argument("--cache-dir", type=Path, default=None,
+                         help="default: $XRAY_ABLATE_CACHE or .cache in the project")
+    summary.add_argument("--image-size", type=int, default=200)
+    summary.add_argument("--patient-pattern", default=None)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    cache_dir = args.cache_dir or Path(
+        os.environ.get("XRAY_ABLATE_CACHE") or project_root() / ".cache")
+    config = DataConfig(
+        root=args.root, cache_dir=cache_dir,
+        ingest=IngestOptions(patient_pattern=args.patient_pattern),
+        preprocess=PreprocessOptions(mode="raw", image_size=args.image_size),
+    )
+    try:
+        result = summarize(prepare(config))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Where the project lives and how a composed Hydra config becomes typed settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from xray_ablate.data.ingest import IngestOptions
+from xray_ablate.data.masks import PreprocessOptions
+from xray_ablate.data.prepare import DataConfig
+from xray_ablate.data.splits import SplitOptions
+from xray_ablate.data.synthetic import generate
+from xray_ablate.errors import UserError
+
+
+def project_root() -> Path:
+    """$XRAY_ABLATE_HOME, else the checkout this package was installed from, else the cwd."""
+    if os.environ.get("XRAY_ABLATE_HOME"):
+        return Path(os.environ["XRAY_ABLATE_HOME"]).resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+
+
+CONFIG_DIR = str(project_root() / "conf")
+OmegaConf.register_new_resolver("project_root", lambda: str(project_root()), replace=True)
+
+
+def data_config(cfg: DictConfig) -> DataConfig:
+    """The data layer's settings from a composed config (dataset, split, image_size, paths)."""
+    ds = cfg.dataset
+    if ds.root in (None, ""):
+        raise UserError(
+            "dataset.root is not set: pass dataset.root=/path/to/export (a V7 Darwin export or an "
+            "ImageFolder), set XRAY_ABLATE_DATA, or use dataset=demo"
+        )
+    split_seed = cfg.split.seed + (cfg.seed if cfg.split.vary_with_seed else 0)
+    return DataConfig(
+        root=Path(ds.root),
+        cache_dir=Path(cfg.paths.cache_dir),
+        ingest=IngestOptions(
+            layout=ds.layout, annotations_dir=ds.annotations_dir, images_dir=ds.images_dir,
+            patient_pattern=ds.patient_pattern, bounds_tolerance=float(ds.bounds_tolerance),
+        ),
+        preprocess=PreprocessOptions(
+            mode=ds.mode, image_size=int(cfg.image_size), resize=ds.resize,
+            crop_to_lungs=bool(ds.crop_to_lungs),
+        ),
+        split=SplitOptions(seed=int(split_seed), test_fraction=float(cfg.split.test_fraction),
+                           val_fraction=float(cfg.split.val_fraction)),
+        workers=int(cfg.num_workers),
+    )
+
+
+def ensure_synthetic(cfg: DictConfig) -> None:
+    """Generate the synthetic dataset into dataset.root once, if the config asks for one."""
+    spec = cfg.dataset.get("synthetic")
+    root = Path(cfg.dataset.root)
+    if not spec or (root / "annotations").is_dir():
+        return
+    from filelock import FileLock
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if not (root / "annotations").is_dir():
+            tmp = root.with_name(root.name + ".partial")
+            generate(tmp, n=int(spec.n), seed=int(spec.seed), size=int(spec.size))
+            tmp.rename(root)

@@ -1,0 +1,39 @@
+"""Names of what a run records in MLflow: the contract between training, sweeps and the report."""
+
+from __future__ import annotations
+
+from xray_ablate.data.labels import CLASSES
+
+# Ablation factors: tag name -> config key whose value is the factor level.
+FACTORS: dict[str, str] = {
+    "dataset": "dataset.mode",
+    "class_weights": "class_weights.name",
+    "normalization": "normalization.name",
+    "augmentation": "augmentation.name",
+    "brisque_filter": "brisque_filter.name",
+    "backbone": "backbone.name",
+}
+FACTOR_TAG = "factor.{}"  # e.g. factor.dataset = masked
+
+KIND = "xray.kind"  # train | sweep | report | quality
+SEED = "xray.seed"
+CONFIG_KEY = "xray.config_key"  # groups the seeds of one configuration
+SWEEP_ID = "xray.sweep_id"
+EXPERIMENT = "xray.experiment"  # the experiment= config name, or "none"
+SPLIT_HASH = "xray.split_hash"
+SPLIT_MODE = "xray.split_mode"  # fixed | per_seed
+FINGERPRINT = "xray.dataset_fingerprint"
+CODE_VERSION = "xray.code_version"
+PARENT_RUN = "mlflow.parentRunId"
+
+# Per-epoch metrics (step = epoch, from 1).
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def final_metric_names(prefix: str) -> list[str]:
+    """Final metrics of a split, prefix 'test' or 'val'."""
+    names = [f"{prefix}_{m}" for m in ("accuracy", "balanced_accuracy", "macro_precision",
+                                        "macro_recall", "macro_f1", "roc_auc_ovr", "loss")]
+    for cls in CLASSES:
+        names += [f"{prefix}_{m}_{cls}" for m in ("precision", "recall", "f1", "support")]
+    return names

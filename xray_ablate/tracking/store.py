@@ -1,0 +1,47 @@
+"""Connect to the MLflow store and make sure the experiment exists (once, race-free)."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+import xray_ablate
+
+
+def connect(uri: str, experiment: str, artifact_root: str | Path) -> str:
+    """Point MLflow at ``uri`` and return the id of ``experiment``, creating it if needed.
+
+    Artifacts of a new experiment go to ``artifact_root/<experiment>`` (for the SQLite store,
+    mlruns/artifacts); a tracking server decides its own artifact location.
+    """
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if not uri.startswith(("http://", "https://")):
+        location = (Path(artifact_root) / experiment).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    except MlflowException:  # created by a parallel job in the meantime
+        return mlflow.get_experiment_by_name(experiment).experiment_id
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """git commit of the checkout (with '+dirty' for local changes), else the package version."""
+    root = Path(xray_ablate.__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"xray-ablate {getattr(xray_ablate, '__version__', 'unknown')}"
