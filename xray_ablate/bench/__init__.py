@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each suite returns rows that go into BENCHMARKS.md."""

@@ -1,0 +1,46 @@
+"""python -m xray_ablate.bench [SUITE ...]: run benchmark suites and rewrite their rows in BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import re
+from pathlib import Path
+
+from xray_ablate.bench.rows import machine
+from xray_ablate.settings import project_root
+
+SUITES = ("data", "train", "quality", "sweep")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m xray_ablate.bench")
+    parser.add_argument("suites", nargs="*", default=list(SUITES), choices=SUITES)
+    parser.add_argument("--out", type=Path, default=project_root() / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    for suite in args.suites:
+        rows = importlib.import_module(f"xray_ablate.bench.{suite}").run()
+        for row in rows:
+            print(row.markdown())
+        _write_section(args.out, suite, rows)
+
+
+def _write_section(path: Path, suite: str, rows) -> None:
+    """Replace this suite's section of BENCHMARKS.md, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by `make bench`.\n"
+    start, end = f"<!-- {suite}:start -->", f"<!-- {suite}:end -->"
+    body = "\n".join([
+        start, f"## {suite}", "",
+        f"{dt.date.today().isoformat()}, {machine()}.", "",
+        "| suite | what | value | target | met | command | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[r.markdown() for r in rows], end,
+    ])
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
