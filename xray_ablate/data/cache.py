@@ -31,7 +31,7 @@ from xray_ablate.data.masks import PreprocessOptions, preprocess
 log = logging.getLogger(__name__)
 
 # Bump when ingest or preprocess() would give different output for the same input.
-INGEST_VERSION = 1
+INGEST_VERSION = 2
 PREPROCESS_VERSION = 1
 # Below this many images a process pool costs more than it saves.
 _POOL_MIN_IMAGES = 64
@@ -67,9 +67,15 @@ INVENTORY_COLUMNS = [
 ]
 
 
-def inventory_table(inv: Inventory) -> pd.DataFrame:
+def inventory_table(inv: Inventory, root: Path) -> pd.DataFrame:
+    """One row per record; paths relative to ``root`` (the key is the content, not the place)."""
+    root = os.path.abspath(root)
+
+    def rel(path) -> str:
+        return os.path.relpath(os.path.abspath(path), root) if path else ""
+
     rows = [{
-        "image_id": r.image_id, "source": str(r.source), "image_path": str(r.image_path or ""),
+        "image_id": r.image_id, "source": rel(r.source), "image_path": rel(r.image_path),
         "cls": r.cls or "", "patient_id": r.patient_id, "view": r.view, "modality": r.modality,
         "width": r.width, "height": r.height, "n_lung": len(r.lungs), "n_ignore": len(r.ignores),
         "reason": r.reason or "", "detail": r.detail, "tags": "|".join(r.tags),
@@ -77,25 +83,36 @@ def inventory_table(inv: Inventory) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
 
 
-def save_inventory(cache_dir: Path, key: str, inv: Inventory) -> pd.DataFrame:
-    table = inventory_table(inv)
+def save_inventory(cache_dir: Path, key: str, inv: Inventory, root: Path) -> pd.DataFrame:
+    table = inventory_table(inv, root)
     base = Path(cache_dir) / "inventory" / key
     write_text_atomic(base.with_suffix(".json"), json.dumps({
         "layout": inv.layout, "maskable": inv.maskable, "unknown_tags": inv.unknown_tags,
         "patient_fallbacks": inv.patient_fallbacks,
     }))
     write_text_atomic(base.with_suffix(".csv"), table.to_csv(index=False))
-    return table
+    return _absolute_paths(table, root)
 
 
-def load_inventory(cache_dir: Path, key: str) -> tuple[pd.DataFrame, dict] | None:
+def load_inventory(cache_dir: Path, key: str, root: Path) -> tuple[pd.DataFrame, dict] | None:
+    """The cached table, its paths under ``root``: a copy of the data at another place has
+    the same fingerprint and shares the cache, and must still get its own paths."""
     base = Path(cache_dir) / "inventory" / key
     try:
         meta = json.loads(base.with_suffix(".json").read_text())
         table = pd.read_csv(base.with_suffix(".csv"), dtype=str, keep_default_na=False)
     except (OSError, ValueError):
         return None
-    return table, meta
+    return _absolute_paths(table, root), meta
+
+
+def _absolute_paths(table: pd.DataFrame, root: Path) -> pd.DataFrame:
+    root = os.path.abspath(root)
+    table = table.copy()
+    for column in ("source", "image_path"):
+        table[column] = [os.path.normpath(os.path.join(root, p)) if p else ""
+                         for p in table[column]]
+    return table
 
 
 # --- image arrays --------------------------------------------------------------------------
@@ -126,14 +143,14 @@ def build_images(
         desc = f"preprocessing {len(records)} images ({prep.mode}, {size}px)"
         if workers == 1 or len(records) < _POOL_MIN_IMAGES:
             _init_worker(str(tmp), prep)
-            errors = [_work(job) for job in tqdm(jobs, desc=desc, leave=False)]
+            errors = [_work(job) for job in tqdm(jobs, desc=desc, leave=False, disable=None)]
             _worker_state.clear()
         else:
             chunk = max(1, len(jobs) // (workers * 8))
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                      initializer=_init_worker, initargs=(str(tmp), prep)) as pool:
                 errors = list(tqdm(pool.map(_work, jobs, chunksize=chunk), total=len(jobs),
-                                   desc=desc, leave=False))
+                                   desc=desc, leave=False, disable=None))
         index = pd.DataFrame({
             "image_id": [r.image_id for r in records],
             "decoded": [e == "" for e in errors],

@@ -11,7 +11,7 @@ FACTORS: dict[str, str] = {
     "normalization": "normalization.name",
     "augmentation": "augmentation.name",
     "brisque_filter": "brisque_filter.name",
-    "backbone": "backbone.name",
+    "backbone": "backbone.label",
 }
 FACTOR_TAG = "factor.{}"  # e.g. factor.dataset = masked
 

@@ -1,0 +1,97 @@
+"""Backbone registry: name -> builder, and the classifier that wraps every backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from xray_ablate.errors import UserError
+from xray_ablate.models import pretrained
+from xray_ablate.models.cnn16 import CNN16, CNN16GAP, _head
+
+FREEZE_MODES = ("none", "all", "last_n")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    pretrained: bool = False
+    freeze: str = "none"  # none | all | last_n (train only the last `unfreeze_last` blocks)
+    unfreeze_last: int = 0
+
+
+# Pretrained backbones: feature extractor builders. cnn16 variants are whole models.
+FEATURE_BUILDERS: dict[str, Callable[[bool], pretrained.Features]] = {
+    "vgg16": partial(pretrained.vgg, 16),
+    "vgg19": partial(pretrained.vgg, 19),
+    "resnet50": pretrained.resnet50,
+    "inception_v3": pretrained.inception_v3,
+    "xception": pretrained.xception,
+}
+SCRATCH_MODELS: dict[str, type[nn.Module]] = {"cnn16": CNN16, "cnn16_gap": CNN16GAP}
+BACKBONES = tuple(SCRATCH_MODELS) + tuple(FEATURE_BUILDERS)
+
+
+class Classifier(nn.Module):
+    """Grayscale in, logits out: repeat to the backbone's channels, standardise, features, head."""
+
+    def __init__(self, features: nn.Module, head: nn.Module, channels: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], frozen: list[nn.Module] = ()):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.features, self.head = features, head
+        self._frozen = list(frozen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.expand(-1, self.channels, -1, -1)
+        return self.head(self.features((x - self.mean) / self.std))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for block in self._frozen:  # frozen blocks keep their BatchNorm statistics, as in Keras
+            block.eval()
+        return self
+
+
+def build_model(spec: BackboneSpec, num_classes: int, image_size: int,
+                stats: tuple[float, float] | None) -> Classifier:
+    """``stats`` = (mean, std) of the training split for scratch models when normalization is on;
+    pretrained backbones with normalization on use their own ImageNet statistics (pass any
+    non-None value); None = inputs stay in [0, 1]."""
+    if spec.freeze not in FREEZE_MODES:
+        raise UserError(f"backbone.freeze must be one of {FREEZE_MODES}, not {spec.freeze!r}")
+    if spec.name in SCRATCH_MODELS:
+        if spec.pretrained or spec.freeze != "none":
+            raise UserError(f"{spec.name} has no pretrained weights: use pretrained=false, freeze=none")
+        model = SCRATCH_MODELS[spec.name](num_classes, image_size)
+        mean, std = stats if stats is not None else (0.0, 1.0)
+        return Classifier(model.features, model.head, 1, (mean,), (std,))
+    if spec.name not in FEATURE_BUILDERS:
+        raise UserError(f"unknown backbone {spec.name!r}; choose one of {', '.join(BACKBONES)}")
+
+    feats = FEATURE_BUILDERS[spec.name](spec.pretrained)
+    if image_size < feats.min_size:
+        raise UserError(f"{spec.name} needs image_size >= {feats.min_size}, got {image_size}")
+    with torch.no_grad():
+        flat = feats.module.eval()(torch.zeros(1, 3, image_size, image_size)).numel()
+    frozen = _freeze(feats.blocks, spec)
+    mean, std = (feats.mean, feats.std) if stats is not None else ((0.0,) * 3, (1.0,) * 3)
+    return Classifier(feats.module, _head(flat, num_classes), 3, mean, std, frozen)
+
+
+def _freeze(blocks: list[nn.Module], spec: BackboneSpec) -> list[nn.Module]:
+    if spec.freeze == "none":
+        return []
+    keep = spec.unfreeze_last if spec.freeze == "last_n" else 0
+    if not 0 <= keep <= len(blocks):
+        raise UserError(f"backbone.unfreeze_last must lie in 0..{len(blocks)} for {spec.name}")
+    frozen = blocks[: len(blocks) - keep]
+    for block in frozen:
+        block.requires_grad_(False)
+    return frozen

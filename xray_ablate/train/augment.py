@@ -1,0 +1,41 @@
+"""The study's augmentation applied to whole batches on the device (no per-sample Python)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    rotation_turns: float = 0.1  # Keras RandomRotation(0.1): up to +-0.1 of a full turn
+    zoom: float = 0.1  # Keras RandomZoom(0.1): scale in [0.9, 1.1]
+    translate: float = 0.1  # Keras RandomTranslation(0.1, 0.1): up to +-10 % of the side
+    fill: float = 0.0  # value of pixels that come from outside the image
+
+
+def random_affine(x: torch.Tensor, opts: AugmentOptions, generator: torch.Generator) -> torch.Tensor:
+    """Rotate, zoom and shift each image of a (B, C, H, W) float batch by its own random amount."""
+    b = x.shape[0]
+
+    def uniform(limit: float) -> torch.Tensor:
+        return (torch.rand(b, generator=generator, device=x.device) * 2 - 1) * limit
+
+    angle = uniform(opts.rotation_turns * 2 * math.pi)
+    scale = 1 + uniform(opts.zoom)
+    # affine_grid maps output to input coordinates in [-1, 1], where the full side spans 2.
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([
+        torch.stack([cos, -sin, uniform(2 * opts.translate)], dim=1),
+        torch.stack([sin, cos, uniform(2 * opts.translate)], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if opts.fill:
+        inside = F.grid_sample(torch.ones_like(x[:, :1]), grid, mode="bilinear",
+                               padding_mode="zeros", align_corners=False)
+        out = out + opts.fill * (1 - inside)
+    return out

@@ -1,0 +1,40 @@
+"""Pick the device and seed every random number generator a run uses."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from xray_ablate.errors import UserError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """auto = cuda > mps > cpu; an explicit device that is not available is a user error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for, but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={name} was asked for, but MPS is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA only; elsewhere full precision."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,34 @@
+"""Per-run figures: confusion matrix and learning curves."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from xray_ablate.data.labels import CLASSES  # noqa: E402
+
+
+def confusion_figure(matrix, title: str):
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ConfusionMatrixDisplay(matrix, display_labels=list(CLASSES)).plot(ax=ax, colorbar=False, cmap="Blues")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curve_figure(history: pd.DataFrame, best_epoch: int):
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for split in ("train", "val"):
+        loss_ax.plot(history["epoch"], history[f"{split}_loss"], marker="o", label=split)
+        acc_ax.plot(history["epoch"], history[f"{split}_acc"], marker="o", label=split)
+    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.axvline(best_epoch, color="grey", linestyle=":", label="best (val loss)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.legend()
+    fig.tight_layout()
+    return fig

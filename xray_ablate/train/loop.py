@@ -1,0 +1,85 @@
+"""The training loop: plain PyTorch over uint8 image tensors already in memory.
+
+Images stay uint8 (on the device when they fit); each step slices a batch, scales it to [0, 1],
+augments the whole batch on the device, and steps the optimizer. Loss and accuracy are summed on
+the device and read once per epoch, so the loop does not wait on the device every step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from xray_ablate.train.augment import AugmentOptions, random_affine
+from xray_ablate.train.device import autocast
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Batches:
+    """One split as uint8 images (N, 1, H, W) and int64 labels, ideally on the device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+def train_one_epoch(
+    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data: Batches,
+    batch_size: int, device: torch.device, generator: torch.Generator,
+    augment: AugmentOptions | None, amp: bool, desc: str = "train",
+) -> tuple[float, float]:
+    model.train()
+    order = torch.randperm(len(data), generator=generator, device=generator.device).to(data.images.device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    steps = range(0, len(data), batch_size)
+    for start in tqdm(steps, desc=desc, leave=False, unit="batch", disable=None):
+        idx = order[start:start + batch_size]
+        x = to_input(data.images[idx], device)
+        y = data.labels[idx].to(device, non_blocking=True)
+        if augment is not None:
+            x = random_affine(x, augment, generator)
+        with autocast(device, amp):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    mean_loss = loss_sum.item() / len(data)
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(f"training loss is {mean_loss}: lower trainer.lr or check the data")
+    return mean_loss, correct.item() / len(data)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, criterion: nn.Module, data: Batches, batch_size: int,
+             device: torch.device, amp: bool) -> tuple[float, np.ndarray]:
+    """Mean loss and class probabilities (N, classes) of a split, without augmentation."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    probs = []
+    for start in range(0, len(data), batch_size):
+        x = to_input(data.images[start:start + batch_size], device)
+        y = data.labels[start:start + batch_size].to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        loss_sum += criterion(logits.float(), y) * len(y)
+        probs.append(torch.softmax(logits.float(), dim=1))
+    return loss_sum.item() / max(len(data), 1), torch.cat(probs).cpu().numpy()

@@ -1,0 +1,55 @@
+"""Test and validation metrics from predicted probabilities (scikit-learn does the work)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
+                             confusion_matrix, precision_recall_fscore_support, roc_auc_score)
+
+from xray_ablate.data.labels import CLASSES
+
+LABELS = list(range(len(CLASSES)))
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, prefix: str) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro and per-class precision/recall/F1/support, OvR AUC."""
+    y_pred = probs.argmax(axis=1)
+    out = {
+        f"{prefix}_accuracy": accuracy_score(y_true, y_pred),
+        f"{prefix}_balanced_accuracy": _quiet(balanced_accuracy_score, y_true, y_pred),
+    }
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=LABELS, average="macro",
+                                                 zero_division=0)
+    out.update({f"{prefix}_macro_precision": p, f"{prefix}_macro_recall": r, f"{prefix}_macro_f1": f})
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=LABELS, zero_division=0)
+    for i, cls in enumerate(CLASSES):
+        out.update({f"{prefix}_precision_{cls}": p[i], f"{prefix}_recall_{cls}": r[i],
+                    f"{prefix}_f1_{cls}": f[i], f"{prefix}_support_{cls}": s[i]})
+    # AUC is undefined when a class is missing from y_true: NaN rather than a crash.
+    present = np.unique(y_true)
+    out[f"{prefix}_roc_auc_ovr"] = (
+        roc_auc_score(y_true, probs, multi_class="ovr", labels=LABELS)
+        if len(present) == len(LABELS) else float("nan")
+    )
+    return {k: float(v) for k, v in out.items()}
+
+
+def report(y_true: np.ndarray, probs: np.ndarray) -> tuple[str, dict]:
+    """The study's classification report, as text and as a dict."""
+    y_pred = probs.argmax(axis=1)
+    kwargs = dict(labels=LABELS, target_names=list(CLASSES), zero_division=0, digits=4)
+    return (classification_report(y_true, y_pred, **kwargs),
+            classification_report(y_true, y_pred, output_dict=True, **kwargs))
+
+
+def confusion(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    return confusion_matrix(y_true, probs.argmax(axis=1), labels=LABELS)
+
+
+def _quiet(fn, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (UndefinedMetricWarning, UserWarning))
+        return fn(*args)
