@@ -33,3 +33,24 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("XRAY_ABLATE_CACHE", str(path))
     return path
+
+
+@pytest.fixture
+def make_cfg(tmp_path, synthetic_root):
+    """Compose the real conf/ with a temporary cache, MLflow store and reports folder."""
+    from hydra import compose, initialize_config_dir
+
+    from xray_ablate.settings import CONFIG_DIR
+
+    def _make(*overrides: str):
+        base = [
+            "dataset=demo", f"dataset.root={synthetic_root}", "image_size=32", "backbone=cnn16_gap",
+            "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.reports_dir={tmp_path / 'reports'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"tracking.artifact_root={tmp_path / 'artifacts'}", "tracking.system_metrics=false",
+        ]
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=base + list(overrides))
+
+    return _make

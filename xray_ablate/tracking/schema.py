@@ -33,7 +33,9 @@ EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 def final_metric_names(prefix: str) -> list[str]:
     """Final metrics of a split, prefix 'test' or 'val'."""
     names = [f"{prefix}_{m}" for m in ("accuracy", "balanced_accuracy", "macro_precision",
-                                        "macro_recall", "macro_f1", "roc_auc_ovr", "loss")]
+                                        "macro_recall", "macro_f1", "roc_auc_ovr")]
+    # val_loss is the per-epoch series; the chosen checkpoint's value is best_val_loss.
+    names.append("test_loss" if prefix == "test" else "best_val_loss")
     for cls in CLASSES:
         names += [f"{prefix}_{m}_{cls}" for m in ("precision", "recall", "f1", "support")]
     return names

@@ -113,7 +113,7 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
     for name in ("val", "test"):
         loss, probs[name] = evaluate(model, criterion, batches[name], batch_size, device, amp)
         results.update(metrics.classification_metrics(labels[getattr(split, name)], probs[name], name))
-        results[f"{name}_loss"] = loss
+        results["test_loss" if name == "test" else "best_val_loss"] = loss
     if test_outlier is not None and (~test_outlier).any():
         keep = ~test_outlier
         sub = metrics.classification_metrics(labels[split.test][keep], probs["test"][keep], "test_filtered")

@@ -1,0 +1,156 @@
+"""One training run: what each config group changes, and what lands in MLflow."""
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from xray_ablate.data.labels import CLASSES
+from xray_ablate.errors import UserError
+from xray_ablate.tracking import schema
+from xray_ablate.tracking.run import mlflow_run, run_tags
+from xray_ablate.train import loop, run as train_module
+from xray_ablate.train.augment import AugmentOptions, random_affine
+from xray_ablate.train.run import class_weights, load_data, train_run
+
+
+def _train(cfg):
+    with mlflow_run(cfg, run_tags(cfg)) as active:
+        results = train_run(cfg)
+    return active.info.run_id, results
+
+
+def test_inverse_frequency_weights_scale_the_largest_class_to_one():
+    labels = np.repeat([0, 1, 2, 3], [12, 6, 4, 3])
+    assert class_weights("inverse_frequency", labels) == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert class_weights(None, labels) is None
+    assert class_weights([1, 1.75, 6.4, 1.94], labels) == pytest.approx([1, 1.75, 6.4, 1.94])
+    with pytest.raises(UserError, match="4 non-negative numbers"):
+        class_weights([1, 2], labels)
+
+
+def test_class_weights_reach_the_loss(make_cfg, monkeypatch):
+    seen = []
+
+    class SpyLoss(torch.nn.CrossEntropyLoss):
+        def __init__(self, weight=None):
+            super().__init__(weight=weight)
+            seen.append(None if weight is None else weight.tolist())
+
+    monkeypatch.setattr(train_module.nn, "CrossEntropyLoss", SpyLoss)
+    cfg = make_cfg("class_weights=on", "tracking.log_checkpoint=false")
+    run_id, _ = _train(cfg)
+    data = load_data(cfg)
+    train_labels = data.table["label"].to_numpy()[data.split_indices("train")]
+    counts = np.bincount(train_labels, minlength=4)
+    assert seen == [pytest.approx((counts.max() / counts).tolist())]
+    params = MlflowClient().get_run(run_id).data.params
+    assert float(params["class_weight_covid"]) == pytest.approx(counts.max() / counts[2], abs=1e-4)
+
+
+def test_normalization_statistics_come_from_training_images_only(make_cfg):
+    data = load_data(make_cfg())
+    train = data.split_indices("train")
+    mean, std = train_module._normalization_stats(data, train)
+    pixels = np.asarray(data.images)[train] / 255.0
+    assert (mean, std) == pytest.approx((pixels.mean(), pixels.std()))
+    # Changing every non-training image leaves the statistics unchanged.
+    altered = np.array(data.images)
+    others = np.setdiff1d(np.arange(len(altered)), train)
+    altered[others] = 255
+    data.images = altered
+    assert train_module._normalization_stats(data, train) == pytest.approx((mean, std))
+
+
+def test_augmentation_changes_training_batches_only(make_cfg, monkeypatch):
+    calls = []
+    real = loop.random_affine
+
+    def spy(x, opts, generator):
+        calls.append(x.shape[0])
+        return real(x, opts, generator)
+
+    monkeypatch.setattr(loop, "random_affine", spy)
+    cfg = make_cfg("augmentation=on", "trainer.epochs=2", "tracking.log_checkpoint=false")
+    run_id, _ = _train(cfg)
+    n_train = int(MlflowClient().get_run(run_id).data.params["n_train"])
+    assert sum(calls) == 2 * n_train  # every training image, each epoch; val/test never
+
+    x = torch.rand(4, 1, 32, 32)
+    out = random_affine(x, AugmentOptions(), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    same = random_affine(x, AugmentOptions(0.0, 0.0, 0.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(same, x, atol=1e-5)  # zero rotation/zoom/shift is the identity
+
+
+def test_one_epoch_run_leaves_a_complete_finished_mlflow_run(make_cfg):
+    cfg = make_cfg()
+    run_id, results = _train(cfg)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "masked-cw_off-norm_on-aug_on-bq_off-cnn16_gap-s0"
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    assert params["dataset.mode"] == "masked" and params["trainer.epochs"] == "1"
+    assert params["seed"] == "0" and "paths.cache_dir" in params
+    for factor, level in {"dataset": "masked", "class_weights": "off", "normalization": "on",
+                          "augmentation": "on", "brisque_filter": "off", "backbone": "cnn16_gap"}.items():
+        assert tags[f"factor.{factor}"] == level
+    data = load_data(cfg)
+    assert tags[schema.SPLIT_HASH] == data.manifest_hash
+    assert tags[schema.FINGERPRINT] == data.fingerprint
+    assert tags[schema.SEED] == "0" and len(tags[schema.CONFIG_KEY]) == 12
+    assert tags[schema.CODE_VERSION]
+    for name in schema.final_metric_names("test") + schema.final_metric_names("val"):
+        assert name in metrics, name
+    assert metrics["test_accuracy"] == pytest.approx(results["test_accuracy"])
+    assert sum(metrics[f"test_support_{c}"] for c in CLASSES) == (data.table["split"] == "test").sum()
+    history = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history] == [1]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "classification_report.txt", "classification_report.json",
+            "confusion_matrix.png", "learning_curve.png", "split", "checkpoint"} <= artifacts
+    manifest = client.list_artifacts(run_id, "split")[0].path
+    assert data.manifest_hash in manifest
+    state = torch.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/best_model.pt"),
+                       weights_only=True)
+    assert "head.4.weight" in state
+
+
+def test_same_seed_gives_identical_metrics_on_cpu(make_cfg):
+    cfg = make_cfg("trainer.epochs=2", "tracking.log_checkpoint=false", "device=cpu")
+    _, first = _train(cfg)
+    _, second = _train(cfg)
+    keys = [k for k in first if k.startswith(("test_", "val_"))]
+    assert {k: first[k] for k in keys} == {k: second[k] for k in keys}
+    _, other = _train(make_cfg("trainer.epochs=2", "tracking.log_checkpoint=false", "seed=1"))
+    assert other["best_val_loss"] != first["best_val_loss"]
+
+
+def test_an_exception_fails_the_run_and_keeps_the_traceback(make_cfg, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(train_module, "train_one_epoch", broken)
+    cfg = make_cfg()
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _train(cfg)
+    run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["xray.error"] == "RuntimeError: injected failure"
+    text = mlflow.artifacts.load_text(run.info.artifact_uri + "/error/traceback.txt")
+    assert "injected failure" in text and "Traceback" in text
+
+
+def test_a_nan_loss_stops_the_run_with_a_clear_message(make_cfg, monkeypatch):
+    class NanLoss(torch.nn.CrossEntropyLoss):
+        def forward(self, logits, target):
+            return super().forward(logits, target) * float("nan")
+
+    monkeypatch.setattr(train_module.nn, "CrossEntropyLoss", NanLoss)
+    cfg = make_cfg()
+    with pytest.raises(loop.TrainingDiverged, match="training loss is nan"):
+        _train(cfg)
+    run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")[0]
+    assert run.info.status == "FAILED"
