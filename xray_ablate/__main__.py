@@ -1,32 +1,35 @@
-"""python -m xray_ablate [overrides]: train one configuration (with -m: a sweep) and log to MLflow."""
+"""python -m xray_ablate [overrides]: train one configuration; with -m, a sweep over seeds."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from xray_ablate.errors import UserError
 from xray_ablate.settings import CONFIG_DIR
-from xray_ablate.tracking.run import mlflow_run, run_tags
-from xray_ablate.train.run import train_run
-
-log = logging.getLogger("xray_ablate")
+from xray_ablate.sweep import callback
+from xray_ablate.sweep.job import run_job
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    return run_job(cfg)
+
+
+def cli() -> None:
+    """Run Hydra, then (for a sweep) always print the summary; non-zero exit if a job failed."""
+    code, interrupted = 0, False
     try:
-        with mlflow_run(cfg, run_tags(cfg)):
-            results = train_run(cfg)
-    except UserError as err:
-        log.error("%s", err)
-        sys.exit(2)
-    log.info("test accuracy %.4f (macro F1 %.4f)", results["test_accuracy"], results["test_macro_f1"])
-    return results["test_accuracy"]
+        main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except KeyboardInterrupt:
+        code, interrupted = 130, True
+    finally:
+        code = max(code, callback.finish(interrupted=interrupted))
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,0 +1,55 @@
+"""Find finished work to skip, and runs left RUNNING by processes that died."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from mlflow.tracking import MlflowClient
+
+from xray_ablate.tracking import schema
+
+log = logging.getLogger(__name__)
+HOST_TAG, PID_TAG = "xray.host", "xray.pid"
+
+
+def process_tags() -> dict[str, str]:
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def finished_run(client: MlflowClient, experiment_id: str, config_key: str, seed: int,
+                 fingerprint: str, split_hash: str) -> str | None:
+    """The id of a FINISHED run of this (config key, seed, dataset fingerprint, split), if any."""
+    query = (f"tags.`{schema.CONFIG_KEY}` = '{config_key}' and tags.`{schema.SEED}` = '{seed}' "
+             f"and tags.`{schema.FINGERPRINT}` = '{fingerprint}' "
+             f"and tags.`{schema.SPLIT_HASH}` = '{split_hash}' and attributes.status = 'FINISHED'")
+    runs = client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING runs of this host whose process no longer exists."""
+    host, dead = socket.gethostname(), []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=10000):
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+            continue  # another machine's run: it may still be alive
+        if _alive(int(tags[PID_TAG])):
+            continue
+        client.set_tag(run.info.run_id, "xray.error", f"process {tags[PID_TAG]} died while running")
+        client.set_terminated(run.info.run_id, "FAILED")
+        dead.append(run.info.run_id)
+    if dead:
+        log.warning("marked %d runs of dead processes as FAILED: %s", len(dead), ", ".join(dead))
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
