@@ -25,6 +25,8 @@ def project_root() -> Path:
 
 CONFIG_DIR = str(project_root() / "conf")
 OmegaConf.register_new_resolver("project_root", lambda: str(project_root()), replace=True)
+# ${pick:cond,a,b} = a if cond else b; experiments use it to choose a sweep design.
+OmegaConf.register_new_resolver("pick", lambda cond, a, b: a if cond else b, replace=True)
 
 
 def data_config(cfg: DictConfig) -> DataConfig:

@@ -11,6 +11,7 @@ optionally build the report.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,6 @@ class ActiveSweep:
     cfg: DictConfig
     info: SweepInfo
     jobs: list[list[str]]
-    outcome_dir: Path
     started: float
 
 
@@ -55,9 +55,10 @@ class SweepCallback(Callback):
         prepare_shared_work([compose(config_name=config_name, overrides=job) for job in jobs])
         sid = sweep_id(str(cfg.experiment_name), jobs)
         parent = _open_parent_run(client, experiment_id, sid, cfg, jobs)
-        info = SweepInfo(sid, parent)
+        outcome_dir = Path(cfg.hydra.sweep.dir) / "outcomes" / f"{os.getpid()}-{time.time_ns()}"
+        info = SweepInfo(sid, parent, str(outcome_dir))
         info.export()
-        _active = ActiveSweep(cfg, info, jobs, Path(cfg.hydra.sweep.dir) / "outcomes", time.perf_counter())
+        _active = ActiveSweep(cfg, info, jobs, time.perf_counter())
         log.info("sweep %s: %d jobs, parent run %s", sid, len(jobs), parent)
 
 
@@ -107,7 +108,7 @@ def finish(interrupted: bool = False) -> int:
         return 0
     sweep, _active = _active, None
     SweepInfo.clear()
-    outcomes = read_outcomes(sweep.outcome_dir)
+    outcomes = read_outcomes(Path(sweep.info.outcome_dir))
     counts, problems = summarize(sweep.jobs, outcomes)
     wall = time.perf_counter() - sweep.started
     print(f"\nsweep {sweep.info.sweep_id} (parent run {sweep.info.parent_run_id}): {len(sweep.jobs)} jobs: "

@@ -62,7 +62,7 @@ def run_job(cfg: DictConfig) -> float | None:
     finally:
         outcome.job_seconds = time.perf_counter() - started
         if sweep is not None:
-            outcome.write(Path(hydra_cfg.sweep.dir) / "outcomes")
+            outcome.write(Path(sweep.outcome_dir))
 
 
 def _finished(cfg: DictConfig, data) -> str | None:

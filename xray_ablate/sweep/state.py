@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-_ENV_ID, _ENV_PARENT = "XRAY_ABLATE_SWEEP_ID", "XRAY_ABLATE_SWEEP_PARENT_RUN"
+_ENV = {"sweep_id": "XRAY_ABLATE_SWEEP_ID", "parent_run_id": "XRAY_ABLATE_SWEEP_PARENT_RUN",
+        "outcome_dir": "XRAY_ABLATE_SWEEP_OUTCOMES"}
 MEMBER_TAG = "xray.in_sweep.{}"  # set on every run a sweep counts, its own or reused ones
 
 
@@ -13,18 +14,20 @@ MEMBER_TAG = "xray.in_sweep.{}"  # set on every run a sweep counts, its own or r
 class SweepInfo:
     sweep_id: str
     parent_run_id: str
+    outcome_dir: str  # one folder per invocation: a rerun must not read the last one's files
 
     def export(self) -> None:
         # Environment variables reach joblib workers, submitit processes and SLURM jobs alike.
-        os.environ[_ENV_ID], os.environ[_ENV_PARENT] = self.sweep_id, self.parent_run_id
+        for field, name in _ENV.items():
+            os.environ[name] = getattr(self, field)
 
     @staticmethod
     def current() -> SweepInfo | None:
-        if os.environ.get(_ENV_ID):
-            return SweepInfo(os.environ[_ENV_ID], os.environ[_ENV_PARENT])
+        if all(os.environ.get(name) for name in _ENV.values()):
+            return SweepInfo(**{field: os.environ[name] for field, name in _ENV.items()})
         return None
 
     @staticmethod
     def clear() -> None:
-        os.environ.pop(_ENV_ID, None)
-        os.environ.pop(_ENV_PARENT, None)
+        for name in _ENV.values():
+            os.environ.pop(name, None)

@@ -1,0 +1,171 @@
+"""Sweeps: default seeds, resume, failure isolation, a killed sweep, parallel launchers."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from xray_ablate.__main__ import cli
+from xray_ablate.settings import CONFIG_DIR
+from xray_ablate.sweep.plan import planned_jobs
+from xray_ablate.tracking import schema
+
+
+def base_overrides(root: Path, synthetic: Path) -> list[str]:
+    return ["dataset=demo", f"dataset.root={synthetic}", "image_size=32", "backbone=cnn16_gap",
+            "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1", f"paths.root_dir={root}",
+            "tracking.system_metrics=false", "tracking.log_checkpoint=false"]
+
+
+def run_sweep(monkeypatch, root: Path, synthetic: Path, *args: str) -> int:
+    GlobalHydra.instance().clear()
+    sweep_dir = root / "multirun" / str(time.time_ns())
+    argv = ["xray_ablate", "-m", *base_overrides(root, synthetic), f"hydra.sweep.dir={sweep_dir}", *args]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        cli()
+    return exit_.value.code
+
+
+def train_runs(uri: str, status: str | None = None):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("xray-ablate")
+    query = f"tags.`{schema.KIND}` = 'train'" + (f" and attributes.status = '{status}'" if status else "")
+    return client.search_runs([experiment.experiment_id], query, max_results=1000)
+
+
+def sqlite_uri(root: Path) -> str:
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def keys(runs) -> Counter:
+    return Counter((r.data.tags[schema.CONFIG_KEY], r.data.tags[schema.SEED]) for r in runs)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], 12), (["repeats=2"], 8), (["seed=0,1"], 8), (["seed=range(5)"], 20), (["repeats=1"], 4),
+])
+def test_seeds_are_repeated_by_default(overrides, expected):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[o for o in overrides if "," not in o and "range" not in o],
+                      return_hydra_config=True)
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra.overrides.task = ["dataset=masked,raw", "class_weights=on,off", *overrides]
+    jobs = planned_jobs(cfg)
+    assert len(jobs) == expected
+    assert len({tuple(sorted(j)) for j in jobs}) == expected
+
+
+def test_sweep_runs_every_config_and_seed_once_and_resumes(monkeypatch, tmp_path, synthetic_root, capsys):
+    args = ["dataset.mode=masked,raw", "class_weights=on,off", "repeats=2"]
+    assert run_sweep(monkeypatch, tmp_path, synthetic_root, *args) == 0
+    runs = train_runs(sqlite_uri(tmp_path), "FINISHED")
+    assert len(runs) == 8 and len(keys(runs)) == 8
+    assert set(keys(runs).values()) == {1}
+    parents = {r.data.tags[schema.PARENT_RUN] for r in runs}
+    assert len(parents) == 1
+    parent = MlflowClient(sqlite_uri(tmp_path)).get_run(parents.pop())
+    assert parent.data.tags[schema.KIND] == "sweep" and parent.info.status == "FINISHED"
+    assert "8 finished, 0 skipped" in capsys.readouterr().out
+
+    # The same sweep again, seeds now explicit: nothing new runs.
+    assert run_sweep(monkeypatch, tmp_path, synthetic_root, "dataset.mode=masked,raw",
+                     "class_weights=on,off", "seed=0,1") == 0
+    assert len(train_runs(sqlite_uri(tmp_path))) == 8
+    assert "0 finished, 8 skipped" in capsys.readouterr().out
+
+
+def test_a_failing_job_does_not_stop_the_others(monkeypatch, tmp_path, synthetic_root, capsys):
+    code = run_sweep(monkeypatch, tmp_path, synthetic_root, "trainer.lr=-1,0.001", "seed=0,1")
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "2 finished, 0 skipped (already finished), 2 failed" in out
+    assert "trainer.lr=-1" in out and "ValueError: Invalid learning rate" in out
+    runs = train_runs(sqlite_uri(tmp_path))
+    assert Counter(r.info.status for r in runs) == {"FINISHED": 2, "FAILED": 2}
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert all(r.data.params["trainer.lr"] == "-1" for r in failed)
+    client = MlflowClient(sqlite_uri(tmp_path))
+    assert {a.path for a in client.list_artifacts(failed[0].info.run_id, "error")} == {"error/traceback.txt"}
+
+
+def test_a_killed_sweep_completes_on_rerun_without_duplicates(monkeypatch, tmp_path, synthetic_root):
+    args = ["dataset.mode=masked,raw", "seed=0,1", "trainer.epochs=2"]
+    sweep_dir = tmp_path / "multirun" / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xray_ablate", "-m", *base_overrides(tmp_path, synthetic_root),
+         f"hydra.sweep.dir={sweep_dir}", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((sweep_dir / "outcomes").glob("*/*.json")) and time.time() < deadline:
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.2)
+    time.sleep(1.0)  # let the second job start its run
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = train_runs(sqlite_uri(tmp_path))
+    assert 1 <= len([r for r in before if r.info.status == "FINISHED"]) < 4
+
+    assert run_sweep(monkeypatch, tmp_path, synthetic_root, *args) == 0
+    runs = train_runs(sqlite_uri(tmp_path))
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 4 and set(keys(finished).values()) == {1}
+    assert all(r.info.status != "RUNNING" for r in runs)  # a dead process's run is marked FAILED
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+def test_joblib_workers_log_through_a_tracking_server(monkeypatch, tmp_path, synthetic_root, mlflow_server):
+    code = run_sweep(monkeypatch, tmp_path, synthetic_root, "dataset.mode=masked,raw", "seed=0,1",
+                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"tracking.uri={mlflow_server}")
+    assert code == 0
+    runs = train_runs(mlflow_server, "FINISHED")
+    assert len(runs) == 4 and len(keys(runs)) == 4
+    assert len({r.data.tags["xray.pid"] for r in runs}) == 2  # two worker processes
+    mlflow.set_tracking_uri(sqlite_uri(tmp_path))
+
+
+def test_submitit_local_launcher_runs_a_sweep(monkeypatch, tmp_path, synthetic_root):
+    code = run_sweep(monkeypatch, tmp_path, synthetic_root, "dataset.mode=masked,raw", "seed=0",
+                     "hydra/launcher=submitit_local")
+    assert code == 0
+    runs = train_runs(sqlite_uri(tmp_path), "FINISHED")
+    assert sorted(r.data.tags["factor.dataset"] for r in runs) == ["masked", "raw"]
