@@ -1,0 +1,57 @@
+"""Sweep overhead per job, and 2 parallel jobs (joblib) against 2 sequential ones on this machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from xray_ablate.bench.rows import Row
+from xray_ablate.data.synthetic import generate
+from xray_ablate.sweep.outcomes import read_outcomes
+from xray_ablate.tracking import schema
+
+COMMAND = "python -m xray_ablate.bench sweep"
+
+
+def _sweep(root: Path, data: Path, *args: str) -> tuple[float, list]:
+    """Run a sweep in a fresh process; return its wall time (MLflow) and its job outcomes."""
+    sweep_dir = root / "multirun" / uuid.uuid4().hex
+    subprocess.run(
+        [sys.executable, "-m", "xray_ablate", "-m", "dataset=demo", f"dataset.root={data}",
+         f"paths.root_dir={root}", f"hydra.sweep.dir={sweep_dir}", "tracking.system_metrics=false",
+         "tracking.log_checkpoint=false", "resume=false", *args],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("xray-ablate")
+    parent = client.search_runs([experiment.experiment_id], f"tags.`{schema.KIND}` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    outcomes = read_outcomes(next((sweep_dir / "outcomes").iterdir()))
+    return parent.data.metrics["sweep_seconds"], outcomes
+
+
+def run() -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="xray-bench-sweep-") as tmp:
+        root = Path(tmp)
+        data = generate(root / "data", n=120, seed=0, size=128)
+        tiny = ["image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", "seed=range(8)"]
+        wall, outcomes = _sweep(root, data, *tiny)
+        overhead = (wall - sum(o.train_seconds for o in outcomes)) / len(outcomes)
+
+        work = ["image_size=64", "backbone=cnn16", "trainer.epochs=2", "seed=0,1"]
+        sequential, _ = _sweep(root, data, *work)
+        parallel, _ = _sweep(root, data, *work, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    cores = os.cpu_count()
+    return [
+        Row("sweep", "per-job overhead (wall - training time) / jobs", overhead, "s", "< 1 s",
+            overhead < 1.0, COMMAND, "8 tiny jobs, basic launcher, after the shared pre-steps"),
+        Row("sweep", "2 jobs sequential (basic launcher)", sequential, "s", command=COMMAND,
+            notes=f"cnn16 64 px, 120 synthetic images, 2 epochs; {cores} cores"),
+        Row("sweep", "2 jobs parallel (joblib, n_jobs=2)", parallel, "s", command=COMMAND,
+            notes=f"speed-up {sequential / parallel:.2f}x; each job gets cores / n_jobs threads"),
+    ]
