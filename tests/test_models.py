@@ -42,7 +42,7 @@ def test_every_backbone_builds_and_takes_a_step(name):
     assert logits.shape == (2, 4)
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3])).backward()
     optimizer.step()
-    assert any(not torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))
 
 
 def test_frozen_parameters_and_batchnorm_statistics_do_not_change():
@@ -57,7 +57,8 @@ def test_frozen_parameters_and_batchnorm_statistics_do_not_change():
     optimizer.step()
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in frozen.items())
-    assert not torch.equal(model.features[4][0].conv1.weight, build_model(spec, 4, 32, None).features[4][0].conv1.weight)
+    fresh = build_model(spec, 4, 32, None)
+    assert not torch.equal(model.features[4][0].conv1.weight, fresh.features[4][0].conv1.weight)
 
 
 def test_missing_pretrained_weights_name_the_expected_file(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ from xray_ablate.data.labels import CLASSES
 from xray_ablate.errors import UserError
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.run import mlflow_run, run_tags
-from xray_ablate.train import loop, run as train_module
+from xray_ablate.train import loop
+from xray_ablate.train import run as train_module
 from xray_ablate.train.augment import AugmentOptions, random_affine
 from xray_ablate.train.run import class_weights, load_data, train_run
 

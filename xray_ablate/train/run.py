@@ -26,7 +26,7 @@ from xray_ablate.tracking import schema
 from xray_ablate.tracking.run import log_config, log_figure, log_json, scratch_dir
 from xray_ablate.train import figures, metrics
 from xray_ablate.train.augment import AugmentOptions
-from xray_ablate.train.device import select_device, seed_everything
+from xray_ablate.train.device import seed_everything, select_device
 from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
     model = build_model(spec, len(CLASSES), int(cfg.image_size), stats).to(device)
     weights = class_weights(cfg.class_weights.weights, labels[split.train])
     if weights is not None:
-        mlflow.log_params({f"class_weight_{c}": round(float(w), 4) for c, w in zip(CLASSES, weights)})
+        mlflow.log_params({f"class_weight_{c}": round(float(w), 4) for c, w in zip(CLASSES, weights, strict=True)})
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(
         weights, dtype=torch.float32, device=device))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -130,7 +130,7 @@ def class_weights(setting, train_labels: np.ndarray) -> np.ndarray | None:
     if setting == "inverse_frequency":
         counts = np.bincount(train_labels, minlength=len(CLASSES)).astype(float)
         if (counts == 0).any():
-            missing = [c for c, n in zip(CLASSES, counts) if n == 0]
+            missing = [c for c, n in zip(CLASSES, counts, strict=True) if n == 0]
             raise UserError(f"class weights: no training image of {', '.join(missing)}")
         return counts.max() / counts
     weights = np.asarray(list(setting), dtype=float)
