@@ -12,7 +12,7 @@ Image.MAX_IMAGE_PIXELS = 200_000_000
 
 
 def decode_grayscale(path: Path, min_size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
-    """Return (uint8 HxW array, scale), scale = decoded width / stored width.
+    """Return (uint8 HxW array, scale), scale = decoded pixels per stored pixel (both axes).
 
     With ``min_size`` a JPEG is decoded at a reduced DCT scale that is still at least that
     large, which makes big JPEGs several times faster to read. Images of more than 8 bits
@@ -21,8 +21,13 @@ def decode_grayscale(path: Path, min_size: tuple[int, int] | None = None) -> tup
     """
     with Image.open(path) as im:
         stored_width = im.size[0]
+        scale = None
         if min_size is not None and im.format == "JPEG":
-            im.draft("L", min_size)
+            drafted = im.draft("L", min_size)
+            if drafted is not None:
+                # (mode, (0, 0, w / s, h / s)) for a 1/s DCT scale. The decoded size rounds
+                # w / s up, so its ratio to w is not the scale of both axes.
+                scale = drafted[1][2] / stored_width
         im.load()
         if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             array = _rescale(np.asarray(im))
@@ -30,7 +35,7 @@ def decode_grayscale(path: Path, min_size: tuple[int, int] | None = None) -> tup
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             array = np.asarray(im.convert("L"))
-    return np.ascontiguousarray(array), array.shape[1] / stored_width
+    return np.ascontiguousarray(array), scale or array.shape[1] / stored_width
 
 
 def _rescale(values: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ Two layouts: a V7 Darwin export (``annotations/*.json`` + ``images/``) and an Im
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +124,10 @@ def _darwin_record(root: Path, path: Path, options: IngestOptions, inv: Inventor
     except OSError as err:
         return rec.exclude("not_json", f"cannot read: {err.strerror or err}")
 
-    images_root = (root / options.images_dir).resolve()
-    image_path = (images_root / darwin.folder.lstrip("/") / darwin.filename).resolve()
+    # Lexical check (abspath normalises '..' without following links): a JSON may not point
+    # outside images/, but images/ may hold symlinks (DVC, git-annex, a dataset view).
+    images_root = Path(os.path.abspath(root / options.images_dir))
+    image_path = Path(os.path.abspath(images_root / darwin.folder.lstrip("/") / darwin.filename))
     if not image_path.is_relative_to(images_root):
         return rec.exclude("path_escapes_root", f"image {darwin.filename!r} is outside {images_root}")
     rec.image_id = Path(darwin.filename).stem

@@ -35,7 +35,7 @@ class DataConfig:
 @dataclass
 class PreparedData:
     images: np.ndarray  # (N, size, size) uint8, row i is table row i
-    table: pd.DataFrame  # image_id, cls, label, patient_id, view, split
+    table: pd.DataFrame  # image_id, cls, label, patient_id, view, split, image_path
     excluded: pd.DataFrame  # source, image_id, cls, reason, detail
     fingerprint: str
     cache_key: str
@@ -58,15 +58,16 @@ def prepare(cfg: DataConfig) -> PreparedData:
     fingerprint = dataset_fingerprint(root, cfg.cache_dir)
     inv_key = cache.inventory_key(fingerprint, cfg.ingest)
     with cache.lock(cfg.cache_dir, inv_key):
-        loaded = cache.load_inventory(cfg.cache_dir, inv_key)
+        loaded = cache.load_inventory(cfg.cache_dir, inv_key, root)
         if loaded is None:
             inventory = _ingest(root, cfg.ingest)
-            table = cache.save_inventory(cfg.cache_dir, inv_key, inventory)
+            table = cache.save_inventory(cfg.cache_dir, inv_key, inventory, root)
             meta = {"layout": inventory.layout, "maskable": inventory.maskable,
                     "unknown_tags": inventory.unknown_tags,
                     "patient_fallbacks": inventory.patient_fallbacks}
         else:
             table, meta = loaded
+            inventory = None
     if cfg.preprocess.mode == "masked" and not meta["maskable"]:
         raise UserError(
             f"dataset {root} ({meta['layout']}) has no Lung polygons, so dataset=masked cannot be "
@@ -79,7 +80,9 @@ def prepare(cfg: DataConfig) -> PreparedData:
     with cache.lock(cfg.cache_dir, key):
         loaded_images = cache.load_images(cfg.cache_dir, key)
         if loaded_images is None:
-            records = {r.image_id: r for r in _ingest(root, cfg.ingest).records if r.ok}
+            if inventory is None:  # polygons are not cached: read them again
+                inventory = _ingest(root, cfg.ingest)
+            records = {r.image_id: r for r in inventory.records if r.ok}
             ordered = [records[i] for i in usable["image_id"]]
             workers = cfg.workers or os.cpu_count() or 1
             loaded_images = cache.build_images(cfg.cache_dir, key, ordered, cfg.preprocess, workers)
@@ -108,7 +111,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
     images = images if len(rows) == len(decoded) else images[rows]
     return PreparedData(
         images=images,
-        table=usable[["image_id", "cls", "label", "patient_id", "view", "split"]],
+        table=usable[["image_id", "cls", "label", "patient_id", "view", "split", "image_path"]],
         excluded=excluded.reset_index(drop=True),
         fingerprint=fingerprint, cache_key=key, manifest=manifest, manifest_hash=digest,
         manifest_path=manifest_path, layout=meta["layout"], unknown_tags=meta["unknown_tags"],

@@ -29,8 +29,9 @@ def summarize(data: PreparedData) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"dataset fingerprint {summary['fingerprint']} ({summary['layout']}), "
-             f"split manifest {summary['manifest_hash']}", "", "images per class:"]
+    header = (f"dataset fingerprint {summary['fingerprint']} ({summary['layout']}), "
+              f"split manifest {summary['manifest_hash']}")
+    lines = [header, "", "images per class:"]
     lines += [f"  {c:<10} {n:>6}" for c, n in summary["classes"].items()]
     lines.append(f"  {'total':<10} {sum(summary['classes'].values()):>6}")
     lines += ["", "excluded:"]
