@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from xray_ablate.data.synthetic import generate
+from xray_ablate.quality.weights import WEIGHTS_NAME, weights_path
+from xray_ablate.settings import project_root
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +58,26 @@ def make_cfg(tmp_path, synthetic_root):
             return compose(config_name="config", overrides=base + list(overrides))
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def brisque_weights() -> Path:
+    """piq's SVM weights in $TORCH_HOME, copied from shared/models into a temporary TORCH_HOME
+    when missing (CI puts them there itself); under CI=true a missing file is a failure."""
+    if weights_path().is_file():
+        yield weights_path()
+        return
+    fixture = os.environ.get("XRAY_ABLATE_FIXTURE")
+    candidates = [Path(fixture) / ".." / ".." / "models" / WEIGHTS_NAME] if fixture else []
+    candidates.append(project_root().parent / "shared" / "models" / WEIGHTS_NAME)
+    source = next((c for c in candidates if c.is_file()), None)
+    if source is None:
+        message = f"BRISQUE weights not at {weights_path()} nor in {[str(c) for c in candidates]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", tmp)  # an env var, so spawned scoring workers see it too
+        weights_path().parent.mkdir(parents=True)
+        shutil.copy(source, weights_path())
+        yield weights_path()

@@ -155,3 +155,18 @@ def test_a_nan_loss_stops_the_run_with_a_clear_message(make_cfg, monkeypatch):
         _train(cfg)
     run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")[0]
     assert run.info.status == "FAILED"
+
+
+def test_brisque_filter_changes_training_images_but_never_the_test_split(make_cfg, brisque_weights):
+    off_id, _ = _train(make_cfg("tracking.log_checkpoint=false"))
+    on_id, on = _train(make_cfg("brisque_filter=on", "brisque_filter.iqr_factor=0.1",
+                                "tracking.log_checkpoint=false"))
+    client = MlflowClient()
+    off, on_run = client.get_run(off_id).data, client.get_run(on_id).data
+    assert on_run.tags["factor.brisque_filter"] == "on"
+    assert on_run.params["n_test"] == off.params["n_test"]
+    assert on_run.tags[schema.SPLIT_HASH] == off.tags[schema.SPLIT_HASH]
+    removed = sum(on_run.metrics[f"brisque_removed_{c}"] for c in CLASSES)
+    assert removed > 0
+    trained = int(on_run.params["n_train"]) + int(on_run.params["n_val"])
+    assert trained == int(off.params["n_train"]) + int(off.params["n_val"]) - removed

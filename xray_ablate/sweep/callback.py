@@ -69,8 +69,8 @@ def prepare_shared_work(job_cfgs: list[DictConfig]) -> None:
     prepared = {}
     for job_cfg in job_cfgs:
         try:
-            ensure_synthetic(job_cfg)
             key = data_config(job_cfg)
+            ensure_synthetic(job_cfg)
             if key not in prepared:
                 prepared[key] = prepare(key)
             if job_cfg.brisque_filter.enabled:
@@ -126,11 +126,11 @@ def finish(interrupted: bool = False) -> int:
     if sweep.cfg.sweep.report and counts[FINISHED] + counts[SKIPPED] and not interrupted:
         from xray_ablate.report import build_report
 
-        report_cfg = sweep.cfg.copy()
-        OmegaConf.update(report_cfg, "report.sweep_id", sweep.info.sweep_id, force_add=True)
         try:
-            print(f"report: {build_report(report_cfg)}")
+            folder = build_report(sweep.cfg, sweep_id=sweep.info.sweep_id)
         except UserError as err:
             print(f"report not built: {err}")
+        else:
+            print("\n" + (folder / "report.md").read_text() + f"\nreport and plots: {folder}")
     return 1 if counts[FAILED] else 0
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from xray_ablate.errors import UserError
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, SKIPPED, Outcome
 from xray_ablate.sweep.resume import finished_run, process_tags
-from xray_ablate.sweep.state import MEMBER_TAG, SweepInfo
+from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.run import mlflow_run, run_tags
 from xray_ablate.tracking.store import connect
@@ -38,9 +38,9 @@ def run_job(cfg: DictConfig) -> float | None:
         data = load_data(cfg)
         tags = {**run_tags(cfg), **process_tags()}
         if sweep is not None:
-            tags.update({schema.SWEEP_ID: sweep.sweep_id, MEMBER_TAG.format(sweep.sweep_id): "1"})
+            tags.update({schema.SWEEP_ID: sweep.sweep_id, schema.SWEEP_MEMBER.format(sweep.sweep_id): "1"})
             if cfg.resume and (existing := _finished(cfg, data)):
-                MlflowClient().set_tag(existing, MEMBER_TAG.format(sweep.sweep_id), "1")
+                MlflowClient().set_tag(existing, schema.SWEEP_MEMBER.format(sweep.sweep_id), "1")
                 log.info("skipped: already finished as run %s", existing)
                 outcome.status, outcome.run_id = SKIPPED, existing
                 return None

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 _ENV = {"sweep_id": "XRAY_ABLATE_SWEEP_ID", "parent_run_id": "XRAY_ABLATE_SWEEP_PARENT_RUN",
         "outcome_dir": "XRAY_ABLATE_SWEEP_OUTCOMES"}
-MEMBER_TAG = "xray.in_sweep.{}"  # set on every run a sweep counts, its own or reused ones
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ FACTOR_TAG = "factor.{}"  # e.g. factor.dataset = masked
 KIND = "xray.kind"  # train | sweep | report | quality
 SEED = "xray.seed"
 CONFIG_KEY = "xray.config_key"  # groups the seeds of one configuration
-SWEEP_ID = "xray.sweep_id"
+SWEEP_ID = "xray.sweep_id"  # the sweep that created the run
+SWEEP_MEMBER = "xray.in_sweep.{}"  # "1" on every run a sweep counts: its own and those it reused
 EXPERIMENT = "xray.experiment"  # the experiment= config name, or "none"
 SPLIT_HASH = "xray.split_hash"
 SPLIT_MODE = "xray.split_mode"  # fixed | per_seed

@@ -42,8 +42,9 @@ class SplitIndices:
 
 
 def load_data(cfg: DictConfig) -> PreparedData:
+    config = settings.data_config(cfg)  # first: a missing dataset.root is a clear error
     settings.ensure_synthetic(cfg)
-    return prepare(settings.data_config(cfg))
+    return prepare(config)
 
 
 def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, float]:
@@ -147,8 +148,7 @@ def _split_indices(data: PreparedData, cfg: DictConfig) -> tuple[SplitIndices, n
     from xray_ablate.quality.filter import brisque_filter
 
     result = brisque_filter(data, cfg)
-    mlflow.log_metrics({f"brisque_removed_{c}": n for c, n in result.removed_per_class.items()})
-    mlflow.log_params({"brisque_fence_low": result.fences[0], "brisque_fence_high": result.fences[1]})
+    mlflow.log_metrics(result.metrics())
     kept = SplitIndices(split.train[result.keep[split.train]], split.val[result.keep[split.val]], split.test)
     return kept, result.test_outlier[split.test]
 

@@ -1,0 +1,366 @@
+"""The report end to end, on runs inserted into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from scipy import stats as st
+from statsmodels.formula.api import ols
+from statsmodels.stats.anova import anova_lm
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestIndPower
+
+from xray_ablate.data.labels import CLASSES
+from xray_ablate.errors import UserError
+from xray_ablate.report import build_report
+from xray_ablate.settings import CONFIG_DIR
+from xray_ablate.tracking import schema
+from xray_ablate.tracking.store import connect
+
+BASE = {"dataset": "masked", "class_weights": "off", "normalization": "on", "augmentation": "on",
+        "brisque_filter": "off", "backbone": "cnn16"}
+_clock = itertools.count(1_700_000_000_000, 1000)  # start times, one second apart
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root}/mlflow.db", root / "artifacts"
+
+
+def make_cfg(store, experiment: str, reports_dir, *overrides: str):
+    uri, artifacts = store
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[
+            f"tracking.uri={uri}", f"tracking.experiment={experiment}",
+            f"tracking.artifact_root={artifacts}", f"paths.reports_dir={reports_dir}", *overrides])
+
+
+class Sweep:
+    """Writes runs the way the training and sweep code log them."""
+
+    def __init__(self, store, experiment: str, sweep_id: str = "sw1", exp_tag: str = "none"):
+        uri, artifacts = store
+        self.exp_id = connect(uri, experiment, artifacts)
+        self.client = MlflowClient()
+        self.sweep_id, self.exp_tag = sweep_id, exp_tag
+        parent = self.client.create_run(self.exp_id, start_time=next(_clock), tags={
+            schema.KIND: "sweep", schema.SWEEP_ID: sweep_id, schema.EXPERIMENT: exp_tag})
+        self.parent = parent.info.run_id
+
+    def run(self, key: str, seed: int, acc: float, *, status="FINISHED", split_hash="h1",
+            fingerprint="f1", split_mode="fixed", start_time=None, **factors) -> str:
+        levels = {**BASE, **factors}
+        tags = {schema.KIND: "train", schema.SEED: str(seed), schema.CONFIG_KEY: key,
+                schema.SWEEP_ID: self.sweep_id, schema.SWEEP_MEMBER.format(self.sweep_id): "1",
+                schema.EXPERIMENT: self.exp_tag,
+                schema.SPLIT_HASH: split_hash, schema.SPLIT_MODE: split_mode,
+                schema.FINGERPRINT: fingerprint, schema.CODE_VERSION: "test",
+                schema.PARENT_RUN: self.parent,
+                **{schema.FACTOR_TAG.format(f): v for f, v in levels.items()}}
+        run_id = self.client.create_run(self.exp_id, start_time=start_time or next(_clock),
+                                        tags=tags).info.run_id
+        finals = {}
+        for p, shift in (("test", 0.0), ("val", 0.01)):
+            finals |= {f"{p}_accuracy": acc + shift, f"{p}_balanced_accuracy": acc - 0.02,
+                       f"{p}_macro_precision": acc - 0.01, f"{p}_macro_recall": acc - 0.02,
+                       f"{p}_macro_f1": acc - 0.03, f"{p}_roc_auc_ovr": 0.9, f"{p}_loss": 1 - acc}
+            for i, cls in enumerate(CLASSES):
+                finals |= {f"{p}_precision_{cls}": acc, f"{p}_recall_{cls}": acc,
+                           f"{p}_f1_{cls}": acc - 0.1 * (cls == "viral") + 0.001 * i,
+                           f"{p}_support_{cls}": 10.0}
+        now = next(_clock)
+        metrics = [Metric(k, v, now, 0) for k, v in finals.items()]
+        for epoch in (1, 2, 3):
+            metrics += [Metric("val_acc", acc * epoch / 3, now, epoch),
+                        Metric("val_loss", 2.0 / epoch, now, epoch),
+                        Metric("train_acc", acc, now, epoch), Metric("train_loss", 1.0, now, epoch)]
+        params = [Param("seed", str(seed)), Param("split.seed", "0"),
+                  Param("dataset.mode", levels["dataset"])]
+        self.client.log_batch(run_id, metrics=metrics, params=params)
+        if status != "RUNNING":
+            self.client.set_terminated(run_id, status)
+        return run_id
+
+
+# The tiny sweep: dataset x augmentation crossed with 3 paired seeds, class weights on with other
+# seeds (Welch), vgg16 with one seed, plus duplicates, failures and incomparable runs.
+ACC = {
+    "base": ({}, [0.80, 0.83, 0.81], [0, 1, 2]),
+    "augoff": ({"augmentation": "off"}, [0.76, 0.795, 0.77], [0, 1, 2]),
+    "raw": ({"dataset": "raw"}, [0.78, 0.80, 0.80], [0, 1, 2]),
+    "rawoff": ({"dataset": "raw", "augmentation": "off"}, [0.74, 0.78, 0.75], [0, 1, 2]),
+    "cw": ({"class_weights": "on"}, [0.82, 0.84, 0.80], [5, 6, 7]),
+    "vgg": ({"backbone": "vgg16"}, [0.85], [0]),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(store, tmp_path_factory):
+    sweep = Sweep(store, "tiny", "sw-tiny", exp_tag="tinyexp")
+    sweep.run("base", 0, 0.50, start_time=next(_clock) - 10**8)  # older duplicate of seed 0
+    for key, (factors, accs, seeds) in ACC.items():
+        for seed, acc in zip(seeds, accs, strict=True):
+            sweep.run(key, seed, acc, **factors)
+    sweep.run("base", 3, 0.99, status="FAILED")
+    sweep.run("augoff", 3, 0.10, status="RUNNING")
+    sweep.run("augoff", 4, 0.70, fingerprint="other-data", augmentation="off")
+    sweep.run("oddsplit", 0, 0.90, split_hash="h2", normalization="off")
+    sweep.run("oddsplit", 1, 0.91, split_hash="h2", normalization="off")
+    reports = tmp_path_factory.mktemp("reports")
+    folder = build_report(make_cfg(store, "tiny", reports))
+    return sweep, folder
+
+
+def _values(key):
+    return np.array(ACC[key][1]) * 100
+
+
+def test_run_table_rows_and_statistics_equal_scipy(tiny):
+    _, folder = tiny
+    table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
+    assert table.index.tolist() == ["base", "augoff", "vgg", "cw", "raw", "rawoff"]
+    assert table.loc["base", "config"] == "baseline"
+    assert table.loc["augoff", "config"] == "augmentation=off"
+    assert table.loc["rawoff", "config"] == "dataset=raw, augmentation=off"
+    assert table["n"].to_dict() == {"base": 3, "augoff": 3, "cw": 3, "raw": 3, "rawoff": 3,
+                                    "vgg": 1}
+    base = _values("base")  # the older duplicate (0.50) was replaced
+    row = table.loc["base"]
+    assert row["test_accuracy_mean"] == pytest.approx(base.mean())
+    assert row["test_accuracy_sd"] == pytest.approx(base.std(ddof=1))
+    assert (row["test_accuracy_t_low"], row["test_accuracy_t_high"]) == pytest.approx(
+        st.t.interval(0.95, 2, loc=base.mean(), scale=st.sem(base)))
+    boot = st.bootstrap((base,), np.mean, method="percentile", n_resamples=9999,
+                        rng=np.random.default_rng(0)).confidence_interval
+    assert (row["test_accuracy_boot_low"], row["test_accuracy_boot_high"]) == pytest.approx(
+        (boot.low, boot.high))
+    assert row["test_macro_f1_mean"] == pytest.approx(base.mean() - 3)
+    assert row["test_f1_viral_mean"] == pytest.approx(base.mean() - 10 + 0.1)
+
+    pvals = {}
+    for key in ("augoff", "raw", "rawoff"):
+        ref = st.ttest_rel(_values(key), base)
+        r = table.loc[key]
+        assert r["test"] == "paired t" and r["n_pairs"] == 3
+        assert r["delta"] == pytest.approx((_values(key) - base).mean())
+        assert (r["delta_low"], r["delta_high"]) == pytest.approx(tuple(ref.confidence_interval()))
+        assert r["p"] == pytest.approx(ref.pvalue)
+        pvals[key] = ref.pvalue
+    welch = st.ttest_ind(_values("cw"), base, equal_var=False)
+    assert table.loc["cw", "test"] == "Welch t"
+    assert table.loc["cw", "p"] == pytest.approx(welch.pvalue)
+    pvals["cw"] = welch.pvalue
+    keys = list(pvals)
+    holm = multipletests([pvals[k] for k in keys], method="holm")[1]
+    assert table.loc[keys, "p_holm"].to_numpy() == pytest.approx(holm)
+    # P(improvement): share of all (config run, baseline run) pairs the config wins.
+    cw, b = _values("cw"), base
+    wins = np.mean([(x > y) + 0.5 * (x == y) for x in cw for y in b])
+    assert table.loc["cw", "p_improvement"] == pytest.approx(wins)
+    # n < 2: no CI, no test, and the table says why.
+    vgg = table.loc["vgg"]
+    assert math.isnan(vgg["test_accuracy_t_low"]) and math.isnan(vgg["delta_low"])
+    assert math.isnan(vgg["p"]) and "n = 1" in vgg["note"]
+
+
+def test_dedup_and_integrity_in_the_report(tiny):
+    _, folder = tiny
+    runs = pd.read_csv(folder / "runs.csv")
+    assert len(runs) == 16 and (runs["status"] == "FINISHED").all()
+    assert not runs.duplicated(["config_key", "seed"]).any()
+    assert 0.5 not in runs["test_accuracy"].tolist()
+    left = pd.read_csv(folder / "excluded.csv").set_index("config_key")
+    assert left.loc["oddsplit", "n_runs"] == 2 and "split manifest h2" in left.loc["oddsplit", "reason"]
+    assert "fingerprint other-data" in left.loc["augoff", "reason"]
+    text = (folder / "report.md").read_text()
+    assert "1 FAILED" in text and "1 RUNNING" in text and "1 older duplicate" in text
+    assert "oddsplit"[:8] in text and "Runs left out" in text
+
+
+def test_power_model_and_factorial_tables(tiny):
+    _, folder = tiny
+    power = pd.read_csv(folder / "power.csv").set_index("quantity")
+    sd = _values("base").std(ddof=1)
+    d = TTestIndPower().solve_power(nobs1=3, alpha=0.05, power=0.8)
+    assert power.loc["sd used (pp)", "unpaired"] == pytest.approx(sd)
+    assert power.loc["minimum detectable difference at n = 3 (pp)", "unpaired"] == pytest.approx(
+        d * sd)
+    n1 = TTestIndPower().solve_power(effect_size=1 / sd, alpha=0.05, power=0.8)
+    assert power.loc["seeds needed to detect 1 pp", "unpaired"] == math.ceil(n1)
+
+    model = pd.read_csv(folder / "model_table.csv")
+    assert list(dict.fromkeys(model["backbone"])) == ["cnn16", "vgg16"]
+    acc = model[model["metric"] == "accuracy"].set_index("backbone")
+    assert acc.loc["cnn16", "mean"] == pytest.approx(_values("base").mean())
+    assert acc.loc["vgg16", "mean"] == pytest.approx(85.0) and acc.loc["vgg16", "n"] == 1
+    assert {"macro precision", "macro recall", "F1 viral"} <= set(model["metric"])
+
+    # dataset x augmentation is the crossed design (class_weights and backbone held at baseline).
+    main = pd.read_csv(folder / "main_effects.csv").set_index("factor")
+    assert set(main.index) == {"dataset", "augmentation"}
+    cells = {k: _values(k).mean() for k in ("base", "augoff", "raw", "rawoff")}
+    aug = ((cells["base"] - cells["augoff"]) + (cells["raw"] - cells["rawoff"])) / 2
+    masked = ((cells["base"] - cells["raw"]) + (cells["augoff"] - cells["rawoff"])) / 2
+    assert main.loc["augmentation", "estimate"] == pytest.approx(aug)
+    assert main.loc["dataset", "estimate"] == pytest.approx(masked)
+    assert main.loc["dataset", "level"] == "masked" and main.loc["dataset", "reference"] == "raw"
+    data = pd.DataFrame([{"dataset": f.get("dataset", "masked"),
+                          "augmentation": f.get("augmentation", "on"), "y": v}
+                         for k in cells for f, v in [(ACC[k][0], x) for x in _values(k)]])
+    ref = anova_lm(ols("y ~ (C(dataset, Sum) + C(augmentation, Sum))**2", data).fit(), typ=2)
+    anova = pd.read_csv(folder / "anova.csv").set_index("term")
+    assert anova.loc["dataset", "F"] == pytest.approx(ref.loc["C(dataset, Sum)", "F"])
+    assert anova.loc["dataset:augmentation", "p"] == pytest.approx(
+        ref.loc["C(dataset, Sum):C(augmentation, Sum)", "PR(>F)"])
+    assert main.loc["dataset", "p"] == pytest.approx(ref.loc["C(dataset, Sum)", "PR(>F)"])
+    inter = pd.read_csv(folder / "interactions.csv")
+    assert len(inter) == 1
+    dd = (cells["base"] - cells["augoff"]) - (cells["raw"] - cells["rawoff"])
+    assert inter.loc[0, "estimate"] == pytest.approx(dd)
+
+
+def test_every_output_exists_and_is_logged_to_mlflow(tiny):
+    sweep, folder = tiny
+    expected = {"report.md", "runs.csv", "forest.png", "accuracy_points.png",
+                "learning_curves.png"} | {f"{stem}.{ext}" for ext in ("csv", "tex") for stem in (
+                    "run_table", "power", "excluded", "model_table", "main_effects",
+                    "interactions", "anova")}
+    assert expected <= {p.name for p in folder.iterdir()}
+    assert all((folder / name).stat().st_size > 0 for name in expected)
+    text = (folder / "report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {"forest.png", "accuracy_points.png", "learning_curves.png"} <= set(images)
+    for link in re.findall(r"\]\(([^)]+)\)", text):
+        assert (folder / link).is_file(), link
+    assert "Run-to-run variability" in text and "Distinguishable from seed noise" in text
+    assert "\\begin{tabular}" in (folder / "run_table.tex").read_text()
+    assert folder.name == "tinyexp"  # the experiment name, else the sweep id
+
+    client = MlflowClient()
+    reports = client.search_runs([sweep.exp_id], "tags.`xray.kind` = 'report'")
+    assert len(reports) == 1
+    run = reports[0]
+    assert run.data.tags[schema.SWEEP_ID] == "sw-tiny"
+    assert run.data.tags[schema.PARENT_RUN] == sweep.parent
+    assert run.data.tags[schema.EXPERIMENT] == "tinyexp"
+    assert run.info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert expected <= logged
+
+
+def test_selection_latest_sweep_experiment_name_and_fallback_baseline(store, tmp_path):
+    old = Sweep(store, "select", "old-sweep", exp_tag="demo")
+    for seed, acc in enumerate([0.7, 0.72]):
+        old.run("k1", seed, acc, backbone="vgg16")
+    new = Sweep(store, "select", "new-sweep")
+    for seed, acc in enumerate([0.75, 0.74, 0.76]):
+        new.run("k2", seed, acc, backbone="vgg19")
+    new.run("k3", 0, 0.7, backbone="resnet50")
+    off = "report.log_to_mlflow=false"
+    # Default: the newest sweep; no run matches the cnn16 baseline: most seeds (k2) instead.
+    folder = build_report(make_cfg(store, "select", tmp_path, off))
+    table = pd.read_csv(folder / "run_table.csv")
+    assert folder.name == "new-sweep" and table["config_key"].tolist() == ["k2", "k3"]
+    assert "No run matches report.baseline" in (folder / "report.md").read_text()
+    # By experiment name (here the old sweep only), with a chosen baseline.
+    folder = build_report(make_cfg(store, "select", tmp_path, "report.experiment_name=demo",
+                                   "report.baseline.backbone=vgg16", off))
+    table = pd.read_csv(folder / "run_table.csv")
+    assert folder.name == "demo" and table["config_key"].tolist() == ["k1"]
+    assert "nothing to compare" in (folder / "report.md").read_text()
+    # An explicit sweep id and a report name; a missing MLflow experiment falls back to the others.
+    folder = build_report(make_cfg(store, "nonexistent", tmp_path, "report.sweep_id=new-sweep",
+                                   "report.name=mine", off))
+    assert folder.name == "mine"
+    assert pd.read_csv(folder / "run_table.csv")["config_key"].tolist() == ["k2", "k3"]
+    assert "'nonexistent' does not exist" in (folder / "report.md").read_text()
+    # The same configuration and seed in two sweeps of one experiment: the latest run counts.
+    again = Sweep(store, "select", "newer-sweep", exp_tag="demo")
+    again.run("k1", 0, 0.9, backbone="vgg16")
+    folder = build_report(make_cfg(store, "select", tmp_path, "report.experiment_name=demo",
+                                   "report.baseline.backbone=vgg16", off))
+    runs = pd.read_csv(folder / "runs.csv").set_index("seed")
+    assert runs.loc[0, "test_accuracy"] == pytest.approx(0.9) and len(runs) == 2
+    assert runs.loc[1, "sweep_id"] == "old-sweep"
+
+
+def test_loss_metric_keeps_its_unit_and_lower_is_better(store, tmp_path):
+    sweep = Sweep(store, "loss", "loss-sweep")
+    for seed in range(3):
+        sweep.run("base", seed, 0.80 + seed / 100)
+        sweep.run("better", seed, 0.85 + seed / 100, augmentation="off")
+    folder = build_report(make_cfg(store, "loss", tmp_path, "report.metric=test_loss",
+                                   "report.log_to_mlflow=false"))
+    table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
+    assert table.loc["base", "test_loss_mean"] == pytest.approx(1 - 0.81)
+    assert table.loc["better", "delta"] == pytest.approx(-0.05)
+    assert table.loc["better", "p_improvement"] == pytest.approx(1.0)
+
+
+def test_user_errors(store, tmp_path):
+    Sweep(store, "errors", "only-sweep")
+    with pytest.raises(UserError, match="no training runs of sweep 'nope'.*only-sweep"):
+        build_report(make_cfg(store, "errors", tmp_path, "report.sweep_id=nope"))
+    with pytest.raises(UserError, match="no training runs of sweep 'only-sweep'"):
+        build_report(make_cfg(store, "errors", tmp_path))
+    with pytest.raises(UserError, match="no training runs of experiment 'ghost'"):
+        build_report(make_cfg(store, "errors", tmp_path, "report.experiment_name=ghost"))
+    s = Sweep(store, "errors2", "s")
+    s.run("k", 0, 0.8)
+    with pytest.raises(UserError, match="unknown factor"):
+        build_report(make_cfg(store, "errors2", tmp_path, "+report.baseline.colour=red"))
+    with pytest.raises(UserError, match="no FINISHED training run with test_nothing"):
+        build_report(make_cfg(store, "errors2", tmp_path, "report.metric=test_nothing"))
+
+
+def _main(monkeypatch, *overrides: str) -> None:
+    """python -m xray_ablate.report OVERRIDES, in this process (no Hydra logging set-up)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from xray_ablate.report.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["xray_ablate.report", *overrides, "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none"])
+    try:
+        main()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_cli_prints_error_and_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "none" / "mlflow.db"
+    with pytest.raises(SystemExit) as exit_info:
+        _main(monkeypatch, f"tracking.uri=sqlite:///{missing}", f"paths.reports_dir={tmp_path}",
+              f"hydra.run.dir={tmp_path}/hydra")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no MLflow store") and "Traceback" not in err
+    assert not missing.exists()
+
+
+def test_cli_writes_a_report(store, tmp_path, monkeypatch, capsys):
+    sweep = Sweep(store, "cli", "cli-sweep")
+    for seed in range(2):
+        sweep.run("base", seed, 0.8 + seed / 100)
+        sweep.run("raw", seed, 0.78 + seed / 50, dataset="raw")
+    _main(monkeypatch, f"tracking.uri={store[0]}", "tracking.experiment=cli",
+          f"paths.reports_dir={tmp_path}", f"hydra.run.dir={tmp_path}/hydra",
+          "report.log_to_mlflow=false")
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == str(tmp_path / "cli-sweep" / "report.md")
+    assert (tmp_path / "cli-sweep" / "forest.png").is_file()
+    # `python -m` finds the entry point (cheap: --help exits before reading any run).
+    res = subprocess.run([sys.executable, "-m", "xray_ablate.report", "--help"], check=False,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "report" in res.stdout

@@ -1,0 +1,1 @@
+"""Image quality: cached BRISQUE scores, the 1.5xIQR outlier filter and the quality report."""

@@ -1,0 +1,34 @@
+"""python -m xray_ablate.report [overrides]: write reports/<name>/ for a sweep or an experiment.
+
+    python -m xray_ablate.report                              # the newest sweep
+    python -m xray_ablate.report report.sweep_id=ID           # one sweep
+    python -m xray_ablate.report report.experiment_name=demo  # every run of experiment=demo
+    python -m xray_ablate.report experiment=demo              # the same, via the experiment config
+    python -m xray_ablate.report tracking.uri=... tracking.experiment=... report.baseline.backbone=vgg16
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from xray_ablate.errors import UserError
+from xray_ablate.settings import CONFIG_DIR
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    from xray_ablate.report.build import build_report
+
+    try:
+        folder = build_report(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(folder / "report.md")
+
+
+if __name__ == "__main__":
+    main()

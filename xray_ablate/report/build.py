@@ -1,0 +1,204 @@
+"""build_report(cfg): read the runs, compute the tables, draw, write reports/<name>/, log to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from omegaconf import DictConfig
+
+from xray_ablate.errors import UserError
+from xray_ablate.report import plots
+from xray_ablate.report import runs as R
+from xray_ablate.report import tables as T
+from xray_ablate.report.render import Content, render
+from xray_ablate.tracking import schema
+from xray_ablate.tracking.store import code_version
+
+log = logging.getLogger(__name__)
+
+
+def settings_from(cfg: DictConfig) -> T.Settings:
+    rc = cfg.get("report") or {}
+    boot = rc.get("bootstrap") or {}
+    alpha = float(rc.get("alpha", 0.05))
+    power = float(rc.get("power", 0.8))
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise UserError(f"report.alpha and report.power must lie in (0, 1), got {alpha}, {power}")
+    return T.Settings(
+        metric=str(rc.get("metric", "test_accuracy")), alpha=alpha, power=power,
+        detect=tuple(float(v) for v in (rc.get("detect") or (1, 2, 3))),
+        n_resamples=int(boot.get("n_resamples", 9999)), bootstrap_seed=int(boot.get("seed", 0)),
+    )
+
+
+def loaded_experiment(cfg: DictConfig) -> str | None:
+    """The experiment= config loaded into ``cfg`` (its experiment_name), else None."""
+    name = cfg.get("experiment_name")
+    if name in (None, "none", "null"):
+        try:  # an experiment config that does not set experiment_name
+            from hydra.core.hydra_config import HydraConfig
+
+            name = HydraConfig.get().runtime.choices.get("experiment")
+        except (ValueError, AttributeError):
+            return None
+    return None if name in (None, "none", "null") else str(name)
+
+
+def safe_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._")
+    return cleaned or "report"
+
+
+def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
+    """Write the report of one sweep or experiment to ``paths.reports_dir/<name>/``; return that folder.
+
+    Runs are chosen by (first that is set) ``sweep_id``, ``report.sweep_id``,
+    ``report.experiment_name``, the experiment= config loaded in ``cfg`` (``experiment_name``),
+    else the newest sweep; in MLflow experiment ``tracking.experiment``, or when nothing there
+    matches, in the store's other experiments. The folder is ``report.name``, else the experiment
+    name, else the sweep id. Raises UserError when nothing usable is found.
+    """
+    rc = cfg.get("report") or {}
+    settings = settings_from(cfg)
+    sweep = sweep_id if sweep_id is not None else rc.get("sweep_id")
+    exp_name = rc.get("experiment_name")
+    if sweep is None and exp_name is None:
+        exp_name = loaded_experiment(cfg)
+    selection = R.select_runs(str(cfg.tracking.uri), str(cfg.tracking.experiment),
+                              sweep_id=None if sweep is None else str(sweep),
+                              experiment_name=None if exp_name is None else str(exp_name))
+    selection.name = safe_name(str(rc.get("name") or selection.name))
+    content, kept = analyse(selection, T.select_levels(rc.get("baseline")), settings)
+
+    out_dir = Path(cfg.paths.reports_dir) / selection.name
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{selection.name}.", dir=out_dir.parent))
+    try:
+        _write(work, content, kept, int(rc.get("max_curves", 8)))
+        _replace_dir(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if rc.get("log_to_mlflow", True):
+        _log_run(selection, out_dir, content)
+    log.info("report written to %s", out_dir)
+    return out_dir
+
+
+def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.Settings
+            ) -> tuple[Content, pd.DataFrame]:
+    """Clean and filter the selected runs, pick the baseline, compute every table."""
+    cleaned = R.clean_runs(selection.runs, settings.metric)
+    notes = list(cleaned.notes)
+    matches = R.matching_configs(cleaned.runs, levels)
+    kept, excluded, reference = R.integrity_filter(cleaned.runs, matches[0] if matches else None)
+    if len(excluded):
+        notes.append(f"{int(excluded['n_runs'].sum())} run(s) with another dataset or split were "
+                     "left out (see 'Runs left out').")
+    matches = [k for k in matches if k in set(kept["config_key"])]
+    wanted = ", ".join(f"{k}={v}" for k, v in levels.items() if v is not None) or "any"
+    if matches:
+        baseline_key = matches[0]
+        if len(matches) > 1:
+            notes.append(f"{len(matches)} configurations match the baseline levels ({wanted}); "
+                         f"the one with the most seeds ({baseline_key[:8]}) is the baseline.")
+    else:
+        baseline_key = R.fallback_baseline(kept, levels)
+        notes.append(f"No run matches report.baseline ({wanted}); the baseline is the "
+                     "configuration with the most seeds (ties: the closest to those levels).")
+    base_row = kept[kept["config_key"] == baseline_key].iloc[0]
+    table = T.run_table(kept, baseline_key, settings)
+    varied = [f for f in R.FACTOR_NAMES if kept[f].nunique() > 1]
+    content = Content(
+        selection=selection, settings=settings,
+        baseline_label=", ".join(f"{f}={base_row[f]}" for f in R.FACTOR_NAMES),
+        notes=notes, reference=reference, n_runs=len(kept), run_table=table,
+        power=T.power_table(table, settings), excluded=excluded,
+        model=T.model_table(kept, baseline_key, settings),
+        factorial=T.factorial(kept, baseline_key, settings),
+        factorial_note=("No two factors are crossed (every combination run), so there are no "
+                        "main effects beyond the run table's Δ; varied: "
+                        f"{', '.join(varied) or 'none'}."))
+    return content, kept
+
+
+def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> None:
+    s = c.settings
+    frames = {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s)),
+              "Power": ("power", c.power, T.display_power(c.power))}
+    if len(c.excluded):
+        frames["Runs left out"] = ("excluded", c.excluded, T.display_excluded(c.excluded))
+    if c.model is not None:
+        frames["Backbones"] = ("model_table", c.model.numeric, T.display_model_table(c.model))
+    if c.factorial is not None:
+        f = c.factorial
+        frames["Main effects"] = ("main_effects", f.main, T.display_effects(f.main, s))
+        if len(f.interactions):
+            frames["Interactions"] = ("interactions", f.interactions,
+                                      T.display_interactions(f.interactions, s))
+        frames["ANOVA"] = ("anova", f.anova, T.display_anova(f.anova))
+    for title, (stem, numeric, shown) in frames.items():
+        numeric.to_csv(folder / f"{stem}.csv", index=False)
+        (folder / f"{stem}.tex").write_text(T.to_latex(shown))
+        c.table_files[title] = (f"{stem}.csv", f"{stem}.tex")
+    ids = [c for c in runs.columns if c in R.ID_COLUMNS or c in R.FACTOR_NAMES]
+    metrics = sorted(c for c in runs.columns if c not in ids and c not in ("start_time", "end_time"))
+    runs[ids + metrics].to_csv(folder / "runs.csv", index=False)
+    c.table_files["Runs (one row per run)"] = ("runs.csv", "")
+    if len(c.run_table) > 1:
+        c.figures["Δ vs baseline"] = plots.forest_plot(c.run_table, s, folder / "forest.png").name
+    c.figures["Runs per configuration"] = plots.points_plot(
+        runs, c.run_table, s, folder / "accuracy_points.png").name
+    chosen = plots.curve_configs(c.run_table, max_curves)
+    drawn = runs[runs["config_key"].isin(chosen["config_key"])]
+    history = R.epoch_history(drawn["run_id"].tolist(), ("val_acc", "val_loss"))
+    curves = plots.learning_curves(history, drawn, chosen, folder / "learning_curves.png")
+    if curves is not None:
+        c.figures["Learning curves"] = curves.name
+    (folder / "report.md").write_text(render(c))
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap ``new`` in for ``target``, so the folder never holds a mix of two reports."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _log_run(sel: R.Selection, folder: Path, c: Content) -> str:
+    """An MLflow run tagged xray.kind=report holding every output file, under the sweep's parent."""
+    client = MlflowClient()
+    tags = {schema.KIND: "report", schema.SWEEP_ID: ",".join(sel.sweep_ids) or "none",
+            schema.EXPERIMENT: sel.experiment_name or "none", schema.CODE_VERSION: code_version()}
+    if sel.parent_run_id:
+        tags[schema.PARENT_RUN] = sel.parent_run_id
+    run = client.create_run(sel.experiment_id, tags=tags, run_name=f"report-{sel.name}")
+    run_id = run.info.run_id
+    try:
+        n, sd = T.baseline_sd(c.run_table, c.settings)
+        metrics = {"n_runs": c.n_runs, "n_configs": len(c.run_table), "baseline_n": n,
+                   "baseline_sd": sd, "mdd": float(c.power["unpaired"].iloc[1])}
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                          if pd.notna(v)],
+                         params=[Param("report.metric", c.settings.metric),
+                                 Param("report.selection", sel.by[:500]),
+                                 Param("report.baseline", c.baseline_label[:500])])
+        client.log_artifacts(run_id, str(folder))
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -1,0 +1,289 @@
+"""Select training runs from MLflow, tidy them, drop duplicates and keep comparable runs only.
+
+The report reads MLflow only. One row of the tidy frame is one training run: its id, status,
+start time, config key, seed, sweep, split and dataset identity, the factor levels (one column per
+factor of ``schema.FACTORS``) and every final metric under its bare name (``test_accuracy``...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+
+from xray_ablate.errors import UserError
+from xray_ablate.tracking import schema
+
+FACTOR_NAMES: tuple[str, ...] = tuple(schema.FACTORS)
+TAG_COLUMNS = {
+    schema.CONFIG_KEY: "config_key", schema.SEED: "seed", schema.SWEEP_ID: "sweep_id",
+    schema.EXPERIMENT: "experiment_name", schema.SPLIT_HASH: "split_hash",
+    schema.SPLIT_MODE: "split_mode", schema.FINGERPRINT: "fingerprint",
+    schema.CODE_VERSION: "code_version", schema.PARENT_RUN: "parent_run_id",
+}
+UNKNOWN = "unknown"
+ID_COLUMNS = ("run_id", "status", *TAG_COLUMNS.values(), "split_seed")
+
+
+@dataclass
+class Selection:
+    """Which runs the report covers and where they came from."""
+
+    experiment_id: str
+    experiment: str  # MLflow experiment name
+    by: str  # how the runs were chosen, in words
+    name: str  # folder name of the report: the experiment= name if known, else the sweep id
+    sweep_ids: list[str]
+    parent_run_id: str | None  # the sweep's parent run, when the runs come from one sweep
+    experiment_name: str | None  # the experiment= config name, when known
+    runs: pd.DataFrame  # tidy, every status
+
+
+@dataclass
+class Cleaned:
+    """FINISHED runs, one per (config key, seed), and what was dropped on the way."""
+
+    runs: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def open_store(uri: str) -> dict[str, str]:
+    """Point MLflow at ``uri``; return {experiment id: name} of its experiments (creates nothing)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no MLflow store at {uri}: train some runs first, or pass tracking.uri=...")
+    mlflow.set_tracking_uri(uri)
+    return {e.experiment_id: e.name for e in mlflow.search_experiments()}
+
+
+def _search(experiment_ids: list[str], **tags: str) -> pd.DataFrame:
+    clauses = [f"tags.`{tag}` = '{_quote(value)}'" for tag, value in tags.items()]
+    return mlflow.search_runs(experiment_ids=experiment_ids, filter_string=" and ".join(clauses),
+                              output_format="pandas", order_by=["attributes.start_time DESC"])
+
+
+def _quote(value: str) -> str:
+    if "'" in value:
+        raise UserError(f"quotes are not allowed in run selectors: {value!r}")
+    return value
+
+
+def _column(frame: pd.DataFrame, tag: str) -> pd.Series:
+    return frame.get(f"tags.{tag}", pd.Series(dtype=object, index=frame.index))
+
+
+def _find(ids: list[str], sweep_id: str | None, experiment_name: str | None
+          ) -> tuple[pd.DataFrame, str | None, str]:
+    """(training runs, sweep id, how they were chosen) within experiments ``ids``; runs may be empty."""
+    if sweep_id is None and experiment_name is None:
+        sweeps = _search(ids, **{schema.KIND: "sweep"})
+        if sweeps.empty:
+            return pd.DataFrame(), None, ""
+        sweep_id = str(_column(sweeps, schema.SWEEP_ID).iloc[0])
+        by = f"the newest sweep, {sweep_id}"
+    else:
+        by = f"sweep {sweep_id}" if sweep_id is not None else f"every run of experiment {experiment_name}"
+    if sweep_id is not None:
+        # Membership, not creation: a resumed sweep also counts the runs it found finished.
+        raw = _search(ids, **{schema.KIND: "train", schema.SWEEP_MEMBER.format(sweep_id): "1"})
+    else:
+        raw = _search(ids, **{schema.KIND: "train", schema.EXPERIMENT: experiment_name})
+    return raw, sweep_id, by
+
+
+def select_runs(uri: str, experiment: str, *, sweep_id: str | None = None,
+                experiment_name: str | None = None) -> Selection:
+    """The training runs of one sweep, of one experiment= config, or (neither given) the newest sweep.
+
+    Looks in MLflow experiment ``experiment`` first; when nothing there matches, in the store's
+    other experiments (the selection says where the runs came from).
+    """
+    experiments = open_store(uri)
+    configured = [i for i, name in experiments.items() if name == experiment]
+    others = [i for i in experiments if i not in configured]
+    raw, by = pd.DataFrame(), ""
+    for ids in (configured, others):
+        if ids:
+            raw, sweep_id, by = _find(ids, sweep_id, experiment_name)
+            if not raw.empty:
+                break
+    if raw.empty:
+        raise UserError(_nothing_found(experiments, experiment, sweep_id, experiment_name))
+    exp_id = str(raw["experiment_id"].iloc[0])  # the newest run's experiment
+    raw = raw[raw["experiment_id"] == exp_id]
+    if experiments[exp_id] != experiment:
+        by += (f" (MLflow experiment {experiments[exp_id]!r}: {experiment!r} "
+               f"{'has no such runs' if configured else 'does not exist'})")
+    runs = tidy_runs(raw)
+    sweep_ids = [sweep_id] if sweep_id else sorted(runs["sweep_id"].dropna().unique().tolist())
+    parent = None
+    if len(sweep_ids) == 1:
+        found = _search([exp_id], **{schema.KIND: "sweep", schema.SWEEP_ID: sweep_ids[0]})
+        parent = str(found["run_id"].iloc[0]) if not found.empty else None
+    names = [n for n in runs["experiment_name"].dropna().unique() if n != "none"]
+    exp_name = experiment_name or (names[0] if len(names) == 1 else None)
+    return Selection(experiment_id=exp_id, experiment=experiments[exp_id], by=by,
+                     name=str(exp_name or sweep_id or experiments[exp_id]), sweep_ids=sweep_ids,
+                     parent_run_id=parent, experiment_name=exp_name, runs=runs)
+
+
+def _nothing_found(experiments: dict[str, str], experiment: str, sweep_id: str | None,
+                   experiment_name: str | None) -> str:
+    ids = list(experiments)
+    where = f"MLflow experiment {experiment!r} or any other"
+    if not ids:
+        return "the MLflow store holds no experiment: run a sweep first"
+    if sweep_id is None and experiment_name is None:
+        return (f"no sweep in {where}: run a sweep first (make run), or pass "
+                "report.sweep_id=ID or report.experiment_name=NAME")
+    if sweep_id is not None:
+        sweeps = _search(ids, **{schema.KIND: "sweep"})
+        known = ", ".join(_column(sweeps, schema.SWEEP_ID).dropna().astype(str).head(10))
+        return f"no training runs of sweep {sweep_id!r} in {where} (newest sweeps: {known or 'none'})"
+    names = sorted(_column(_search(ids, **{schema.KIND: "train"}), schema.EXPERIMENT)
+                   .dropna().astype(str).unique())
+    return (f"no training runs of experiment {experiment_name!r} in {where} (found: "
+            f"{', '.join(names) or 'none'})")
+
+
+def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
+    """mlflow.search_runs output -> one row per run with bare column names."""
+    out = pd.DataFrame({
+        "run_id": raw["run_id"].astype(str),
+        "status": raw["status"].astype(str),
+        "start_time": raw["start_time"],
+        "end_time": raw.get("end_time", pd.Series(pd.NaT, index=raw.index)),
+    })
+    for tag, column in TAG_COLUMNS.items():
+        out[column] = raw.get(f"tags.{tag}", pd.Series(None, index=raw.index, dtype=object))
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce").astype("Int64")
+    out["split_mode"] = out["split_mode"].fillna("fixed")
+    out["split_seed"] = raw.get("params.split.seed", pd.Series(None, index=raw.index, dtype=object))
+    for name in FACTOR_NAMES:
+        out[name] = raw.get(f"tags.{schema.FACTOR_TAG.format(name)}",
+                            pd.Series(None, index=raw.index, dtype=object)).fillna(UNKNOWN).astype(str)
+    metrics = {c.removeprefix("metrics."): raw[c].astype(float)
+               for c in raw.columns if c.startswith("metrics.")}
+    out = pd.concat([out, pd.DataFrame(metrics, index=raw.index)], axis=1)
+    for column in ("split_hash", "fingerprint", "split_seed"):
+        out[column] = out[column].fillna(UNKNOWN).astype(str)
+    return out.reset_index(drop=True)
+
+
+def clean_runs(runs: pd.DataFrame, metric: str) -> Cleaned:
+    """Keep FINISHED runs that carry a config key, a seed and ``metric``; the latest per (key, seed)."""
+    notes = []
+    status = runs["status"].value_counts()
+    unfinished = status.drop("FINISHED", errors="ignore")
+    if unfinished.sum():
+        notes.append(f"{int(unfinished.sum())} run(s) not FINISHED were ignored ("
+                     + ", ".join(f"{n} {s}" for s, n in unfinished.items()) + ").")
+    kept = runs[runs["status"] == "FINISHED"]
+    incomplete = kept["config_key"].isna() | kept["seed"].isna()
+    if metric not in kept.columns:
+        missing = pd.Series(True, index=kept.index)
+    else:
+        missing = kept[metric].isna()
+    if (incomplete | missing).any():
+        notes.append(f"{int((incomplete | missing).sum())} FINISHED run(s) without a config key, "
+                     f"seed or {metric} metric were ignored: "
+                     + ", ".join(kept.loc[incomplete | missing, "run_id"].str[:8]) + ".")
+    kept = kept[~(incomplete | missing)]
+    if kept.empty:
+        raise UserError(f"no FINISHED training run with {metric} among the {len(runs)} selected "
+                        "run(s)")
+    ordered = kept.sort_values(["start_time", "end_time", "run_id"])
+    deduped = ordered.drop_duplicates(["config_key", "seed"], keep="last")
+    if len(deduped) < len(kept):
+        notes.append(f"{len(kept) - len(deduped)} older duplicate run(s) of the same configuration "
+                     "and seed were replaced by the latest.")
+    return Cleaned(deduped.sort_values(["config_key", "seed"]).reset_index(drop=True), notes)
+
+
+def matching_configs(runs: pd.DataFrame, levels: Mapping[str, str | None]) -> list[str]:
+    """Config keys whose factor levels equal ``levels`` (None = any), most seeds first."""
+    unknown = set(levels) - set(FACTOR_NAMES)
+    if unknown:
+        raise UserError(f"report.baseline names unknown factor(s) {sorted(unknown)}; factors are "
+                        f"{', '.join(FACTOR_NAMES)}")
+    mask = pd.Series(True, index=runs.index)
+    for factor, level in levels.items():
+        if level is not None:
+            mask &= runs[factor] == str(level)
+    counts = runs[mask].groupby("config_key").agg(n=("seed", "size"), last=("start_time", "max"))
+    return counts.sort_values(["n", "last"], ascending=False).index.tolist()
+
+
+def fallback_baseline(runs: pd.DataFrame, levels: Mapping[str, str | None]) -> str:
+    """When no configuration matches ``levels``: the one with the most seeds; ties go to the one
+    closest to ``levels`` (most factors equal), then to the newest."""
+    close = sum((runs[f] == str(v)).astype(int) for f, v in levels.items() if v is not None)
+    frame = runs.assign(close=close if isinstance(close, pd.Series) else 0)
+    ranked = frame.groupby("config_key").agg(n=("seed", "size"), close=("close", "first"),
+                                             last=("start_time", "max"))
+    return str(ranked.sort_values(["n", "close", "last"], ascending=False).index[0])
+
+
+def comparability_group(runs: pd.DataFrame) -> pd.Series:
+    """Runs in one group may share a table: same dataset fingerprint and the same split.
+
+    Fixed split mode: same split manifest hash. per_seed mode (the split changes with the seed):
+    same split seed base, so equal seeds mean equal splits.
+    """
+    per_seed = runs["split_mode"] == "per_seed"
+    split = runs["split_hash"].where(~per_seed, "split.seed=" + runs["split_seed"])
+    return runs["fingerprint"] + " / " + runs["split_mode"] + " / " + split
+
+
+def integrity_filter(runs: pd.DataFrame, reference_key: str | None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Keep the runs comparable with the reference; return (kept, left out per config, reference).
+
+    The reference group is the most common group among the runs of ``reference_key`` (the
+    baseline), else the group with the most runs.
+    """
+    groups = comparability_group(runs)
+    pool = groups[runs["config_key"] == reference_key] if reference_key is not None else groups
+    if pool.empty:
+        pool = groups
+    counts = pool.value_counts()
+    ref_group = min(counts[counts == counts.max()].index)
+    ref_row = runs[groups == ref_group].iloc[0]
+    reference = {"group": ref_group, "fingerprint": ref_row["fingerprint"],
+                 "split_mode": ref_row["split_mode"], "split_hash": ref_row["split_hash"],
+                 "split_seed": ref_row["split_seed"]}
+    inside = groups == ref_group
+    out = runs[~inside].copy()
+    out["reason"] = [_reason(row, reference) for _, row in out.iterrows()]
+    left = (out.groupby(["config_key", *FACTOR_NAMES, "reason"], dropna=False)
+            .agg(n_runs=("run_id", "size"),
+                 seeds=("seed", lambda s: ", ".join(str(v) for v in sorted(s))))
+            .reset_index())
+    return runs[inside].reset_index(drop=True), left, reference
+
+
+def _reason(row: pd.Series, ref: dict) -> str:
+    if row["fingerprint"] != ref["fingerprint"]:
+        return f"dataset fingerprint {row['fingerprint']} differs from the reference {ref['fingerprint']}"
+    if row["split_mode"] != ref["split_mode"]:
+        return f"split mode {row['split_mode']} differs from the reference {ref['split_mode']}"
+    if ref["split_mode"] == "per_seed":
+        return (f"split seed base {row['split_seed']} differs from the reference "
+                f"{ref['split_seed']}")
+    return f"split manifest {row['split_hash']} differs from the reference {ref['split_hash']}"
+
+
+def epoch_history(run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per-epoch metrics of runs (MlflowClient.get_metric_history): run_id, key, step, value."""
+    client = MlflowClient()
+    rows = [(run_id, key, m.step, m.value)
+            for run_id in run_ids for key in keys
+            for m in client.get_metric_history(run_id, key)]
+    frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    # A metric logged twice at one step (a resumed run): keep the last value.
+    return frame.drop_duplicates(["run_id", "key", "step"], keep="last")
+
+

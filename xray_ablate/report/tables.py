@@ -1,0 +1,466 @@
+"""The report's tables, computed from the tidy run frame (runs.py) with the statistics (stats.py).
+
+Each table comes as a numeric frame (written as CSV) and, via the ``display_*`` functions, as
+formatted text (Markdown and LaTeX). Fractions (accuracy, F1, ...) are shown in percent, so
+differences are in percentage points (pp); losses keep their own unit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from xray_ablate.data.labels import CLASSES
+from xray_ablate.report import stats
+from xray_ablate.report.runs import FACTOR_NAMES
+
+FACTOR_LABELS = {
+    "dataset": "dataset", "class_weights": "class weights", "normalization": "normalization",
+    "augmentation": "augmentation", "brisque_filter": "BRISQUE outliers removed",
+    "backbone": "backbone",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The report.* settings the statistics use."""
+
+    metric: str = "test_accuracy"
+    alpha: float = 0.05
+    power: float = 0.8
+    detect: tuple[float, ...] = (1.0, 2.0, 3.0)  # differences for the seeds-needed rows
+    n_resamples: int = 9999
+    bootstrap_seed: int = 0
+
+    @property
+    def confidence(self) -> float:
+        return 1.0 - self.alpha
+
+    @property
+    def scale(self) -> float:
+        return metric_scale(self.metric)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return not self.metric.endswith("loss")
+
+    @property
+    def unit(self) -> str:
+        return "pp" if self.scale == 100 else ""
+
+    @property
+    def prefix(self) -> str:
+        head = self.metric.split("_", 1)[0]
+        return head if head in ("test", "val") else "test"
+
+
+def metric_scale(metric: str) -> float:
+    """100 for fractions (shown in percent), 1 for losses."""
+    return 1.0 if metric.endswith("loss") else 100.0
+
+
+def metric_title(metric: str) -> str:
+    return metric.replace("_", " ")
+
+
+# --- configurations ------------------------------------------------------------------------------
+
+def configurations(runs: pd.DataFrame, baseline_key: str) -> pd.DataFrame:
+    """One row per config key: factor levels, n seeds, the seeds and a short label.
+
+    The label lists the factors
+    that differ from the baseline ("augmentation=off"); the baseline is "baseline".
+    Order: the baseline, then by the number of factors changed, then by level.
+    """
+    first = runs.groupby("config_key", sort=False)[list(FACTOR_NAMES)].first()
+    seeds = runs.groupby("config_key")["seed"].agg(lambda s: sorted(int(v) for v in s))
+    configs = first.assign(n=seeds.map(len), seeds=seeds.map(lambda s: ", ".join(map(str, s))))
+    base = configs.loc[baseline_key]
+    labels = {}
+    for key, row in configs.iterrows():
+        diff = [f"{f}={row[f]}" for f in FACTOR_NAMES if row[f] != base[f]]
+        labels[key] = "baseline" if key == baseline_key else (", ".join(diff) or "baseline levels")
+    configs["config"] = pd.Series(labels)
+    dup = configs["config"].duplicated(keep=False)
+    configs.loc[dup, "config"] += " [" + configs.index[dup].str[:8] + "]"
+    def rank(k: str) -> tuple:  # fewest changes from the baseline first, then by levels
+        levels = tuple(configs.loc[k, list(FACTOR_NAMES)])
+        return (sum(a != b for a, b in zip(levels, base[list(FACTOR_NAMES)], strict=True)), levels, k)
+
+    order = [baseline_key] + sorted((k for k in configs.index if k != baseline_key), key=rank)
+    configs = configs.loc[order]
+    configs.index.name = "config_key"
+    return configs.reset_index()[["config", "config_key", *FACTOR_NAMES, "n", "seeds"]]
+
+
+def _by_seed(runs: pd.DataFrame, key: str, column: str, scale: float) -> pd.Series:
+    sub = runs[runs["config_key"] == key]
+    if column not in sub:
+        return pd.Series(dtype=float)
+    return pd.Series(sub[column].to_numpy(dtype=float) * scale, index=sub["seed"].astype(int))
+
+
+def _f1_columns(prefix: str) -> list[tuple[str, str]]:
+    return [(f"{prefix}_macro_f1", "macro F1")] + [(f"{prefix}_f1_{c}", f"F1 {c}") for c in CLASSES]
+
+
+# --- run table -----------------------------------------------------------------------------------
+
+def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> pd.DataFrame:
+    """One row per configuration: the metric's mean, sd, t and bootstrap CIs, F1s, and Δ vs baseline.
+
+    Δ = config - baseline in the metric's unit with its CI and p-value: the paired t-test over the
+    seeds both have (runs here always share the split of equal seeds), Welch's test when fewer than
+    two seeds pair. p_holm is Holm-corrected over all non-baseline rows. p_improvement is
+    stats.prob_improvement: P that a random run of the config beats a random run of the baseline
+    (beats = higher, or lower for a loss).
+    """
+    m, scale, conf = settings.metric, settings.scale, settings.confidence
+    table = configurations(runs, baseline_key)
+    base = _by_seed(runs, baseline_key, m, scale)
+    rows = []
+    for _, cfg in table.iterrows():
+        key = cfg["config_key"]
+        values = _by_seed(runs, key, m, scale)
+        row: dict = {f"{m}_mean": values.mean(), f"{m}_sd": values.std(ddof=1) if len(values) > 1
+                     else math.nan}
+        row[f"{m}_t_low"], row[f"{m}_t_high"] = stats.t_interval(values, conf)
+        row[f"{m}_boot_low"], row[f"{m}_boot_high"] = stats.bootstrap_interval(
+            values, conf, settings.n_resamples, settings.bootstrap_seed)
+        for column, _ in _f1_columns(settings.prefix):
+            f1 = _by_seed(runs, key, column, 100.0)
+            row[f"{column}_mean"] = f1.mean() if len(f1) else math.nan
+            row[f"{column}_sd"] = f1.std(ddof=1) if len(f1) > 1 else math.nan
+        notes = []
+        if len(values) < 2:
+            notes.append(f"n = {len(values)}: no CI or test (needs at least 2 seeds)")
+        if key == baseline_key:
+            row.update(delta=math.nan, delta_low=math.nan, delta_high=math.nan, delta_sd=math.nan,
+                       test="", n_pairs=0, p=math.nan, p_improvement=math.nan)
+        else:
+            comp = stats.compare(values, base, pairable=True, confidence=conf)
+            common = values.index.intersection(base.index)
+            paired = comp.test == "paired t"
+            row.update(delta=comp.delta, delta_low=comp.low, delta_high=comp.high,
+                       delta_sd=(values.loc[common] - base.loc[common]).std(ddof=1) if paired
+                       else math.nan,
+                       test=comp.test if np.isfinite(comp.low) else "", n_pairs=comp.n_pairs,
+                       p=comp.pvalue,
+                       p_improvement=stats.prob_improvement(values, base)
+                       if settings.higher_is_better else stats.prob_improvement(base, values))
+            if np.isfinite(comp.low) and comp.low == comp.high:
+                notes.append("every seed gives the same difference: no spread, no test")
+            if paired and comp.n_pairs < min(len(values), len(base)):
+                notes.append(f"paired over the {comp.n_pairs} common seeds")
+            if len(base) < 2 and len(values) >= 2:
+                notes.append("baseline has fewer than 2 seeds: no Δ CI")
+        row["note"] = "; ".join(notes)
+        rows.append(row)
+    table = pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1)
+    table["p_holm"] = stats.holm(table["p"].to_numpy())
+    first = ["config", "config_key", *FACTOR_NAMES, "n", "seeds"]
+    ordered = first + [c for c in table.columns if c not in first and c not in ("p_holm", "note")]
+    ordered.insert(ordered.index("p") + 1, "p_holm")
+    return table[ordered + ["note"]]
+
+
+def baseline_sd(table: pd.DataFrame, settings: Settings) -> tuple[int, float]:
+    row = table.iloc[0]
+    return int(row["n"]), float(row[f"{settings.metric}_sd"])
+
+
+def power_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Minimum detectable difference at the baseline's n and seeds needed for each target.
+
+    Unpaired: two-sample t-test with the baseline's seed-to-seed sd (TTestIndPower). Paired: the
+    one-sample t-test of seed-matched differences (TTestPower) with the median sd of the paired
+    differences observed against the baseline, when there are any.
+    """
+    n, sd = baseline_sd(table, settings)
+    pair_sd = float(np.nanmedian(table["delta_sd"])) if table["delta_sd"].notna().any() else math.nan
+    unit = settings.unit or "units"
+    kw = {"alpha": settings.alpha, "power": settings.power}
+    rows = [
+        {"quantity": f"sd used ({unit})", "unpaired": sd, "paired": pair_sd},
+        {"quantity": f"minimum detectable difference at n = {n} ({unit})",
+         "unpaired": stats.min_detectable_difference(n, sd, **kw),
+         "paired": stats.min_detectable_difference(n, pair_sd, paired=True, **kw)},
+    ]
+    for diff in settings.detect:
+        rows.append({"quantity": f"seeds needed to detect {diff:g} {unit}",
+                     "unpaired": stats.seeds_needed(diff, sd, **kw),
+                     "paired": stats.seeds_needed(diff, pair_sd, paired=True, **kw)})
+    return pd.DataFrame(rows)
+
+
+# --- model table ---------------------------------------------------------------------------------
+
+@dataclass
+class ModelTable:
+    numeric: pd.DataFrame  # metric, backbone, config, n, mean, sd
+    notes: list[str] = field(default_factory=list)
+
+
+def model_table(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> ModelTable | None:
+    """One column per backbone: accuracy, macro precision/recall and per-class F1 (mean ± sd).
+
+    Each backbone's column is its configuration with the baseline's other factor levels, else
+    (said in the notes) its configuration with the most seeds. None with a single backbone.
+    """
+    backbones = sorted(runs["backbone"].unique())
+    if len(backbones) < 2:
+        return None
+    base = runs[runs["config_key"] == baseline_key].iloc[0]
+    others = [f for f in FACTOR_NAMES if f != "backbone"]
+    backbones.sort(key=lambda b: (b != base["backbone"], b))
+    p = settings.prefix
+    metrics = [(f"{p}_accuracy", "accuracy"), (f"{p}_macro_precision", "macro precision"),
+               (f"{p}_macro_recall", "macro recall")] + [(f"{p}_f1_{c}", f"F1 {c}") for c in CLASSES]
+    rows, notes = [], []
+    for backbone in backbones:
+        sub = runs[runs["backbone"] == backbone]
+        same = sub[(sub[others] == base[others]).all(axis=1)]
+        pool = same if not same.empty else sub
+        counts = pool.groupby("config_key").size().sort_values(ascending=False, kind="stable")
+        key = counts.index[0]
+        if same.empty:
+            notes.append(f"{backbone}: no run with the baseline's other factor levels; "
+                         f"shown: its configuration with the most seeds ({key[:8]}).")
+        chosen = sub[sub["config_key"] == key]
+        for column, label in metrics:
+            values = (chosen[column].astype(float) * 100.0 if column in chosen
+                      else pd.Series(dtype=float))
+            rows.append({"metric": label, "backbone": backbone, "config_key": key,
+                         "n": int(values.notna().sum()), "mean": values.mean(),
+                         "sd": values.std(ddof=1) if values.notna().sum() > 1 else math.nan})
+    return ModelTable(pd.DataFrame(rows), notes)
+
+
+# --- factorial analysis --------------------------------------------------------------------------
+
+@dataclass
+class Factorial:
+    factors: list[str]
+    data: pd.DataFrame  # the runs used, metric column in the metric's unit
+    main: pd.DataFrame
+    interactions: pd.DataFrame
+    anova: pd.DataFrame
+    notes: list[str]
+
+
+def reference_levels(runs: pd.DataFrame, baseline_key: str) -> dict[str, str]:
+    """The level each effect is measured against: off, raw, else the baseline's level."""
+    base = runs[runs["config_key"] == baseline_key].iloc[0]
+    refs = {}
+    for factor in FACTOR_NAMES:
+        levels = set(runs[factor])
+        if "off" in levels and levels <= {"on", "off"}:
+            refs[factor] = "off"
+        elif factor == "dataset" and "raw" in levels:
+            refs[factor] = "raw"
+        else:
+            refs[factor] = base[factor] if base[factor] in levels else min(levels)
+    return refs
+
+
+def crossed_design(runs: pd.DataFrame, baseline_key: str
+                   ) -> tuple[list[str], pd.DataFrame, str] | None:
+    """The largest set of factors (at least 2) whose every combination was run.
+
+    Varied factors left out of the set are held at the baseline's level. None (with no design)
+    when fewer than two factors vary or no two of them are crossed.
+    """
+    base = runs[runs["config_key"] == baseline_key].iloc[0]
+    varied = [f for f in FACTOR_NAMES if runs[f].nunique() > 1]
+    for size in range(len(varied), 1, -1):
+        best = None
+        for subset in itertools.combinations(varied, size):
+            rest = [f for f in varied if f not in subset]
+            sub = runs[(runs[rest] == base[rest]).all(axis=1)] if rest else runs
+            levels = [sorted(sub[f].unique()) for f in subset]
+            if any(len(lv) < 2 for lv in levels):
+                continue
+            cells = set(map(tuple, sub[list(subset)].to_numpy()))
+            if cells == set(itertools.product(*levels)) and (best is None or len(sub) > len(best[1])):
+                best = (list(subset), sub, rest)
+        if best:
+            factors, sub, rest = best
+            held = ", ".join(f"{f}={base[f]}" for f in rest)
+            note = (f"Crossed factors: {' × '.join(factors)} ({len(sub)} runs)"
+                    + (f"; held at the baseline level: {held}." if held else "."))
+            return factors, sub, note
+    return None
+
+
+def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> Factorial | None:
+    """Main effects, two-way interactions and the ANOVA of a crossed design, else None."""
+    design = crossed_design(runs, baseline_key)
+    if design is None:
+        return None
+    factors, sub, note = design
+    m = settings.metric
+    data = sub[[*factors, "config_key", "seed"]].copy()
+    data[m] = sub[m].astype(float) * settings.scale
+    refs = reference_levels(runs, baseline_key)
+    notes = [note]
+    n_cells = data.groupby(factors).ngroups
+    if len(data) <= n_cells:
+        notes.append("Each combination has a single run: effects have no CI (add seeds).")
+    if data.groupby(factors)["config_key"].nunique().max() > 1:
+        notes.append("Some factor combinations hold several configurations (other settings "
+                     "differ); they are pooled.")
+    main = stats.main_effects(data, factors, m, refs, settings.confidence)
+    inter = stats.interactions(data, factors, m, refs, settings.confidence)
+    anova = stats.anova_table(data, factors, m)
+    for frame in (main, inter):
+        frame["p_holm"] = stats.holm(frame["p"].to_numpy())
+    return Factorial(factors, data, main, inter, anova, notes)
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+def fmt(value, digits: int = 1) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def fmt_pm(mean, sd, digits: int = 1) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if np.isfinite(sd) else "")
+
+
+def fmt_ci(low, high, digits: int = 1) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "–"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_p(p) -> str:
+    if p is None or not np.isfinite(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def display_run_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    m, unit = settings.metric, settings.unit
+    title = metric_title(m) + (" (%)" if unit else "")
+    level = f"{settings.confidence:.0%}"
+    out = pd.DataFrame({"config": table["config"]})
+    for factor in FACTOR_NAMES:
+        out[FACTOR_LABELS[factor]] = table[factor]
+    out["n"] = table["n"]
+    out[title] = [fmt_pm(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_sd"], strict=True)]
+    out[f"{level} CI (t)"] = [fmt_ci(a, b) for a, b in zip(table[f"{m}_t_low"], table[f"{m}_t_high"], strict=True)]
+    out[f"{level} CI (bootstrap)"] = [fmt_ci(a, b) for a, b in
+                                      zip(table[f"{m}_boot_low"], table[f"{m}_boot_high"], strict=True)]
+    for column, label in _f1_columns(settings.prefix):
+        out[label + " (%)"] = [fmt_pm(a, b) for a, b in
+                               zip(table[f"{column}_mean"], table[f"{column}_sd"], strict=True)]
+    out[f"Δ ({unit or 'units'})"] = [fmt(v) if k else "" for k, v in
+                                     zip(table.index > 0, table["delta"], strict=True)]
+    out[f"Δ {level} CI"] = [fmt_ci(a, b) if k else "" for k, a, b in
+                            zip(table.index > 0, table["delta_low"], table["delta_high"], strict=True)]
+    out["test"] = table["test"]
+    out["p"] = [fmt_p(v) if k else "" for k, v in zip(table.index > 0, table["p"], strict=True)]
+    out["p (Holm)"] = [fmt_p(v) if k else "" for k, v in zip(table.index > 0, table["p_holm"], strict=True)]
+    out["P(improvement)"] = [fmt(v, 2) if k else "" for k, v in
+                             zip(table.index > 0, table["p_improvement"], strict=True)]
+    out["note"] = table["note"]
+    return out
+
+
+def display_model_table(model: ModelTable) -> pd.DataFrame:
+    frame = model.numeric.copy()
+    frame["cell"] = [fmt_pm(a, b) for a, b in zip(frame["mean"], frame["sd"], strict=True)]
+    wide = frame.pivot(index="metric", columns="backbone", values="cell")
+    order = list(dict.fromkeys(frame["metric"]))
+    wide = wide.loc[order, list(dict.fromkeys(frame["backbone"]))]
+    n = frame.groupby("backbone", sort=False)["n"].max()
+    wide.loc["n seeds"] = [str(n[b]) for b in wide.columns]
+    wide = wide.loc[["n seeds", *order]]
+    wide.columns.name = None
+    return wide.rename_axis("metric (%)").reset_index()
+
+
+def display_effects(main: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    level = f"{settings.confidence:.0%}"
+    unit = settings.unit or "units"
+    return pd.DataFrame({
+        "factor": main["factor"].map(FACTOR_LABELS),
+        "effect": main["level"] + " − " + main["reference"],
+        f"estimate ({unit})": main["estimate"].map(fmt),
+        f"{level} CI": [fmt_ci(a, b) for a, b in zip(main["low"], main["high"], strict=True)],
+        "p": main["p"].map(fmt_p), "p (Holm)": main["p_holm"].map(fmt_p),
+    })
+
+
+def display_interactions(inter: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    level = f"{settings.confidence:.0%}"
+    unit = settings.unit or "units"
+    return pd.DataFrame({
+        "interaction": (inter["factor_a"].map(FACTOR_LABELS) + " × "
+                        + inter["factor_b"].map(FACTOR_LABELS)),
+        "contrast": ("(" + inter["level_a"] + " − " + inter["reference_a"] + ") × ("
+                     + inter["level_b"] + " − " + inter["reference_b"] + ")"),
+        f"difference of differences ({unit})": inter["estimate"].map(fmt),
+        f"{level} CI": [fmt_ci(a, b) for a, b in zip(inter["low"], inter["high"], strict=True)],
+        "p": inter["p"].map(fmt_p), "p (Holm)": inter["p_holm"].map(fmt_p),
+    })
+
+
+def display_anova(anova: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "term": anova["term"].map(lambda t: " × ".join(FACTOR_LABELS.get(p, p)
+                                                        for p in t.split(":"))),
+        "sum of squares": anova["sum_sq"].map(lambda v: fmt(v, 2)),
+        "df": anova["df"].map(lambda v: fmt(v, 0)),
+        "F": anova["F"].map(lambda v: fmt(v, 2)),
+        "p": anova["p"].map(fmt_p),
+    })
+
+
+def display_power(power: pd.DataFrame) -> pd.DataFrame:
+    def cell(quantity: str, value) -> str:
+        if quantity.startswith("seeds"):
+            return "–" if not np.isfinite(value) else f"{int(value)}"
+        return fmt(value, 2)
+    return pd.DataFrame({
+        "quantity": power["quantity"],
+        "unpaired (two-sample t-test)": [cell(q, v) for q, v in zip(power["quantity"],
+                                                                  power["unpaired"], strict=True)],
+        "paired seeds (paired t-test)": [cell(q, v) for q, v in zip(power["quantity"],
+                                                                  power["paired"], strict=True)],
+    })
+
+
+def display_excluded(left: pd.DataFrame) -> pd.DataFrame:
+    out = left.rename(columns=FACTOR_LABELS).copy()
+    out["config_key"] = out["config_key"].astype(str).str[:12]
+    return out
+
+
+_LATEX = {"Δ": r"$\Delta$", "±": r"$\pm$", "−": "$-$", "×": r"$\times$", "–": "--",
+          "α": r"$\alpha$", "≥": r"$\geq$", "<": r"$<$"}
+
+
+def to_latex(shown: pd.DataFrame) -> str:
+    """A display table as a LaTeX tabular (booktabs), with its symbols in math mode."""
+    text = shown.to_latex(index=False, escape=True)
+    for char, macro in _LATEX.items():
+        text = text.replace(char, macro)
+    return text
+
+
+def select_levels(levels: Mapping[str, object] | None) -> dict[str, str | None]:
+    """report.baseline as {factor: level or None}; a YAML/CLI boolean means on/off."""
+    def level(v: object) -> str | None:
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return None if v is None else str(v)
+
+    return {str(k): level(v) for k, v in dict(levels or {}).items()}
