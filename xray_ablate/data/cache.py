@@ -156,7 +156,7 @@ def build_images(
             "decoded": [e == "" for e in errors],
             "error": errors,
         })
-        for rec, err in zip(records, errors):
+        for rec, err in zip(records, errors, strict=True):
             if err:
                 log.warning("excluded %s: image_unreadable (%s)", rec.source, err)
         write_text_atomic(base.with_suffix(".csv"), index.to_csv(index=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from xray_ablate.data.atomic import write_text_atomic
@@ -24,17 +25,18 @@ def dataset_fingerprint(root: Path, cache_dir: Path) -> str:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
-    fresh, total, changed = {}, hashlib.sha256(), False
-    for rel, stat in sorted(_walk(root)):
-        key = [stat.st_size, stat.st_mtime_ns]
-        known = memo.get(rel)
-        if known and known[:2] == key:
-            digest = known[2]
-        else:
-            digest, changed = _file_digest(root / rel), True
-        fresh[rel] = key + [digest]
+    fresh, total = {}, hashlib.sha256()
+    files = sorted(_walk(root))
+    todo = [rel for rel, stat in files
+            if (memo.get(rel) or [None, None])[:2] != [stat.st_size, stat.st_mtime_ns]]
+    # Hash new and changed files in threads: file reads and blake2b release the GIL.
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        digests = dict(zip(todo, pool.map(lambda rel: _file_digest(root / rel), todo), strict=True))
+    for rel, stat in files:
+        digest = digests[rel] if rel in digests else memo[rel][2]
+        fresh[rel] = [stat.st_size, stat.st_mtime_ns, digest]
         total.update(f"{rel}\0{digest}\n".encode())
-    if changed or len(fresh) != len(memo):
+    if todo or len(fresh) != len(memo):
         write_text_atomic(memo_path, json.dumps(fresh))
     return total.hexdigest()[:16]
 
