@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,7 @@ from omegaconf import DictConfig
 # settings registers the project_root resolver the config uses, and names CONFIG_DIR.
 from xray_ablate import settings
 from xray_ablate.data.prepare import prepare
-from xray_ablate.errors import UserError
+from xray_ablate.errors import exit_on_user_error
 from xray_ablate.quality.filter import apply_fences, fence_options
 from xray_ablate.quality.report import write_report
 from xray_ablate.quality.scores import QualitySettings, brisque_scores, scores_key
@@ -31,11 +30,8 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path=settings.CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         path = run(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"quality report: {path}")
 
 

@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from xray_ablate.errors import UserError
+from xray_ablate.errors import exit_on_user_error
 from xray_ablate.settings import CONFIG_DIR
 
 
@@ -22,11 +20,8 @@ from xray_ablate.settings import CONFIG_DIR
 def main(cfg: DictConfig) -> None:
     from xray_ablate.report.build import build_report
 
-    try:
+    with exit_on_user_error():
         folder = build_report(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(folder / "report.md")
 
 
