@@ -43,10 +43,7 @@ def forest_plot(table: pd.DataFrame, settings: Settings, path: Path) -> Path:
     ax.set_xlabel(f"Δ {metric_title(settings.metric)} vs baseline ({unit})")
     ax.set_title("Difference from the baseline")
     ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, path: Path) -> Path:
@@ -70,10 +67,7 @@ def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, pat
     ax.set_xlabel(metric_title(m) + suffix)
     ax.set_title("Every run, by configuration")
     ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def curve_configs(table: pd.DataFrame, max_configs: int) -> pd.DataFrame:
@@ -113,6 +107,10 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, chosen: pd.DataFr
         ax.set_ylabel(key + (" (%)" if scale == 100 else ""))
         ax.set_title(f"{key}: mean ± sd over seeds")
     axes[0].legend(fontsize="x-small", loc="best")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
