@@ -48,7 +48,7 @@ def make_cfg(tmp_path, synthetic_root):
 
     def _make(*overrides: str):
         base = [
-            "dataset=demo", f"dataset.root={synthetic_root}", "image_size=32", "backbone=cnn16_gap",
+            "dataset=masked", f"dataset.root={synthetic_root}", "image_size=32", "backbone=cnn16_gap",
             "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1",
             f"paths.cache_dir={tmp_path / 'cache'}", f"paths.reports_dir={tmp_path / 'reports'}",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",

@@ -24,7 +24,7 @@ from xray_ablate.tracking import schema
 
 
 def base_overrides(root: Path, synthetic: Path) -> list[str]:
-    return ["dataset=demo", f"dataset.root={synthetic}", "image_size=32", "backbone=cnn16_gap",
+    return ["dataset=masked", f"dataset.root={synthetic}", "image_size=32", "backbone=cnn16_gap",
             "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1", f"paths.root_dir={root}",
             "tracking.system_metrics=false", "tracking.log_checkpoint=false"]
 

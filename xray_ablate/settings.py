@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from xray_ablate.data import synthetic
 from xray_ablate.data.ingest import IngestOptions
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig
 from xray_ablate.data.splits import SplitOptions
-from xray_ablate.data.synthetic import generate
 from xray_ablate.errors import UserError
 
 
@@ -56,16 +59,27 @@ def data_config(cfg: DictConfig) -> DataConfig:
 
 
 def ensure_synthetic(cfg: DictConfig) -> None:
-    """Generate the synthetic dataset into dataset.root once, if the config asks for one."""
+    """Generate the synthetic dataset into dataset.root if the config asks for one and the
+    folder does not hold exactly that (same arguments, same generator version)."""
     spec = cfg.dataset.get("synthetic")
-    root = Path(cfg.dataset.root)
-    if not spec or (root / "annotations").is_dir():
+    if not spec:
         return
-    from filelock import FileLock
-
+    root = Path(cfg.dataset.root)
+    wanted = synthetic.stamp(int(spec.n), int(spec.seed), int(spec.size))
+    if _read_stamp(root) == wanted:
+        return
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
-        if not (root / "annotations").is_dir():
+        if _read_stamp(root) != wanted:
             tmp = root.with_name(root.name + ".partial")
-            generate(tmp, n=int(spec.n), seed=int(spec.seed), size=int(spec.size))
+            shutil.rmtree(tmp, ignore_errors=True)
+            synthetic.generate(tmp, n=wanted["n"], seed=wanted["seed"], size=wanted["size"])
+            shutil.rmtree(root, ignore_errors=True)
             tmp.rename(root)
+
+
+def _read_stamp(root: Path) -> dict | None:
+    try:
+        return json.loads((root / synthetic.STAMP).read_text())
+    except (OSError, ValueError):
+        return None

@@ -33,6 +33,9 @@ BLUR_RADIUS = {"bacterial": 0.8, "viral": 0.4, "covid": 1.0, "healthy": 0.2}  # 
 MARKER_RATE = {"bacterial": 0.2, "viral": 0.5, "covid": 0.85, "healthy": 0.1}
 DEVICE_RATE = 0.3
 BASE = 256  # anatomy and patterns are drawn on this grid, then resized
+# Bump when the images change for the same arguments: cached demo datasets are then rewritten.
+GENERATOR_VERSION = 2
+STAMP = "synthetic.json"
 
 
 def generate(out: Path, n: int, seed: int = 0, size: int = 256, fmt: str = "png") -> Path:
@@ -61,7 +64,13 @@ def generate(out: Path, n: int, seed: int = 0, size: int = 256, fmt: str = "png"
                CLASS_TAGS[cls] + [f"PatientID:{patient}", "X-ray", "View/PA"]],
         }
         (out / "annotations" / f"{name}.json").write_text(json.dumps(doc))
+    (out / STAMP).write_text(json.dumps(stamp(n, seed, size, fmt)))
     return out
+
+
+def stamp(n: int, seed: int, size: int, fmt: str = "png") -> dict:
+    """What the generator was asked for, and its version: same stamp, same files."""
+    return {"n": n, "seed": seed, "size": size, "format": fmt, "version": GENERATOR_VERSION}
 
 
 def _plan(n: int, rng: np.random.Generator) -> list[tuple[int, str, int]]:
@@ -135,13 +144,13 @@ def _pattern(cls: str, centres, a: dict, rng: np.random.Generator) -> np.ndarray
     if cls == "bacterial":  # one dense lower-lobe consolidation
         x, y = centres[rng.integers(2)]
         y += a["lung_h"] * rng.uniform(0.1, 0.5)
-        out += 80 * severity * np.exp(-(((xx - x) / 0.07) ** 2 + ((yy - y) / 0.09) ** 2))
+        out += 140 * severity * np.exp(-(((xx - x) / 0.08) ** 2 + ((yy - y) / 0.10) ** 2))
     elif cls == "covid":  # patchy peripheral opacities in both lungs
         for side, (x, y) in enumerate(centres):
             edge = x + (-1 if side == 0 else 1) * a["lung_w"] * 0.6
             for _ in range(rng.integers(3, 6)):
                 bx, by = edge + rng.normal(0, 0.02), y + rng.uniform(-0.6, 0.7) * a["lung_h"]
-                out += 40 * severity * np.exp(-(((xx - bx) / 0.04) ** 2 + ((yy - by) / 0.05) ** 2))
+                out += 80 * severity * np.exp(-(((xx - bx) / 0.045) ** 2 + ((yy - by) / 0.06) ** 2))
     elif cls == "viral":  # diffuse interstitial streaks in both lungs
         canvas = Image.new("L", (BASE, BASE), 0)
         draw = ImageDraw.Draw(canvas)
@@ -152,7 +161,7 @@ def _pattern(cls: str, centres, a: dict, rng: np.random.Generator) -> np.ndarray
                 angle = rng.uniform(0, np.pi)
                 length = rng.uniform(6, 14)
                 draw.line([(x0, y0), (x0 + length * np.cos(angle), y0 + length * np.sin(angle))],
-                          fill=int(70 * severity), width=2)
+                          fill=int(140 * severity), width=4)
         out += np.asarray(canvas.filter(ImageFilter.GaussianBlur(1.0)), np.float64)
     return out
 
