@@ -92,9 +92,11 @@ def test_changed_json_added_and_removed_files_rebuild(data, tmp_path):
     removed = prepare(cfg)
     fingerprints.append(removed.fingerprint)
     assert len(removed.table) == 39
-    (data / "notes.txt").write_text("a new file anywhere in the dataset counts too")
-    fingerprints.append(prepare(cfg).fingerprint)
+    (data / "images" / "extra.png").write_bytes((data / "images" / "synth-00003.png").read_bytes())
+    fingerprints.append(prepare(cfg).fingerprint)  # a new source file counts, even one no JSON names
     assert len(set(fingerprints)) == 4
+    (data / "NOTES.md").write_text("notes beside the data are not part of it")
+    assert prepare(cfg).fingerprint == fingerprints[-1]
 
 
 def test_cache_key_follows_preprocessing_options(data, tmp_path):

@@ -1,8 +1,10 @@
 """Content fingerprint of a dataset folder, cheap to recompute when nothing changed.
 
-The fingerprint hashes every file's relative path and content, so the same data on two machines
-has the same fingerprint (runs stay comparable) and any edited, added or removed file changes
-it. File digests are remembered by (size, mtime): a warm call only stats the files.
+The fingerprint hashes the relative path and content of every source file (those under
+``subdirs`` whose suffix is in ``suffixes``), so the same data on two machines has the same
+fingerprint (runs stay comparable), any edited, added or removed source file changes it, and a
+README or notes beside the data do not. File digests are remembered by (size, mtime): a warm
+call only stats the files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from xray_ablate.data.atomic import write_text_atomic
 _CHUNK = 1 << 20
 
 
-def dataset_fingerprint(root: Path, cache_dir: Path) -> str:
+def dataset_fingerprint(root: Path, cache_dir: Path, subdirs: tuple[str, ...] = ("",),
+                        suffixes: tuple[str, ...] | None = None) -> str:
     root = Path(root).resolve()
     memo_path = Path(cache_dir) / "filehashes" / (hashlib.sha1(str(root).encode()).hexdigest() + ".json")
     try:
@@ -26,7 +29,9 @@ def dataset_fingerprint(root: Path, cache_dir: Path) -> str:
     except (OSError, ValueError):
         memo = {}
     fresh, total = {}, hashlib.sha256()
-    files = sorted(_walk(root))
+    files = sorted((rel, stat) for sub in subdirs if (root / sub).is_dir()
+                   for rel, stat in _walk(root, root / sub)
+                   if suffixes is None or Path(rel).suffix.lower() in suffixes)
     todo = [rel for rel, stat in files
             if (memo.get(rel) or [None, None])[:2] != [stat.st_size, stat.st_mtime_ns]]
     # Hash new and changed files in threads: file reads and blake2b release the GIL.
@@ -41,8 +46,8 @@ def dataset_fingerprint(root: Path, cache_dir: Path) -> str:
     return total.hexdigest()[:16]
 
 
-def _walk(root: Path):
-    stack = [root]
+def _walk(root: Path, start: Path):
+    stack = [start]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:

@@ -13,7 +13,7 @@ import pandas as pd
 from xray_ablate.data import cache
 from xray_ablate.data.atomic import write_text_atomic
 from xray_ablate.data.fingerprint import dataset_fingerprint
-from xray_ablate.data.ingest import IngestOptions, ingest
+from xray_ablate.data.ingest import IMAGE_SUFFIXES, IngestOptions, detect_layout, ingest
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.splits import SplitOptions, make_split, manifest_hash
@@ -55,7 +55,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
     root = Path(cfg.root)
     if not root.is_dir():
         raise UserError(f"dataset root {root} does not exist (set dataset.root)")
-    fingerprint = dataset_fingerprint(root, cfg.cache_dir)
+    fingerprint = _fingerprint(root, cfg)
     inv_key = cache.inventory_key(fingerprint, cfg.ingest)
     with cache.lock(cfg.cache_dir, inv_key):
         loaded = cache.load_inventory(cfg.cache_dir, inv_key, root)
@@ -117,6 +117,14 @@ def prepare(cfg: DataConfig) -> PreparedData:
         manifest_path=manifest_path, layout=meta["layout"], unknown_tags=meta["unknown_tags"],
         patient_fallbacks=int(meta["patient_fallbacks"]), decoded_now=decoded_now,
     )
+
+
+def _fingerprint(root: Path, cfg: DataConfig) -> str:
+    """Of the files ingest reads: Darwin's two folders, or an ImageFolder's images."""
+    if detect_layout(root, cfg.ingest) == "darwin":
+        return dataset_fingerprint(root, cfg.cache_dir,
+                                   subdirs=(cfg.ingest.annotations_dir, cfg.ingest.images_dir))
+    return dataset_fingerprint(root, cfg.cache_dir, suffixes=IMAGE_SUFFIXES)
 
 
 def _ingest(root: Path, opts: IngestOptions):

@@ -115,10 +115,11 @@ def score_files(paths: list[str | Path], settings: QualitySettings, workers: int
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
             results = list(tqdm(pool.map(_score_job, jobs, chunksize=chunk), total=len(jobs),
-                                desc=desc, leave=False))
+                                desc=desc, leave=False, disable=None))
     else:
         with _one_thread():
-            results = [_score_job((str(p), settings)) for p in tqdm(paths, desc=desc, leave=False)]
+            bar = tqdm(paths, desc=desc, leave=False, disable=None)
+            results = [_score_job((str(p), settings)) for p in bar]
     return pd.DataFrame(results, columns=["score", "status"])
 
 
@@ -199,7 +200,7 @@ def _score_on_device(paths: list, settings: QualitySettings, device: torch.devic
     """Decode with threads (Pillow releases the GIL), score equal shapes in batches on ``device``."""
     results: list[tuple[float, str]] = [(math.nan, "")] * len(paths)
     size = settings.analysis_size
-    with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(paths), desc=desc,
+    with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(paths), desc=desc, disable=None,
                                                            leave=False) as bar:
         for start in range(0, len(paths), _GPU_CHUNK):
             loaded = list(pool.map(lambda p: _load_or_reason(str(p), size),

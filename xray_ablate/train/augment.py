@@ -18,11 +18,15 @@ class AugmentOptions:
 
 
 def random_affine(x: torch.Tensor, opts: AugmentOptions, generator: torch.Generator) -> torch.Tensor:
-    """Rotate, zoom and shift each image of a (B, C, H, W) float batch by its own random amount."""
+    """Rotate, zoom and shift each image of a (B, C, H, W) float batch by its own random amount.
+
+    The random amounts come from ``generator`` on the CPU (a few numbers per image), so a seed
+    gives the same augmentation on every device, and no device generator is needed (MPS).
+    """
     b = x.shape[0]
 
     def uniform(limit: float) -> torch.Tensor:
-        return (torch.rand(b, generator=generator, device=x.device) * 2 - 1) * limit
+        return ((torch.rand(b, generator=generator) * 2 - 1) * limit).to(x.device)
 
     angle = uniform(opts.rotation_turns * 2 * math.pi)
     scale = 1 + uniform(opts.zoom)

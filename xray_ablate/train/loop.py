@@ -40,11 +40,11 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def train_one_epoch(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data: Batches,
-    batch_size: int, device: torch.device, generator: torch.Generator,
+    batch_size: int, device: torch.device, generator: torch.Generator,  # a CPU generator
     augment: AugmentOptions | None, amp: bool, desc: str = "train",
 ) -> tuple[float, float]:
     model.train()
-    order = torch.randperm(len(data), generator=generator, device=generator.device).to(data.images.device)
+    order = torch.randperm(len(data), generator=generator).to(data.images.device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     steps = range(0, len(data), batch_size)

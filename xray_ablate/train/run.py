@@ -80,7 +80,7 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
     augment = AugmentOptions(cfg.augmentation.rotation_turns, cfg.augmentation.zoom,
                              cfg.augmentation.translate, cfg.augmentation.fill) \
         if cfg.augmentation.enabled else None
-    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    generator = torch.Generator().manual_seed(int(cfg.seed))  # data order and augmentation
     amp, batch_size = bool(cfg.trainer.amp), int(cfg.trainer.batch_size)
 
     history, best_state, best = [], None, (float("inf"), 0)
