@@ -169,3 +169,27 @@ def test_submitit_local_launcher_runs_a_sweep(monkeypatch, tmp_path, synthetic_r
     assert code == 0
     runs = train_runs(sqlite_uri(tmp_path), "FINISHED")
     assert sorted(r.data.tags["factor.dataset"] for r in runs) == ["masked", "raw"]
+
+
+def run_single(monkeypatch, root: Path, synthetic: Path, *args: str) -> int:
+    GlobalHydra.instance().clear()
+    argv = ["xray_ablate", *base_overrides(root, synthetic), f"hydra.run.dir={root / 'run'}", *args]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        cli()
+    return exit_.value.code
+
+
+def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_path, synthetic_root):
+    assert run_single(monkeypatch, tmp_path, synthetic_root) == 0
+    runs = train_runs(sqlite_uri(tmp_path), "FINISHED")
+    assert [r.data.tags[schema.SEED] for r in runs] == ["0"]
+    assert schema.PARENT_RUN not in runs[0].data.tags
+
+
+def test_a_user_mistake_in_a_single_run_is_one_clear_line(monkeypatch, tmp_path, synthetic_root, capsys):
+    code = run_single(monkeypatch, tmp_path, synthetic_root, "dataset.root=null")
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "dataset.root is not set" in captured.out + captured.err
+    assert "Traceback" not in captured.out + captured.err

@@ -32,8 +32,9 @@ def run_job(cfg: DictConfig) -> float | None:
     sweep = SweepInfo.current() if hydra_cfg.mode == RunMode.MULTIRUN else None
     _set_threads(cfg, hydra_cfg)
     started = time.perf_counter()
-    outcome = Outcome(job=int(hydra_cfg.job.num or 0), overrides=list(hydra_cfg.overrides.task),
-                      status=FAILED)
+    # hydra.job.num exists in sweeps only.
+    outcome = Outcome(job=int(hydra_cfg.job.num) if sweep else 0,
+                      overrides=list(hydra_cfg.overrides.task), status=FAILED)
     try:
         data = load_data(cfg)
         tags = {**run_tags(cfg), **process_tags()}
