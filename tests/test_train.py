@@ -17,7 +17,7 @@ from xray_ablate.train.run import class_weights, load_data, train_run
 
 
 def _train(cfg):
-    with mlflow_run(cfg, run_tags(cfg)) as active:
+    with mlflow_run(cfg, run_tags(cfg, "cpu")) as active:
         results = train_run(cfg)
     return active.info.run_id, results
 
@@ -170,3 +170,36 @@ def test_brisque_filter_changes_training_images_but_never_the_test_split(make_cf
     assert removed > 0
     trained = int(on_run.params["n_train"]) + int(on_run.params["n_val"])
     assert trained == int(off.params["n_train"]) + int(off.params["n_val"]) - removed
+
+
+def test_reported_losses_do_not_depend_on_class_weights(make_cfg):
+    off_id, off = _train(make_cfg("tracking.log_checkpoint=false", "trainer.lr=0"))
+    on_id, on = _train(make_cfg("class_weights=on", "tracking.log_checkpoint=false", "trainer.lr=0"))
+    # lr=0: identical weights, so only the loss definition could differ.
+    assert on["test_loss"] == pytest.approx(off["test_loss"])
+    assert on["best_val_loss"] == pytest.approx(off["best_val_loss"])
+
+
+def test_per_image_test_predictions_are_logged(make_cfg):
+    cfg = make_cfg("tracking.log_checkpoint=false")
+    run_id, results = _train(cfg)
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.csv")
+    import pandas as pd
+
+    predictions = pd.read_csv(path)
+    data = load_data(cfg)
+    test = data.table[data.table["split"] == "test"]
+    assert list(predictions["image_id"]) == list(test["image_id"])
+    probs = predictions[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    assert probs.sum(axis=1) == pytest.approx(1.0, abs=1e-4)
+    accuracy = (probs.argmax(1) == predictions["label"].to_numpy()).mean()
+    assert accuracy == pytest.approx(results["test_accuracy"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.epochs=0", "trainer.epochs must be at least 1"),
+    ("split.val_fraction=0", "strictly between 0 and 1"),
+])
+def test_settings_that_cannot_train_are_user_errors(make_cfg, override, message):
+    with pytest.raises(UserError, match=message):
+        _train(make_cfg(override))

@@ -39,7 +39,7 @@ def run() -> list[Row]:
     images = torch.randint(0, 256, (N_IMAGES, 1, SIZE, SIZE), dtype=torch.uint8)
     labels = torch.randint(0, 4, (N_IMAGES,))
     data = Batches(images, labels)
-    model = build_model(BackboneSpec("cnn16"), 4, SIZE, stats=(0.5, 0.25))
+    model = build_model(BackboneSpec("cnn16"), 4, SIZE, normalize=True, train_stats=(0.5, 0.25))
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.data.labels import CLASSES
+from xray_ablate.errors import UserError
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["image_id", "cls", "patient_id", "split"]
@@ -26,8 +27,10 @@ class SplitOptions:
     val_fraction: float = 0.25  # of what is left after the test split
 
     def __post_init__(self):
-        if not (0 < self.test_fraction < 1 and 0 <= self.val_fraction < 1):
-            raise ValueError("split fractions must lie in (0, 1)")
+        if not (0 < self.test_fraction < 1 and 0 < self.val_fraction < 1):
+            raise UserError(f"split.test_fraction and split.val_fraction must lie strictly between 0 "
+                            f"and 1 (validation picks the checkpoint), not {self.test_fraction}, "
+                            f"{self.val_fraction}")
 
 
 def make_split(images: pd.DataFrame, opts: SplitOptions) -> pd.DataFrame:

@@ -59,18 +59,24 @@ class Classifier(nn.Module):
         return self
 
 
-def build_model(spec: BackboneSpec, num_classes: int, image_size: int,
-                stats: tuple[float, float] | None) -> Classifier:
-    """``stats`` = (mean, std) of the training split for scratch models when normalization is on;
-    pretrained backbones with normalization on use their own ImageNet statistics (pass any
-    non-None value); None = inputs stay in [0, 1]."""
+def uses_training_stats(spec: BackboneSpec) -> bool:
+    """Scratch models standardise with the training split; pretrained ones with their own stats."""
+    return spec.name in SCRATCH_MODELS
+
+
+def build_model(spec: BackboneSpec, num_classes: int, image_size: int, normalize: bool = False,
+                train_stats: tuple[float, float] | None = None) -> Classifier:
+    """``normalize``: standardise inputs, with ``train_stats`` (mean, std of the training split)
+    for scratch models and the backbone's ImageNet statistics otherwise; else inputs stay in [0, 1]."""
     if spec.freeze not in FREEZE_MODES:
         raise UserError(f"backbone.freeze must be one of {FREEZE_MODES}, not {spec.freeze!r}")
     if spec.name in SCRATCH_MODELS:
         if spec.pretrained or spec.freeze != "none":
             raise UserError(f"{spec.name} has no pretrained weights: use pretrained=false, freeze=none")
         model = SCRATCH_MODELS[spec.name](num_classes, image_size)
-        mean, std = stats if stats is not None else (0.0, 1.0)
+        if normalize and train_stats is None:
+            raise ValueError(f"{spec.name} with normalization needs the training split's mean and std")
+        mean, std = train_stats if normalize else (0.0, 1.0)
         return Classifier(model.features, model.head, 1, (mean,), (std,))
     if spec.name not in FEATURE_BUILDERS:
         raise UserError(f"unknown backbone {spec.name!r}; choose one of {', '.join(BACKBONES)}")
@@ -81,7 +87,7 @@ def build_model(spec: BackboneSpec, num_classes: int, image_size: int,
     with torch.no_grad():
         flat = feats.module.eval()(torch.zeros(1, 3, image_size, image_size)).numel()
     frozen = _freeze(feats.blocks, spec)
-    mean, std = (feats.mean, feats.std) if stats is not None else ((0.0,) * 3, (1.0,) * 3)
+    mean, std = (feats.mean, feats.std) if normalize else ((0.0,) * 3, (1.0,) * 3)
     return Classifier(feats.module, _head(flat, num_classes), 3, mean, std, frozen)
 
 

@@ -50,6 +50,9 @@ class SweepCallback(Callback):
         cfg = config
         jobs = planned_jobs(cfg)
         experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+        if cfg.tracking.uri.startswith("sqlite") and cfg.hydra.launcher.get("n_jobs") not in (None, 1):
+            log.warning("parallel jobs writing to %s directly: start `make server` and pass "
+                        "tracking.uri=http://127.0.0.1:5000 instead", cfg.tracking.uri)
         client = MlflowClient()
         fail_dead_runs(client, experiment_id)
         prepare_shared_work([compose(config_name=config_name, overrides=job) for job in jobs])
@@ -96,6 +99,9 @@ def _open_parent_run(client: MlflowClient, experiment_id: str, sid: str, cfg: Di
         return run_id
     run = client.create_run(experiment_id, run_name=f"sweep-{cfg.experiment_name}-{sid}", tags=tags)
     client.log_param(run.info.run_id, "planned_jobs", len(jobs))
+    # The baseline this sweep was designed around, for a later `make report` without experiment=.
+    for factor, level in OmegaConf.to_container(cfg.report.baseline, resolve=True).items():
+        client.log_param(run.info.run_id, f"report.baseline.{factor}", level)
     client.log_text(run.info.run_id, "\n".join(" ".join(j) for j in jobs) + "\n", "sweep/jobs.txt")
     client.log_text(run.info.run_id, OmegaConf.to_yaml(cfg, resolve=False), "sweep/multirun.yaml")
     return run.info.run_id
@@ -128,7 +134,8 @@ def finish(interrupted: bool = False) -> int:
 
         try:
             folder = build_report(sweep.cfg, sweep_id=sweep.info.sweep_id)
-        except UserError as err:
+        except Exception as err:  # the runs are safe in MLflow; `make report` can retry
+            log.error("report not built", exc_info=not isinstance(err, UserError))
             print(f"report not built: {err}")
         else:
             print("\n" + (folder / "report.md").read_text() + f"\nreport and plots: {folder}")

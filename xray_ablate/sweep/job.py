@@ -21,6 +21,7 @@ from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.run import mlflow_run, run_tags
 from xray_ablate.tracking.store import connect
+from xray_ablate.train.device import select_device
 from xray_ablate.train.run import load_data, train_run
 
 log = logging.getLogger("xray_ablate")
@@ -37,10 +38,11 @@ def run_job(cfg: DictConfig) -> float | None:
                       overrides=list(hydra_cfg.overrides.task), status=FAILED)
     try:
         data = load_data(cfg)
-        tags = {**run_tags(cfg), **process_tags()}
+        device_type = select_device(cfg.device).type
+        tags = {**run_tags(cfg, device_type), **process_tags()}
         if sweep is not None:
             tags.update({schema.SWEEP_ID: sweep.sweep_id, schema.SWEEP_MEMBER.format(sweep.sweep_id): "1"})
-            if cfg.resume and (existing := _finished(cfg, data)):
+            if cfg.resume and (existing := _finished(cfg, data, tags[schema.CONFIG_KEY])):
                 MlflowClient().set_tag(existing, schema.SWEEP_MEMBER.format(sweep.sweep_id), "1")
                 log.info("skipped: already finished as run %s", existing)
                 outcome.status, outcome.run_id = SKIPPED, existing
@@ -66,10 +68,10 @@ def run_job(cfg: DictConfig) -> float | None:
             outcome.write(Path(sweep.outcome_dir))
 
 
-def _finished(cfg: DictConfig, data) -> str | None:
+def _finished(cfg: DictConfig, data, key: str) -> str | None:
     experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
-    return finished_run(MlflowClient(), experiment_id, run_tags(cfg)[schema.CONFIG_KEY], int(cfg.seed),
-                        data.fingerprint, data.manifest_hash)
+    return finished_run(MlflowClient(), experiment_id, key, int(cfg.seed), data.fingerprint,
+                        data.manifest_hash)
 
 
 def _set_threads(cfg: DictConfig, hydra_cfg) -> None:

@@ -9,25 +9,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_ablate.tracking.schema import FACTORS
 
-# Keys that do not change what is computed: where things go, how many processes, which seed.
-NON_SEMANTIC_TOP = ("paths", "tracking", "hydra", "num_workers", "device", "seed", "repeats",
-                    "resume", "report", "sweep", "experiment_name")
-NON_SEMANTIC_NESTED = (("dataset", "root"), ("quality", "report_dir"))
+# Keys that do not change what is computed: where things go, how the work is spread, which
+# seed, how a sweep was designed.
+NON_SEMANTIC_TOP = ("paths", "tracking", "hydra", "num_workers", "threads", "device", "seed",
+                    "repeats", "resume", "report", "sweep", "experiment_name", "full_factorial")
+NON_SEMANTIC_NESTED = (("dataset", "root"), ("quality", "report_dir"), ("quality", "device"),
+                       ("quality", "batch_size"))
 
 
-def semantic_config(cfg: DictConfig) -> dict:
+def semantic_config(cfg: DictConfig, device_type: str) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in NON_SEMANTIC_TOP:
         resolved.pop(key, None)
     for group, key in NON_SEMANTIC_NESTED:
         if isinstance(resolved.get(group), dict):
             resolved[group].pop(key, None)
+    if not cfg.brisque_filter.enabled:
+        resolved.pop("quality", None)  # scoring settings matter only when the filter uses them
+    # cpu, cuda (bf16 autocast) and mps give different numbers: their runs are not seeds of one
+    # configuration.
+    resolved["device_type"] = device_type
     return resolved
 
 
-def config_key(cfg: DictConfig) -> str:
-    """Hash of the resolved config without the seed and without non-semantic keys."""
-    text = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
+def config_key(cfg: DictConfig, device_type: str) -> str:
+    """Hash of the resolved config without the seed and non-semantic keys, plus the device type."""
+    text = json.dumps(semantic_config(cfg, device_type), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 ERROR_TAG = "xray.error"
 
 
-def run_tags(cfg: DictConfig, kind: str = "train") -> dict[str, str]:
-    tags = {schema.KIND: kind, schema.SEED: str(cfg.seed), schema.CONFIG_KEY: config_key(cfg),
+def run_tags(cfg: DictConfig, device_type: str) -> dict[str, str]:
+    """The tags of a training run: what it is, which configuration and seed, which factors."""
+    tags = {schema.KIND: "train", schema.SEED: str(cfg.seed), schema.CONFIG_KEY: config_key(cfg, device_type),
+            schema.DEVICE: device_type,
             schema.CODE_VERSION: code_version(),
             schema.SPLIT_MODE: "per_seed" if cfg.split.vary_with_seed else "fixed",
             schema.EXPERIMENT: str(cfg.experiment_name)}
@@ -66,10 +68,6 @@ def log_figure(fig, artifact_file: str) -> None:
 
     mlflow.log_figure(fig, artifact_file)
     plt.close(fig)
-
-
-def log_file(path: Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path)
 
 
 @contextmanager

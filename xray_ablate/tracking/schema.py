@@ -25,10 +25,10 @@ SPLIT_HASH = "xray.split_hash"
 SPLIT_MODE = "xray.split_mode"  # fixed | per_seed
 FINGERPRINT = "xray.dataset_fingerprint"
 CODE_VERSION = "xray.code_version"
+DEVICE = "xray.device"  # cpu | cuda | mps: part of the config key
 PARENT_RUN = "mlflow.parentRunId"
 
-# Per-epoch metrics (step = epoch, from 1).
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+# Per-epoch metrics (step = epoch, from 1): train_loss, train_acc, val_loss, val_acc.
 
 
 def final_metric_names(prefix: str) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -69,9 +70,13 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, criterion: nn.Module, data: Batches, batch_size: int,
-             device: torch.device, amp: bool) -> tuple[float, np.ndarray]:
-    """Mean loss and class probabilities (N, classes) of a split, without augmentation."""
+def evaluate(model: nn.Module, data: Batches, batch_size: int, device: torch.device,
+             amp: bool) -> tuple[float, np.ndarray]:
+    """Mean unweighted cross-entropy and class probabilities (N, classes) of a split.
+
+    Unweighted, as Keras does for validation: losses stay comparable between runs with and
+    without class weights, and checkpoint selection does not depend on them.
+    """
     model.eval()
     loss_sum = torch.zeros((), device=device)
     probs = []
@@ -80,6 +85,6 @@ def evaluate(model: nn.Module, criterion: nn.Module, data: Batches, batch_size: 
         y = data.labels[start:start + batch_size].to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
-        loss_sum += criterion(logits.float(), y) * len(y)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         probs.append(torch.softmax(logits.float(), dim=1))
     return loss_sum.item() / max(len(data), 1), torch.cat(probs).cpu().numpy()

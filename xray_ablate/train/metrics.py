@@ -27,15 +27,19 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, prefix: str) -
         f"{prefix}_accuracy": accuracy_score(y_true, y_pred),
         f"{prefix}_balanced_accuracy": _quiet(balanced_accuracy_score, y_true, y_pred),
     }
-    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=LABELS, average="macro",
+    # Macro averages run over the classes present in y_true: a class with no test image has no
+    # recall, and counting it as 0 would understate every configuration alike.
+    present = np.unique(y_true)
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=present, average="macro",
                                                  zero_division=0)
     out.update({f"{prefix}_macro_precision": p, f"{prefix}_macro_recall": r, f"{prefix}_macro_f1": f})
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=LABELS, zero_division=0)
     for i, cls in enumerate(CLASSES):
-        out.update({f"{prefix}_precision_{cls}": p[i], f"{prefix}_recall_{cls}": r[i],
-                    f"{prefix}_f1_{cls}": f[i], f"{prefix}_support_{cls}": s[i]})
+        absent = s[i] == 0
+        out.update({f"{prefix}_precision_{cls}": p[i], f"{prefix}_support_{cls}": s[i],
+                    f"{prefix}_recall_{cls}": np.nan if absent else r[i],
+                    f"{prefix}_f1_{cls}": np.nan if absent else f[i]})
     # AUC is undefined when a class is missing from y_true: NaN rather than a crash.
-    present = np.unique(y_true)
     out[f"{prefix}_roc_auc_ovr"] = (
         roc_auc_score(y_true, probs, multi_class="ovr", labels=LABELS)
         if len(present) == len(LABELS) else float("nan")

@@ -21,7 +21,7 @@ from xray_ablate import settings
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.errors import UserError
-from xray_ablate.models import BackboneSpec, build_model
+from xray_ablate.models import BackboneSpec, build_model, uses_training_stats
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.run import log_config, log_figure, log_json, scratch_dir
 from xray_ablate.train import figures, metrics
@@ -50,14 +50,18 @@ def load_data(cfg: DictConfig) -> PreparedData:
 def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, float]:
     """Train and test one configuration with one seed; returns the final metrics."""
     log_config(cfg)
+    if int(cfg.trainer.epochs) < 1:
+        raise UserError(f"trainer.epochs must be at least 1, not {cfg.trainer.epochs}")
     data = data or load_data(cfg)
+    # Images without a patient id count as their own patient: a leakage risk worth seeing.
+    mlflow.log_metrics({"data_patient_fallbacks": data.patient_fallbacks,
+                        "data_excluded": len(data.excluded)})
     mlflow.set_tags({schema.FINGERPRINT: data.fingerprint, schema.SPLIT_HASH: data.manifest_hash})
     mlflow.log_artifact(str(data.manifest_path), "split")
     mlflow.log_text(data.excluded.to_csv(index=False), "data/excluded.csv")
 
-    seed_everything(int(cfg.seed))
     device = select_device(cfg.device)
-    mlflow.set_tag("xray.device", str(device))
+    seed_everything(int(cfg.seed), deterministic=bool(cfg.trainer.deterministic))
     split, test_outlier = _split_indices(data, cfg)
     labels = data.table["label"].to_numpy()
     batches = {name: _batches(data, getattr(split, name), device) for name in ("train", "val", "test")}
@@ -65,10 +69,12 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
 
     spec = BackboneSpec(cfg.backbone.name, bool(cfg.backbone.pretrained), cfg.backbone.freeze,
                         int(cfg.backbone.unfreeze_last))
-    stats = _normalization_stats(data, split.train) if cfg.normalization.enabled else None
-    if stats is not None:
+    normalize = bool(cfg.normalization.enabled)
+    stats = None
+    if normalize and uses_training_stats(spec):
+        stats = _normalization_stats(data, split.train)
         mlflow.log_params({"norm_mean": round(stats[0], 6), "norm_std": round(stats[1], 6)})
-    model = build_model(spec, len(CLASSES), int(cfg.image_size), stats).to(device)
+    model = build_model(spec, len(CLASSES), int(cfg.image_size), normalize, stats).to(device)
     weights = class_weights(cfg.class_weights.weights, labels[split.train])
     if weights is not None:
         mlflow.log_params({f"class_weight_{c}": round(float(w), 4) for c, w in zip(CLASSES, weights, strict=True)})
@@ -90,7 +96,7 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
         train_loss, train_acc = train_one_epoch(
             model, criterion, optimizer, batches["train"], batch_size, device, generator, augment,
             amp, desc=f"epoch {epoch}/{cfg.trainer.epochs}")
-        val_loss, val_probs = evaluate(model, criterion, batches["val"], batch_size, device, amp)
+        val_loss, val_probs = evaluate(model, batches["val"], batch_size, device, amp)
         val_acc = float((val_probs.argmax(1) == labels[split.val]).mean())
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc}
@@ -112,7 +118,7 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
                "train_images_per_second": len(split.train) * len(history) / train_seconds}
     probs = {}
     for name in ("val", "test"):
-        loss, probs[name] = evaluate(model, criterion, batches[name], batch_size, device, amp)
+        loss, probs[name] = evaluate(model, batches[name], batch_size, device, amp)
         results.update(metrics.classification_metrics(labels[getattr(split, name)], probs[name], name))
         results["test_loss" if name == "test" else "best_val_loss"] = loss
     if test_outlier is not None and (~test_outlier).any():
@@ -120,7 +126,8 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
         sub = metrics.classification_metrics(labels[split.test][keep], probs["test"][keep], "test_filtered")
         results["test_filtered_accuracy"] = sub["test_filtered_accuracy"]
     mlflow.log_metrics(results)
-    _log_artifacts(cfg, model, labels[split.test], probs["test"], pd.DataFrame(history), best[1])
+    test_ids = data.table["image_id"].to_numpy()[split.test]
+    _log_artifacts(cfg, model, test_ids, labels[split.test], probs["test"], pd.DataFrame(history), best[1])
     return results
 
 
@@ -154,9 +161,18 @@ def _split_indices(data: PreparedData, cfg: DictConfig) -> tuple[SplitIndices, n
 
 
 def _normalization_stats(data: PreparedData, train: np.ndarray) -> tuple[float, float]:
-    """Mean and std of training pixels in [0, 1]: computed on the training split only."""
-    pixels = np.asarray(data.images[np.sort(train)], dtype=np.float64) / 255.0
-    return float(pixels.mean()), float(pixels.std())
+    """Mean and std of training pixels in [0, 1]: computed on the training split only.
+
+    Summed in chunks of images, so a large training set is never copied to float64 whole."""
+    total = total_sq = 0.0
+    rows = np.sort(train)
+    for start in range(0, len(rows), 256):
+        chunk = np.asarray(data.images[rows[start:start + 256]], dtype=np.float64) / 255.0
+        total += chunk.sum()
+        total_sq += np.square(chunk).sum()
+    count = len(rows) * data.images.shape[1] * data.images.shape[2]
+    mean = total / count
+    return float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
 def _batches(data: PreparedData, rows: np.ndarray, device: torch.device) -> Batches:
@@ -167,8 +183,13 @@ def _batches(data: PreparedData, rows: np.ndarray, device: torch.device) -> Batc
     return Batches(images.pin_memory(), labels)
 
 
-def _log_artifacts(cfg: DictConfig, model: nn.Module, y_test: np.ndarray, probs: np.ndarray,
-                   history: pd.DataFrame, best_epoch: int) -> None:
+def _log_artifacts(cfg: DictConfig, model: nn.Module, test_ids: np.ndarray, y_test: np.ndarray,
+                   probs: np.ndarray, history: pd.DataFrame, best_epoch: int) -> None:
+    # Per-image predictions allow image-level analyses later (McNemar, bootstrap over images).
+    predictions = pd.DataFrame({"image_id": test_ids, "label": y_test})
+    for i, cls in enumerate(CLASSES):
+        predictions[f"prob_{cls}"] = probs[:, i]
+    mlflow.log_text(predictions.to_csv(index=False, float_format="%.6g"), "predictions.csv")
     text, as_dict = metrics.report(y_test, probs)
     mlflow.log_text(text, "classification_report.txt")
     log_json(as_dict, "classification_report.json")
