@@ -18,7 +18,7 @@ from scipy import stats as st
 from statsmodels.formula.api import ols
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestIndPower
+from statsmodels.stats.power import TTestIndPower, TTestPower
 
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.errors import UserError
@@ -49,7 +49,8 @@ def make_cfg(store, experiment: str, reports_dir, *overrides: str):
 class Sweep:
     """Writes runs the way the training and sweep code log them."""
 
-    def __init__(self, store, experiment: str, sweep_id: str = "sw1", exp_tag: str = "none"):
+    def __init__(self, store, experiment: str, sweep_id: str = "sw1", exp_tag: str = "none",
+                 baseline: dict[str, str] | None = None):
         uri, artifacts = store
         self.exp_id = connect(uri, experiment, artifacts)
         self.client = MlflowClient()
@@ -57,16 +58,20 @@ class Sweep:
         parent = self.client.create_run(self.exp_id, start_time=next(_clock), tags={
             schema.KIND: "sweep", schema.SWEEP_ID: sweep_id, schema.EXPERIMENT: exp_tag})
         self.parent = parent.info.run_id
+        if baseline:  # as sweep/callback.py records the report's baseline on the parent run
+            self.client.log_batch(self.parent, params=[
+                Param(f"report.baseline.{f}", v) for f, v in baseline.items()])
 
     def run(self, key: str, seed: int, acc: float, *, status="FINISHED", split_hash="h1",
-            fingerprint="f1", split_mode="fixed", start_time=None, **factors) -> str:
+            fingerprint="f1", split_mode="fixed", start_time=None, code_version="test",
+            device: str | None = None, fallbacks: int | None = None, **factors) -> str:
         levels = {**BASE, **factors}
         tags = {schema.KIND: "train", schema.SEED: str(seed), schema.CONFIG_KEY: key,
                 schema.SWEEP_ID: self.sweep_id, schema.SWEEP_MEMBER.format(self.sweep_id): "1",
                 schema.EXPERIMENT: self.exp_tag,
                 schema.SPLIT_HASH: split_hash, schema.SPLIT_MODE: split_mode,
-                schema.FINGERPRINT: fingerprint, schema.CODE_VERSION: "test",
-                schema.PARENT_RUN: self.parent,
+                schema.FINGERPRINT: fingerprint, schema.CODE_VERSION: code_version,
+                schema.PARENT_RUN: self.parent, **({"xray.device": device} if device else {}),
                 **{schema.FACTOR_TAG.format(f): v for f, v in levels.items()}}
         run_id = self.client.create_run(self.exp_id, start_time=start_time or next(_clock),
                                         tags=tags).info.run_id
@@ -79,6 +84,8 @@ class Sweep:
                 finals |= {f"{p}_precision_{cls}": acc, f"{p}_recall_{cls}": acc,
                            f"{p}_f1_{cls}": acc - 0.1 * (cls == "viral") + 0.001 * i,
                            f"{p}_support_{cls}": 10.0}
+        if fallbacks is not None:
+            finals["data_patient_fallbacks"] = float(fallbacks)
         now = next(_clock)
         metrics = [Metric(k, v, now, 0) for k, v in finals.items()]
         for epoch in (1, 2, 3):
@@ -191,13 +198,33 @@ def test_dedup_and_integrity_in_the_report(tiny):
 def test_power_model_and_factorial_tables(tiny):
     _, folder = tiny
     power = pd.read_csv(folder / "power.csv").set_index("quantity")
-    sd = _values("base").std(ddof=1)
-    d = TTestIndPower().solve_power(nobs1=3, alpha=0.05, power=0.8)
+    # Unpaired: the residual sd of "accuracy ~ configuration" over every run (vgg's single run
+    # adds no df), not the baseline's sd alone.
+    runs = pd.DataFrame([{"k": k, "y": v} for k in ACC for v in _values(k)])
+    fit = ols("y ~ C(k)", runs).fit()
+    sd = math.sqrt(fit.scale)
+    assert sd != pytest.approx(_values("base").std(ddof=1))
     assert power.loc["sd used (pp)", "unpaired"] == pytest.approx(sd)
-    assert power.loc["minimum detectable difference at n = 3 (pp)", "unpaired"] == pytest.approx(
-        d * sd)
+    assert power.loc["df of the sd", "unpaired"] == fit.df_resid == 10
+    assert power.loc["configurations pooled", "unpaired"] == 5
+    d = TTestIndPower().solve_power(nobs1=3, alpha=0.05, power=0.8)
+    mdd = "minimum detectable difference at n = 3 (pp)"
+    assert power.loc[mdd, "unpaired"] == pytest.approx(d * sd)
     n1 = TTestIndPower().solve_power(effect_size=1 / sd, alpha=0.05, power=0.8)
     assert power.loc["seeds needed to detect 1 pp", "unpaired"] == math.ceil(n1)
+    # Paired: the pooled sd of the seed-matched differences of the paired rows (not cw: Welch).
+    diffs = pd.DataFrame([{"k": k, "d": v} for k in ("augoff", "raw", "rawoff")
+                          for v in _values(k) - _values("base")])
+    pair_fit = ols("d ~ C(k)", diffs).fit()
+    pair_sd = math.sqrt(pair_fit.scale)
+    assert power.loc["sd used (pp)", "paired"] == pytest.approx(pair_sd)
+    assert power.loc["df of the sd", "paired"] == pair_fit.df_resid == 6
+    d = TTestPower().solve_power(nobs=3, alpha=0.05, power=0.8)
+    assert power.loc[mdd, "paired"] == pytest.approx(d * pair_sd)
+    # Δ mixes paired and Welch rows: the summary quotes both figures, each named.
+    text = (folder / "report.md").read_text()
+    assert f"about {d * pair_sd:.2f} pp" in text and f"{pair_sd:.2f} pp, pooled over 3" in text
+    assert "**Power (paired):**" in text and "**Power (unpaired):**" in text
 
     model = pd.read_csv(folder / "model_table.csv")
     assert list(dict.fromkeys(model["backbone"])) == ["cnn16", "vgg16"]
@@ -218,7 +245,7 @@ def test_power_model_and_factorial_tables(tiny):
     data = pd.DataFrame([{"dataset": f.get("dataset", "masked"),
                           "augmentation": f.get("augmentation", "on"), "y": v}
                          for k in cells for f, v in [(ACC[k][0], x) for x in _values(k)]])
-    ref = anova_lm(ols("y ~ (C(dataset, Sum) + C(augmentation, Sum))**2", data).fit(), typ=2)
+    ref = anova_lm(ols("y ~ C(dataset, Sum) * C(augmentation, Sum)", data).fit(), typ=3)
     anova = pd.read_csv(folder / "anova.csv").set_index("term")
     assert anova.loc["dataset", "F"] == pytest.approx(ref.loc["C(dataset, Sum)", "F"])
     assert anova.loc["dataset:augmentation", "p"] == pytest.approx(
@@ -244,6 +271,11 @@ def test_every_output_exists_and_is_logged_to_mlflow(tiny):
     for link in re.findall(r"\]\(([^)]+)\)", text):
         assert (folder / link).is_file(), link
     assert "Run-to-run variability" in text and "Distinguishable from seed noise" in text
+    methods = text.split("## Methods")[1]
+    assert "training-seed variability on that one test set" in methods
+    assert "`predictions.csv` (image_id, label, prob_bacterial" in methods
+    assert "zero width means every seed gave the same value" in methods
+    assert "## Warnings" not in text  # one code version, one device, no patient-id fallback
     assert "\\begin{tabular}" in (folder / "run_table.tex").read_text()
     assert folder.name == "tinyexp"  # the experiment name, else the sweep id
 
@@ -295,6 +327,86 @@ def test_selection_latest_sweep_experiment_name_and_fallback_baseline(store, tmp
     assert runs.loc[1, "sweep_id"] == "old-sweep"
 
 
+def test_no_seed_replication_and_single_configurations_give_a_report(store, tmp_path):
+    # `-m experiment=demo repeats=1`: dataset x class weights crossed, one run per cell. The
+    # two-way ANOVA has no residual df (it used to raise "array must not contain infs or NaNs").
+    sweep = Sweep(store, "unreplicated", "unrep")
+    for key, acc, factors in [("base", 0.80, {}), ("raw", 0.76, {"dataset": "raw"}),
+                              ("cw", 0.81, {"class_weights": "on"}),
+                              ("rawcw", 0.78, {"dataset": "raw", "class_weights": "on"})]:
+        sweep.run(key, 0, acc, **factors)
+    folder = build_report(make_cfg(store, "unreplicated", tmp_path, "report.log_to_mlflow=false"))
+    anova = pd.read_csv(folder / "anova.csv").set_index("term")
+    assert anova.index.tolist() == ["dataset", "class_weights", "dataset:class_weights", "Residual"]
+    assert anova["F"].isna().all() and anova["p"].isna().all()
+    assert anova.loc["dataset", "sum_sq"] == pytest.approx(((80 + 81) / 2 - (76 + 78) / 2) ** 2)
+    assert anova.loc["Residual", "df"] == 0
+    main = pd.read_csv(folder / "main_effects.csv").set_index("factor")
+    assert main.loc["dataset", "estimate"] == pytest.approx(3.5) and main["p"].isna().all()
+    text = (folder / "report.md").read_text()
+    assert "No seed replication" in text and "no residual degrees of freedom" in text
+    assert "not testable, each factor combination has a single run" in text
+    assert "Run-to-run variability:** unknown" in text and "**Power" not in text
+    power = pd.read_csv(folder / "power.csv").set_index("quantity")
+    assert power.loc["df of the sd", "unpaired"] == 0 and power["paired"].iloc[3:].isna().all()
+
+    # One configuration with one run, then with three seeds near 100 % (t-interval > 100 %).
+    single = Sweep(store, "single", "one-run")
+    single.run("only", 0, 0.9)
+    folder = build_report(make_cfg(store, "single", tmp_path, "report.log_to_mlflow=false"))
+    assert "Only one configuration" in (folder / "report.md").read_text()
+    three = Sweep(store, "single", "three-seeds")
+    for seed, acc in enumerate([0.99, 1.0, 0.97]):
+        three.run("only", seed, acc)
+    folder = build_report(make_cfg(store, "single", tmp_path, "report.log_to_mlflow=false"))
+    table = pd.read_csv(folder / "run_table.csv")
+    assert len(table) == 1 and table.loc[0, "test_accuracy_t_high"] > 100  # the CSV: unclipped
+    text = (folder / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| baseline"))
+    low = st.t.interval(0.95, 2, loc=table.loc[0, "test_accuracy_mean"],
+                        scale=st.sem([99.0, 100.0, 97.0]))[0]
+    assert f"[{low:.1f}, 100.0]" in row and "t-CI clipped to [0, 100] %" in row
+    assert "**Power (unpaired):** with 3 seeds" in text and "for planning" in text
+
+
+def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
+    # `make report` after `make run`: no experiment config loaded, so report.baseline is the base
+    # config's (augmentation on), but the demo sweep recorded its own baseline (augmentation off).
+    recorded = {**BASE, "augmentation": "off"}
+    sweep = Sweep(store, "recorded", "demo-sweep", baseline=recorded)
+    for seed in range(2):
+        sweep.run("augon", seed, 0.80 + seed / 100, code_version="abc123", device="cpu")
+        sweep.run("augoff", seed, 0.75 + seed / 100, augmentation="off",
+                  code_version="def456+dirty", device="cuda:0", fallbacks=3 * seed)
+    sweep.run("cw", 0, 0.79, class_weights="on", code_version="abc123", device="cpu")
+    off = "report.log_to_mlflow=false"
+    folder = build_report(make_cfg(store, "recorded", tmp_path, off))
+    table = pd.read_csv(folder / "run_table.csv")
+    assert table["config_key"].tolist() == ["augoff", "augon", "cw"]
+    text = (folder / "report.md").read_text()
+    assert "recorded by sweep demo-sweep (params report.baseline.* of its parent run" in text
+    assert "augmentation=off, brisque_filter=off" in text.split("## Summary")[0]
+    # Warnings: two code versions (one uncommitted), two devices, patient id fallbacks.
+    warnings = text.split("## Warnings")[1].split("## Summary")[0]
+    assert "2 code versions and uncommitted changes (+dirty): abc123 (3 runs), def456+dirty " \
+        "(2 runs)" in warnings
+    assert "cpu (3 runs), cuda:0 (2 runs)" in warnings
+    assert "1 run(s) used data with images without a patient id (up to 3)" in warnings
+    assert "patient leakage" in warnings
+    # An explicit report.baseline beats the recorded one. Without Hydra's command line (here: the
+    # compose API) "explicit" means: differs from conf/report/default.yaml; for the CLI see
+    # test_cli_writes_a_report.
+    folder = build_report(make_cfg(store, "recorded", tmp_path, off,
+                                   "report.baseline.class_weights=on"))
+    assert pd.read_csv(folder / "run_table.csv")["config_key"].tolist()[0] == "cw"
+    assert "report.baseline of the configuration passed in" in (folder / "report.md").read_text()
+    # An experiment config's baseline also beats the recorded one.
+    folder = build_report(make_cfg(store, "recorded", tmp_path, off, "experiment_name=demo",
+                                   "report.sweep_id=demo-sweep"))
+    assert pd.read_csv(folder / "run_table.csv")["config_key"].tolist()[0] == "augon"
+    assert "report.baseline of experiment config 'demo'" in (folder / "report.md").read_text()
+
+
 def test_loss_metric_keeps_its_unit_and_lower_is_better(store, tmp_path):
     sweep = Sweep(store, "loss", "loss-sweep")
     for seed in range(3):
@@ -327,6 +439,7 @@ def test_user_errors(store, tmp_path):
 def _main(monkeypatch, *overrides: str) -> None:
     """python -m xray_ablate.report OVERRIDES, in this process (no Hydra logging set-up)."""
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     from xray_ablate.report.__main__ import main
 
@@ -336,6 +449,7 @@ def _main(monkeypatch, *overrides: str) -> None:
         main()
     finally:
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # no stale command line for later build_report calls
 
 
 def test_cli_prints_error_and_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
@@ -350,16 +464,24 @@ def test_cli_prints_error_and_exits_2_without_traceback(tmp_path, monkeypatch, c
 
 
 def test_cli_writes_a_report(store, tmp_path, monkeypatch, capsys):
-    sweep = Sweep(store, "cli", "cli-sweep")
+    sweep = Sweep(store, "cli", "cli-sweep", baseline={**BASE, "dataset": "raw"})
     for seed in range(2):
         sweep.run("base", seed, 0.8 + seed / 100)
         sweep.run("raw", seed, 0.78 + seed / 50, dataset="raw")
-    _main(monkeypatch, f"tracking.uri={store[0]}", "tracking.experiment=cli",
-          f"paths.reports_dir={tmp_path}", f"hydra.run.dir={tmp_path}/hydra",
-          "report.log_to_mlflow=false")
+    args = [f"tracking.uri={store[0]}", "tracking.experiment=cli", f"paths.reports_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path}/hydra", "report.log_to_mlflow=false"]
+    _main(monkeypatch, *args)
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == str(tmp_path / "cli-sweep" / "report.md")
     assert (tmp_path / "cli-sweep" / "forest.png").is_file()
+    table = pd.read_csv(tmp_path / "cli-sweep" / "run_table.csv")
+    assert table["config_key"].tolist() == ["raw", "base"]  # the baseline the sweep recorded
+    # A command-line override wins, even one equal to conf/report/default.yaml.
+    _main(monkeypatch, *args, "report.baseline.dataset=masked")
+    table = pd.read_csv(tmp_path / "cli-sweep" / "run_table.csv")
+    assert table["config_key"].tolist() == ["base", "raw"]
+    text = (tmp_path / "cli-sweep" / "report.md").read_text()
+    assert "from report.baseline set on the command line" in text
     # `python -m` finds the entry point (cheap: --help exits before reading any run).
     res = subprocess.run([sys.executable, "-m", "xray_ablate.report", "--help"], check=False,
                          capture_output=True, text=True, timeout=120)

@@ -129,11 +129,32 @@ def test_main_effects_and_interactions_match_cell_means_and_anova():
     assert row["p"] == pytest.approx(
         full.loc["C(augmentation, Sum):C(dataset, Sum)", "PR(>F)"])
     assert len(inter) == 3
+    # The ANOVA: the same saturated model, so the same residual (the three-way interaction is
+    # not pooled into it) and the same p-values as the contrasts.
     table = stats.anova_table(data, factors, "y").set_index("term")
-    ref = anova_lm(ols(stats.anova_formula(factors, "y"), data).fit(), typ=2)
     assert table.loc["augmentation:dataset", "F"] == pytest.approx(
-        ref.loc["C(augmentation, Sum):C(dataset, Sum)", "F"])
-    assert table.loc["Residual", "df"] == ref.loc["Residual", "df"]
+        full.loc["C(augmentation, Sum):C(dataset, Sum)", "F"])
+    assert table.loc["Residual", "df"] == full.loc["Residual", "df"] == 16
+    assert table.loc["Residual", "sum_sq"] == pytest.approx(full.loc["Residual", "sum_sq"])
+    assert "augmentation:dataset:class_weights" not in table.index
+    assert table.loc["dataset", "p"] == pytest.approx(main.loc["dataset", "p"])
+
+
+def test_anova_agrees_with_the_main_effects_when_seeds_are_unbalanced():
+    data = _factorial_data().drop(index=[0, 1, 5])  # failed seeds: 1 to 3 runs per cell
+    factors = ["augmentation", "dataset", "class_weights"]
+    refs = {"augmentation": "off", "dataset": "raw", "class_weights": "off"}
+    main = stats.main_effects(data, factors, "y", refs).set_index("factor")
+    inter = stats.interactions(data, factors, "y", refs).set_index(["factor_a", "factor_b"])
+    table = stats.anova_table(data, factors, "y").set_index("term")
+    ref = anova_lm(ols("y ~ C(augmentation, Sum) * C(dataset, Sum) * C(class_weights, Sum)",
+                       data).fit(), typ=3)
+    for factor in factors:
+        assert table.loc[factor, "p"] == pytest.approx(main.loc[factor, "p"])
+        assert table.loc[factor, "F"] == pytest.approx(ref.loc[f"C({factor}, Sum)", "F"])
+    assert table.loc["augmentation:dataset", "p"] == pytest.approx(
+        inter.loc[("augmentation", "dataset"), "p"])
+    assert table.loc["Residual", "df"] == len(data) - 8
 
 
 def test_unreplicated_design_gives_estimates_without_ci():
@@ -141,6 +162,18 @@ def test_unreplicated_design_gives_estimates_without_ci():
     refs = {"augmentation": "off", "dataset": "raw", "class_weights": "off"}
     main = stats.main_effects(data, ["augmentation", "dataset", "class_weights"], "y", refs)
     assert main["estimate"].notna().all() and main["low"].isna().all()
+    # Two crossed factors, one run each (`-m experiment=demo repeats=1`): no residual df; the
+    # ANOVA used to raise "array must not contain infs or NaNs".
+    two = data[data["class_weights"] == "off"]
+    for factors in (["augmentation", "dataset"], ["augmentation", "dataset", "class_weights"]):
+        sub = two if len(factors) == 2 else data
+        assert stats.residual_df(sub, factors) == 0
+        table = stats.anova_table(sub, factors, "y").set_index("term")
+        assert table["F"].isna().all() and table["p"].isna().all()
+        assert table.loc["Residual", "df"] == 0
+        cells = sub.groupby("augmentation")["y"].mean()
+        assert table.loc["augmentation", "sum_sq"] == pytest.approx(
+            len(sub) * ((cells["on"] - cells["off"]) / 2) ** 2)
 
 
 def _tidy(rows: list[dict]) -> pd.DataFrame:
@@ -169,6 +202,37 @@ def test_clean_runs_keeps_latest_finished_run_per_config_and_seed():
     assert "nometric"[:8] in text
     with pytest.raises(R.UserError, match="no FINISHED"):
         R.clean_runs(runs[runs.status != "FINISHED"], "test_accuracy")
+
+
+def test_a_rerun_on_another_dataset_does_not_hide_the_older_comparable_run():
+    # Seed 0 of k was re-run on a newer dataset (f2); the report keeps the f1 runs (the
+    # baseline's group), so the f1 run of seed 0 must survive the dedup.
+    runs = _tidy([
+        {"run_id": f"b{s}", "config_key": "base", "seed": s, "start_time": s} for s in range(3)
+    ] + [
+        {"run_id": f"k{s}", "config_key": "k", "seed": s, "start_time": 10 + s} for s in range(3)
+    ] + [
+        {"run_id": "k0-new", "config_key": "k", "seed": 0, "start_time": 20, "fingerprint": "f2"},
+        {"run_id": "k1-dup", "config_key": "k", "seed": 1, "start_time": 21},
+    ])
+    cleaned = R.clean_runs(runs, "test_accuracy")
+    kept, left, _ = R.integrity_filter(cleaned.runs, "base")
+    assert sorted(kept["run_id"]) == ["b0", "b1", "b2", "k0", "k1-dup", "k2"]
+    assert not kept.duplicated(["config_key", "seed"]).any()
+    assert left["config_key"].tolist() == ["k"] and left["seeds"].tolist() == ["0"]
+    assert "1 older duplicate" in " ".join(cleaned.notes)
+
+
+def test_mixing_warnings():
+    runs = _tidy([{"run_id": "a", "config_key": "k", "seed": 0, "start_time": 1}])
+    runs["code_version"], runs["device"] = "abc", "cpu"
+    assert R.mixing_warnings(runs) == []
+    dirty = runs.assign(code_version="abc+dirty", data_patient_fallbacks=0.0)
+    assert "uncommitted changes (+dirty): abc+dirty (1 run)" in R.mixing_warnings(dirty)[0]
+    mixed = pd.concat([runs, runs.assign(run_id="b", device="cuda", data_patient_fallbacks=2.0)])
+    text = " ".join(R.mixing_warnings(mixed))
+    assert "cpu (1 run), cuda (1 run)" in text and "patient leakage" in text
+    assert "code version" not in text
 
 
 def test_integrity_fixed_split_keeps_the_baseline_group():

@@ -13,13 +13,14 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xray_ablate.errors import UserError
 from xray_ablate.report import plots
 from xray_ablate.report import runs as R
 from xray_ablate.report import tables as T
 from xray_ablate.report.render import Content, render
+from xray_ablate.settings import CONFIG_DIR
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.store import code_version
 
@@ -53,6 +54,59 @@ def loaded_experiment(cfg: DictConfig) -> str | None:
     return None if name in (None, "none", "null") else str(name)
 
 
+def _overridden_on_command_line() -> bool:
+    """Whether the Hydra command line (when Hydra runs) set report.baseline or chose report=."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return False
+        overrides = list(HydraConfig.get().overrides.task)
+    except (ValueError, AttributeError):
+        return False
+    for override in overrides:
+        key = str(override).split("=", 1)[0].lstrip("+~")
+        if key in ("report", "report.baseline") or key.startswith("report.baseline."):
+            return True
+    return False
+
+
+def default_baseline() -> dict[str, str | None]:
+    """report.baseline of conf/report/default.yaml."""
+    conf = OmegaConf.load(Path(CONFIG_DIR) / "report" / "default.yaml")
+    return T.select_levels(conf.get("baseline"))
+
+
+def choose_baseline(cfg: DictConfig, selection: R.Selection) -> tuple[dict[str, str | None], str]:
+    """The baseline levels and where they came from, in words. The first that applies:
+
+    1. report.baseline set explicitly: a Hydra command-line override (report.baseline.*=...), or,
+       where that cannot be seen (build_report called from code), a value that differs from
+       conf/report/default.yaml;
+    2. an experiment= config is loaded: its report.baseline;
+    3. the selected sweep's parent run recorded params report.baseline.<factor>: those (so that
+       `make report` after a sweep of an experiment config compares with that experiment's
+       baseline);
+    4. report.baseline of conf/report/default.yaml.
+    """
+    configured = T.select_levels((cfg.get("report") or {}).get("baseline"))
+    on_command_line = _overridden_on_command_line()
+    experiment = loaded_experiment(cfg)
+    if on_command_line:
+        return configured, "report.baseline set on the command line"
+    if configured != default_baseline():
+        where = f"experiment config {experiment!r}" if experiment else "the configuration passed in"
+        return configured, f"report.baseline of {where}"
+    if experiment:
+        return configured, f"report.baseline of experiment config {experiment!r}"
+    if selection.parent_baseline:
+        sweep = selection.sweep_ids[0] if selection.sweep_ids else "?"
+        return dict(selection.parent_baseline), (
+            f"recorded by sweep {sweep} (params report.baseline.* of its parent run "
+            f"{(selection.parent_run_id or '')[:8]}); pass report.baseline.<factor>=... to override")
+    return configured, "report.baseline of conf/report/default.yaml"
+
+
 def safe_name(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._")
     return cleaned or "report"
@@ -77,7 +131,8 @@ def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
                               sweep_id=None if sweep is None else str(sweep),
                               experiment_name=None if exp_name is None else str(exp_name))
     selection.name = safe_name(str(rc.get("name") or selection.name))
-    content, kept = analyse(selection, T.select_levels(rc.get("baseline")), settings)
+    levels, source = choose_baseline(cfg, selection)
+    content, kept = analyse(selection, levels, settings, baseline_source=source)
 
     out_dir = Path(cfg.paths.reports_dir) / selection.name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +148,8 @@ def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
     return out_dir
 
 
-def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.Settings
-            ) -> tuple[Content, pd.DataFrame]:
+def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.Settings,
+            baseline_source: str = "report.baseline") -> tuple[Content, pd.DataFrame]:
     """Clean and filter the selected runs, pick the baseline, compute every table."""
     cleaned = R.clean_runs(selection.runs, settings.metric)
     notes = list(cleaned.notes)
@@ -120,7 +175,8 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
     content = Content(
         selection=selection, settings=settings,
         baseline_label=", ".join(f"{f}={base_row[f]}" for f in R.FACTOR_NAMES),
-        notes=notes, reference=reference, n_runs=len(kept), run_table=table,
+        baseline_levels=wanted, baseline_source=baseline_source,
+        warnings=R.mixing_warnings(kept), notes=notes, reference=reference, n_runs=len(kept), run_table=table,
         power=T.power_table(table, settings), excluded=excluded,
         model=T.model_table(kept, baseline_key, settings),
         factorial=T.factorial(kept, baseline_key, settings),
@@ -188,14 +244,18 @@ def _log_run(sel: R.Selection, folder: Path, c: Content) -> str:
     run_id = run.info.run_id
     try:
         n, sd = T.baseline_sd(c.run_table, c.settings)
+        power = c.power.set_index("quantity")
         metrics = {"n_runs": c.n_runs, "n_configs": len(c.run_table), "baseline_n": n,
-                   "baseline_sd": sd, "mdd": float(c.power["unpaired"].iloc[1])}
+                   "baseline_sd": sd, "pooled_sd": T.pooled_sd(c.run_table, c.settings)[0],
+                   "mdd": float(power.loc[T.mdd_row(n, c.settings), "unpaired"]),
+                   "mdd_paired": float(power.loc[T.mdd_row(n, c.settings), "paired"])}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
                                           if pd.notna(v)],
                          params=[Param("report.metric", c.settings.metric),
                                  Param("report.selection", sel.by[:500]),
-                                 Param("report.baseline", c.baseline_label[:500])])
+                                 Param("report.baseline", c.baseline_label[:500]),
+                                 Param("report.baseline_source", c.baseline_source[:500])])
         client.log_artifacts(run_id, str(folder))
     except Exception:
         client.set_terminated(run_id, "FAILED")

@@ -18,6 +18,9 @@ class Content:
     selection: Selection
     settings: T.Settings
     baseline_label: str
+    baseline_levels: str  # the requested levels, "factor=level, ..." or "any"
+    baseline_source: str  # where the requested levels came from, in words
+    warnings: list[str]  # mixed code versions or devices, possible patient leakage
     notes: list[str]  # selection, dedup, integrity and baseline remarks
     reference: dict
     n_runs: int
@@ -40,16 +43,27 @@ def summary(c: Content) -> list[str]:
     s, table = c.settings, c.run_table
     unit = s.unit or "units"
     n, sd = T.baseline_sd(table, s)
+    pooled, pooled_df, pooled_k = T.pooled_sd(table, s)
     blocks = []
     if np.isfinite(sd):
-        blocks.append(f"**Run-to-run variability:** the baseline's {T.metric_title(s.metric)} "
-                      f"varies by {sd:.2f} {unit} from seed to seed (sd over {n} seeds).")
+        text = (f"**Run-to-run variability:** the baseline's {T.metric_title(s.metric)} "
+                f"varies by {sd:.2f} {unit} from seed to seed (sd over {n} seeds)")
+        if pooled_k > 1:
+            text += (f"; pooled over the {pooled_k} configurations with at least 2 seeds, the "
+                     f"seed-to-seed sd is {pooled:.2f} {unit} (df = {pooled_df})")
+        blocks.append(text + ".")
+    elif np.isfinite(pooled):
+        blocks.append(f"**Run-to-run variability:** the baseline has {n} seed(s); pooled over the "
+                      f"{pooled_k} configuration(s) with at least 2 seeds, the seed-to-seed sd is "
+                      f"{pooled:.2f} {unit} (df = {pooled_df}).")
     else:
-        blocks.append(f"**Run-to-run variability:** unknown, the baseline has {n} seed(s); "
-                      "run at least 2 (better 5 or more) seeds per configuration.")
+        blocks.append(f"**Run-to-run variability:** unknown, no configuration has 2 seeds or more "
+                      f"(the baseline has {n}); run at least 2 (better 5 or more) seeds per "
+                      "configuration.")
     groups: dict[str, list[str]] = {"yes": [], "no": [], "untestable": []}
     for _, row in table.iloc[1:].iterrows():
-        text = f"{row['config']}: Δ = {row['delta']:+.2f} {unit}"
+        delta = f"{row['delta']:+.2f}" if np.isfinite(row["delta"]) else "–"
+        text = f"{row['config']}: Δ = {delta} {unit}"
         if not np.isfinite(row["p_holm"]):
             groups["untestable"].append(f"{text} (not testable: {row['note'] or 'no spread'})")
             continue
@@ -66,15 +80,7 @@ def summary(c: Content) -> list[str]:
             blocks += [heads[group], "\n".join(f"- {t}" for t in items)]
     if len(table) == 1:
         blocks.append("Only one configuration: nothing to compare with the baseline.")
-    power = c.power.set_index("quantity")["unpaired"]
-    mdd = power.iloc[1]
-    if np.isfinite(mdd):
-        needed = [f"{q.removeprefix('seeds needed to detect ')}: {int(v)}"
-                  for q, v in power.iloc[2:].items() if np.isfinite(v)]
-        blocks.append(f"**Power:** with {n} seeds per configuration, a true difference smaller "
-                      f"than about {mdd:.2f} {unit} is detected with less than {s.power:.0%} power "
-                      f"(two-sided t-test, α = {s.alpha:g}). Seeds per configuration needed "
-                      f"(unpaired): {'; '.join(needed)}.")
+    blocks += _power_summary(c, n)
     if c.factorial is not None:
         main = c.factorial.main
         strong = main[main["p_holm"] < s.alpha]
@@ -82,8 +88,45 @@ def summary(c: Content) -> list[str]:
             blocks.append("**Main effects distinguishable from seed noise:** " + "; ".join(
                 f"{T.FACTOR_LABELS[r.factor]} {r.level} − {r.reference} = {r.estimate:+.2f} {unit}"
                 for r in strong.itertuples()) + ".")
-        else:
+        elif main["p"].notna().any():
             blocks.append("**Main effects:** none is distinguishable from seed noise.")
+        else:
+            blocks.append("**Main effects:** not testable, each factor combination has a single "
+                          "run (no seed replication).")
+    return blocks
+
+
+def _power_summary(c: Content, n: int) -> list[str]:
+    """The power sentence for the test behind Δ: paired when the seeds pair, else unpaired (both
+    when the rows mix them, the unpaired one for planning when nothing was tested)."""
+    s = c.settings
+    unit = s.unit or "units"
+    power = c.power.set_index("quantity")
+    used = T.delta_tests(c.run_table)
+    rows = c.run_table["test"].iloc[1:].value_counts()
+    columns = ([("paired", "paired t-test over seed-matched differences, as used for Δ in "
+                           f"{rows['paired t']} row(s)")] if "paired t" in used else [])
+    if "Welch t" in used or not columns:
+        how = (f"Welch's t-test gave Δ in {rows['Welch t']} row(s)" if "Welch t" in used
+               else "for planning")
+        columns.append(("unpaired", f"two-sample t-test, {how}"))
+    blocks = []
+    for column, what in columns:
+        mdd = power.loc[T.mdd_row(n, s), column]
+        if not np.isfinite(mdd):
+            continue
+        sd = power.loc[T.SD_ROW.format(unit), column]
+        df, k = int(power.loc[T.DF_ROW, column]), int(power.loc[T.POOLED_ROW, column])
+        sd_text = ("sd of the paired differences vs the baseline" if column == "paired"
+                   else "seed-to-seed sd") + f" {sd:.2f} {unit}, pooled over {k} configuration(s), df = {df}"
+        needed = [f"{q.removeprefix('seeds needed to detect ')}: {int(v)}"
+                  for q, v in power[column].items()
+                  if str(q).startswith("seeds needed") and np.isfinite(v)]
+        seeds = "seed pairs" if column == "paired" else "seeds per configuration"
+        blocks.append(f"**Power ({column}):** with {n} {seeds}, a true difference smaller than "
+                      f"about {mdd:.2f} {unit} is detected with less than {s.power:.0%} power "
+                      f"({what}, α = {s.alpha:g}; {sd_text}). {seeds.capitalize()} needed: "
+                      f"{'; '.join(needed)}.")
     return blocks
 
 
@@ -105,13 +148,29 @@ def methods(c: Content) -> list[str]:
          "run of the baseline (common-language effect size over all pairs of runs, ties count "
          "one half; Mann–Whitney U / (n₁n₂)). 0.5 means no difference; unlike p it does not shrink "
          "with more seeds."),
-        (f"- Power: two-sided t-tests at α = {s.alpha:g} and {s.power:.0%} power (statsmodels "
-         "TTestIndPower for unpaired seeds with the baseline sd; TTestPower for paired seeds with "
-         "the median sd of the paired differences)."),
+        (f"- Power: two-sided t-tests at α = {s.alpha:g} and {s.power:.0%} power at the "
+         "baseline's number of seeds. Unpaired: statsmodels TTestIndPower with the pooled "
+         "within-configuration sd (the residual sd over every configuration with at least 2 "
+         "seeds, df = Σ(n − 1)). Paired: TTestPower with the pooled sd of the seed-matched "
+         "differences against the baseline (df = Σ(pairs − 1)). The summary quotes the one "
+         "that matches the test used for Δ."),
         ("- Main effects: mean of (level − reference) over every combination of the other crossed "
          "factors; interactions: difference of differences, averaged likewise; both as contrasts "
          "of the cell-means OLS model (statsmodels), whose residual is the pooled seed-to-seed "
-         "variance. ANOVA: type II, main effects and two-way interactions, sum coding."),
+         "variance. ANOVA: type III with sum coding on the same saturated model (every "
+         "interaction of the crossed factors), so its residual is the same seed-to-seed variance "
+         "and its main-effect p-values equal the contrasts'; rows for main effects and two-way "
+         "interactions. Without seed replication (one run per combination) there is no residual: "
+         "effects come without CI or p and the ANOVA without F or p."),
+        ("- What the intervals cover: with a fixed split every run is scored on the same test "
+         "set, so CIs, tests and power describe training-seed variability on that one test set; "
+         "the sampling variability of the test set itself (which images it holds) is not "
+         "included. Each run logs its per-image predictions as the artifact `predictions.csv` "
+         "(image_id, label, prob_bacterial, prob_viral, prob_covid, prob_healthy) for McNemar's "
+         "test or an image-level bootstrap. An interval of zero width means every seed gave the "
+         "same value (no seed-to-seed spread was observed), not that the value is exact."),
+        ("- The run table's t-interval of a fraction (accuracy, F1, ...) is shown clipped to "
+         "[0, 100] % (the note says where); run_table.csv keeps the unclipped bounds."),
     ]
 
 
@@ -120,10 +179,13 @@ def render(c: Content) -> str:
     ref = c.reference
     out = [f"# Ablation report: {sel.name}", ""]
     out += [f"MLflow experiment `{sel.experiment}`, {sel.by}; {c.n_runs} runs of "
-            f"{len(c.run_table)} configurations. Baseline: **{c.baseline_label}**. Dataset "
+            f"{len(c.run_table)} configurations. Baseline: **{c.baseline_label}** (requested "
+            f"levels {c.baseline_levels}, from {c.baseline_source}). Dataset "
             f"fingerprint `{ref['fingerprint']}`, split mode {ref['split_mode']} ("
             + (f"manifest `{ref['split_hash']}`" if ref["split_mode"] != "per_seed"
                else f"split seed base {ref['split_seed']}, paired by seed") + ").", ""]
+    if c.warnings:
+        out += ["## Warnings", ""] + [f"- **Warning:** {w}" for w in c.warnings] + [""]
     out += ["## Summary", ""] + [block + "\n" for block in summary(c)]
     if c.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in c.notes] + [""]
@@ -147,7 +209,12 @@ def render(c: Content) -> str:
         if len(f.interactions):
             out += ["### Two-way interactions", "", _md(T.display_interactions(f.interactions, s)),
                     ""]
-        out += ["### ANOVA", "", _md(T.display_anova(f.anova)), ""]
+        out += ["### ANOVA", ""]
+        if not f.anova["F"].notna().any():
+            out += ["No F or p: without seed replication (one run per factor combination) the "
+                    "model has no residual degrees of freedom, so there is no seed-to-seed "
+                    "variance to test against; the sums of squares are shown.", ""]
+        out += [_md(T.display_anova(f.anova)), ""]
     out += ["## Power", "", _md(T.display_power(c.power)), ""]
     out += _figure(c, "Learning curves", "##")
     out += ["## Methods", ""] + methods(c) + [""]

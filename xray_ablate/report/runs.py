@@ -19,11 +19,14 @@ from xray_ablate.errors import UserError
 from xray_ablate.tracking import schema
 
 FACTOR_NAMES: tuple[str, ...] = tuple(schema.FACTORS)
+BASELINE_PARAM = "report.baseline."  # + factor: the baseline a sweep's parent run recorded
+PATIENT_FALLBACKS = "data_patient_fallbacks"  # metric: images counted as their own patient
 TAG_COLUMNS = {
     schema.CONFIG_KEY: "config_key", schema.SEED: "seed", schema.SWEEP_ID: "sweep_id",
     schema.EXPERIMENT: "experiment_name", schema.SPLIT_HASH: "split_hash",
     schema.SPLIT_MODE: "split_mode", schema.FINGERPRINT: "fingerprint",
     schema.CODE_VERSION: "code_version", schema.PARENT_RUN: "parent_run_id",
+    schema.DEVICE: "device",
 }
 UNKNOWN = "unknown"
 ID_COLUMNS = ("run_id", "status", *TAG_COLUMNS.values(), "split_seed")
@@ -41,6 +44,8 @@ class Selection:
     parent_run_id: str | None  # the sweep's parent run, when the runs come from one sweep
     experiment_name: str | None  # the experiment= config name, when known
     runs: pd.DataFrame  # tidy, every status
+    # report.baseline.<factor> params of the sweep's parent run: factor -> level (None = any)
+    parent_baseline: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,15 +124,29 @@ def select_runs(uri: str, experiment: str, *, sweep_id: str | None = None,
                f"{'has no such runs' if configured else 'does not exist'})")
     runs = tidy_runs(raw)
     sweep_ids = [sweep_id] if sweep_id else sorted(runs["sweep_id"].dropna().unique().tolist())
-    parent = None
+    parent, parent_baseline = None, {}
     if len(sweep_ids) == 1:
         found = _search([exp_id], **{schema.KIND: "sweep", schema.SWEEP_ID: sweep_ids[0]})
-        parent = str(found["run_id"].iloc[0]) if not found.empty else None
+        if not found.empty:
+            parent = str(found["run_id"].iloc[0])
+            parent_baseline = recorded_baseline(found.iloc[0])
     names = [n for n in runs["experiment_name"].dropna().unique() if n != "none"]
     exp_name = experiment_name or (names[0] if len(names) == 1 else None)
     return Selection(experiment_id=exp_id, experiment=experiments[exp_id], by=by,
                      name=str(exp_name or sweep_id or experiments[exp_id]), sweep_ids=sweep_ids,
-                     parent_run_id=parent, experiment_name=exp_name, runs=runs)
+                     parent_run_id=parent, experiment_name=exp_name, runs=runs,
+                     parent_baseline=parent_baseline)
+
+
+def recorded_baseline(parent: pd.Series) -> dict[str, str | None]:
+    """The params report.baseline.<factor> of a sweep's parent run (a search_runs row)."""
+    prefix = "params." + BASELINE_PARAM
+    out: dict[str, str | None] = {}
+    for column, value in parent.items():
+        if str(column).startswith(prefix) and isinstance(value, str):
+            out[str(column).removeprefix(prefix)] = (None if value.strip() in ("", "None", "null")
+                                                     else value)
+    return out
 
 
 def _nothing_found(experiments: dict[str, str], experiment: str, sweep_id: str | None,
@@ -174,7 +193,8 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def clean_runs(runs: pd.DataFrame, metric: str) -> Cleaned:
-    """Keep FINISHED runs that carry a config key, a seed and ``metric``; the latest per (key, seed)."""
+    """Keep FINISHED runs that carry a config key, a seed and ``metric``; the latest per (key,
+    seed, comparability group), so that ``integrity_filter`` afterwards leaves one per (key, seed)."""
     notes = []
     status = runs["status"].value_counts()
     unfinished = status.drop("FINISHED", errors="ignore")
@@ -195,11 +215,15 @@ def clean_runs(runs: pd.DataFrame, metric: str) -> Cleaned:
     if kept.empty:
         raise UserError(f"no FINISHED training run with {metric} among the {len(runs)} selected "
                         "run(s)")
-    ordered = kept.sort_values(["start_time", "end_time", "run_id"])
-    deduped = ordered.drop_duplicates(["config_key", "seed"], keep="last")
+    # Duplicates within one comparability group only: a re-run on another dataset or split must
+    # not hide the older runs that the integrity filter may keep.
+    ordered = kept.assign(_group=comparability_group(kept)).sort_values(
+        ["start_time", "end_time", "run_id"])
+    deduped = ordered.drop_duplicates(["config_key", "seed", "_group"], keep="last").drop(
+        columns="_group")
     if len(deduped) < len(kept):
-        notes.append(f"{len(kept) - len(deduped)} older duplicate run(s) of the same configuration "
-                     "and seed were replaced by the latest.")
+        notes.append(f"{len(kept) - len(deduped)} older duplicate run(s) of the same configuration, "
+                     "seed, dataset and split were replaced by the latest.")
     return Cleaned(deduped.sort_values(["config_key", "seed"]).reset_index(drop=True), notes)
 
 
@@ -274,6 +298,36 @@ def _reason(row: pd.Series, ref: dict) -> str:
         return (f"split seed base {row['split_seed']} differs from the reference "
                 f"{ref['split_seed']}")
     return f"split manifest {row['split_hash']} differs from the reference {ref['split_hash']}"
+
+
+def mixing_warnings(runs: pd.DataFrame) -> list[str]:
+    """Warnings about what the runs in the tables mix: code versions (or uncommitted code),
+    devices, and images without a patient id (possible patient leakage across the split)."""
+    def listed(column: str) -> str:
+        counts = runs[column].fillna(UNKNOWN).astype(str).value_counts().sort_index()
+        return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
+
+    out = []
+    versions = set(runs["code_version"].dropna().astype(str))
+    if len(versions) > 1 or any(v.endswith("+dirty") for v in versions):
+        why = " and ".join(
+            ([f"{len(versions)} code versions"] if len(versions) > 1 else [])
+            + (["uncommitted changes (+dirty)"] if any(v.endswith("+dirty") for v in versions)
+               else []))
+        out.append(f"The runs come from {why}: {listed('code_version')}. Differences may come "
+                   "from code changes rather than the factors.")
+    devices = set(runs["device"].dropna().astype(str)) if "device" in runs else set()
+    if len(devices) > 1:
+        out.append(f"The runs ran on more than one device: {listed('device')}. Numerics differ "
+                   "between devices, so device and factor effects may mix.")
+    if PATIENT_FALLBACKS in runs:
+        leaky = runs[runs[PATIENT_FALLBACKS].fillna(0) > 0]
+        if len(leaky):
+            most = int(leaky[PATIENT_FALLBACKS].max())
+            out.append(f"{len(leaky)} run(s) used data with images without a patient id (up to "
+                       f"{most}), each counted as its own patient: images of one patient may sit "
+                       "in both training and test sets (possible patient leakage).")
+    return out
 
 
 def epoch_history(run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:

@@ -283,20 +283,44 @@ def interactions(data: pd.DataFrame, factors: Sequence[str], response: str,
 
 
 def anova_formula(factors: Sequence[str], response: str) -> str:
-    """Main effects and all two-way interactions, sum-to-zero coding."""
-    terms = " + ".join(f"C({f}, Sum)" for f in factors)
-    return f"{response} ~ ({terms})**2" if len(factors) > 1 else f"{response} ~ {terms}"
+    """The saturated model of the crossed factors (every interaction), sum-to-zero coding.
+
+    Its residual is the seed-to-seed variance within factor combinations, the same residual as
+    the cell-means model of ``main_effects`` and ``interactions``.
+    """
+    return f"{response} ~ " + " * ".join(f"C({f}, Sum)" for f in factors)
 
 
 def anova_table(data: pd.DataFrame, factors: Sequence[str], response: str) -> pd.DataFrame:
-    """Type-II ANOVA (statsmodels ols + anova_lm) of main effects and two-way interactions."""
+    """Type-III ANOVA (statsmodels ols + anova_lm) of the saturated model: rows for the main
+    effects, the two-way interactions and the residual (higher-order interactions are in the model
+    but not shown, so they do not inflate the residual).
+
+    With sum coding, type III tests the unweighted cell-mean contrasts of ``main_effects`` (for a
+    two-level factor F = t**2 of that contrast), also when seeds are unbalanced; for a balanced
+    design it equals type II. Without seed replication (one run per combination, no residual df)
+    the sums of squares are the sequential ones (equal to type III for a balanced design, which
+    one run per combination is) and F and p are NaN.
+    """
     fit = ols(anova_formula(factors, response), data=data).fit()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = anova_lm(fit, typ=2)
+        if fit.df_resid > 0:
+            table = anova_lm(fit, typ=3).drop(index="Intercept")
+        else:
+            table = anova_lm(fit, typ=1)
+            table["F"] = table["PR(>F)"] = math.nan
+            table.loc["Residual", "sum_sq"] = math.nan
+    table = table[[t == "Residual" or t.count(":") < 2 for t in table.index]]
+    table = table.reindex(columns=["sum_sq", "df", "F", "PR(>F)"])
     table.index = [_term_name(t) for t in table.index]
     table.index.name = "term"
     return table.reset_index().rename(columns={"PR(>F)": "p"})
+
+
+def residual_df(data: pd.DataFrame, factors: Sequence[str]) -> int:
+    """Residual df of the cell-means (saturated) model: runs minus factor combinations."""
+    return int(len(data) - data.groupby(list(factors)).ngroups)
 
 
 def _term_name(term: str) -> str:

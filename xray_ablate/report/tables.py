@@ -174,20 +174,61 @@ def baseline_sd(table: pd.DataFrame, settings: Settings) -> tuple[int, float]:
     return int(row["n"]), float(row[f"{settings.metric}_sd"])
 
 
+def _pooled(sds: pd.Series, dfs: pd.Series) -> tuple[float, int, int]:
+    """sqrt(sum df_i s_i^2 / sum df_i) over the groups with df_i >= 1: (sd, df, groups)."""
+    ok = np.isfinite(sds.to_numpy(float)) & (dfs.to_numpy(float) >= 1)
+    s, d = sds.to_numpy(float)[ok], dfs.to_numpy(float)[ok]
+    if not ok.any():
+        return math.nan, 0, 0
+    return float(math.sqrt(np.sum(d * s**2) / np.sum(d))), int(d.sum()), int(ok.sum())
+
+
+def pooled_sd(table: pd.DataFrame, settings: Settings) -> tuple[float, int, int]:
+    """The pooled within-configuration (seed-to-seed) sd over every configuration with n >= 2.
+
+    (sd, df, configurations): the residual sd of the one-way model "metric ~ configuration",
+    df = sum(n_i - 1).
+    """
+    return _pooled(table[f"{settings.metric}_sd"], table["n"] - 1)
+
+
+def pooled_paired_sd(table: pd.DataFrame) -> tuple[float, int, int]:
+    """The pooled sd of the seed-matched differences against the baseline, over the rows tested
+    with the paired t-test: (sd, df = sum(pairs_i - 1), configurations)."""
+    paired = table[table["test"] == "paired t"]
+    return _pooled(paired["delta_sd"], paired["n_pairs"] - 1)
+
+
+def delta_tests(table: pd.DataFrame) -> set[str]:
+    """The tests behind the run table's Δ intervals: {"paired t", "Welch t"} or a subset."""
+    return {t for t in table["test"].iloc[1:] if t}
+
+
+SD_ROW, DF_ROW, POOLED_ROW = "sd used ({})", "df of the sd", "configurations pooled"
+
+
+def mdd_row(n: int, settings: Settings) -> str:
+    return f"minimum detectable difference at n = {n} ({settings.unit or 'units'})"
+
+
 def power_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Minimum detectable difference at the baseline's n and seeds needed for each target.
 
-    Unpaired: two-sample t-test with the baseline's seed-to-seed sd (TTestIndPower). Paired: the
-    one-sample t-test of seed-matched differences (TTestPower) with the median sd of the paired
-    differences observed against the baseline, when there are any.
+    Unpaired (two-sample t-test, TTestIndPower): the pooled within-configuration sd over every
+    configuration with at least 2 seeds (``pooled_sd``). Paired (one-sample t-test of the
+    seed-matched differences, TTestPower): the pooled sd of the paired differences against the
+    baseline (``pooled_paired_sd``). Each column states its df and how many configurations it pools.
     """
-    n, sd = baseline_sd(table, settings)
-    pair_sd = float(np.nanmedian(table["delta_sd"])) if table["delta_sd"].notna().any() else math.nan
+    n, _ = baseline_sd(table, settings)
+    sd, df, k = pooled_sd(table, settings)
+    pair_sd, pair_df, pair_k = pooled_paired_sd(table)
     unit = settings.unit or "units"
     kw = {"alpha": settings.alpha, "power": settings.power}
     rows = [
-        {"quantity": f"sd used ({unit})", "unpaired": sd, "paired": pair_sd},
-        {"quantity": f"minimum detectable difference at n = {n} ({unit})",
+        {"quantity": SD_ROW.format(unit), "unpaired": sd, "paired": pair_sd},
+        {"quantity": DF_ROW, "unpaired": float(df), "paired": float(pair_df)},
+        {"quantity": POOLED_ROW, "unpaired": float(k), "paired": float(pair_k)},
+        {"quantity": mdd_row(n, settings),
          "unpaired": stats.min_detectable_difference(n, sd, **kw),
          "paired": stats.min_detectable_difference(n, pair_sd, paired=True, **kw)},
     ]
@@ -308,9 +349,11 @@ def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> Fact
     data[m] = sub[m].astype(float) * settings.scale
     refs = reference_levels(runs, baseline_key)
     notes = [note]
-    n_cells = data.groupby(factors).ngroups
-    if len(data) <= n_cells:
-        notes.append("Each combination has a single run: effects have no CI (add seeds).")
+    if stats.residual_df(data, factors) <= 0:
+        notes.append("No seed replication: each combination of the crossed factors has a single "
+                     "run, so there is no seed-to-seed (residual) variance: the effects are "
+                     "estimates without CI or p, and the ANOVA shows sums of squares without F "
+                     "or p (run at least 2 seeds per configuration).")
     if data.groupby(factors)["config_key"].nunique().max() > 1:
         notes.append("Some factor combinations hold several configurations (other settings "
                      "differ); they are pooled.")
@@ -346,7 +389,17 @@ def fmt_p(p) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+CLIPPED = "t-CI clipped to [0, 100] %"
+
+
+def is_fraction(metric: str) -> bool:
+    """Metrics in [0, 1] (shown in %): accuracies, F1, AUC...; not losses or support counts."""
+    return metric_scale(metric) == 100 and "support" not in metric
+
+
 def display_run_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """The run table as text; a fraction's t-interval is shown clipped to [0, 100] % (the CSV
+    keeps the unclipped bounds) and the note says so."""
     m, unit = settings.metric, settings.unit
     title = metric_title(m) + (" (%)" if unit else "")
     level = f"{settings.confidence:.0%}"
@@ -355,7 +408,13 @@ def display_run_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         out[FACTOR_LABELS[factor]] = table[factor]
     out["n"] = table["n"]
     out[title] = [fmt_pm(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_sd"], strict=True)]
-    out[f"{level} CI (t)"] = [fmt_ci(a, b) for a, b in zip(table[f"{m}_t_low"], table[f"{m}_t_high"], strict=True)]
+    t_low, t_high = table[f"{m}_t_low"].astype(float), table[f"{m}_t_high"].astype(float)
+    notes = table["note"].fillna("").astype(str)
+    if is_fraction(m):
+        clipped = (t_low < 0) | (t_high > 100)
+        t_low, t_high = t_low.clip(0, 100), t_high.clip(0, 100)
+        notes = notes.where(~clipped, [f"{n}; {CLIPPED}" if n else CLIPPED for n in notes])
+    out[f"{level} CI (t)"] = [fmt_ci(a, b) for a, b in zip(t_low, t_high, strict=True)]
     out[f"{level} CI (bootstrap)"] = [fmt_ci(a, b) for a, b in
                                       zip(table[f"{m}_boot_low"], table[f"{m}_boot_high"], strict=True)]
     for column, label in _f1_columns(settings.prefix):
@@ -370,7 +429,7 @@ def display_run_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     out["p (Holm)"] = [fmt_p(v) if k else "" for k, v in zip(table.index > 0, table["p_holm"], strict=True)]
     out["P(improvement)"] = [fmt(v, 2) if k else "" for k, v in
                              zip(table.index > 0, table["p_improvement"], strict=True)]
-    out["note"] = table["note"]
+    out["note"] = notes
     return out
 
 
@@ -426,7 +485,7 @@ def display_anova(anova: pd.DataFrame) -> pd.DataFrame:
 
 def display_power(power: pd.DataFrame) -> pd.DataFrame:
     def cell(quantity: str, value) -> str:
-        if quantity.startswith("seeds"):
+        if quantity.startswith("seeds") or quantity in (DF_ROW, POOLED_ROW):
             return "–" if not np.isfinite(value) else f"{int(value)}"
         return fmt(value, 2)
     return pd.DataFrame({
