@@ -172,3 +172,17 @@ def test_manifest_hash_same_across_fresh_caches_and_modes(synthetic_root, tmp_pa
     assert len({r.manifest_hash for r in runs}) == 1
     assert len({r.cache_key for r in runs}) == 3  # runs 0 and 1 share options, not caches
     assert runs[0].manifest_path.read_text() == runs[1].manifest_path.read_text()
+
+
+def test_identical_image_files_under_two_names_keep_only_the_first(synthetic_root, tmp_path):
+    root = tmp_path / "dupes"
+    shutil.copytree(synthetic_root, root)
+    doc = json.loads((root / "annotations" / "synth-00005.json").read_text())
+    doc["image"]["filename"] = "zz-copy.png"
+    (root / "annotations" / "zz-copy.json").write_text(json.dumps(doc))
+    shutil.copy(root / "images" / "synth-00005.png", root / "images" / "zz-copy.png")
+    data = prepare(config(root, tmp_path / "cache", "masked", 32))
+    assert len(data.table) == 40 and "zz-copy" not in set(data.table["image_id"])
+    row = data.excluded[data.excluded["reason"] == "duplicate_image"]
+    assert list(row["image_id"]) == ["zz-copy"]
+    assert "synth-00005.png" in row["detail"].iloc[0]

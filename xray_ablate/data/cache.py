@@ -31,7 +31,7 @@ from xray_ablate.data.masks import PreprocessOptions, preprocess
 log = logging.getLogger(__name__)
 
 # Bump when ingest or preprocess() would give different output for the same input.
-INGEST_VERSION = 2
+INGEST_VERSION = 3
 PREPROCESS_VERSION = 2
 # Below this many images a process pool costs more than it saves.
 _POOL_MIN_IMAGES = 64

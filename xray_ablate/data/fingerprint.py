@@ -20,10 +20,22 @@ from xray_ablate.data.atomic import write_text_atomic
 _CHUNK = 1 << 20
 
 
+def _memo_path(root: Path, cache_dir: Path) -> Path:
+    return Path(cache_dir) / "filehashes" / (hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest() + ".json")
+
+
+def file_digests(root: Path, cache_dir: Path) -> dict[str, str]:
+    """Relative path -> content digest of the files the last fingerprint of ``root`` read."""
+    try:
+        return {rel: entry[2] for rel, entry in json.loads(_memo_path(root, cache_dir).read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
 def dataset_fingerprint(root: Path, cache_dir: Path, subdirs: tuple[str, ...] = ("",),
                         suffixes: tuple[str, ...] | None = None) -> str:
     root = Path(root).resolve()
-    memo_path = Path(cache_dir) / "filehashes" / (hashlib.sha1(str(root).encode()).hexdigest() + ".json")
+    memo_path = _memo_path(root, cache_dir)
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):

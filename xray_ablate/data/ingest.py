@@ -263,6 +263,21 @@ def _exclude_duplicates(records: list[ImageRecord]) -> None:
             first[key] = rec
 
 
+def exclude_identical_images(records: list[ImageRecord], digest_of: dict[Path, str]) -> None:
+    """Keep the first of several images with the same bytes: copies under two names would
+    otherwise land in different splits as if they were different patients' images."""
+    first: dict[str, ImageRecord] = {}
+    for rec in records:
+        digest = digest_of.get(Path(os.path.abspath(rec.image_path))) if rec.ok else None
+        if digest is None:
+            continue
+        if digest in first:
+            rec.exclude("duplicate_image", f"same bytes as {first[digest].image_path.name} "
+                                           f"({first[digest].source.name})")
+        else:
+            first[digest] = rec
+
+
 def lung_bbox(rec: ImageRecord) -> tuple[float, float, float, float]:
     pts = np.concatenate([ring for shape in rec.lungs for ring in shape])
     x0, y0 = pts.min(axis=0)

@@ -25,7 +25,7 @@ FOLDER_ALIASES = {
 # Exclusion reasons, in the order the summary prints them.
 EXCLUSION_REASONS: tuple[str, ...] = (
     "not_json", "missing_fields", "path_escapes_root", "image_missing", "image_unreadable",
-    "size_mismatch", "duplicate_id", "fungal", "lipoid", "no_class_tag", "conflicting_classes",
+    "size_mismatch", "duplicate_id", "duplicate_image", "fungal", "lipoid", "no_class_tag", "conflicting_classes",
     "ct", "lateral", "non_frontal_view", "polygon_too_few_points", "polygon_out_of_bounds",
     "polygon_self_intersecting", "no_lung_polygon", "empty_mask",
 )

@@ -12,8 +12,8 @@ import pandas as pd
 
 from xray_ablate.data import cache
 from xray_ablate.data.atomic import write_text_atomic
-from xray_ablate.data.fingerprint import dataset_fingerprint
-from xray_ablate.data.ingest import IMAGE_SUFFIXES, IngestOptions, detect_layout, ingest
+from xray_ablate.data.fingerprint import dataset_fingerprint, file_digests
+from xray_ablate.data.ingest import IMAGE_SUFFIXES, IngestOptions, detect_layout, exclude_identical_images, ingest
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.splits import SplitOptions, make_split, manifest_hash
@@ -61,6 +61,9 @@ def prepare(cfg: DataConfig) -> PreparedData:
         loaded = cache.load_inventory(cfg.cache_dir, inv_key, root)
         if loaded is None:
             inventory = _ingest(root, cfg.ingest)
+            base = Path(os.path.abspath(root))
+            digests = {base / rel: d for rel, d in file_digests(root, cfg.cache_dir).items()}
+            exclude_identical_images(inventory.records, digests)
             table = cache.save_inventory(cfg.cache_dir, inv_key, inventory, root)
             meta = {"layout": inventory.layout, "maskable": inventory.maskable,
                     "unknown_tags": inventory.unknown_tags,
