@@ -13,13 +13,12 @@ import hydra
 from omegaconf import DictConfig
 
 from xray_ablate.errors import exit_on_user_error
+from xray_ablate.report.build import build_report
 from xray_ablate.settings import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
-    from xray_ablate.report.build import build_report
-
     with exit_on_user_error():
         folder = build_report(cfg)
     print(folder / "report.md")
