@@ -54,8 +54,7 @@ def iqr_fences(scores, fences: str = "both", factor: float = 1.5) -> tuple[float
 
     ``fences="upper"`` leaves the low side open (-inf): only the worst-quality tail is fenced.
     """
-    if fences not in FENCES:
-        raise UserError(f"brisque_filter.fences must be one of {FENCES}, not {fences!r}")
+    _check_fences(fences)
     values = np.asarray(scores, dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -90,11 +89,15 @@ def brisque_filter(data: PreparedData, cfg: DictConfig) -> FilterResult:
     return result
 
 
+def _check_fences(fences: str) -> None:
+    if fences not in FENCES:
+        raise UserError(f"brisque_filter.fences must be one of {FENCES}, not {fences!r}")
+
+
 def fence_options(cfg: DictConfig) -> tuple[str, float]:
     """(fences, iqr_factor) from cfg.brisque_filter, checked."""
     fences, factor = str(cfg.brisque_filter.fences), float(cfg.brisque_filter.iqr_factor)
-    if fences not in FENCES:
-        raise UserError(f"brisque_filter.fences must be one of {FENCES}, not {fences!r}")
+    _check_fences(fences)
     if not factor > 0:
         raise UserError(f"brisque_filter.iqr_factor must be positive, not {factor}")
     return fences, factor

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +31,6 @@ def run_job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     sweep = SweepInfo.current() if hydra_cfg.mode == RunMode.MULTIRUN else None
     _set_threads(cfg, hydra_cfg)
-    started = time.perf_counter()
     # hydra.job.num exists in sweeps only.
     outcome = Outcome(job=int(hydra_cfg.job.num) if sweep else 0,
                       overrides=list(hydra_cfg.overrides.task), status=FAILED)
@@ -63,7 +61,6 @@ def run_job(cfg: DictConfig) -> float | None:
         log.error("job failed: %s", outcome.error, exc_info=not isinstance(err, UserError))
         return None
     finally:
-        outcome.job_seconds = time.perf_counter() - started
         if sweep is not None:
             outcome.write(Path(sweep.outcome_dir))
 

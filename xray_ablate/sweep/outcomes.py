@@ -19,7 +19,6 @@ class Outcome:
     run_id: str = ""
     error: str = ""
     train_seconds: float = 0.0
-    job_seconds: float = 0.0
 
     def write(self, folder: Path) -> None:
         write_text_atomic(Path(folder) / f"{self.job:05d}.json", json.dumps(asdict(self)))
