@@ -81,3 +81,37 @@ def brisque_weights() -> Path:
         weights_path().parent.mkdir(parents=True)
         shutil.copy(source, weights_path())
         yield weights_path()
+
+
+def invoke_cli(monkeypatch, root: Path, *args: str) -> int:
+    """Run `python -m xray_ablate ARGS` in this process (so monkeypatches hold), with its MLflow
+    store, caches and outputs under ``root``; its exit code."""
+    import sys
+    import time
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from xray_ablate.__main__ import cli
+
+    GlobalHydra.instance().clear()
+    sweep_dir = root / "multirun" / str(time.time_ns())
+    flags = [a for a in args if a.startswith("-")]  # argparse wants -m before the overrides
+    argv = ["xray_ablate", *flags, f"paths.root_dir={root}", f"hydra.sweep.dir={sweep_dir}",
+            "tracking.system_metrics=false", *[a for a in args if not a.startswith("-")]]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        cli()
+    return exit_.value.code
+
+
+def mlflow_runs(root: Path, experiment: str, kind: str = "train"):
+    """Every run of ``kind`` in the SQLite store under ``root/mlruns``."""
+    from mlflow.tracking import MlflowClient
+
+    from xray_ablate.tracking import schema
+
+    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], f"tags.`{schema.KIND}` = '{kind}'", max_results=1000)

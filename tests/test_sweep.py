@@ -12,12 +12,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import invoke_cli
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from xray_ablate.__main__ import cli
 from xray_ablate.settings import CONFIG_DIR
 from xray_ablate.sweep.plan import planned_jobs
 from xray_ablate.tracking import schema
@@ -25,18 +24,11 @@ from xray_ablate.tracking import schema
 
 def base_overrides(root: Path, synthetic: Path) -> list[str]:
     return ["dataset=masked", f"dataset.root={synthetic}", "image_size=32", "backbone=cnn16_gap",
-            "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1", f"paths.root_dir={root}",
-            "tracking.system_metrics=false", "tracking.log_checkpoint=false"]
+            "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1", "tracking.log_checkpoint=false"]
 
 
 def run_sweep(monkeypatch, root: Path, synthetic: Path, *args: str) -> int:
-    GlobalHydra.instance().clear()
-    sweep_dir = root / "multirun" / str(time.time_ns())
-    argv = ["xray_ablate", "-m", *base_overrides(root, synthetic), f"hydra.sweep.dir={sweep_dir}", *args]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_:
-        cli()
-    return exit_.value.code
+    return invoke_cli(monkeypatch, root, "-m", *base_overrides(root, synthetic), *args)
 
 
 def train_runs(uri: str, status: str | None = None):
@@ -106,7 +98,7 @@ def test_a_killed_sweep_completes_on_rerun_without_duplicates(monkeypatch, tmp_p
     sweep_dir = tmp_path / "multirun" / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "xray_ablate", "-m", *base_overrides(tmp_path, synthetic_root),
-         f"hydra.sweep.dir={sweep_dir}", *args],
+         f"paths.root_dir={tmp_path}", "tracking.system_metrics=false", f"hydra.sweep.dir={sweep_dir}", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not list((sweep_dir / "outcomes").glob("*/*.json")) and time.time() < deadline:
@@ -172,12 +164,7 @@ def test_submitit_local_launcher_runs_a_sweep(monkeypatch, tmp_path, synthetic_r
 
 
 def run_single(monkeypatch, root: Path, synthetic: Path, *args: str) -> int:
-    GlobalHydra.instance().clear()
-    argv = ["xray_ablate", *base_overrides(root, synthetic), f"hydra.run.dir={root / 'run'}", *args]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_:
-        cli()
-    return exit_.value.code
+    return invoke_cli(monkeypatch, root, *base_overrides(root, synthetic), f"hydra.run.dir={root / 'run'}", *args)
 
 
 def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_path, synthetic_root):

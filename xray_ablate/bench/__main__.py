@@ -16,11 +16,17 @@ SUITES = ("data", "train", "quality", "sweep")
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xray_ablate.bench")
-    parser.add_argument("suites", nargs="*", default=list(SUITES), choices=SUITES)
+    # No default list with choices: argparse checks a list default against choices as one value.
+    parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"any of {', '.join(SUITES)}; none = all")
     parser.add_argument("--out", type=Path, default=project_root() / "BENCHMARKS.md")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, to prove every suite runs (the figures mean nothing)")
     args = parser.parse_args(argv)
-    for suite in args.suites:
-        rows = importlib.import_module(f"xray_ablate.bench.{suite}").run()
+    unknown = sorted(set(args.suites) - set(SUITES))
+    if unknown:
+        parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    for suite in args.suites or SUITES:
+        rows = importlib.import_module(f"xray_ablate.bench.{suite}").run(smoke=args.smoke)
         for row in rows:
             print(row.markdown())
         _write_section(args.out, suite, rows)

@@ -11,6 +11,7 @@ import os
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,28 @@ from xray_ablate.data.synthetic import generate
 from xray_ablate.settings import project_root
 
 COMMAND = "python -m xray_ablate.bench data"
-N_IMAGES, SOURCE_PX, SEED = 2000, 1600, 0
-IMAGE_SIZE, BATCH = 200, 32
-# Each pipeline is timed over 3 rounds after warm-up; the median round counts. One round: an
-# epoch of ours (63 batches), 12 batches of ImageFolder (it is ~10x slower).
-ROUNDS, FOLDER_BATCHES, WARMUP_BATCHES = 3, 12, 3
+SEED, IMAGE_SIZE, BATCH = 0, 200, 32
 
 
-def run() -> list[Row]:
+@dataclass(frozen=True)
+class Scale:
+    n_images: int
+    source_px: int
+    # Each pipeline is timed over `rounds` rounds after warm-up; the median round counts. One round:
+    # an epoch of ours, `folder_batches` batches of ImageFolder (it is ~10x slower).
+    rounds: int
+    folder_batches: int
+    warmup_batches: int
+
+
+FULL, SMOKE = Scale(2000, 1600, 3, 12, 3), Scale(64, 256, 1, 1, 1)
+
+
+def run(smoke: bool = False) -> list[Row]:
+    scale = SMOKE if smoke else FULL
+    n_images = scale.n_images
     bench_dir = project_root() / ".cache" / "bench"
-    root = _synthetic_jpegs(bench_dir)
+    root = _synthetic_jpegs(bench_dir, scale)
     cores = os.cpu_count() or 1
     rows: list[Row] = []
 
@@ -46,15 +59,15 @@ def run() -> list[Row]:
     start = time.perf_counter()
     data = prepare(cfg)
     cold_s = time.perf_counter() - start
-    assert data.decoded_now == N_IMAGES, data.decoded_now
+    assert data.decoded_now == n_images, data.decoded_now
     phases = _cold_phases(root, bench_dir / "phase-cache")
     decode_s = max(cold_s - phases["fingerprint"] - phases["ingest"], 1e-9)
     rows.append(Row(
-        "data", f"cold preprocessing: {N_IMAGES:,} JPEGs {SOURCE_PX} px -> {IMAGE_SIZE} px masked, "
-        f"{cores} cores", N_IMAGES / cold_s, "images/s", command=COMMAND,
+        "data", f"cold preprocessing: {n_images:,} JPEGs {scale.source_px} px -> {IMAGE_SIZE} px masked, "
+        f"{cores} cores", n_images / cold_s, "images/s", command=COMMAND,
         notes=f"{cold_s:.1f} s in all: fingerprint (hash every file) {phases['fingerprint']:.1f} s, "
               f"ingest (JSON + image headers) {phases['ingest']:.1f} s, decode+resize+mask "
-              f"~{decode_s:.1f} s = {N_IMAGES / decode_s:,.0f} images/s; files in the OS page cache",
+              f"~{decode_s:.1f} s = {n_images / decode_s:,.0f} images/s; files in the OS page cache",
     ))
 
     # 2. Warm: the same call again hits the cache (nothing decoded).
@@ -65,14 +78,14 @@ def run() -> list[Row]:
         warm.append(time.perf_counter() - start)
         assert again.decoded_now == 0
     rows.append(Row(
-        "data", f"warm load (cache hit, {N_IMAGES:,} images)", statistics.median(warm), "s",
+        "data", f"warm load (cache hit, {n_images:,} images)", statistics.median(warm), "s",
         target="< 1 s", met=max(warm) < 1.0, command=COMMAND,
         notes=f"median of 3 (max {max(warm):.2f} s): stat files, read the inventory, map the array, split",
     ))
 
     # 3. Augmented training batches: ours vs torchvision ImageFolder on the same JPEGs.
-    ours, ours_note = _ours_images_per_s(data)
-    folder, folder_rates = _imagefolder_images_per_s(_imagefolder_view(bench_dir, data))
+    ours, ours_note = _ours_images_per_s(data, scale)
+    folder, folder_rates = _imagefolder_images_per_s(_imagefolder_view(bench_dir, data, scale), scale)
     rows.append(Row(
         "data", f"augmented batches, ours: cached uint8 -> float -> batched affine (bs {BATCH})",
         ours, "images/s", command=COMMAND, notes=ours_note,
@@ -81,8 +94,8 @@ def run() -> list[Row]:
         "data", f"augmented batches, torchvision ImageFolder + DataLoader(2 workers, bs {BATCH})",
         folder, "images/s", command=COMMAND,
         notes="Grayscale, Resize((200, 200)), RandomAffine(36, translate 0.1, scale 0.9-1.1), "
-              f"ToTensor; median of {ROUNDS} rounds of {FOLDER_BATCHES} batches (range "
-              f"{min(folder_rates):,.0f}-{max(folder_rates):,.0f}) after {WARMUP_BATCHES} warm-up",
+              f"ToTensor; median of {scale.rounds} rounds of {scale.folder_batches} batches (range "
+              f"{min(folder_rates):,.0f}-{max(folder_rates):,.0f}) after {scale.warmup_batches} warm-up",
     ))
     rows.append(Row(
         "data", "augmented batches: ours / ImageFolder", ours / folder, "x", target=">= 5x",
@@ -92,14 +105,14 @@ def run() -> list[Row]:
     return rows
 
 
-def _synthetic_jpegs(bench_dir: Path) -> Path:
-    """The benchmark's input, generated once (about 3 minutes on one core)."""
-    root = bench_dir / f"synthetic-n{N_IMAGES}-s{SEED}-{SOURCE_PX}px-jpg"
+def _synthetic_jpegs(bench_dir: Path, scale: Scale) -> Path:
+    """The benchmark's input, generated once (about 3 minutes on one core at full scale)."""
+    root = bench_dir / f"synthetic-n{scale.n_images}-s{SEED}-{scale.source_px}px-jpg"
     if not (root / "annotations").is_dir():
         partial = root.with_name(root.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        print(f"generating {N_IMAGES} synthetic {SOURCE_PX} px JPEGs into {root} (once)")
-        generate(partial, n=N_IMAGES, seed=SEED, size=SOURCE_PX, fmt="jpg")
+        print(f"generating {scale.n_images} synthetic {scale.source_px} px JPEGs into {root} (once)")
+        generate(partial, n=scale.n_images, seed=SEED, size=scale.source_px, fmt="jpg")
         partial.rename(root)
     return root
 
@@ -140,7 +153,7 @@ def _random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.nn.functional.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 
 
-def _ours_images_per_s(data: PreparedData) -> tuple[float, str]:
+def _ours_images_per_s(data: PreparedData, scale: Scale) -> tuple[float, str]:
     augment, which = _augment()
     start = time.perf_counter()
     # As training does: the rows in RAM once, as one (N, 1, H, W) uint8 tensor.
@@ -155,21 +168,21 @@ def _ours_images_per_s(data: PreparedData) -> tuple[float, str]:
             x = images[order[s:s + BATCH]].float().div_(255.0)
             yield augment(x, generator)
 
-    for out in batches(WARMUP_BATCHES):
+    for out in batches(scale.warmup_batches):
         assert out.shape == (min(BATCH, len(images)), 1, IMAGE_SIZE, IMAGE_SIZE)
     rates = []
-    for _ in range(ROUNDS):
+    for _ in range(scale.rounds):
         start = time.perf_counter()
         delivered = sum(out.shape[0] for out in batches())
         rates.append(delivered / (time.perf_counter() - start))
     return statistics.median(rates), (
-        f"{which}; median of {ROUNDS} epochs (range {min(rates):,.0f}-{max(rates):,.0f}) after "
-        f"{WARMUP_BATCHES} warm-up batches; cache -> uint8 tensor once: {to_tensor_s:.2f} s")
+        f"{which}; median of {scale.rounds} epochs (range {min(rates):,.0f}-{max(rates):,.0f}) after "
+        f"{scale.warmup_batches} warm-up batches; cache -> uint8 tensor once: {to_tensor_s:.2f} s")
 
 
-def _imagefolder_view(bench_dir: Path, data: PreparedData) -> Path:
+def _imagefolder_view(bench_dir: Path, data: PreparedData, scale: Scale) -> Path:
     """root/<class>/<name>.jpg symlinks to the same JPEG files, for torchvision's ImageFolder."""
-    view = bench_dir / f"imagefolder-n{N_IMAGES}-s{SEED}-{SOURCE_PX}px"
+    view = bench_dir / f"imagefolder-n{scale.n_images}-s{SEED}-{scale.source_px}px"
     if not view.is_dir():
         partial = view.with_name(view.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -180,7 +193,7 @@ def _imagefolder_view(bench_dir: Path, data: PreparedData) -> Path:
     return view
 
 
-def _imagefolder_images_per_s(view: Path) -> float:
+def _imagefolder_images_per_s(view: Path, scale: Scale) -> tuple[float, list[float]]:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -194,13 +207,13 @@ def _imagefolder_images_per_s(view: Path) -> float:
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2,
                         generator=torch.Generator().manual_seed(0))
     batches = iter(loader)
-    for _ in range(WARMUP_BATCHES):  # includes starting the workers
+    for _ in range(scale.warmup_batches):  # includes starting the workers
         x, _ = next(batches)
         assert x.shape == (BATCH, 1, IMAGE_SIZE, IMAGE_SIZE)
     rates = []
-    for _ in range(ROUNDS):
+    for _ in range(scale.rounds):
         start = time.perf_counter()
-        delivered = sum(next(batches)[0].shape[0] for _ in range(FOLDER_BATCHES))
+        delivered = sum(next(batches)[0].shape[0] for _ in range(scale.folder_batches))
         rates.append(delivered / (time.perf_counter() - start))
     del batches
     return statistics.median(rates), rates

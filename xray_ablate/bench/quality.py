@@ -15,6 +15,7 @@ import torch
 from xray_ablate.bench.rows import Row
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
+from xray_ablate.data.synthetic import generate
 from xray_ablate.errors import UserError
 from xray_ablate.quality import weights
 from xray_ablate.quality.scores import QualitySettings, brisque_scores
@@ -23,10 +24,11 @@ from xray_ablate.settings import project_root
 COMMAND = "python -m xray_ablate.bench quality"
 
 
-def run() -> list[Row]:
-    root = _fixture()
+def run(smoke: bool = False) -> list[Row]:
+    """Scores the real fixture; ``smoke`` scores 8 small synthetic phantoms instead."""
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp, _weights_available(Path(tmp)):
+        root = generate(Path(tmp) / "phantoms", n=8, seed=0, size=96) if smoke else _fixture()
         cache_dir = Path(tmp) / "cache"
         # Scores use the raw source files; the small preprocessed size only makes prepare() cheap.
         data = prepare(DataConfig(root=root, cache_dir=cache_dir,

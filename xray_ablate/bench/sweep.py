@@ -35,23 +35,25 @@ def _sweep(root: Path, data: Path, *args: str) -> tuple[float, list]:
     return parent.data.metrics["sweep_seconds"], outcomes
 
 
-def run() -> list[Row]:
+def run(smoke: bool = False) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="xray-bench-sweep-") as tmp:
         root = Path(tmp)
-        data = generate(root / "data", n=200, seed=0, size=128)
-        tiny = ["image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", "seed=range(8)"]
+        n_images = 40 if smoke else 200
+        data = generate(root / "data", n=n_images, seed=0, size=128)
+        tiny = ["image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", f"seed=range({2 if smoke else 8})"]
         wall, outcomes = _sweep(root, data, *tiny)
         overhead = (wall - sum(o.train_seconds for o in outcomes)) / len(outcomes)
 
-        work = ["image_size=96", "backbone=cnn16", "trainer.epochs=4", "seed=0,1"]
+        work = (["image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", "seed=0,1"] if smoke else
+                ["image_size=96", "backbone=cnn16", "trainer.epochs=4", "seed=0,1"])
         sequential, _ = _sweep(root, data, *work)
         parallel, _ = _sweep(root, data, *work, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     cores = os.cpu_count()
     return [
         Row("sweep", "per-job overhead (wall - training time) / jobs", overhead, "s", "< 1 s",
-            overhead < 1.0, COMMAND, "8 tiny jobs, basic launcher, after the shared pre-steps"),
+            overhead < 1.0, COMMAND, f"{len(outcomes)} tiny jobs, basic launcher, after the shared pre-steps"),
         Row("sweep", "2 jobs sequential (basic launcher)", sequential, "s", command=COMMAND,
-            notes=f"cnn16 96 px, 200 synthetic images, 4 epochs; {cores} cores"),
+            notes=f"{' '.join(work)}, {n_images} synthetic images; {cores} cores"),
         Row("sweep", "2 jobs parallel (joblib, n_jobs=2)", parallel, "s", command=COMMAND,
             notes=f"speed-up {sequential / parallel:.2f}x; each job gets cores / n_jobs threads; "
                   "includes starting the joblib worker processes (torch + mlflow imports)"),

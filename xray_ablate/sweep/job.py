@@ -21,6 +21,7 @@ from xray_ablate.tracking import schema
 from xray_ablate.tracking.run import mlflow_run, run_tags
 from xray_ablate.tracking.store import connect
 from xray_ablate.train.device import select_device
+from xray_ablate.train.optim import check_names
 from xray_ablate.train.run import load_data, train_run
 
 log = logging.getLogger("xray_ablate")
@@ -35,6 +36,7 @@ def run_job(cfg: DictConfig) -> float | None:
     outcome = Outcome(job=int(hydra_cfg.job.num) if sweep else 0,
                       overrides=list(hydra_cfg.overrides.task), status=FAILED)
     try:
+        check_names(cfg.trainer)  # before any data work or MLflow run
         data = load_data(cfg)
         device_type = select_device(cfg.device).type
         tags = {**run_tags(cfg, device_type), **process_tags()}

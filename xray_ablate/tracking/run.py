@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.keys import config_key, factor_levels, run_name
+from xray_ablate.tracking.names import MAX_TAG_VALUE, safe_params, safe_tags, safe_value
 from xray_ablate.tracking.store import code_version, connect
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,13 @@ def mlflow_run(cfg: DictConfig, tags: dict[str, str], parent_run_id: str | None 
     experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     run = mlflow.start_run(
         experiment_id=experiment_id, run_name=name or cfg.tracking.run_name or run_name(cfg),
-        tags=tags, parent_run_id=parent_run_id,
+        tags=safe_tags(tags), parent_run_id=parent_run_id,
         log_system_metrics=bool(cfg.tracking.system_metrics),
     )
     try:
         yield run
     except BaseException as err:
-        mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
+        mlflow.set_tag(ERROR_TAG, safe_value(f"{type(err).__name__}: {err}", MAX_TAG_VALUE))
         mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
         mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
@@ -55,7 +56,7 @@ def mlflow_run(cfg: DictConfig, tags: dict[str, str], parent_run_id: str | None 
 def log_config(cfg: DictConfig) -> None:
     """The resolved config: flat params (dotted keys) and the YAML as an artifact."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    mlflow.log_params({k: _short(v) for k, v in _flatten(container).items()})
+    mlflow.log_params(safe_params(_flatten(container)))
     mlflow.log_text(OmegaConf.to_yaml(container), "config.yaml")
 
 
@@ -83,8 +84,3 @@ def _flatten(obj, prefix: str = "") -> dict:
             out.update(_flatten(value, f"{prefix}{key}."))
         return out or {prefix.rstrip("."): "{}"}
     return {prefix.rstrip("."): obj}
-
-
-def _short(value) -> str:
-    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    return text if len(text) <= 6000 else text[:5997] + "..."

@@ -28,6 +28,7 @@ from xray_ablate.train import figures, metrics
 from xray_ablate.train.augment import AugmentOptions
 from xray_ablate.train.device import seed_everything, select_device
 from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
+from xray_ablate.train.optim import build_optimizer, build_schedule
 
 log = logging.getLogger(__name__)
 # Keep the images on the GPU when they take less than this share of its free memory.
@@ -80,9 +81,10 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
         mlflow.log_params({f"class_weight_{c}": round(float(w), 4) for c, w in zip(CLASSES, weights, strict=True)})
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(
         weights, dtype=torch.float32, device=device))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=float(cfg.trainer.lr),
-                                 weight_decay=float(cfg.trainer.weight_decay))
+    optimizer = build_optimizer(model, cfg.trainer)
+    schedule = build_schedule(optimizer, cfg.trainer)
+    mlflow.log_params({"optimizer_class": type(optimizer).__name__,
+                       "lr_schedule_class": type(schedule).__name__ if schedule else "constant"})
     augment = AugmentOptions(cfg.augmentation.rotation_turns, cfg.augmentation.zoom,
                              cfg.augmentation.translate, cfg.augmentation.fill) \
         if cfg.augmentation.enabled else None
@@ -99,7 +101,9 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
         val_loss, val_probs = evaluate(model, batches["val"], batch_size, device, amp)
         val_acc = float((val_probs.argmax(1) == labels[split.val]).mean())
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": val_loss, "val_acc": val_acc}
+               "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"]}
+        if schedule is not None:
+            schedule.step()
         history.append(row)
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", epoch,
