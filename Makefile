@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 5000
+MLRUNS ?= $(CURDIR)/mlruns
+ARGS ?=  # extra overrides or flags, e.g. make run ARGS="repeats=5", make bench ARGS="data"
 
 .PHONY: install run test bench report quality ui server lint clean
 
@@ -18,25 +20,25 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
-	$(PY) -m xray_ablate -m experiment=demo
+	$(PY) -m xray_ablate -m experiment=demo $(ARGS)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(ARGS)
 
 bench: install
-	$(PY) -m xray_ablate.bench
+	$(PY) -m xray_ablate.bench $(ARGS)
 
 report: install
-	$(PY) -m xray_ablate.report
+	$(PY) -m xray_ablate.report $(ARGS)
 
 quality: install
-	$(PY) -m xray_ablate.quality
+	$(PY) -m xray_ablate.quality $(ARGS)
 
 ui: install
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
 
 server: install
-	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
 
 lint: install
 	$(VENV)/bin/ruff check xray_ablate tests

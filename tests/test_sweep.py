@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import invoke_cli
+from conftest import invoke_cli, mlflow_runs
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -174,9 +174,16 @@ def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_pa
     assert schema.PARENT_RUN not in runs[0].data.tags
 
 
-def test_a_user_mistake_in_a_single_run_is_one_clear_line(monkeypatch, tmp_path, synthetic_root, capsys):
-    code = run_single(monkeypatch, tmp_path, synthetic_root, "dataset.root=null")
+@pytest.mark.parametrize("override, message", [
+    ("dataset.root=null", "dataset.root is not set"),
+    ("trainer.optimizer=rmsprop", "trainer.optimizer=rmsprop is not known; choose one of adam, adamw, sgd"),
+    ("trainer.lr_schedule=linear", "trainer.lr_schedule=linear is not known"),
+])
+def test_a_user_mistake_in_a_single_run_is_one_clear_line(monkeypatch, tmp_path, synthetic_root, capsys,
+                                                           override, message):
+    code = run_single(monkeypatch, tmp_path, synthetic_root, override)
     captured = capsys.readouterr()
     assert code == 2
-    assert "dataset.root is not set" in captured.out + captured.err
+    assert message in captured.out + captured.err
     assert "Traceback" not in captured.out + captured.err
+    assert mlflow_runs(tmp_path, "xray-ablate") == []  # stopped before any MLflow run

@@ -203,3 +203,35 @@ def test_per_image_test_predictions_are_logged(make_cfg):
 def test_settings_that_cannot_train_are_user_errors(make_cfg, override, message):
     with pytest.raises(UserError, match=message):
         _train(make_cfg(override))
+
+
+@pytest.mark.parametrize("overrides, optimizer_class, schedule_class", [
+    ([], "Adam", "constant"),
+    (["trainer.optimizer=sgd", "trainer.momentum=0.5", "trainer.nesterov=true"], "SGD", "constant"),
+    (["trainer.optimizer=adamw", "trainer.lr_schedule=cosine"], "AdamW", "CosineAnnealingLR"),
+])
+def test_the_configured_optimizer_and_schedule_train(make_cfg, monkeypatch, overrides, optimizer_class,
+                                                     schedule_class):
+    built = []
+    real_build = train_module.build_optimizer
+
+    def spy(model, trainer):
+        built.append(real_build(model, trainer))
+        return built[-1]
+
+    monkeypatch.setattr(train_module, "build_optimizer", spy)
+    cfg = make_cfg("trainer.epochs=2", *overrides)
+    run_id, _ = _train(cfg)
+    run = MlflowClient(cfg.tracking.uri).get_run(run_id)
+    assert [type(o).__name__ for o in built] == [optimizer_class]
+    assert built[0].state, "the optimizer that was built is the one that stepped"
+    assert run.data.params["optimizer_class"] == optimizer_class
+    assert run.data.params["lr_schedule_class"] == schedule_class
+    if optimizer_class == "SGD":
+        group = built[0].param_groups[0]
+        assert group["momentum"] == 0.5 and group["nesterov"] is True
+    lrs = [m.value for m in MlflowClient(cfg.tracking.uri).get_metric_history(run_id, "lr")]
+    if schedule_class == "CosineAnnealingLR":  # epoch 1 at the full rate, epoch 2 at half (T_max = 2)
+        assert lrs == pytest.approx([1e-3, 5e-4])
+    else:
+        assert lrs == pytest.approx([1e-3, 1e-3])

@@ -1,0 +1,151 @@
+"""Every command the README shows runs, at a tiny size, through the Makefile a user types."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from xray_ablate.data.synthetic import generate
+from xray_ablate.settings import project_root
+
+ROOT = project_root()
+# README command (its first words) -> the test that runs it. A new command in the README fails
+# test_every_readme_command_is_run_by_a_test until it is added here with its test.
+COVERED = {
+    "make run": "test_make_run_report_quality_and_bench",
+    "make test": ".ci/run",  # CI itself
+    "make ui": "test_make_ui_and_server_answer_on_localhost",
+    "make server": "test_make_ui_and_server_answer_on_localhost",
+    "make report": "test_make_run_report_quality_and_bench",
+    "make quality": "test_make_run_report_quality_and_bench",
+    "make bench": "test_make_run_report_quality_and_bench",
+    "make weights": "test_fetch_downloads_verifies_and_prints_the_path",
+    "make install": "test_make_run_report_quality_and_bench",  # the prerequisite of every target
+    "python -m xray_ablate": "test_a_single_run_without_multirun_trains_seed_zero_once",
+    "python -m xray_ablate -m": "test_sweep_runs_every_config_and_seed_once_and_resumes",
+    "python -m xray_ablate.report": "test_make_run_report_quality_and_bench",
+    "python -m xray_ablate.data": "test_summary_command_subprocess",
+    "python -m xray_ablate.quality": "test_make_run_report_quality_and_bench",
+    "python -m xray_ablate.models": "test_fetch_downloads_verifies_and_prints_the_path",
+    "mlflow server": "test_joblib_workers_log_through_a_tracking_server",
+}
+
+
+def readme_commands() -> set[str]:
+    """The first words of every `make ...` / `python -m ...` / `mlflow ...` line in README code blocks."""
+    text = (ROOT / "README.md").read_text()
+    found = set()
+    for block in re.findall(r"```\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = line.strip()
+            if line.startswith("make "):
+                found.add(" ".join(line.split()[:2]))
+            elif line.startswith("python -m "):
+                words = line.split()
+                found.add(" ".join(words[:4] if len(words) > 3 and words[3] == "-m" else words[:3]))
+            elif line.startswith("mlflow "):
+                found.add(" ".join(line.split()[:2]))
+    return found
+
+
+def test_every_readme_command_is_run_by_a_test():
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for command in sorted(readme_commands()):
+        assert command in COVERED, f"README shows `{command}` but no test runs it"
+        test = COVERED[command]
+        if test.startswith("test_"):
+            assert f"def {test}(" in tests, f"{test} (for `{command}`) does not exist"
+
+
+def make(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_make_run_report_quality_and_bench(tmp_path, brisque_weights):
+    tiny = (f"paths.root_dir={tmp_path} dataset.synthetic.n=40 dataset.synthetic.size=64 trainer.epochs=1 "
+            "repeats=1 tracking.system_metrics=false")
+    done = make("run", f"ARGS={tiny}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(r"4 jobs: 4 finished, 0 skipped \(already finished\), 0 failed", done.stdout)
+    assert "# Ablation report" in done.stdout or "report and plots:" in done.stdout
+    report = tmp_path / "reports" / "demo" / "report.md"
+    first = report.stat().st_mtime_ns
+
+    done = make("report", f"ARGS=paths.root_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert report.stat().st_mtime_ns > first  # written again from MLflow alone
+
+    phantoms = generate(tmp_path / "phantoms", n=12, seed=0, size=64)
+    done = make("quality", f"ARGS=dataset.root={phantoms} paths.root_dir={tmp_path} num_workers=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list((tmp_path / "reports" / "quality").rglob("quality.md"))
+
+    out = tmp_path / "BENCHMARKS.md"
+    done = make("bench", f"ARGS=--smoke --out {out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    from xray_ablate.bench.__main__ import SUITES
+
+    text = out.read_text()
+    for suite in SUITES:
+        assert f"<!-- {suite}:start -->" in text and f"`python -m xray_ablate.bench {suite}`" in text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["ui", "server"])
+def test_make_ui_and_server_answer_on_localhost(tmp_path, target):
+    port = free_port()
+    (tmp_path / "mlruns").mkdir()
+    proc = subprocess.Popen(["make", "-s", "-C", str(ROOT), target, f"PORT={port}", f"MLRUNS={tmp_path / 'mlruns'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, answer = time.time() + 180, None
+        while answer is None and time.time() < deadline:
+            assert proc.poll() is None, f"make {target} exited with {proc.returncode}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    answer = response.read().decode()
+            except OSError:
+                time.sleep(1)
+        assert answer == "OK", f"make {target} did not answer on 127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+
+
+def test_bench_without_suites_runs_every_suite(monkeypatch, tmp_path):
+    from xray_ablate.bench import __main__ as bench
+    from xray_ablate.bench.rows import Row
+
+    ran = []
+
+    class Suite:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, smoke=False):
+            ran.append((self.name, smoke))
+            return [Row(self.name, "x", 1.0, "s", command=f"python -m xray_ablate.bench {self.name}")]
+
+    monkeypatch.setattr(bench.importlib, "import_module", lambda name: Suite(name.rsplit(".", 1)[1]))
+    bench.main(["--out", str(tmp_path / "B.md")])
+    assert ran == [(s, False) for s in bench.SUITES]
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["nosuch"])
+    assert exit_.value.code == 2
