@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: install run test bench report quality ui server lint clean
+.PHONY: install run test bench report quality weights ui server lint clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ report: install
 
 quality: install
 	$(PY) -m xray_ablate.quality
+
+# Pretrained checkpoints into $TORCH_HOME/hub/checkpoints, verified (all, or BACKBONES="vgg16 resnet50").
+weights: install
+	$(PY) -m xray_ablate.models fetch $(BACKBONES)
 
 ui: install
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts

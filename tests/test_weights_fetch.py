@@ -7,6 +7,7 @@ import io
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,7 +23,7 @@ from xray_ablate.models import FEATURE_BUILDERS
 from xray_ablate.models import weights as weights_module
 from xray_ablate.models.__main__ import main
 from xray_ablate.models.fetch import part_path
-from xray_ablate.models.weights import CHECKPOINTS, Checkpoint, cache_dir, load_state_dict
+from xray_ablate.models.weights import CHECKPOINTS, Checkpoint, cache_dir, ensure_checkpoint, load_state_dict
 from xray_ablate.tracking.run import mlflow_run, run_tags
 from xray_ablate.train.run import train_run
 
@@ -35,6 +36,7 @@ class Served:
     files: dict[str, bytes] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     cut_first: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before closing
+    delay_s: float = 0.0  # before each response, so that parallel clients overlap
 
 
 @pytest.fixture
@@ -44,6 +46,7 @@ def served():
     class Handler(BaseHTTPRequestHandler):  # HTTP/1.0: one response per connection
         def do_GET(self):
             state.requests.append((self.path, self.headers.get("Range")))
+            time.sleep(state.delay_s)
             body = state.files.get(self.path)
             if body is None:
                 self.send_error(404)
@@ -154,7 +157,20 @@ def test_a_hash_mismatch_deletes_the_download_and_is_one_line_exit_2(served, tor
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: download of {served.base}/resnet50-0676ba61.pth has SHA-256 ")
     assert "expected 0676ba61" + "0" * 56 in err and "deleted" in err
-    assert list(cache_dir().iterdir()) == []  # neither the file nor its .part
+    assert [p.name for p in cache_dir().iterdir()] == ["resnet50-0676ba61.pth.lock"]  # no file, no .part
+
+
+def test_parallel_jobs_wanting_the_same_file_download_it_once(served, torch_home, monkeypatch):
+    body = serve_standin(served, monkeypatch, "vgg19")
+    served.delay_s = 0.5
+    results = []
+    jobs = [threading.Thread(target=lambda: results.append(ensure_checkpoint("vgg19", True))) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert len(served.requests) == 1 and len(results) == 3  # one waited download, not three writers
+    assert (cache_dir() / "vgg19-dcbb9e9d.pth").read_bytes() == body
 
 
 class _Payload:

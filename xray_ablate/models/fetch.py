@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
 from tqdm import tqdm
 
 from xray_ablate.checksums import sha256_file
@@ -29,8 +30,16 @@ def part_path(dest: Path) -> Path:
 def download(url: str, dest: Path, sha256: str) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming what an earlier call left,
     and move it into place only if its SHA-256 starts with ``sha256``. A mismatch deletes the
-    download and is a UserError naming the URL and both hashes."""
+    download and is a UserError naming the URL and both hashes. Parallel jobs wanting the same
+    file wait for one download (a lock file next to it) instead of writing the same part file."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.with_name(dest.name + ".lock")):
+        if not dest.is_file():  # else another process has just finished it
+            _download(url, dest, sha256)
+    return dest
+
+
+def _download(url: str, dest: Path, sha256: str) -> None:
     part = part_path(dest)
     stalled = 0
     while True:
@@ -54,7 +63,7 @@ def download(url: str, dest: Path, sha256: str) -> Path:
         part.unlink()
         raise UserError(f"download of {url} has SHA-256 {actual}, expected {sha256}: deleted it (the server "
                         "sent another file, or something on the way changed it)")
-    return part.replace(dest)
+    part.replace(dest)
 
 
 def _transfer(url: str, part: Path) -> bool:

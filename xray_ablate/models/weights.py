@@ -59,15 +59,17 @@ def ensure_checkpoint(backbone: str, download_missing: bool = False,
     and whether it was downloaded now. A missing file is downloaded only if ``download_missing``."""
     checkpoint = CHECKPOINTS[backbone]
     path = (directory or cache_dir()) / checkpoint.filename
-    if path.is_file():
-        return verify_sha256(path, checkpoint.sha256, f"{backbone} weights"), False
-    if not download_missing:
-        raise UserError(
-            f"pretrained weights for {backbone} not found: {path}; get them with "
-            f"`python -m xray_ablate.models fetch {backbone}` (for offline nodes: on a machine with network, "
-            f"into a TORCH_HOME they share) or let the run fetch them with backbone.download=true; "
-            f"or use backbone.pretrained=false")
-    return download(checkpoint.url, path, checkpoint.sha256), True
+    fetched = not path.is_file()
+    if fetched:
+        if not download_missing:
+            raise UserError(
+                f"pretrained weights for {backbone} not found: {path}; get them with "
+                f"`python -m xray_ablate.models fetch {backbone}` (for offline nodes: on a machine with network, "
+                f"into a TORCH_HOME they share) or let the run fetch them with backbone.download=true; "
+                f"or use backbone.pretrained=false")
+        download(checkpoint.url, path, checkpoint.sha256)
+    # Checked again after a download too: another process may have put the file there.
+    return verify_sha256(path, checkpoint.sha256, f"{backbone} weights"), fetched
 
 
 def checkpoint_file(backbone: str, download_missing: bool = False) -> Path:
