@@ -236,3 +236,10 @@ def test_the_pinned_table_covers_every_pretrained_backbone_with_its_published_fi
         assert checkpoint.sha256.startswith(published), name
         assert re.fullmatch(r"[0-9a-f]{64}", checkpoint.sha256) or name == "xception", name
     assert weights_module.cache_dir().name == "checkpoints"
+
+
+def test_backbone_download_does_not_change_the_configuration_key(make_cfg):
+    from xray_ablate.tracking.keys import config_key
+
+    assert config_key(make_cfg("backbone=vgg16"), "cpu") == \
+        config_key(make_cfg("backbone=vgg16", "backbone.download=true"), "cpu")

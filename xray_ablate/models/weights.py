@@ -42,7 +42,8 @@ CHECKPOINTS: dict[str, Checkpoint] = {
     "inception_v3": Checkpoint("https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
                                "0cc3c7bd75056d25e46cba549dc184522069b81e9787eff6df84f397bd52a5ef"),
     # timm's legacy_xception (Cadene's port of the Keras weights). Only the 9-digit prefix in the
-    # file name is published; no public full digest was found, so the prefix is pinned.
+    # file name is published (a public record of a download shows a SHA-256 43020ad2...21aa90, so
+    # it is a SHA-256 prefix); no full digest was found, so the prefix is pinned.
     "xception": Checkpoint("https://github.com/rwightman/pytorch-image-models/releases/download/"
                            "v0.1-cadene/xception-43020ad28.pth", "43020ad28"),
 }
