@@ -8,7 +8,7 @@ PORT ?= 5000
 MLRUNS ?= $(CURDIR)/mlruns
 ARGS ?=  # extra overrides or flags, e.g. make run ARGS="repeats=5", make bench ARGS="data"
 
-.PHONY: install run test bench report quality ui server lint clean
+.PHONY: install run test bench report quality weights ui server lint clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ report: install
 
 quality: install
 	$(PY) -m xray_ablate.quality $(ARGS)
+
+# Pretrained checkpoints into $TORCH_HOME/hub/checkpoints, verified (all, or BACKBONES="vgg16 resnet50").
+weights: install
+	$(PY) -m xray_ablate.models fetch $(BACKBONES)
 
 ui: install
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from xray_ablate.checksums import sha256_file
 from xray_ablate.errors import UserError
-from xray_ablate.models import BackboneSpec, build_model
+from xray_ablate.models import BackboneSpec, build_model, weights
 
 SMALL = {"cnn16": 64, "cnn16_gap": 16, "vgg16": 32, "vgg19": 32, "resnet50": 32,
          "inception_v3": 75, "xception": 71}
@@ -78,6 +79,9 @@ def test_pretrained_weights_load_from_the_local_cache(tmp_path, monkeypatch):
     path = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
     path.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), path)
+    # A stand-in for the real file: pin its hash (every checkpoint is verified before loading).
+    monkeypatch.setitem(weights.CHECKPOINTS, "resnet50",
+                        weights.Checkpoint(weights.CHECKPOINTS["resnet50"].url, sha256_file(path)))
     model = build_model(BackboneSpec("resnet50", pretrained=True, freeze="all"), 4, 32, normalize=True)
     assert torch.equal(model.features[0][0].weight, reference.conv1.weight)
     # normalization on + pretrained: the backbone's ImageNet statistics, not the training split's

@@ -22,10 +22,12 @@ class BackboneSpec:
     pretrained: bool = False
     freeze: str = "none"  # none | all | last_n (train only the last `unfreeze_last` blocks)
     unfreeze_last: int = 0
+    download: bool = False  # fetch a missing pretrained checkpoint (hash-verified) before building
 
 
 # Pretrained backbones: feature extractor builders. cnn16 variants are whole models.
-FEATURE_BUILDERS: dict[str, Callable[[bool], pretrained.Features]] = {
+# Builders take (pretrained, download).
+FEATURE_BUILDERS: dict[str, Callable[[bool, bool], pretrained.Features]] = {
     "vgg16": partial(pretrained.vgg, 16),
     "vgg19": partial(pretrained.vgg, 19),
     "resnet50": pretrained.resnet50,
@@ -81,7 +83,7 @@ def build_model(spec: BackboneSpec, num_classes: int, image_size: int, normalize
     if spec.name not in FEATURE_BUILDERS:
         raise UserError(f"unknown backbone {spec.name!r}; choose one of {', '.join(BACKBONES)}")
 
-    feats = FEATURE_BUILDERS[spec.name](spec.pretrained)
+    feats = FEATURE_BUILDERS[spec.name](spec.pretrained, spec.download)
     if image_size < feats.min_size:
         raise UserError(f"{spec.name} needs image_size >= {feats.min_size}, got {image_size}")
     with torch.no_grad():

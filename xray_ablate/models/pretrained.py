@@ -8,7 +8,7 @@ import timm
 import torchvision.models as tvm
 from torch import nn
 
-from xray_ablate.models.weights import hf_hub_file, load_state_dict, torch_hub_file
+from xray_ablate.models.weights import checkpoint_file, load_state_dict
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Inception v3 (ported from TensorFlow) and Xception expect inputs scaled to [-1, 1].
@@ -26,11 +26,13 @@ class Features:
     min_size: int
 
 
-def vgg(depth: int, pretrained: bool) -> Features:
-    build, weights = {16: (tvm.vgg16, tvm.VGG16_Weights), 19: (tvm.vgg19, tvm.VGG19_Weights)}[depth]
-    model = build(weights=None)
+def vgg(depth: int, pretrained: bool, download: bool = False) -> Features:
+    model = {16: tvm.vgg16, 19: tvm.vgg19}[depth](weights=None)
     if pretrained:
-        model.load_state_dict(load_state_dict(torch_hub_file(weights.IMAGENET1K_V1.url)))
+        # Only the conv features are used; the 100M-parameter classifier is never loaded.
+        state = load_state_dict(f"vgg{depth}", download)
+        model.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
+                                        if k.startswith("features.")})
     # Blocks end at each max-pool, i.e. VGG's five conv stages.
     blocks, stage = [], []
     for layer in model.features:
@@ -41,20 +43,20 @@ def vgg(depth: int, pretrained: bool) -> Features:
     return Features(nn.Sequential(*blocks), blocks, IMAGENET_MEAN, IMAGENET_STD, 32)
 
 
-def resnet50(pretrained: bool) -> Features:
+def resnet50(pretrained: bool, download: bool = False) -> Features:
     model = tvm.resnet50(weights=None)
     if pretrained:
-        model.load_state_dict(load_state_dict(torch_hub_file(tvm.ResNet50_Weights.IMAGENET1K_V1.url)))
+        model.load_state_dict(load_state_dict("resnet50", download))
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
     blocks = [stem, model.layer1, model.layer2, model.layer3, model.layer4]  # layer4 = conv5
     return Features(nn.Sequential(*blocks), blocks, IMAGENET_MEAN, IMAGENET_STD, 32)
 
 
-def inception_v3(pretrained: bool) -> Features:
+def inception_v3(pretrained: bool, download: bool = False) -> Features:
     # The checkpoint holds the auxiliary classifier, so build with it, then drop it.
     model = tvm.inception_v3(weights=None, aux_logits=True, init_weights=False)
     if pretrained:
-        model.load_state_dict(load_state_dict(torch_hub_file(tvm.Inception_V3_Weights.IMAGENET1K_V1.url)))
+        model.load_state_dict(load_state_dict("inception_v3", download))
     names = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
              "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
              "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
@@ -62,15 +64,10 @@ def inception_v3(pretrained: bool) -> Features:
     return Features(nn.Sequential(*blocks), blocks, TF_MEAN, TF_STD, 75)
 
 
-def xception(pretrained: bool) -> Features:
-    name = "legacy_xception"
-    overlay = None
-    if pretrained:
-        cfg = timm.models.get_pretrained_cfg(name)
-        path = hf_hub_file(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors") if cfg.hf_hub_id \
-            else torch_hub_file(cfg.url)
-        overlay = {"file": str(path)}
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="",
+def xception(pretrained: bool, download: bool = False) -> Features:
+    # timm loads the verified file itself (weights_only=True) and drops its classifier.
+    overlay = {"file": str(checkpoint_file("xception", download))} if pretrained else None
+    model = timm.create_model("legacy_xception", pretrained=pretrained, num_classes=0, global_pool="",
                               pretrained_cfg_overlay=overlay)
     blocks = [nn.Sequential(model.conv1, model.bn1, model.act1, model.conv2, model.bn2, model.act2)]
     blocks += [getattr(model, f"block{i}") for i in range(1, 13)]

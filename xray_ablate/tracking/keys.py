@@ -14,7 +14,7 @@ from xray_ablate.tracking.schema import FACTORS
 NON_SEMANTIC_TOP = ("paths", "tracking", "hydra", "num_workers", "threads", "device", "seed",
                     "repeats", "resume", "report", "sweep", "experiment_name", "full_factorial")
 NON_SEMANTIC_NESTED = (("dataset", "root"), ("quality", "report_dir"), ("quality", "device"),
-                       ("quality", "batch_size"))
+                       ("quality", "batch_size"), ("backbone", "download"))
 
 
 def semantic_config(cfg: DictConfig, device_type: str) -> dict:

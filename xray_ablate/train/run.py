@@ -69,7 +69,7 @@ def train_run(cfg: DictConfig, data: PreparedData | None = None) -> dict[str, fl
     mlflow.log_params({f"n_{name}": len(getattr(split, name)) for name in ("train", "val", "test")})
 
     spec = BackboneSpec(cfg.backbone.name, bool(cfg.backbone.pretrained), cfg.backbone.freeze,
-                        int(cfg.backbone.unfreeze_last))
+                        int(cfg.backbone.unfreeze_last), bool(cfg.backbone.download))
     normalize = bool(cfg.normalization.enabled)
     stats = None
     if normalize and uses_training_stats(spec):
