@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ N_IMAGES, SIZE, ROUNDS = 100, 200, 2
 
 
 def run() -> list[Row]:
+    load = os.getloadavg()[0]  # a shared machine: say how busy it was
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (N_IMAGES, SIZE, SIZE), dtype=np.uint8)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
@@ -34,4 +36,5 @@ def run() -> list[Row]:
     per_100 = min(seconds) * 100 / N_IMAGES
     return [Row("audit", "saliency audit, cnn16 200 px, CPU", per_100, "s per 100 images", command=COMMAND,
                 notes=f"Grad-CAM + input x gradient for the predicted class, shares, montage; batch "
-                      f"{settings.batch_size}; best of {ROUNDS} (max {max(seconds) * 100 / N_IMAGES:.1f} s)")]
+                      f"{settings.batch_size}; best of {ROUNDS} (max {max(seconds) * 100 / N_IMAGES:.1f} s); "
+                      f"load average {load:.1f} before")]
