@@ -4,6 +4,8 @@ Layout under ``cache_dir``:
   inventory/<key>.csv + .json  the ingest result (one row per source file), no polygons
   images/<key>.npy + .csv      all usable images, preprocessed, opened with memmap; the CSV
                                index says which rows decoded and why the others did not
+  lungs/<key>.npy              their lung masks at the same placement (masked and raw alike),
+                               bit-packed along rows; only when the dataset has Lung polygons
 Both are written to a temporary file and renamed, and built under a file lock, so parallel
 jobs of a sweep never see a partial cache and never build the same one twice.
 """
@@ -15,7 +17,7 @@ import json
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -26,13 +28,13 @@ from tqdm import tqdm
 
 from xray_ablate.data.atomic import temp_path_beside, write_text_atomic
 from xray_ablate.data.ingest import ImageRecord, IngestOptions, Inventory
-from xray_ablate.data.masks import PreprocessOptions, preprocess
+from xray_ablate.data.masks import PreprocessOptions, lung_region, preprocess
 
 log = logging.getLogger(__name__)
 
 # Bump when ingest or preprocess() would give different output for the same input.
 INGEST_VERSION = 3
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3  # 3: lung masks cached beside the images
 # Below this many images a process pool costs more than it saves.
 _POOL_MIN_IMAGES = 64
 
@@ -117,7 +119,14 @@ def _absolute_paths(table: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 # --- image arrays --------------------------------------------------------------------------
 
-def load_images(cache_dir: Path, key: str) -> tuple[np.ndarray, pd.DataFrame] | None:
+@dataclass
+class CachedImages:
+    images: np.ndarray  # (N, size, size) uint8, memmap
+    lungs: np.ndarray | None  # (N, size, ceil(size / 8)) uint8, bit-packed lung masks, memmap
+    index: pd.DataFrame  # image_id, decoded, error
+
+
+def load_images(cache_dir: Path, key: str) -> CachedImages | None:
     base = Path(cache_dir) / "images" / key
     try:
         index = pd.read_csv(base.with_suffix(".csv"), dtype={"image_id": str, "error": str},
@@ -125,30 +134,49 @@ def load_images(cache_dir: Path, key: str) -> tuple[np.ndarray, pd.DataFrame] | 
         images = np.load(base.with_suffix(".npy"), mmap_mode="r")
     except (OSError, ValueError):
         return None
-    return images, index
+    lungs_path = _lungs_path(base)
+    lungs = np.load(lungs_path, mmap_mode="r") if lungs_path.exists() else None
+    return CachedImages(images, lungs, index)
+
+
+def unpack_lungs(packed: np.ndarray, size: int) -> np.ndarray:
+    """Bit-packed lung masks (n, size, ceil(size / 8)) -> bool (n, size, size)."""
+    return np.unpackbits(np.asarray(packed), axis=-1, count=size).astype(bool)
+
+
+def _lungs_path(base: Path) -> Path:
+    """lungs/<key>.npy beside images/<key>.npy."""
+    return base.parent.parent / "lungs" / f"{base.name}.npy"
 
 
 def build_images(
     cache_dir: Path, key: str, records: list[ImageRecord], prep: PreprocessOptions, workers: int
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Preprocess every record into one array; an image that fails to decode stays zero."""
+) -> CachedImages:
+    """Preprocess every record into one array, and its lung mask into another when the dataset
+    has polygons; an image that fails to decode stays zero."""
     base = Path(cache_dir) / "images" / key
     size = prep.image_size
     tmp = temp_path_beside(base.with_suffix(".npy"))
+    tmp_lungs = temp_path_beside(_lungs_path(base)) if any(r.lungs for r in records) else None
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
         del out  # workers write through their own maps
+        if tmp_lungs is not None:
+            lungs = np.lib.format.open_memmap(tmp_lungs, mode="w+", dtype=np.uint8,
+                                              shape=(len(records), size, (size + 7) // 8))
+            del lungs
         jobs = [(i, rec) for i, rec in enumerate(records)]
+        paths = (str(tmp), None if tmp_lungs is None else str(tmp_lungs))
         workers = max(1, min(workers, os.cpu_count() or 1))
         desc = f"preprocessing {len(records)} images ({prep.mode}, {size}px)"
         if workers == 1 or len(records) < _POOL_MIN_IMAGES:
-            _init_worker(str(tmp), prep)
+            _init_worker(*paths, prep)
             errors = [_work(job) for job in tqdm(jobs, desc=desc, leave=False, disable=None)]
             _worker_state.clear()
         else:
             chunk = max(1, len(jobs) // (workers * 8))
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                     initializer=_init_worker, initargs=(str(tmp), prep)) as pool:
+                                     initializer=_init_worker, initargs=(*paths, prep)) as pool:
                 errors = list(tqdm(pool.map(_work, jobs, chunksize=chunk), total=len(jobs),
                                    desc=desc, leave=False, disable=None))
         index = pd.DataFrame({
@@ -160,22 +188,30 @@ def build_images(
             if err:
                 log.warning("excluded %s: image_unreadable (%s)", rec.source, err)
         write_text_atomic(base.with_suffix(".csv"), index.to_csv(index=False))
+        if tmp_lungs is not None:
+            os.replace(tmp_lungs, _lungs_path(base))
         os.replace(tmp, base.with_suffix(".npy"))  # the .npy appearing commits the cache
     finally:
         tmp.unlink(missing_ok=True)
-    return np.load(base.with_suffix(".npy"), mmap_mode="r"), index
+        if tmp_lungs is not None:
+            tmp_lungs.unlink(missing_ok=True)
+    return load_images(cache_dir, key)
 
 
 _worker_state: dict = {}
 
 
-def _init_worker(path: str, prep: PreprocessOptions) -> None:
+def _init_worker(path: str, lungs_path: str | None, prep: PreprocessOptions) -> None:
     _worker_state["out"] = np.load(path, mmap_mode="r+")
+    _worker_state["lungs"] = None if lungs_path is None else np.load(lungs_path, mmap_mode="r+")
     _worker_state["prep"] = prep
 
 
 def _work(job: tuple[int, ImageRecord]) -> str:
     i, rec = job
+    lungs = _worker_state["lungs"]
+    if lungs is not None and rec.lungs:  # polygons only: no decoding needed
+        lungs[i] = np.packbits(lung_region(rec, _worker_state["prep"]), axis=-1)
     try:
         _worker_state["out"][i] = preprocess(rec, _worker_state["prep"])
     except (OSError, ValueError, SyntaxError) as err:  # Pillow raises these for broken files

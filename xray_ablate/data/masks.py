@@ -82,6 +82,14 @@ def preprocess(rec: ImageRecord, opts: PreprocessOptions) -> np.ndarray:
     return out
 
 
+def lung_region(rec: ImageRecord, opts: PreprocessOptions) -> np.ndarray | None:
+    """The mask ``preprocess`` applies in masked mode, at the same placement for raw images too;
+    None for a record without Lung polygons (ImageFolder)."""
+    if not rec.lungs:
+        return None
+    return lung_mask(rec, placement(rec, opts), opts.image_size)
+
+
 def lung_mask(rec: ImageRecord, where: Placement, size: int) -> np.ndarray:
     """Union of Lung shapes minus union of Ignore shapes, rasterised at the output size."""
     mask = _shapes_mask(rec.lungs, where, size)

@@ -35,6 +35,7 @@ class DataConfig:
 @dataclass
 class PreparedData:
     images: np.ndarray  # (N, size, size) uint8, row i is table row i
+    lungs: np.ndarray | None  # the rows' lung masks, bit-packed (see lung_masks); None without polygons
     table: pd.DataFrame  # image_id, cls, label, patient_id, view, split, image_path
     excluded: pd.DataFrame  # source, image_id, cls, reason, detail
     fingerprint: str
@@ -49,6 +50,13 @@ class PreparedData:
 
     def split_indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    def lung_masks(self, rows: np.ndarray) -> np.ndarray | None:
+        """Bool (len(rows), size, size): the lung region of each row's image, where the masked
+        variant keeps pixels (Lung minus Ignore), for raw images too; None without polygons."""
+        if self.lungs is None:
+            return None
+        return cache.unpack_lungs(self.lungs[np.asarray(rows)], self.images.shape[-1])
 
 
 def prepare(cfg: DataConfig) -> PreparedData:
@@ -90,7 +98,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
             workers = cfg.workers or os.cpu_count() or 1
             loaded_images = cache.build_images(cfg.cache_dir, key, ordered, cfg.preprocess, workers)
             decoded_now = len(ordered)
-    images, index = loaded_images
+    images, lungs, index = loaded_images.images, loaded_images.lungs, loaded_images.index
     if list(index["image_id"]) != list(usable["image_id"]):
         raise RuntimeError(f"image cache {key} does not match its inventory; delete {cfg.cache_dir}")
 
@@ -111,9 +119,10 @@ def prepare(cfg: DataConfig) -> PreparedData:
     usable = usable.merge(manifest[["image_id", "split"]], on="image_id", validate="1:1")
     usable["label"] = usable["cls"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     # Only decoded rows; a fancy index would copy, so keep the memmap when nothing failed.
-    images = images if len(rows) == len(decoded) else images[rows]
+    if len(rows) != len(decoded):
+        images, lungs = images[rows], None if lungs is None else lungs[rows]
     return PreparedData(
-        images=images,
+        images=images, lungs=lungs,
         table=usable[["image_id", "cls", "label", "patient_id", "view", "split", "image_path"]],
         excluded=excluded.reset_index(drop=True),
         fingerprint=fingerprint, cache_key=key, manifest=manifest, manifest_hash=digest,

@@ -42,9 +42,12 @@ class Classifier(nn.Module):
     """Grayscale in, logits out: repeat to the backbone's channels, standardise, features, head."""
 
     def __init__(self, features: nn.Module, head: nn.Module, channels: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], frozen: list[nn.Module] = ()):
+                 mean: tuple[float, ...], std: tuple[float, ...], frozen: list[nn.Module] = (), *,
+                 cam_layer: str):
         super().__init__()
         self.channels = channels
+        # A name, not the module: a second reference would duplicate its weights in state_dict.
+        self.cam_layer_name = f"features.{cam_layer}"
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.features, self.head = features, head
@@ -53,6 +56,10 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.expand(-1, self.channels, -1, -1)
         return self.head(self.features((x - self.mean) / self.std))
+
+    def cam_layer(self) -> nn.Module:
+        """The backbone's last conv layer activation: where Grad-CAM looks."""
+        return self.get_submodule(self.cam_layer_name)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -79,7 +86,7 @@ def build_model(spec: BackboneSpec, num_classes: int, image_size: int, normalize
         if normalize and train_stats is None:
             raise ValueError(f"{spec.name} with normalization needs the training split's mean and std")
         mean, std = train_stats if normalize else (0.0, 1.0)
-        return Classifier(model.features, model.head, 1, (mean,), (std,))
+        return Classifier(model.features, model.head, 1, (mean,), (std,), cam_layer=model.cam_layer)
     if spec.name not in FEATURE_BUILDERS:
         raise UserError(f"unknown backbone {spec.name!r}; choose one of {', '.join(BACKBONES)}")
 
@@ -90,7 +97,8 @@ def build_model(spec: BackboneSpec, num_classes: int, image_size: int, normalize
         flat = feats.module.eval()(torch.zeros(1, 3, image_size, image_size)).numel()
     frozen = _freeze(feats.blocks, spec)
     mean, std = (feats.mean, feats.std) if normalize else ((0.0,) * 3, (1.0,) * 3)
-    return Classifier(feats.module, _head(flat, num_classes), 3, mean, std, frozen)
+    return Classifier(feats.module, _head(flat, num_classes), 3, mean, std, frozen,
+                      cam_layer=feats.cam_layer)
 
 
 def _freeze(blocks: list[nn.Module], spec: BackboneSpec) -> list[nn.Module]:

@@ -1,0 +1,180 @@
+"""Saliency audit: shares on hand-made maps, image choice, weights untouched, lung masks in the cache,
+and against a known answer: on phantoms with a class-correlated corner marker, a raw-image model
+looks outside the lungs more than the masked model of the same seed; re-randomised weights change
+the maps (Adebayo et al. 2018)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from xray_ablate.audit import AuditSettings, audit_run, audit_split, choose_images
+from xray_ablate.audit.montage import montage_rows
+from xray_ablate.audit.shares import border_band, mass_shares
+from xray_ablate.data.masks import PreprocessOptions
+from xray_ablate.data.prepare import DataConfig, prepare
+from xray_ablate.data.synthetic import generate
+from xray_ablate.errors import UserError
+from xray_ablate.models import BACKBONES, BackboneSpec, build_model
+from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
+
+# 40 px keeps training cheap; cnn16's last conv activation is then 2x2, too coarse for Grad-CAM
+# to tell raw from masked (see test_raw_model_looks_outside_the_lungs_more_than_masked).
+SIZE, EPOCHS, BATCH, SEED = 40, 6, 8, 0
+
+
+def test_shares_of_hand_made_maps():
+    band = border_band(100, 0.08)
+    assert band.sum() == 100 * 100 - 84 * 84
+    lungs = np.zeros((3, 100, 100), bool)
+    lungs[:, 30:70, 20:80] = True
+    maps = np.zeros((3, 100, 100))
+    maps[0] = 1.0  # uniform: shares equal the areas
+    maps[1, 40, 40] = 2.0  # all inside the lungs
+    maps[1, 2, 2] = 0.0
+    maps[2, 1, 50], maps[2, 50, 50] = 3.0, 1.0  # 3/4 in the border, outside the lungs
+    outside = 1 - mass_shares(maps, lungs)
+    np.testing.assert_allclose(outside[:2], [1 - 0.24, 0.0])
+    assert outside[2] == pytest.approx(0.75)
+    np.testing.assert_allclose(mass_shares(maps, band), [band.mean(), 0.0, 0.75])
+    assert np.isnan(mass_shares(np.zeros((1, 100, 100)), band)[0])  # an empty map has no shares
+
+
+def test_choose_images_is_stable_and_nested():
+    ids = [f"img-{i:03d}" for i in range(50)]
+    five, ten = choose_images(ids, 5, seed=0), choose_images(ids, 10, seed=0)
+    assert len(five) == 5 and np.all(np.diff(five) > 0)
+    assert set(five) <= set(ten)  # more images only add
+    shuffled = list(reversed(ids))  # the same images whatever the order of the split
+    assert {shuffled[i] for i in choose_images(shuffled, 5, 0)} == {ids[i] for i in five}
+    assert set(choose_images(ids, 5, seed=1)) != set(five)
+    assert len(choose_images(ids, 200, 0)) == 50  # all when fewer
+
+
+def test_montage_rows_fill_from_the_other_kind():
+    assert list(montage_rows(np.array([1, 0, 1, 1, 1, 1, 0, 0, 0, 0], bool))) == [0, 2, 3, 4, 1, 6, 7, 8]
+    assert list(montage_rows(np.array([1, 1, 1, 1, 1, 1, 0], bool))) == [0, 1, 2, 3, 4, 5, 6]
+    assert len(montage_rows(np.zeros(3, bool))) == 3
+
+
+@pytest.mark.parametrize("key, value", [("images", 0), ("border", 0.5), ("batch_size", 0)])
+def test_bad_settings_name_the_key(key, value):
+    with pytest.raises(UserError, match=f"audit.{key}"):
+        AuditSettings(**{key: value})
+
+
+def test_every_backbone_names_a_module():
+    for name in ("cnn16", "cnn16_gap"):
+        model = build_model(BackboneSpec(name), 4, 64)
+        assert isinstance(model.cam_layer(), nn.ReLU)
+    assert set(BACKBONES) >= {"vgg16", "resnet50", "inception_v3", "xception"}
+
+
+def test_audit_leaves_weights_and_mode_alone():
+    torch.manual_seed(0)
+    model = build_model(BackboneSpec("cnn16_gap"), 4, 32)
+    model.features[0][0].requires_grad_(False)  # a frozen layer stays frozen
+    flags = [p.requires_grad for p in model.parameters()]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    lungs = np.zeros((5, 32, 32), bool)
+    lungs[:, 8:24, 4:28] = True
+    result = audit_run(model, images, lungs, np.zeros(5, int), rng.dirichlet(np.ones(4), 5),
+                       model.cam_layer(), AuditSettings(batch_size=2))
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert result.maps["gradcam"].shape == (5, 32, 32) and (result.maps["gradcam"] >= 0).all()
+    assert result.metrics["audit_images"] == 5
+    assert result.metrics["audit_lung_area"] == pytest.approx(16 * 24 / 32**2)
+    for column in ("outside_lung_gradcam", "border_gradcam", "outside_lung_inputxgrad", "border_inputxgrad"):
+        assert result.per_image[column].dropna().between(0, 1).all()
+    # 32 px: a 1x1 Grad-CAM cell, uniform when positive, so its outside share is 1 - lung area; empty else
+    cam = result.per_image["outside_lung_gradcam"]
+    assert cam.dropna().to_numpy() == pytest.approx(1 - 16 * 24 / 32**2)
+    assert result.metrics["audit_empty_maps_gradcam"] == cam.isna().sum()
+
+
+def test_cache_keeps_lung_masks_for_raw_and_masked(synthetic_root, tmp_path):
+    """Raw images get the very mask the masked variant applies: masked pixels are zero outside it."""
+    masks = {}
+    for mode in ("raw", "masked"):
+        data = prepare(DataConfig(synthetic_root, tmp_path / "cache",
+                                  preprocess=PreprocessOptions(mode=mode, image_size=48), workers=1))
+        rows = np.arange(len(data.table))
+        masks[mode] = data.lung_masks(rows)
+        if mode == "masked":
+            assert not data.images[~masks[mode]].any()
+            assert data.images[masks[mode]].mean() > 20
+    np.testing.assert_array_equal(masks["raw"], masks["masked"])
+    share = masks["raw"].mean()
+    assert 0.15 < share < 0.4  # two lungs, about a quarter of a phantom
+
+
+# --- against a known answer -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """Raw and masked cnn16_gap models of the same seed on the same phantoms, and their audits."""
+    root = generate(tmp_path_factory.mktemp("phantoms") / "data", n=160, seed=0, size=96)
+    cache = tmp_path_factory.mktemp("cache")
+    out = {}
+    for mode in ("raw", "masked"):
+        data = prepare(DataConfig(root, cache, preprocess=PreprocessOptions(mode=mode, image_size=SIZE),
+                                  workers=1))
+        train = np.concatenate([data.split_indices("train"), data.split_indices("val")])
+        test = data.split_indices("test")
+        labels = torch.from_numpy(data.table["label"].to_numpy().astype(np.int64))
+        pixels = np.asarray(data.images[train]) / 255.0
+        torch.manual_seed(SEED)
+        model = build_model(BackboneSpec("cnn16_gap"), 4, SIZE, normalize=True,
+                            train_stats=(pixels.mean(), pixels.std()))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        generator = torch.Generator().manual_seed(SEED)
+        batches = Batches(torch.from_numpy(np.asarray(data.images[train])).unsqueeze(1), labels[train])
+        for _ in range(EPOCHS):
+            train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, batches, BATCH, torch.device("cpu"),
+                            generator, None, amp=False)
+        test_batches = Batches(torch.from_numpy(np.asarray(data.images[test])).unsqueeze(1), labels[test])
+        _, probs = evaluate(model, test_batches, 32, torch.device("cpu"), amp=False)
+        out[mode] = (model, data, test, probs, audit_split(model, data, test, probs, AuditSettings()))
+    return out
+
+
+@pytest.mark.slow
+def test_raw_model_looks_outside_the_lungs_more_than_masked(phantoms):
+    for mode, (_, data, test, probs, _) in phantoms.items():
+        labels = data.table["label"].to_numpy()[test]
+        chance = np.bincount(labels).max() / len(labels)
+        assert (probs.argmax(1) == labels).mean() > chance, f"{mode} model not above chance"
+    raw, masked = phantoms["raw"][-1].metrics, phantoms["masked"][-1].metrics
+    # The pixel-level method; Grad-CAM's 2x2 map at 40 px is near uniform for both models.
+    assert raw["audit_outside_lung_inputxgrad"] > masked["audit_outside_lung_inputxgrad"] + 0.2
+    assert raw["audit_border_inputxgrad"] > masked["audit_border_inputxgrad"]
+    assert masked["audit_outside_lung_inputxgrad"] < 0.01  # masked input is zero out there
+    assert raw["audit_images"] == masked["audit_images"] == len(phantoms["raw"][2])
+
+
+@pytest.mark.slow
+def test_randomised_weights_change_the_maps(phantoms):
+    """Adebayo et al.'s model randomisation test: a method whose maps survive re-initialised
+    weights explains the image, not the model."""
+    model, data, test, probs, result = phantoms["raw"]
+    images, lungs = np.asarray(data.images[test]), data.lung_masks(test)
+    torch.manual_seed(1)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    again = audit_run(model, images, lungs, data.table["label"].to_numpy()[test], probs,
+                      model.cam_layer(), AuditSettings())
+    assert result.metrics["audit_empty_maps_gradcam"] == 0
+    for method, limit in (("gradcam", 0.5), ("inputxgrad", 0.6)):  # Adebayo: input x gradient keeps
+        rho = np.array([spearmanr(a.ravel(), b.ravel())[0]  # some of the input's own structure
+                        for a, b in zip(result.maps[method], again.maps[method], strict=True)])
+        # NaN: the re-randomised map is empty (all of Grad-CAM's positive part gone), a change too
+        assert np.nan_to_num(rho, nan=0.0).mean() < limit, method

@@ -1,0 +1,124 @@
+"""The audit of one trained model: attribution maps for the predicted class, shares per image, a summary.
+
+    result = audit_split(model, data, test_rows, test_probs, settings)   # after training
+    mlflow.log_metrics(result.metrics); result.per_image -> CSV; result.montage -> PNG
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from xray_ablate.audit import attribution
+from xray_ablate.audit.montage import montage_figure
+from xray_ablate.audit.shares import border_band, mass_shares
+from xray_ablate.data.prepare import PreparedData
+from xray_ablate.errors import UserError
+from xray_ablate.train.loop import to_input
+
+log = logging.getLogger(__name__)
+
+# Method name -> what it computes; the name ends every per-method metric and column.
+METHODS = ("gradcam", "inputxgrad")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    enabled: bool = True  # audit when the dataset has Lung polygons
+    images: int = 200  # test images audited (all when fewer)
+    seed: int = 0  # which images: the same for every configuration and run seed
+    border: float = 0.08  # width of the border band, as a share of the image side
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.images < 1:
+            raise UserError(f"audit.images must be at least 1, not {self.images}")
+        if not 0 < self.border < 0.5:
+            raise UserError(f"audit.border must lie in (0, 0.5), not {self.border}")
+        if self.batch_size < 1:
+            raise UserError(f"audit.batch_size must be at least 1, not {self.batch_size}")
+
+
+@dataclass
+class AuditResult:
+    per_image: pd.DataFrame  # image_id, label, pred, correct, lung_area, outside_lung_<m>, border_<m>
+    metrics: dict[str, float]  # audit_outside_lung_<m>, audit_border_<m>, references, time
+    maps: dict[str, np.ndarray] = field(repr=False)  # method -> (n, H, W) float32, >= 0
+    montage: Figure = field(repr=False)
+
+
+def choose_images(image_ids, k: int, seed: int) -> np.ndarray:
+    """Positions of up to ``k`` images, sorted, chosen by a seeded hash of each image id: the
+    same images for every configuration, and a bigger ``k`` only adds images."""
+    ids = [str(i) for i in image_ids]
+    rank = [hashlib.sha256(f"{seed}:{i}".encode()).hexdigest() for i in ids]
+    return np.sort(np.argsort(rank, kind="stable")[:k])
+
+
+def audit_split(model: nn.Module, data: PreparedData, rows: np.ndarray, probs: np.ndarray,
+                settings: AuditSettings) -> AuditResult | None:
+    """Audit up to ``settings.images`` of ``rows`` (a split of ``data``; ``probs`` row-aligned with
+    ``rows``); None when the audit is off or the dataset has no Lung polygons."""
+    if not settings.enabled or data.lungs is None:
+        if settings.enabled:
+            log.info("saliency audit skipped: %s layout without Lung polygons", data.layout)
+        return None
+    pick = choose_images(data.table["image_id"].to_numpy()[rows], settings.images, settings.seed)
+    chosen = np.asarray(rows)[pick]
+    return audit_run(model, np.asarray(data.images[chosen]), data.lung_masks(chosen),
+                     data.table["label"].to_numpy()[chosen], probs[pick], model.cam_layer(), settings,
+                     image_ids=data.table["image_id"].to_numpy()[chosen])
+
+
+def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labels: np.ndarray,
+              probs: np.ndarray, target_layer: nn.Module, settings: AuditSettings,
+              image_ids=None) -> AuditResult:
+    """Attribution for each image's predicted class (argmax of ``probs``), by every method.
+
+    images (n, H, W) uint8 as the model saw them; lung_masks (n, H, W) bool."""
+    started = time.perf_counter()
+    preds = np.asarray(probs).argmax(1)
+    maps = _attribution_maps(model, target_layer, images, preds, settings.batch_size)
+    band = border_band(images.shape[-1], settings.border)
+    per_image = pd.DataFrame({
+        "image_id": np.arange(len(images)) if image_ids is None else np.asarray(image_ids),
+        "label": labels, "pred": preds, "correct": preds == np.asarray(labels),
+        "lung_area": lung_masks.mean(axis=(1, 2)),
+    })
+    metrics = {}
+    for method, values in maps.items():
+        per_image[f"outside_lung_{method}"] = 1 - mass_shares(values, lung_masks)
+        per_image[f"border_{method}"] = mass_shares(values, band)
+        for share in ("outside_lung", "border"):
+            metrics[f"audit_{share}_{method}"] = float(np.nanmean(per_image[f"{share}_{method}"]))
+        metrics[f"audit_empty_maps_{method}"] = float(np.isnan(per_image[f"border_{method}"]).sum())
+    metrics.update({
+        "audit_lung_area": float(per_image["lung_area"].mean()),  # a uniform map's inside share
+        "audit_border_area": float(band.mean()),
+        "audit_images": float(len(images)),
+        "audit_seconds": time.perf_counter() - started,
+    })
+    figure = montage_figure(images, lung_masks, maps["gradcam"], per_image)
+    return AuditResult(per_image, metrics, maps, figure)
+
+
+def _attribution_maps(model: nn.Module, layer: nn.Module, images: np.ndarray, preds: np.ndarray,
+                      batch_size: int) -> dict[str, np.ndarray]:
+    device = next(model.parameters()).device
+    out = {method: [] for method in METHODS}
+    with attribution.attribution_mode(model):
+        for start in range(0, len(images), batch_size):
+            x = to_input(torch.from_numpy(np.asarray(images[start:start + batch_size])).unsqueeze(1), device)
+            x.requires_grad_()  # the input is what gradients are taken for
+            target = torch.from_numpy(preds[start:start + batch_size]).to(device)
+            out["gradcam"].append(attribution.gradcam(model, layer, x, target).detach().cpu())
+            out["inputxgrad"].append(attribution.input_x_gradient(model, x, target).detach().cpu())
+    return {method: torch.cat(parts).numpy().astype(np.float32) for method, parts in out.items()}

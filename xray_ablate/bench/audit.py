@@ -1,0 +1,40 @@
+"""Saliency audit cost: seconds per 100 test images for cnn16 at 200 px on the CPU, both methods."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from xray_ablate.audit import AuditSettings, audit_run
+from xray_ablate.bench.rows import Row
+from xray_ablate.models import BackboneSpec, build_model
+
+COMMAND = "python -m xray_ablate.bench audit"
+N_IMAGES, SIZE, ROUNDS = 100, 200, 2
+
+
+def run() -> list[Row]:
+    load = os.getloadavg()[0]  # a shared machine: say how busy it was
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (N_IMAGES, SIZE, SIZE), dtype=np.uint8)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    lungs = np.broadcast_to(((xx - 0.5) / 0.35) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1, images.shape)
+    labels = rng.integers(0, 4, N_IMAGES)
+    probs = rng.dirichlet(np.ones(4), N_IMAGES)
+    torch.manual_seed(0)
+    model = build_model(BackboneSpec("cnn16"), 4, SIZE, normalize=True, train_stats=(0.5, 0.25))
+    settings = AuditSettings(images=N_IMAGES)
+    audit_run(model, images[:8], lungs[:8], labels[:8], probs[:8], model.cam_layer(), settings)  # warm-up
+    seconds = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        audit_run(model, images, lungs, labels, probs, model.cam_layer(), settings)
+        seconds.append(time.perf_counter() - started)
+    per_100 = min(seconds) * 100 / N_IMAGES
+    return [Row("audit", "saliency audit, cnn16 200 px, CPU", per_100, "s per 100 images", command=COMMAND,
+                notes=f"Grad-CAM + input x gradient for the predicted class, shares, montage; batch "
+                      f"{settings.batch_size}; best of {ROUNDS} (max {max(seconds) * 100 / N_IMAGES:.1f} s); "
+                      f"load average {load:.1f} before")]
