@@ -49,8 +49,10 @@ def attribute_summary(table: pd.DataFrame, name: str, origin: str) -> dict:
     """Class x level counts over all images and per split, and the association with the class."""
     levels = sorted(table[name].unique())
     parts = {"all": table, **{s: table[table["split"] == s] for s in SPLITS}}
-    counts = {part: {c: {lv: int(((rows["cls"] == c) & (rows[name] == lv)).sum()) for lv in levels}
-                     for c in CLASSES} for part, rows in parts.items()}
+    counts = {}
+    for part, rows in parts.items():
+        cross = pd.crosstab(rows["cls"], rows[name]).reindex(index=list(CLASSES), columns=levels, fill_value=0)
+        counts[part] = {c: {lv: int(cross.at[c, lv]) for lv in levels} for c in CLASSES}
     v = cramers_v(table["cls"], table[name])
     return {"origin": origin, "levels": levels, "counts": counts, "cramers_v": v,
             "confound": v is not None and v >= CONFOUND_V}
