@@ -3,6 +3,7 @@ and per attribute its class x level counts and Cramér's V with the class (V >= 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from scipy.stats.contingency import association
 
@@ -37,9 +38,11 @@ def summarize(data: PreparedData) -> dict:
     }
 
 
-def cramers_v(classes: pd.Series, levels: pd.Series) -> float | None:
-    """Cramér's V of the class x level table (no bias correction); None with one row or column."""
-    observed = pd.crosstab(classes, levels).to_numpy()
+def cramers_v(observed: np.ndarray) -> float | None:
+    """Cramér's V of a contingency table (no bias correction; empty rows and columns dropped);
+    None with fewer than two rows or columns left."""
+    observed = np.asarray(observed)
+    observed = observed[observed.sum(axis=1) > 0][:, observed.sum(axis=0) > 0]
     if min(observed.shape) < 2:
         return None
     return float(association(observed, method="cramer"))
@@ -48,12 +51,11 @@ def cramers_v(classes: pd.Series, levels: pd.Series) -> float | None:
 def attribute_summary(table: pd.DataFrame, name: str, origin: str) -> dict:
     """Class x level counts over all images and per split, and the association with the class."""
     levels = sorted(table[name].unique())
-    parts = {"all": table, **{s: table[table["split"] == s] for s in SPLITS}}
-    counts = {}
-    for part, rows in parts.items():
-        cross = pd.crosstab(rows["cls"], rows[name]).reindex(index=list(CLASSES), columns=levels, fill_value=0)
-        counts[part] = {c: {lv: int(cross.at[c, lv]) for lv in levels} for c in CLASSES}
-    v = cramers_v(table["cls"], table[name])
+    counts = {part: {c: dict.fromkeys(levels, 0) for c in CLASSES} for part in ("all", *SPLITS)}
+    for (split, cls, level), n in table.groupby(["split", "cls", name]).size().items():
+        counts[split][cls][level] += int(n)
+        counts["all"][cls][level] += int(n)
+    v = cramers_v(np.array([[counts["all"][c][lv] for lv in levels] for c in CLASSES]))
     return {"origin": origin, "levels": levels, "counts": counts, "cramers_v": v,
             "confound": v is not None and v >= CONFOUND_V}
 

@@ -42,7 +42,7 @@ class Probe:
 def most_common(values: np.ndarray, order: list[str]) -> str:
     """The most frequent value; a tie goes to the one earliest in ``order``."""
     counts = {v: int(np.sum(values == v)) for v in order}
-    return max(order, key=lambda v: (counts[v], -order.index(v)))
+    return str(max(order, key=lambda v: (counts[v], -order.index(v))))
 
 
 def majority_class(cls_train: np.ndarray, cls_test: np.ndarray) -> Reference:
@@ -55,7 +55,7 @@ def attribute_rule(attribute: str, cls_train: np.ndarray, level_train: np.ndarra
     """Predict the training set's most common class of the image's attribute level (a level
     absent from training: the overall majority class)."""
     fallback = most_common(cls_train, list(CLASSES))
-    rule = {lv: most_common(cls_train[level_train == lv], list(CLASSES)) for lv in sorted(set(level_train))}
+    rule = {str(lv): most_common(cls_train[level_train == lv], list(CLASSES)) for lv in sorted(set(level_train))}
     predicted = np.array([rule.get(lv, fallback) for lv in level_test])
     return Reference("attribute_rule", Proportion.of(predicted == cls_test), attribute=attribute,
                      detail={"rule": rule, "fallback": fallback})

@@ -31,7 +31,7 @@ from xray_ablate.references.baselines import (
 from xray_ablate.references.intervals import Proportion
 from xray_ablate.references.pixels import C_GRID, PIXELS, downscale
 
-VERSION = 1  # bump when a figure would come out different for the same data
+VERSION = 2  # bump when a figure would come out different for the same data
 
 
 @dataclass

@@ -15,13 +15,13 @@ C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ascending: a tie keeps the stron
 
 
 def downscale(images: np.ndarray, size: int = PIXELS) -> np.ndarray:
-    """(N, S, S) uint8 -> (N, size*size) float32 in [0, 1], area-averaged."""
+    """(N, S, S) uint8 -> (N, size*size) float64 in [0, 1], area-averaged."""
     if images.shape[1:] == (size, size):
         small = np.asarray(images)
     else:
         small = np.stack([np.asarray(Image.fromarray(np.asarray(im)).resize((size, size), Image.Resampling.BOX))
                           for im in images])
-    return small.reshape(len(small), -1).astype(np.float32) / 255.0
+    return small.reshape(len(small), -1).astype(np.float64) / 255.0
 
 
 @dataclass
