@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -58,7 +58,7 @@ class MetadataReport:
     images_unmatched_examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 def age_band(value: str) -> str:
@@ -132,7 +132,7 @@ def attributes_for(table: pd.DataFrame, excluded_ids: set[str], csv: Path | None
             if name == key:
                 continue
             column = frame[name].to_numpy()
-            columns[name] = pd.Series([_binned(name, column[p]) if p is not None else MISSING
+            columns[name] = pd.Series([_binned(name, column[p].strip()) if p is not None else MISSING
                                        for p in positions], index=table.index)
             origin[name] = "csv"
     out = {}
