@@ -1,4 +1,5 @@
-"""python -m xray_ablate.data summary ROOT [--json]: ingest a dataset and print what it holds."""
+"""python -m xray_ablate.data summary ROOT [--metadata CSV] [--json]: ingest a dataset and print
+what it holds, with the class x attribute counts and their association."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
                          help="default: $XRAY_ABLATE_CACHE or .cache in the project")
     summary.add_argument("--image-size", type=int, default=200)
     summary.add_argument("--patient-pattern", default=None)
+    summary.add_argument("--metadata", type=Path, default=None,
+                         help="CSV of attributes per image, joined on the image file name")
+    summary.add_argument("--metadata-key", default=None,
+                         help="its column of file names (default: the first of name, image, filename, file)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         root=args.root, cache_dir=cache_dir,
         ingest=IngestOptions(patient_pattern=args.patient_pattern),
         preprocess=PreprocessOptions(mode="raw", image_size=args.image_size),
+        metadata=args.metadata, metadata_key=args.metadata_key,
     )
     try:
         result = summarize(prepare(config))

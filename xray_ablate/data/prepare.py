@@ -16,6 +16,7 @@ from xray_ablate.data.fingerprint import dataset_fingerprint, file_digests
 from xray_ablate.data.ingest import IMAGE_SUFFIXES, IngestOptions, detect_layout, exclude_identical_images, ingest
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions
+from xray_ablate.data.metadata import MetadataReport, attributes_digest, attributes_for
 from xray_ablate.data.splits import SplitOptions, make_split, manifest_hash
 from xray_ablate.errors import UserError
 
@@ -30,13 +31,15 @@ class DataConfig:
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
     split: SplitOptions = field(default_factory=SplitOptions)
     workers: int = 0  # 0: all cores
+    metadata: Path | None = None  # CSV of attributes per image (dataset.metadata)
+    metadata_key: str | None = None  # its column of image file names (dataset.metadata_key)
 
 
 @dataclass
 class PreparedData:
     images: np.ndarray  # (N, size, size) uint8, row i is table row i
     lungs: np.ndarray | None  # the rows' lung masks, bit-packed (see lung_masks); None without polygons
-    table: pd.DataFrame  # image_id, cls, label, patient_id, view, split, image_path
+    table: pd.DataFrame  # image_id, cls, label, patient_id, view, split, image_path, *attributes
     excluded: pd.DataFrame  # source, image_id, cls, reason, detail
     fingerprint: str
     cache_key: str
@@ -47,6 +50,12 @@ class PreparedData:
     unknown_tags: dict
     patient_fallbacks: int
     decoded_now: int  # images decoded by this call (0 when the cache was warm)
+    metadata: MetadataReport = field(default_factory=MetadataReport)
+
+    @property
+    def attributes(self) -> list[str]:
+        """The attribute columns of ``table`` (source, View, ...; see data/metadata.py)."""
+        return list(self.metadata.attributes)
 
     def split_indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
@@ -113,21 +122,28 @@ def prepare(cfg: DataConfig) -> PreparedData:
 
     manifest = make_split(usable, cfg.split)
     digest = manifest_hash(manifest)
-    manifest_path = Path(cfg.cache_dir) / "splits" / f"{digest}.csv"
+    attributes, report = attributes_for(usable, set(excluded["image_id"]), cfg.metadata, cfg.metadata_key)
+    names = list(report.attributes)
+    attributes.insert(0, "image_id", usable["image_id"])
+    # The attributes ride along in the manifest; its hash (the split) does not depend on them.
+    manifest = manifest.merge(attributes, on="image_id", validate="1:1")
+    suffix = f"-{attributes_digest(attributes, names)}" if names else ""
+    manifest_path = Path(cfg.cache_dir) / "splits" / f"{digest}{suffix}.csv"
     if not manifest_path.exists():
         write_text_atomic(manifest_path, manifest.to_csv(index=False))
-    usable = usable.merge(manifest[["image_id", "split"]], on="image_id", validate="1:1")
+    usable = usable[["image_id", "cls", "patient_id", "view", "image_path"]].merge(
+        manifest.drop(columns=["cls", "patient_id"]), on="image_id", validate="1:1")
     usable["label"] = usable["cls"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     # Only decoded rows; a fancy index would copy, so keep the memmap when nothing failed.
     if len(rows) != len(decoded):
         images, lungs = images[rows], None if lungs is None else lungs[rows]
     return PreparedData(
         images=images, lungs=lungs,
-        table=usable[["image_id", "cls", "label", "patient_id", "view", "split", "image_path"]],
+        table=usable[["image_id", "cls", "label", "patient_id", "view", "split", "image_path", *names]],
         excluded=excluded.reset_index(drop=True),
         fingerprint=fingerprint, cache_key=key, manifest=manifest, manifest_hash=digest,
         manifest_path=manifest_path, layout=meta["layout"], unknown_tags=meta["unknown_tags"],
-        patient_fallbacks=int(meta["patient_fallbacks"]), decoded_now=decoded_now,
+        patient_fallbacks=int(meta["patient_fallbacks"]), decoded_now=decoded_now, metadata=report,
     )
 
 

@@ -1,10 +1,17 @@
-"""What a dataset holds after ingest and splitting: counts per class, reason, split, patient."""
+"""What a dataset holds after ingest and splitting: counts per class, reason, split, patient,
+and per attribute its class x level counts and Cramér's V with the class (V >= 0.5: a confound)."""
 
 from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats.contingency import association
 
 from xray_ablate.data.labels import CLASSES, EXCLUSION_REASONS
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.data.splits import SPLITS
+
+CONFOUND_V = 0.5  # Cramér's V between an attribute and the class from which it counts as a confound
 
 
 def summarize(data: PreparedData) -> dict:
@@ -25,7 +32,32 @@ def summarize(data: PreparedData) -> dict:
         "layout": data.layout,
         "unknown_tags": data.unknown_tags,
         "patient_fallbacks": data.patient_fallbacks,
+        "attributes": {name: attribute_summary(table, name, origin)
+                       for name, origin in data.metadata.attributes.items()},
+        "metadata": {k: v for k, v in data.metadata.as_dict().items() if k != "attributes"},
     }
+
+
+def cramers_v(observed: np.ndarray) -> float | None:
+    """Cramér's V of a contingency table (no bias correction; empty rows and columns dropped);
+    None with fewer than two rows or columns left."""
+    observed = np.asarray(observed)
+    observed = observed[observed.sum(axis=1) > 0][:, observed.sum(axis=0) > 0]
+    if min(observed.shape) < 2:
+        return None
+    return float(association(observed, method="cramer"))
+
+
+def attribute_summary(table: pd.DataFrame, name: str, origin: str) -> dict:
+    """Class x level counts over all images and per split, and the association with the class."""
+    levels = sorted(table[name].unique())
+    counts = {part: {c: dict.fromkeys(levels, 0) for c in CLASSES} for part in ("all", *SPLITS)}
+    for (split, cls, level), n in table.groupby(["split", "cls", name]).size().items():
+        counts[split][cls][level] += int(n)
+        counts["all"][cls][level] += int(n)
+    v = cramers_v(np.array([[counts["all"][c][lv] for lv in levels] for c in CLASSES]))
+    return {"origin": origin, "levels": levels, "counts": counts, "cramers_v": v,
+            "confound": v is not None and v >= CONFOUND_V}
 
 
 def format_summary(summary: dict) -> str:
@@ -47,4 +79,39 @@ def format_summary(summary: dict) -> str:
     if summary["patient_fallbacks"]:
         lines.append(f"{summary['patient_fallbacks']} images without a PatientID tag count as "
                      "their own patient")
+    lines += _format_metadata(summary["metadata"])
+    attributes = sorted(summary["attributes"].items(), key=lambda kv: -(kv[1]["cramers_v"] or 0))
+    for name, attr in attributes:
+        lines += [""] + _format_attribute(name, attr)
     return "\n".join(lines)
+
+
+def _format_metadata(meta: dict) -> list[str]:
+    lines = []
+    if meta["csv"]:
+        lines += ["", f"metadata {meta['csv']} (key column {meta['key']}): {meta['rows']} rows, "
+                      f"{meta['rows_matched']} matched, {meta['rows_of_excluded']} of excluded images, "
+                      f"{meta['rows_unmatched']} naming no image"
+                      + (f" (e.g. {', '.join(meta['rows_unmatched_examples'])})"
+                         if meta["rows_unmatched"] else "")]
+        if meta["images_unmatched"]:
+            lines.append(f"{meta['images_unmatched']} images have no metadata row (e.g. "
+                         f"{', '.join(meta['images_unmatched_examples'])}); their values are missing")
+    if meta["skipped"]:
+        lines.append("not used as attributes: "
+                     + "; ".join(f"{n}: {why}" for n, why in meta["skipped"].items()))
+    return lines
+
+
+def _format_attribute(name: str, attr: dict) -> list[str]:
+    v = attr["cramers_v"]
+    verdict = "n/a" if v is None else f"{v:.2f}" + (f"  CONFOUND (V >= {CONFOUND_V})" if attr["confound"] else "")
+    lines = [f"attribute {name} ({attr['origin']}): Cramér's V with the class {verdict}",
+             "  cells: all = train/val/test"]
+    width = max(len(lv) for lv in attr["levels"]) + 2
+    lines.append(f"  {'':<{width}}" + "".join(f"{c:>16}" for c in CLASSES))
+    for lv in attr["levels"]:
+        cells = [f"{attr['counts']['all'][c][lv]} = " + "/".join(str(attr["counts"][s][c][lv]) for s in SPLITS)
+                 for c in CLASSES]
+        lines.append(f"  {lv:<{width}}" + "".join(f"{cell:>16}" for cell in cells))
+    return lines
