@@ -36,12 +36,7 @@ class SplitOptions:
 def make_split(images: pd.DataFrame, opts: SplitOptions) -> pd.DataFrame:
     """Return the manifest: ``images`` (image_id, cls, patient_id) plus a ``split`` column."""
     images = images[["image_id", "cls", "patient_id"]].sort_values("image_id").reset_index(drop=True)
-    rank = {c: i for i, c in enumerate(CLASSES)}
-    counts = images.groupby(["patient_id", "cls"]).size().reset_index(name="n")
-    counts["rank"] = counts["cls"].map(rank)
-    # A patient's stratum: their most frequent class (ties: the class listed first).
-    primary = counts.sort_values(["patient_id", "n", "rank"], ascending=[True, False, True])
-    primary = primary.drop_duplicates("patient_id").set_index("patient_id")["cls"]
+    primary = patient_strata(images)
     sizes = images.groupby("patient_id").size()
 
     rng = np.random.default_rng(opts.seed)
@@ -69,7 +64,51 @@ def make_split(images: pd.DataFrame, opts: SplitOptions) -> pd.DataFrame:
     return images[MANIFEST_COLUMNS]
 
 
+def patient_strata(images: pd.DataFrame) -> pd.Series:
+    """patient_id -> the patient's stratum: their most frequent class (ties: the class listed first)."""
+    rank = {c: i for i, c in enumerate(CLASSES)}
+    counts = images.groupby(["patient_id", "cls"]).size().reset_index(name="n")
+    counts["rank"] = counts["cls"].map(rank)
+    primary = counts.sort_values(["patient_id", "n", "rank"], ascending=[True, False, True])
+    return primary.drop_duplicates("patient_id").set_index("patient_id")["cls"]
+
+
 def manifest_hash(manifest: pd.DataFrame) -> str:
     """Content hash of a manifest; equal manifests give equal hashes on every machine."""
     canonical = manifest[MANIFEST_COLUMNS].sort_values("image_id").to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def train_subset(train: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Ascending positions in ``train`` (cls, patient_id) of its class-stratified, patient-grouped
+    share ``fraction``: what a run with dataset.train_fraction trains on.
+
+    Per stratum (as in make_split), the patients are put in one order fixed by ``seed`` and a prefix
+    of it is taken: the one whose images come nearest to ``fraction`` of the stratum's (ties: the
+    shorter), with at least one patient so that no class vanishes. Prefixes of one order nest: the
+    25 % subset lies inside the 50 % one. A stratum's count misses its target by at most half the
+    images of the patient where the prefix ends, so by at most one when patients have two or fewer.
+    """
+    if not 0 < fraction <= 1:
+        raise UserError(f"dataset.train_fraction must lie in (0, 1], not {fraction}")
+    if fraction == 1:
+        return np.arange(len(train))
+    primary = patient_strata(train)
+    sizes = train.groupby("patient_id").size()
+    rng = np.random.default_rng([1, seed])  # a stream of its own: not make_split's order again
+    chosen = []
+    for cls in CLASSES:
+        patients = np.array(sorted(primary.index[primary == cls]))
+        if len(patients) == 0:
+            continue
+        patients = patients[rng.permutation(len(patients))]
+        filled = np.cumsum(sizes[patients].to_numpy())
+        take = int(np.argmin(np.abs(filled - fraction * filled[-1]))) + 1
+        chosen.extend(patients[:take])
+    return np.flatnonzero(train["patient_id"].isin(chosen).to_numpy())
+
+
+def class_counts(table: pd.DataFrame) -> dict[str, int]:
+    """Images per class of a table with a ``cls`` column, in CLASSES order (zeros included)."""
+    counts = table["cls"].value_counts()
+    return {c: int(counts.get(c, 0)) for c in CLASSES}
