@@ -41,9 +41,11 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def make_cfg(tmp_path, synthetic_root):
-    """Compose the real conf/ with a temporary cache, MLflow store and reports folder."""
+    """Compose the real conf/ with a temporary cache, MLflow store and reports folder: the typed
+    Config the code receives."""
     from hydra import compose, initialize_config_dir
 
+    from xray_ablate.config.load import to_config
     from xray_ablate.settings import CONFIG_DIR
 
     def _make(*overrides: str):
@@ -55,9 +57,23 @@ def make_cfg(tmp_path, synthetic_root):
             f"tracking.artifact_root={tmp_path / 'artifacts'}", "tracking.system_metrics=false",
         ]
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose(config_name="config", overrides=base + list(overrides))
+            return to_config(compose(config_name="config", overrides=base + list(overrides)))
 
     return _make
+
+
+def train_once(config):
+    """One real training run as a job does it (tracked, recorded); (run id, RunResult)."""
+    from xray_ablate.config.factors import run_name
+    from xray_ablate.sweep.job import load_data, train_and_record
+    from xray_ablate.tracking.lifecycle import tracked_run
+    from xray_ablate.tracking.run_info import run_tags
+    from xray_ablate.train.device import select_device
+
+    device = select_device(config.device)
+    with tracked_run(config.tracking, run_name(config), run_tags(config, device.type)) as recorder:
+        result = train_and_record(config, load_data(config), device, recorder)
+    return recorder.run_id, result
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,15 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from xray_ablate.audit import AuditSettings, audit_run, audit_split, choose_images
+from xray_ablate.audit import audit_run, audit_split, choose_images
 from xray_ablate.audit.montage import montage_rows
 from xray_ablate.audit.shares import border_band, mass_shares
+from xray_ablate.config.schema import AuditConfig, BackboneConfig
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
 from xray_ablate.data.synthetic import generate
 from xray_ablate.errors import UserError
-from xray_ablate.models import BACKBONES, BackboneSpec, build_model
+from xray_ablate.models import BACKBONES, build_model
 from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
 
 # 40 px keeps training cheap; cnn16's last conv activation is then 2x2, too coarse for Grad-CAM
@@ -63,19 +64,19 @@ def test_montage_rows_fill_from_the_other_kind():
 @pytest.mark.parametrize("key, value", [("images", 0), ("border", 0.5), ("batch_size", 0)])
 def test_bad_settings_name_the_key(key, value):
     with pytest.raises(UserError, match=f"audit.{key}"):
-        AuditSettings(**{key: value})
+        AuditConfig(**{key: value})
 
 
 def test_every_backbone_names_a_module():
     for name in ("cnn16", "cnn16_gap"):
-        model = build_model(BackboneSpec(name), 4, 64)
+        model = build_model(BackboneConfig(name), 4, 64)
         assert isinstance(model.cam_layer(), nn.ReLU)
     assert set(BACKBONES) >= {"vgg16", "resnet50", "inception_v3", "xception"}
 
 
 def test_audit_leaves_weights_and_mode_alone():
     torch.manual_seed(0)
-    model = build_model(BackboneSpec("cnn16_gap"), 4, 32)
+    model = build_model(BackboneConfig("cnn16_gap"), 4, 32)
     model.features[0][0].requires_grad_(False)  # a frozen layer stays frozen
     flags = [p.requires_grad for p in model.parameters()]
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -85,7 +86,7 @@ def test_audit_leaves_weights_and_mode_alone():
     lungs = np.zeros((5, 32, 32), bool)
     lungs[:, 8:24, 4:28] = True
     result = audit_run(model, images, lungs, np.zeros(5, int), rng.dirichlet(np.ones(4), 5),
-                       model.cam_layer(), AuditSettings(batch_size=2))
+                       model.cam_layer(), AuditConfig(batch_size=2))
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -132,7 +133,7 @@ def phantoms(tmp_path_factory):
         labels = torch.from_numpy(data.table["label"].to_numpy().astype(np.int64))
         pixels = np.asarray(data.images[train]) / 255.0
         torch.manual_seed(SEED)
-        model = build_model(BackboneSpec("cnn16_gap"), 4, SIZE, normalize=True,
+        model = build_model(BackboneConfig("cnn16_gap"), 4, SIZE, normalize=True,
                             train_stats=(pixels.mean(), pixels.std()))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(SEED)
@@ -142,7 +143,7 @@ def phantoms(tmp_path_factory):
                             generator, None, amp=False)
         test_batches = Batches(torch.from_numpy(np.asarray(data.images[test])).unsqueeze(1), labels[test])
         _, probs = evaluate(model, test_batches, 32, torch.device("cpu"), amp=False)
-        out[mode] = (model, data, test, probs, audit_split(model, data, test, probs, AuditSettings()))
+        out[mode] = (model, data, test, probs, audit_split(model, data, test, probs, AuditConfig()))
     return out
 
 
@@ -171,7 +172,7 @@ def test_randomised_weights_change_the_maps(phantoms):
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     again = audit_run(model, images, lungs, data.table["label"].to_numpy()[test], probs,
-                      model.cam_layer(), AuditSettings())
+                      model.cam_layer(), AuditConfig())
     assert result.metrics["audit_empty_maps_gradcam"] == 0
     for method, limit in (("gradcam", 0.5), ("inputxgrad", 0.6)):  # Adebayo: input x gradient keeps
         rho = np.array([spearmanr(a.ravel(), b.ravel())[0]  # some of the input's own structure

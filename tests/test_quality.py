@@ -20,6 +20,8 @@ from PIL import Image
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from xray_ablate.config.load import to_config
+from xray_ablate.config.schema import QualityConfig
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
@@ -30,7 +32,6 @@ from xray_ablate.quality import scores as scores_module
 from xray_ablate.quality.__main__ import run as run_report
 from xray_ablate.quality.filter import beyond, brisque_filter, iqr_fences
 from xray_ablate.quality.scores import (
-    QualitySettings,
     brisque_scores,
     score_files,
     score_images,
@@ -41,12 +42,13 @@ from xray_ablate.quality.stats import compare_classes
 from xray_ablate.quality.weights import WEIGHTS_NAME
 from xray_ablate.settings import CONFIG_DIR, data_config
 from xray_ablate.tracking import schema
+from xray_ablate.tracking.recorder import Recorder
 
 # --- fixtures ------------------------------------------------------------------------------
 
 def _compose(*overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return to_config(compose("config", overrides=["backbone=cnn16_gap", *overrides]))
 
 
 def _synthetic_cfg(root: Path, *overrides: str):
@@ -82,7 +84,7 @@ def _planted_scores(data) -> pd.DataFrame:
 
 def test_scores_are_cached_and_reused(synthetic, cache_dir, brisque_weights, monkeypatch):
     cfg, data = synthetic
-    settings = QualitySettings.from_config(cfg.quality)
+    settings = cfg.quality
     first = brisque_scores(data, settings, cache_dir, workers=1)
     assert list(first.columns) == ["image_id", "score", "status"]
     assert list(first["image_id"]) == list(data.table["image_id"])
@@ -101,7 +103,7 @@ def test_scores_are_cached_and_reused(synthetic, cache_dir, brisque_weights, mon
 
 def test_cache_scores_only_missing_images(synthetic, cache_dir, brisque_weights, monkeypatch):
     cfg, data = synthetic
-    settings = QualitySettings.from_config(cfg.quality)
+    settings = cfg.quality
     first = brisque_scores(data, settings, cache_dir, workers=1)
     path = scores_path(cache_dir, scores_key(data.fingerprint, settings))
     pd.read_csv(path).iloc[3:].to_csv(path, index=False)  # forget three images
@@ -115,7 +117,7 @@ def test_cache_scores_only_missing_images(synthetic, cache_dir, brisque_weights,
 
 def test_process_pool_gives_the_same_scores(synthetic, brisque_weights, monkeypatch):
     cfg, data = synthetic
-    settings = QualitySettings.from_config(cfg.quality)
+    settings = cfg.quality
     paths = list(data.table["image_path"][:6])
     alone = score_files(paths, settings, workers=1)
     monkeypatch.setattr(scores_module, "_POOL_MIN_IMAGES", 1)
@@ -134,7 +136,7 @@ def test_batched_device_path_matches_one_by_one(tmp_path, brisque_weights):
     Image.new("L", (64, 48), 0).save(paths[3])
     paths.insert(6, tmp_path / "broken.png")
     paths[6].write_bytes(b"not an image")
-    settings = QualitySettings(analysis_size=64, batch_size=2)
+    settings = QualityConfig(analysis_size=64, batch_size=2)
     alone = score_files(paths, settings, workers=1)
     batched = scores_module._score_on_device(paths, settings, torch.device("cpu"), 2, "test")
     batched = pd.DataFrame(batched, columns=["score", "status"])
@@ -152,7 +154,7 @@ def test_blank_image_is_unscorable(synthetic_root, tmp_path, cache_dir, brisque_
         Image.new(im.mode, im.size, 0).save(blank)
     cfg = _synthetic_cfg(root)
     data = prepare(data_config(cfg))
-    scores = brisque_scores(data, QualitySettings.from_config(cfg.quality), cache_dir, 1)
+    scores = brisque_scores(data, cfg.quality, cache_dir, 1)
     row = scores["image_id"] == blank.stem
     assert row.sum() == 1
     assert np.isnan(scores.loc[row, "score"]).all()
@@ -167,7 +169,7 @@ def test_bad_image_in_a_batch_is_isolated(brisque_weights):
     noisy = rng.integers(0, 256, (64, 64), dtype=np.uint8)
     halves = np.zeros((64, 64), np.uint8)
     halves[32:] = 255  # not constant, yet piq asserts on it
-    got = score_images([noisy, halves, noisy], QualitySettings(), torch.device("cpu"))
+    got = score_images([noisy, halves, noisy], QualityConfig(), torch.device("cpu"))
     assert got[0][1] == got[2][1] == "ok"
     assert got[1][1].startswith("unscorable: Expected input tensor") and np.isnan(got[1][0])
     assert got[0][0] == pytest.approx(got[2][0])
@@ -184,7 +186,7 @@ def test_missing_weights_give_a_clear_error(tmp_path, monkeypatch):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(image)
     expected = tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_NAME
     with pytest.raises(UserError) as err:
-        score_files([image], QualitySettings(), workers=1)
+        score_files([image], QualityConfig(), workers=1)
     message = str(err.value)
     assert f"BRISQUE SVM weights not found at {expected}" in message
     assert "cp " in message and "TORCH_HOME" in message
@@ -194,7 +196,7 @@ def test_cli_without_weights_exits_2_with_the_message(tmp_path, cache_dir, monke
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(sys, "argv", [
         "xray_ablate.quality", "dataset=demo", "dataset.synthetic.n=40", "dataset.synthetic.size=96",
-        "image_size=32", "num_workers=1", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+        "image_size=32", "backbone=cnn16_gap", "num_workers=1", f"tracking.uri=sqlite:///{tmp_path}/m.db",
         f"hydra.run.dir={tmp_path}/hydra"])
     with pytest.raises(SystemExit) as exit_:
         quality_cli.main()
@@ -221,8 +223,10 @@ def test_iqr_fences_match_numpy_quantiles():
     assert upper == (-np.inf, pytest.approx(high))
     assert np.flatnonzero(beyond(values, upper)).tolist() == [11]
     assert iqr_fences(values, factor=3.0)[1] == pytest.approx(q3 + 3 * (q3 - q1))
-    with pytest.raises(UserError, match="brisque_filter.fences"):
-        iqr_fences(values, "lower")
+    with pytest.raises(ValueError, match="fences must be one of"):
+        iqr_fences(values, "lower")  # a bug: user input is checked by the config schema
+    with pytest.raises(UserError, match="brisque_filter.fences must be one of both, upper, not 'lower'"):
+        _compose("brisque_filter=on", "brisque_filter.fences=lower")
 
 
 @pytest.mark.parametrize("fences", ["both", "upper"])
@@ -257,7 +261,7 @@ def test_filter_removes_exactly_train_val_points_beyond_the_fences(synthetic, sy
 def test_test_split_is_identical_with_the_filter_on_and_off(synthetic_root, cache_dir, monkeypatch):
     off_cfg = _synthetic_cfg(synthetic_root, "brisque_filter=off")
     on_cfg = _synthetic_cfg(synthetic_root, "brisque_filter=on")
-    assert set(off_cfg.brisque_filter) == set(on_cfg.brisque_filter)  # one shape
+    assert type(off_cfg.brisque_filter) is type(on_cfg.brisque_filter)  # one shape
     off_data, on_data = prepare(data_config(off_cfg)), prepare(data_config(on_cfg))
     assert off_data.manifest_hash == on_data.manifest_hash
 
@@ -347,7 +351,7 @@ def test_quality_report_files_mlflow_and_statistics(tmp_path, cache_dir, brisque
 
     # An exception inside the run ends it as FAILED (scores come from the cache now).
     monkeypatch.setattr(piq, "brisque", _no_piq)
-    monkeypatch.setattr(mlflow, "log_artifacts", _no_piq)
+    monkeypatch.setattr(Recorder, "folder", _no_piq)
     with pytest.raises(AssertionError):
         run_report(cfg)
     statuses = {r.info.status for r in mlflow.search_runs(experiment_names=["quality-test"],
@@ -363,7 +367,7 @@ def fixture_scores(fixture_root, brisque_weights, tmp_path_factory):
     # One process: on 2 busy cores, spawning workers costs more than it saves (see the pool test).
     data = prepare(DataConfig(root=fixture_root, cache_dir=cache, workers=1,
                               preprocess=PreprocessOptions(mode="raw", image_size=32)))
-    return data, brisque_scores(data, QualitySettings(), cache, workers=1)
+    return data, brisque_scores(data, QualityConfig(), cache, workers=1)
 
 
 def test_real_fixture_scores_are_finite(fixture_scores):
@@ -378,6 +382,6 @@ def test_jpeg_recompression_scores_worse(fixture_scores, tmp_path):
     source = Path(data.table["image_path"][0])
     with Image.open(source) as im:
         im.convert("L").save(tmp_path / "recompressed.jpg", quality=10)
-    worse = score_files([tmp_path / "recompressed.jpg"], QualitySettings(), workers=1)
+    worse = score_files([tmp_path / "recompressed.jpg"], QualityConfig(), workers=1)
     assert worse["status"][0] == "ok"
     assert worse["score"][0] > scores["score"][0] + 10

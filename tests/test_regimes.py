@@ -12,11 +12,12 @@ import torch
 from omegaconf import OmegaConf
 from scipy import stats
 
+from xray_ablate.config.schema import ClassBalanceConfig
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.splits import SplitOptions, class_counts, make_split, manifest_hash, train_subset
 from xray_ablate.errors import UserError
 from xray_ablate.settings import project_root
-from xray_ablate.train.sampling import POLICIES, ClassBalance, epoch_counts, epoch_rows
+from xray_ablate.train.sampling import POLICIES, epoch_counts, epoch_rows
 
 CONF = project_root() / "conf"
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)
@@ -113,14 +114,15 @@ def test_natural_is_todays_randperm():
     labels = _labels([50, 20, 7, 13])
     a, b = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     for _ in range(3):
-        assert torch.equal(epoch_rows(labels, ClassBalance("natural"), a), torch.randperm(len(labels), generator=b))
+        natural = epoch_rows(labels, ClassBalanceConfig("natural"), a)
+        assert torch.equal(natural, torch.randperm(len(labels), generator=b))
     assert torch.equal(a.get_state(), b.get_state())
 
 
 @pytest.mark.parametrize(("balance", "expected"), [
-    (ClassBalance("undersample"), [7, 7, 7, 7]),
-    (ClassBalance("oversample"), [50, 50, 50, 50]),
-    (ClassBalance("cap", max_per_class=15), [15, 15, 7, 13]),
+    (ClassBalanceConfig("undersample"), [7, 7, 7, 7]),
+    (ClassBalanceConfig("oversample"), [50, 50, 50, 50]),
+    (ClassBalanceConfig("cap", max_per_class=15), [15, 15, 7, 13]),
 ])
 def test_epoch_composition_and_even_coverage(balance, expected):
     sizes = [50, 20, 7, 13]
@@ -156,24 +158,24 @@ def test_epoch_composition_and_even_coverage(balance, expected):
 def test_same_generator_state_same_epoch_and_absent_classes():
     labels = _labels([30, 0, 4, 9])
     for name in POLICIES:
-        balance = ClassBalance(name, max_per_class=6 if name == "cap" else None)
+        balance = ClassBalanceConfig(name, max_per_class=6 if name == "cap" else None)
         a = epoch_rows(labels, balance, torch.Generator().manual_seed(1))
         b = epoch_rows(labels.numpy(), balance, torch.Generator().manual_seed(1))
         assert torch.equal(a, b)
         counts = torch.bincount(labels[a], minlength=4).tolist()
         assert counts[1] == 0 and counts == epoch_counts(np.array([30, 0, 4, 9]), balance).tolist()
-    assert epoch_counts(np.array([30, 0, 4, 9]), ClassBalance("undersample")).tolist() == [4, 0, 4, 4]
+    assert epoch_counts(np.array([30, 0, 4, 9]), ClassBalanceConfig("undersample")).tolist() == [4, 0, 4, 4]
 
 
 def test_class_balance_configs_and_errors():
     for name in POLICIES:
         conf = OmegaConf.load(CONF / "class_balance" / f"{name}.yaml")
-        assert ClassBalance(**conf).name == name
+        assert ClassBalanceConfig(**conf).name == name
     assert OmegaConf.load(CONF / "class_balance" / "cap.yaml").max_per_class > 0
     with pytest.raises(UserError, match="class_balance.max_per_class"):
-        ClassBalance("cap")
+        ClassBalanceConfig("cap")
     with pytest.raises(UserError, match="class_balance.name"):
-        ClassBalance("smote")
+        ClassBalanceConfig("smote")
 
 
 def test_experiment_grids():

@@ -12,13 +12,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import invoke_cli, mlflow_runs
-from hydra import compose, initialize_config_dir
+from conftest import invoke_cli
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
-from xray_ablate.settings import CONFIG_DIR
-from xray_ablate.sweep.plan import planned_jobs
+from xray_ablate.config import load
 from xray_ablate.tracking import schema
 
 
@@ -50,12 +47,7 @@ def keys(runs) -> Counter:
     ([], 12), (["repeats=2"], 8), (["seed=0,1"], 8), (["seed=range(5)"], 20), (["repeats=1"], 4),
 ])
 def test_seeds_are_repeated_by_default(overrides, expected):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[o for o in overrides if "," not in o and "range" not in o],
-                      return_hydra_config=True)
-    OmegaConf.set_struct(cfg, False)
-    cfg.hydra.overrides.task = ["dataset=masked,raw", "class_weights=on,off", *overrides]
-    jobs = planned_jobs(cfg)
+    jobs = load.plan(["dataset=masked,raw", "class_weights=on,off", *overrides], multirun=True).jobs
     assert len(jobs) == expected
     assert len({tuple(sorted(j)) for j in jobs}) == expected
 
@@ -80,15 +72,25 @@ def test_sweep_runs_every_config_and_seed_once_and_resumes(monkeypatch, tmp_path
 
 
 def test_a_failing_job_does_not_stop_the_others(monkeypatch, tmp_path, synthetic_root, capsys):
-    code = run_sweep(monkeypatch, tmp_path, synthetic_root, "trainer.lr=-1,0.001", "seed=0,1")
+    from xray_ablate.sweep import job
+
+    real_fit = job.fit
+
+    def fit_failing_at_lr_2e3(config, *args, **kwargs):  # a bug that only one configuration meets
+        if config.trainer.lr == 0.002:
+            raise ValueError("injected failure")
+        return real_fit(config, *args, **kwargs)
+
+    monkeypatch.setattr(job, "fit", fit_failing_at_lr_2e3)
+    code = run_sweep(monkeypatch, tmp_path, synthetic_root, "trainer.lr=0.002,0.001", "seed=0,1")
     out = capsys.readouterr().out
     assert code == 1
     assert "2 finished, 0 skipped (already finished), 2 failed" in out
-    assert "trainer.lr=-1" in out and "ValueError: Invalid learning rate" in out
+    assert "trainer.lr=0.002" in out and "ValueError: injected failure" in out
     runs = train_runs(sqlite_uri(tmp_path))
     assert Counter(r.info.status for r in runs) == {"FINISHED": 2, "FAILED": 2}
     failed = [r for r in runs if r.info.status == "FAILED"]
-    assert all(r.data.params["trainer.lr"] == "-1" for r in failed)
+    assert all(r.data.params["trainer.lr"] == "0.002" for r in failed)
     client = MlflowClient(sqlite_uri(tmp_path))
     assert {a.path for a in client.list_artifacts(failed[0].info.run_id, "error")} == {"error/traceback.txt"}
 
@@ -176,8 +178,12 @@ def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_pa
 
 @pytest.mark.parametrize("override, message", [
     ("dataset.root=null", "dataset.root is not set"),
-    ("trainer.optimizer=rmsprop", "trainer.optimizer=rmsprop is not known; choose one of adam, adamw, sgd"),
-    ("trainer.lr_schedule=linear", "trainer.lr_schedule=linear is not known"),
+    ("trainer.optimizer=rmsprop", "trainer.optimizer must be one of adam, adamw, sgd, not 'rmsprop'"),
+    ("trainer.lr_schedule=linear", "trainer.lr_schedule must be one of none, cosine, step, not 'linear'"),
+    ("trainer.lr=abc", "trainer.lr=abc; Value 'abc' of type 'str' could not be converted to Float"),
+    ("trainer.batch_size=0", "trainer.batch_size must be at least 1, not 0"),
+    ("image_size=0", "image_size must be >= 1 for backbone cnn16_gap, not 0"),
+    ("trainer.lrr=1", "Key 'lrr' not in 'TrainerConfig'"),
 ])
 def test_a_user_mistake_in_a_single_run_is_one_clear_line(monkeypatch, tmp_path, synthetic_root, capsys,
                                                            override, message):
@@ -186,4 +192,5 @@ def test_a_user_mistake_in_a_single_run_is_one_clear_line(monkeypatch, tmp_path,
     assert code == 2
     assert message in captured.out + captured.err
     assert "Traceback" not in captured.out + captured.err
-    assert mlflow_runs(tmp_path, "xray-ablate") == []  # stopped before any MLflow run
+    assert len((captured.out + captured.err).strip().splitlines()) == 1
+    assert not (tmp_path / "mlruns").exists()  # stopped before any MLflow store or run

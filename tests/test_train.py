@@ -4,22 +4,24 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from conftest import train_once
 from mlflow.tracking import MlflowClient
 
+from xray_ablate.config.schema import AugmentationConfig, ClassWeightsConfig
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.errors import UserError
+from xray_ablate.sweep.job import load_data
 from xray_ablate.tracking import schema
-from xray_ablate.tracking.run import mlflow_run, run_tags
+from xray_ablate.train import fit as train_module
 from xray_ablate.train import loop
-from xray_ablate.train import run as train_module
-from xray_ablate.train.augment import AugmentOptions, random_affine
-from xray_ablate.train.run import class_weights, load_data, train_run
+from xray_ablate.train.augment import random_affine
+from xray_ablate.train.fit import class_weights
+from xray_ablate.train.inputs import normalization_stats
 
 
 def _train(cfg):
-    with mlflow_run(cfg, run_tags(cfg, "cpu")) as active:
-        results = train_run(cfg)
-    return active.info.run_id, results
+    run_id, result = train_once(cfg)
+    return run_id, result.metrics
 
 
 def test_inverse_frequency_weights_scale_the_largest_class_to_one():
@@ -28,7 +30,7 @@ def test_inverse_frequency_weights_scale_the_largest_class_to_one():
     assert class_weights(None, labels) is None
     assert class_weights([1, 1.75, 6.4, 1.94], labels) == pytest.approx([1, 1.75, 6.4, 1.94])
     with pytest.raises(UserError, match="4 non-negative numbers"):
-        class_weights([1, 2], labels)
+        ClassWeightsConfig(weights=[1, 2])
 
 
 def test_class_weights_reach_the_loss(make_cfg, monkeypatch):
@@ -53,7 +55,7 @@ def test_class_weights_reach_the_loss(make_cfg, monkeypatch):
 def test_normalization_statistics_come_from_training_images_only(make_cfg):
     data = load_data(make_cfg())
     train = data.split_indices("train")
-    mean, std = train_module._normalization_stats(data, train)
+    mean, std = normalization_stats(data, train)
     pixels = np.asarray(data.images)[train] / 255.0
     assert (mean, std) == pytest.approx((pixels.mean(), pixels.std()))
     # Changing every non-training image leaves the statistics unchanged.
@@ -61,7 +63,7 @@ def test_normalization_statistics_come_from_training_images_only(make_cfg):
     others = np.setdiff1d(np.arange(len(altered)), train)
     altered[others] = 255
     data.images = altered
-    assert train_module._normalization_stats(data, train) == pytest.approx((mean, std))
+    assert normalization_stats(data, train) == pytest.approx((mean, std))
 
 
 def test_augmentation_changes_training_batches_only(make_cfg, monkeypatch):
@@ -79,9 +81,10 @@ def test_augmentation_changes_training_batches_only(make_cfg, monkeypatch):
     assert sum(calls) == 2 * n_train  # every training image, each epoch; val/test never
 
     x = torch.rand(4, 1, 32, 32)
-    out = random_affine(x, AugmentOptions(), torch.Generator().manual_seed(0))
+    out = random_affine(x, AugmentationConfig(), torch.Generator().manual_seed(0))
     assert out.shape == x.shape and not torch.allclose(out, x)
-    same = random_affine(x, AugmentOptions(0.0, 0.0, 0.0), torch.Generator().manual_seed(0))
+    still = AugmentationConfig(rotation_turns=0.0, zoom=0.0, translate=0.0)
+    same = random_affine(x, still, torch.Generator().manual_seed(0))
     assert torch.allclose(same, x, atol=1e-5)  # zero rotation/zoom/shift is the identity
 
 
@@ -91,7 +94,7 @@ def test_one_epoch_run_leaves_a_complete_finished_mlflow_run(make_cfg):
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "masked-cw_off-norm_on-aug_on-bq_off-cnn16_gap-s0"
+    assert run.info.run_name == "masked-tf_1.0-cw_off-cb_natural-norm_on-aug_on-bq_off-cnn16_gap-s0"
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     assert params["dataset.mode"] == "masked" and params["trainer.epochs"] == "1"
     assert params["seed"] == "0" and "paths.cache_dir" in params
@@ -173,9 +176,9 @@ def test_brisque_filter_changes_training_images_but_never_the_test_split(make_cf
 
 
 def test_reported_losses_do_not_depend_on_class_weights(make_cfg):
-    off_id, off = _train(make_cfg("tracking.log_checkpoint=false", "trainer.lr=0"))
-    on_id, on = _train(make_cfg("class_weights=on", "tracking.log_checkpoint=false", "trainer.lr=0"))
-    # lr=0: identical weights, so only the loss definition could differ.
+    off_id, off = _train(make_cfg("tracking.log_checkpoint=false", "trainer.lr=1e-12"))
+    on_id, on = _train(make_cfg("class_weights=on", "tracking.log_checkpoint=false", "trainer.lr=1e-12"))
+    # lr ~ 0: (nearly) identical weights, so only the loss definition could differ.
     assert on["test_loss"] == pytest.approx(off["test_loss"])
     assert on["best_val_loss"] == pytest.approx(off["best_val_loss"])
 
@@ -197,12 +200,12 @@ def test_per_image_test_predictions_are_logged(make_cfg):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer.epochs=0", "trainer.epochs must be at least 1"),
-    ("split.val_fraction=0", "strictly between 0 and 1"),
+    ("trainer.epochs=0", "trainer.epochs must be at least 1, not 0"),
+    ("split.val_fraction=0", "split.val_fraction must be in \\(0, 1\\), not 0"),
 ])
 def test_settings_that_cannot_train_are_user_errors(make_cfg, override, message):
     with pytest.raises(UserError, match=message):
-        _train(make_cfg(override))
+        make_cfg(override)
 
 
 @pytest.mark.parametrize("overrides, optimizer_class, schedule_class", [

@@ -15,6 +15,7 @@ import mlflow
 import pytest
 import torch
 import torchvision.models as tvm
+from conftest import train_once
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.checksums import sha256_file
@@ -24,8 +25,6 @@ from xray_ablate.models import weights as weights_module
 from xray_ablate.models.__main__ import main
 from xray_ablate.models.fetch import part_path
 from xray_ablate.models.weights import CHECKPOINTS, Checkpoint, cache_dir, ensure_checkpoint, load_state_dict
-from xray_ablate.tracking.run import mlflow_run, run_tags
-from xray_ablate.train.run import train_run
 
 
 @dataclass
@@ -211,11 +210,9 @@ def test_backbone_download_true_fetches_before_a_run_that_finishes(served, torch
     features = tvm.vgg.make_layers(tvm.vgg.cfgs["D"]).state_dict()
     serve_standin(served, monkeypatch, "vgg16", {f"features.{k}": v for k, v in features.items()})
     cfg = make_cfg("backbone=vgg16", "backbone.download=true", "image_size=32")
-    with mlflow_run(cfg, run_tags(cfg, "cpu")) as active:
-        train_run(cfg)
+    run_id, _ = train_once(cfg)
     assert [request for request, _ in served.requests] == ["/vgg16-397923af.pth"]
     assert sha256_file(cache_dir() / "vgg16-397923af.pth") == CHECKPOINTS["vgg16"].sha256
-    run_id = active.info.run_id
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
     state = torch.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/best_model.pt"),
                        weights_only=True)

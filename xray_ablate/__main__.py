@@ -1,4 +1,8 @@
-"""python -m xray_ablate [overrides]: train one configuration; with -m, a sweep over seeds."""
+"""python -m xray_ablate [overrides]: train one configuration; with -m, a sweep over seeds.
+
+Every job's config is composed and checked before Hydra starts (a bad key or value is one line,
+exit 2, and nothing runs); a sweep's start, jobs and finish wrap Hydra's launcher.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from xray_ablate.config import load
+from xray_ablate.errors import exit_on_user_error
 from xray_ablate.settings import CONFIG_DIR
-from xray_ablate.sweep import callback
 from xray_ablate.sweep.job import run_job
+from xray_ablate.sweep.lifecycle import JobsFailed, sweep_run
+from xray_ablate.tracking.store import check_reachable
+
+MULTIRUN = ("-m", "--multirun")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -18,17 +27,25 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """Run Hydra, then (for a sweep) always print the summary; non-zero exit if a job failed."""
-    code, interrupted = 0, False
+    args = sys.argv[1:]
+    if any(a.startswith("-") and a not in MULTIRUN for a in args):
+        main()  # Hydra's own flags (--help, --cfg job, --info ...): nothing is trained
+        sys.exit(0)
+    multirun = any(a in MULTIRUN for a in args)
+    with exit_on_user_error():
+        plan = load.plan([a for a in args if a not in MULTIRUN], multirun)
+        check_reachable(plan.configs[0].tracking.uri)
+    if not multirun:
+        main()  # a user's mistake found only now (e.g. a missing dataset) exits 2 in run_job
+        sys.exit(0)
     try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        with exit_on_user_error(), sweep_run(plan):
+            main()
+    except JobsFailed:
+        sys.exit(1)
     except KeyboardInterrupt:
-        code, interrupted = 130, True
-    finally:
-        code = max(code, callback.finish(interrupted=interrupted))
-    sys.exit(code)
+        sys.exit(130)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

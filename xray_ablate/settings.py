@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from xray_ablate.data import synthetic
 from xray_ablate.data.ingest import IngestOptions
@@ -32,15 +32,20 @@ OmegaConf.register_new_resolver("project_root", lambda: str(project_root()), rep
 OmegaConf.register_new_resolver("pick", lambda cond, a, b: a if cond else b, replace=True)
 
 
-def data_config(cfg: DictConfig) -> DataConfig:
-    """The data layer's settings from a composed config (dataset, split, image_size, paths)."""
+def split_seed(cfg) -> int:
+    """The seed of the split (and of train_fraction subsets): split.seed, plus the run seed when
+    split.vary_with_seed."""
+    return cfg.split.seed + (cfg.seed if cfg.split.vary_with_seed else 0)
+
+
+def data_config(cfg) -> DataConfig:
+    """The data layer's settings from a typed config (dataset, split, image_size, paths)."""
     ds = cfg.dataset
     if ds.root in (None, ""):
         raise UserError(
             "dataset.root is not set: pass dataset.root=/path/to/export (a V7 Darwin export or an "
             "ImageFolder), set XRAY_ABLATE_DATA, or use dataset=demo"
         )
-    split_seed = cfg.split.seed + (cfg.seed if cfg.split.vary_with_seed else 0)
     return DataConfig(
         root=Path(ds.root),
         cache_dir=Path(cfg.paths.cache_dir),
@@ -52,16 +57,17 @@ def data_config(cfg: DictConfig) -> DataConfig:
             mode=ds.mode, image_size=int(cfg.image_size), resize=ds.resize,
             crop_to_lungs=bool(ds.crop_to_lungs),
         ),
-        split=SplitOptions(seed=int(split_seed), test_fraction=float(cfg.split.test_fraction),
+        split=SplitOptions(seed=split_seed(cfg), test_fraction=float(cfg.split.test_fraction),
                            val_fraction=float(cfg.split.val_fraction)),
         workers=int(cfg.num_workers),
+        metadata=Path(ds.metadata) if ds.metadata else None, metadata_key=ds.metadata_key,
     )
 
 
-def ensure_synthetic(cfg: DictConfig) -> None:
+def ensure_synthetic(cfg) -> None:
     """Generate the synthetic dataset into dataset.root if the config asks for one and the
     folder does not hold exactly that (same arguments, same generator version)."""
-    spec = cfg.dataset.get("synthetic")
+    spec = cfg.dataset.synthetic
     if not spec:
         return
     root = Path(cfg.dataset.root)

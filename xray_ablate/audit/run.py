@@ -10,6 +10,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,30 +22,15 @@ from xray_ablate.audit import attribution
 from xray_ablate.audit.montage import montage_figure
 from xray_ablate.audit.shares import border_band, mass_shares
 from xray_ablate.data.prepare import PreparedData
-from xray_ablate.errors import UserError
 from xray_ablate.train.loop import to_input
+
+if TYPE_CHECKING:  # the config schema imports this module's registries
+    from xray_ablate.config.schema import AuditConfig
 
 log = logging.getLogger(__name__)
 
 # Method name -> what it computes; the name ends every per-method metric and column.
 METHODS = ("gradcam", "inputxgrad")
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    enabled: bool = True  # audit when the dataset has Lung polygons
-    images: int = 200  # test images audited (all when fewer)
-    seed: int = 0  # which images: the same for every configuration and run seed
-    border: float = 0.08  # width of the border band, as a share of the image side
-    batch_size: int = 32
-
-    def __post_init__(self):
-        if self.images < 1:
-            raise UserError(f"audit.images must be at least 1, not {self.images}")
-        if not 0 < self.border < 0.5:
-            raise UserError(f"audit.border must lie in (0, 0.5), not {self.border}")
-        if self.batch_size < 1:
-            raise UserError(f"audit.batch_size must be at least 1, not {self.batch_size}")
 
 
 @dataclass
@@ -64,7 +50,7 @@ def choose_images(image_ids, k: int, seed: int) -> np.ndarray:
 
 
 def audit_split(model: nn.Module, data: PreparedData, rows: np.ndarray, probs: np.ndarray,
-                settings: AuditSettings) -> AuditResult | None:
+                settings: AuditConfig) -> AuditResult | None:
     """Audit up to ``settings.images`` of ``rows`` (a split of ``data``; ``probs`` row-aligned with
     ``rows``); None when the audit is off or the dataset has no Lung polygons."""
     if not settings.enabled or data.lungs is None:
@@ -79,7 +65,7 @@ def audit_split(model: nn.Module, data: PreparedData, rows: np.ndarray, probs: n
 
 
 def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labels: np.ndarray,
-              probs: np.ndarray, target_layer: nn.Module, settings: AuditSettings,
+              probs: np.ndarray, target_layer: nn.Module, settings: AuditConfig,
               image_ids=None) -> AuditResult:
     """Attribution for each image's predicted class (argmax of ``probs``), by every method.
 

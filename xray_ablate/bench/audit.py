@@ -8,9 +8,10 @@ import time
 import numpy as np
 import torch
 
-from xray_ablate.audit import AuditSettings, audit_run
+from xray_ablate.audit import audit_run
 from xray_ablate.bench.rows import Row
-from xray_ablate.models import BackboneSpec, build_model
+from xray_ablate.config.schema import AuditConfig, BackboneConfig
+from xray_ablate.models import build_model
 
 COMMAND = "python -m xray_ablate.bench audit"
 N_IMAGES, SIZE, ROUNDS = 100, 200, 2
@@ -25,8 +26,8 @@ def run() -> list[Row]:
     labels = rng.integers(0, 4, N_IMAGES)
     probs = rng.dirichlet(np.ones(4), N_IMAGES)
     torch.manual_seed(0)
-    model = build_model(BackboneSpec("cnn16"), 4, SIZE, normalize=True, train_stats=(0.5, 0.25))
-    settings = AuditSettings(images=N_IMAGES)
+    model = build_model(BackboneConfig("cnn16"), 4, SIZE, normalize=True, train_stats=(0.5, 0.25))
+    settings = AuditConfig(images=N_IMAGES)
     audit_run(model, images[:8], lungs[:8], labels[:8], probs[:8], model.cam_layer(), settings)  # warm-up
     seconds = []
     for _ in range(ROUNDS):

@@ -132,10 +132,11 @@ def _cold_phases(root: Path, scratch: Path) -> dict[str, float]:
 def _augment():
     """The training code's batch augmentation, or a minimal stand-in with the same recipe."""
     try:
-        from xray_ablate.train.augment import AugmentOptions, random_affine
+        from xray_ablate.config.schema import AugmentationConfig
+        from xray_ablate.train.augment import random_affine
     except ImportError:
         return _random_affine, "bench stand-in for the batch affine"
-    options = AugmentOptions(rotation_turns=0.1, zoom=0.1, translate=0.1, fill=0.0)
+    options = AugmentationConfig(rotation_turns=0.1, zoom=0.1, translate=0.1, fill=0.0)
     return (lambda x, g: random_affine(x, options, g)), "xray_ablate.train.augment.random_affine"
 
 

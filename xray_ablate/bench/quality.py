@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from xray_ablate.bench.rows import Row
+from xray_ablate.config.schema import QualityConfig
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
 from xray_ablate.data.synthetic import generate
 from xray_ablate.errors import UserError
 from xray_ablate.quality import weights
-from xray_ablate.quality.scores import QualitySettings, brisque_scores
+from xray_ablate.quality.scores import brisque_scores
 from xray_ablate.settings import project_root
 
 COMMAND = "python -m xray_ablate.bench quality"
@@ -34,7 +35,7 @@ def run(smoke: bool = False) -> list[Row]:
         data = prepare(DataConfig(root=root, cache_dir=cache_dir,
                                   preprocess=PreprocessOptions(mode="raw", image_size=64)))
         n = len(data.table)
-        cpu = QualitySettings(device="cpu")
+        cpu = QualityConfig(device="cpu")
         cold = [("cold, 1 process x 1 thread", cpu, 1), (f"cold, {cores} processes", cpu, cores)]
         if torch.cuda.is_available():
             cold.append((f"cold, GPU ({torch.cuda.get_device_name(0)})",

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from xray_ablate.bench.rows import Row
-from xray_ablate.models import BackboneSpec, build_model
-from xray_ablate.train.augment import AugmentOptions
+from xray_ablate.config.schema import AugmentationConfig, BackboneConfig
+from xray_ablate.models import build_model
 from xray_ablate.train.loop import Batches, train_one_epoch
 
 COMMAND = "python -m xray_ablate.bench train"
@@ -42,7 +42,7 @@ def run(smoke: bool = False) -> list[Row]:
     images = torch.randint(0, 256, (n_images, 1, size, size), dtype=torch.uint8)
     labels = torch.randint(0, 4, (n_images,))
     data = Batches(images, labels)
-    model = build_model(BackboneSpec("cnn16"), 4, size, normalize=True, train_stats=(0.5, 0.25))
+    model = build_model(BackboneConfig("cnn16"), 4, size, normalize=True, train_stats=(0.5, 0.25))
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
@@ -52,7 +52,7 @@ def run(smoke: bool = False) -> list[Row]:
         "ours": lambda: train_one_epoch(model, criterion, optimizer, data, BATCH, device, generator,
                                         None, amp=False),
         "ours+aug": lambda: train_one_epoch(model, criterion, optimizer, data, BATCH, device, generator,
-                                            AugmentOptions(), amp=False),
+                                            AugmentationConfig(), amp=False),
     }
     loops["bare"]()  # warm-up
     best = {name: float("inf") for name in loops}

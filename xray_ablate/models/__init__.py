@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from xray_ablate.errors import UserError
 from xray_ablate.models import pretrained
-from xray_ablate.models.cnn16 import CNN16, CNN16GAP, _head
+from xray_ablate.models.cnn16 import CNN16, CNN16GAP, POOLS, _head
+
+if TYPE_CHECKING:  # the schema imports this registry to validate names; models only read its fields
+    from xray_ablate.config.schema import BackboneConfig
 
 FREEZE_MODES = ("none", "all", "last_n")
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    pretrained: bool = False
-    freeze: str = "none"  # none | all | last_n (train only the last `unfreeze_last` blocks)
-    unfreeze_last: int = 0
-    download: bool = False  # fetch a missing pretrained checkpoint (hash-verified) before building
 
 
 # Pretrained backbones: feature extractor builders. cnn16 variants are whole models.
@@ -36,6 +30,10 @@ FEATURE_BUILDERS: dict[str, Callable[[bool, bool], pretrained.Features]] = {
 }
 SCRATCH_MODELS: dict[str, type[nn.Module]] = {"cnn16": CNN16, "cnn16_gap": CNN16GAP}
 BACKBONES = tuple(SCRATCH_MODELS) + tuple(FEATURE_BUILDERS)
+# The smallest input each backbone takes: cnn16 halves the side six times (cnn16_gap rounds up);
+# Inception and Xception have unpadded stems.
+MIN_IMAGE_SIZE: dict[str, int] = {"cnn16": 2**POOLS, "cnn16_gap": 1, "vgg16": 32, "vgg19": 32,
+                                  "resnet50": 32, "inception_v3": 75, "xception": 71}
 
 
 class Classifier(nn.Module):
@@ -68,12 +66,12 @@ class Classifier(nn.Module):
         return self
 
 
-def uses_training_stats(spec: BackboneSpec) -> bool:
+def uses_training_stats(spec: BackboneConfig) -> bool:
     """Scratch models standardise with the training split; pretrained ones with their own stats."""
     return spec.name in SCRATCH_MODELS
 
 
-def build_model(spec: BackboneSpec, num_classes: int, image_size: int, normalize: bool = False,
+def build_model(spec: BackboneConfig, num_classes: int, image_size: int, normalize: bool = False,
                 train_stats: tuple[float, float] | None = None) -> Classifier:
     """``normalize``: standardise inputs, with ``train_stats`` (mean, std of the training split)
     for scratch models and the backbone's ImageNet statistics otherwise; else inputs stay in [0, 1]."""
@@ -91,8 +89,8 @@ def build_model(spec: BackboneSpec, num_classes: int, image_size: int, normalize
         raise UserError(f"unknown backbone {spec.name!r}; choose one of {', '.join(BACKBONES)}")
 
     feats = FEATURE_BUILDERS[spec.name](spec.pretrained, spec.download)
-    if image_size < feats.min_size:
-        raise UserError(f"{spec.name} needs image_size >= {feats.min_size}, got {image_size}")
+    if image_size < MIN_IMAGE_SIZE[spec.name]:
+        raise UserError(f"{spec.name} needs image_size >= {MIN_IMAGE_SIZE[spec.name]}, got {image_size}")
     with torch.no_grad():
         flat = feats.module.eval()(torch.zeros(1, 3, image_size, image_size)).numel()
     frozen = _freeze(feats.blocks, spec)
@@ -101,7 +99,7 @@ def build_model(spec: BackboneSpec, num_classes: int, image_size: int, normalize
                       cam_layer=feats.cam_layer)
 
 
-def _freeze(blocks: list[nn.Module], spec: BackboneSpec) -> list[nn.Module]:
+def _freeze(blocks: list[nn.Module], spec: BackboneConfig) -> list[nn.Module]:
     if spec.freeze == "none":
         return []
     keep = spec.unfreeze_last if spec.freeze == "last_n" else 0

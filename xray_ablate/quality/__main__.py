@@ -12,18 +12,20 @@ import os
 from pathlib import Path
 
 import hydra
-import mlflow
 from omegaconf import DictConfig
 
 # settings registers the project_root resolver the config uses, and names CONFIG_DIR.
 from xray_ablate import settings
+from xray_ablate.config.load import to_config
+from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import prepare
 from xray_ablate.errors import exit_on_user_error
-from xray_ablate.quality.filter import apply_fences, fence_options
+from xray_ablate.quality.filter import apply_fences
 from xray_ablate.quality.report import write_report
-from xray_ablate.quality.scores import QualitySettings, brisque_scores, scores_key
+from xray_ablate.quality.scores import brisque_scores, scores_key
 from xray_ablate.tracking import schema
-from xray_ablate.tracking.store import code_version, connect
+from xray_ablate.tracking.lifecycle import tracked_run
+from xray_ablate.tracking.store import code_version
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +33,18 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=settings.CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        path = run(cfg)
+        path = run(to_config(cfg))
     print(f"quality report: {path}")
 
 
-def run(cfg: DictConfig) -> Path:
+def run(cfg: Config) -> Path:
     """Score, write the report, log it; returns the path of quality.md."""
     data_cfg = settings.data_config(cfg)  # first: says clearly when dataset.root is not set
-    fences, factor = fence_options(cfg)
+    fences, factor = cfg.brisque_filter.fences, cfg.brisque_filter.iqr_factor
     settings.ensure_synthetic(cfg)
     data = prepare(data_cfg)
-    quality = QualitySettings.from_config(cfg.quality)
-    workers = int(cfg.num_workers) or os.cpu_count() or 1
+    quality = cfg.quality
+    workers = cfg.num_workers or os.cpu_count() or 1
     scores = brisque_scores(data, quality, Path(cfg.paths.cache_dir), workers)
     frame = data.table[["image_id", "cls", "split"]].assign(
         score=scores["score"].to_numpy(), status=scores["status"].to_numpy())
@@ -58,17 +60,14 @@ def run(cfg: DictConfig) -> Path:
     report = write_report(out_dir, frame, header=header,
                           fences=fences, factor=factor, preview=preview)
 
-    experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     tags = {schema.KIND: "quality", schema.FINGERPRINT: data.fingerprint,
             schema.CODE_VERSION: code_version(), schema.SPLIT_HASH: data.manifest_hash}
-    # The context manager ends the run as FAILED if anything below raises.
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"quality-{key[:8]}", tags=tags,
-                          log_system_metrics=False):
-        mlflow.log_params({**quality.analysis(), "dataset_root": str(cfg.dataset.root),
-                           "dataset_mode": cfg.dataset.mode, "scores_key": key,
-                           "fences": fences, "iqr_factor": factor})
-        mlflow.log_metrics({**report.metrics(), **preview.metrics()})
-        mlflow.log_artifacts(str(report.markdown.parent), artifact_path="quality")
+    with tracked_run(cfg.tracking, f"quality-{key[:8]}", tags) as recorder:
+        recorder.params({**quality.analysis(), "dataset_root": str(cfg.dataset.root),
+                         "dataset_mode": cfg.dataset.mode, "scores_key": key,
+                         "fences": fences, "iqr_factor": factor})
+        recorder.metrics({**report.metrics(), **preview.metrics()})
+        recorder.folder(report.markdown.parent, "quality")
     log.info("quality report written to %s", report.markdown)
     return report.markdown
 

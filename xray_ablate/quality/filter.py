@@ -13,15 +13,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
-from xray_ablate.quality.scores import QualitySettings, brisque_scores
+from xray_ablate.quality.scores import brisque_scores
+
+if TYPE_CHECKING:  # the config schema imports FENCES from here
+    from xray_ablate.config.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,8 @@ def iqr_fences(scores, fences: str = "both", factor: float = 1.5) -> tuple[float
 
     ``fences="upper"`` leaves the low side open (-inf): only the worst-quality tail is fenced.
     """
-    _check_fences(fences)
+    if fences not in FENCES:
+        raise ValueError(f"fences must be one of {FENCES}, not {fences!r}")
     values = np.asarray(scores, dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -71,36 +75,20 @@ def beyond(scores, fences: tuple[float, float]) -> np.ndarray:
         return (values < fences[0]) | (values > fences[1])
 
 
-def brisque_filter(data: PreparedData, cfg: DictConfig) -> FilterResult:
-    """Which rows of ``data.table`` a run trains and validates on (cfg: the composed config)."""
-    if not cfg.brisque_filter.enabled:
+def brisque_filter(data: PreparedData, config: Config) -> FilterResult:
+    """Which rows of ``data.table`` a run trains and validates on."""
+    if not config.brisque_filter.enabled:
         rows = len(data.table)
         zeros = {c: 0 for c in CLASSES}
         return FilterResult(keep=np.ones(rows, bool), fences=(-np.inf, np.inf),
                             removed_per_class=zeros, test_outlier=np.zeros(rows, bool),
                             scores=None, unscorable_per_class=dict(zeros))
-    fences, factor = fence_options(cfg)  # checked before scoring, which can take minutes
-    workers = int(cfg.num_workers) or os.cpu_count() or 1
-    scores = brisque_scores(data, QualitySettings.from_config(cfg.quality),
-                            Path(cfg.paths.cache_dir), workers)
-    result = apply_fences(data.table, scores, fences, factor)
+    workers = config.num_workers or os.cpu_count() or 1
+    scores = brisque_scores(data, config.quality, Path(config.paths.cache_dir), workers)
+    result = apply_fences(data.table, scores, config.brisque_filter.fences, config.brisque_filter.iqr_factor)
     log.info("brisque_filter: fences %.2f..%.2f, removed %s, unscorable (kept) %s",
              *result.fences, result.removed_per_class, result.unscorable_per_class)
     return result
-
-
-def _check_fences(fences: str) -> None:
-    if fences not in FENCES:
-        raise UserError(f"brisque_filter.fences must be one of {FENCES}, not {fences!r}")
-
-
-def fence_options(cfg: DictConfig) -> tuple[str, float]:
-    """(fences, iqr_factor) from cfg.brisque_filter, checked."""
-    fences, factor = str(cfg.brisque_filter.fences), float(cfg.brisque_filter.iqr_factor)
-    _check_fences(fences)
-    if not factor > 0:
-        raise UserError(f"brisque_filter.iqr_factor must be positive, not {factor}")
-    return fences, factor
 
 
 def apply_fences(table: pd.DataFrame, scores: pd.DataFrame, fences: str,

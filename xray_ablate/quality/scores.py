@@ -18,16 +18,18 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import piq
 import torch
-from omegaconf import DictConfig
 from PIL import Image
+
+if TYPE_CHECKING:  # the config schema imports this module's registries
+    from xray_ablate.config.schema import QualityConfig
 from tqdm import tqdm
 
 from xray_ablate.data.atomic import write_text_atomic
@@ -47,27 +49,7 @@ _POOL_MIN_IMAGES = 128
 _GPU_CHUNK = 1024
 
 
-@dataclass(frozen=True)
-class QualitySettings:
-    analysis_size: int = 512  # longer side in px after resizing (see conf/quality/default.yaml)
-    kernel_size: int = 7
-    kernel_sigma: float = 7 / 6
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 32
-
-    @classmethod
-    def from_config(cls, quality: DictConfig) -> QualitySettings:
-        return cls(analysis_size=int(quality.analysis_size), kernel_size=int(quality.kernel_size),
-                   kernel_sigma=float(quality.kernel_sigma), device=str(quality.device),
-                   batch_size=int(quality.batch_size))
-
-    def analysis(self) -> dict:
-        """The settings a score depends on (device and batching do not change it)."""
-        return {"analysis_size": self.analysis_size, "kernel_size": self.kernel_size,
-                "kernel_sigma": self.kernel_sigma}
-
-
-def scores_key(fingerprint: str, settings: QualitySettings) -> str:
+def scores_key(fingerprint: str, settings: QualityConfig) -> str:
     payload = {"fingerprint": fingerprint, "analysis": settings.analysis(), "v": SCORES_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -76,7 +58,7 @@ def scores_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "brisque" / f"{key}.csv"
 
 
-def brisque_scores(data: PreparedData, settings: QualitySettings, cache_dir: Path,
+def brisque_scores(data: PreparedData, settings: QualityConfig, cache_dir: Path,
                    workers: int) -> pd.DataFrame:
     """image_id, score, status for every row of ``data.table``, in its order."""
     key = scores_key(data.fingerprint, settings)
@@ -101,7 +83,7 @@ def _load(path: Path) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype=float if c == "score" else str) for c in COLUMNS})
 
 
-def score_files(paths: list[str | Path], settings: QualitySettings, workers: int) -> pd.DataFrame:
+def score_files(paths: list[str | Path], settings: QualityConfig, workers: int) -> pd.DataFrame:
     """score and status of each image file, in order (no cache)."""
     require_weights()
     device = resolve_device(settings.device)
@@ -159,7 +141,7 @@ def load_analysis_image(path: Path, size: int) -> np.ndarray:
     return image
 
 
-def _score_job(job: tuple[str, QualitySettings]) -> tuple[float, str]:
+def _score_job(job: tuple[str, QualityConfig]) -> tuple[float, str]:
     path, settings = job
     image = _load_or_reason(path, settings.analysis_size)
     if isinstance(image, str):
@@ -174,7 +156,7 @@ def _load_or_reason(path: str, size: int) -> np.ndarray | str:
         return f"unreadable: {err}"
 
 
-def score_images(images: list[np.ndarray], settings: QualitySettings,
+def score_images(images: list[np.ndarray], settings: QualityConfig,
                  device: torch.device) -> list[tuple[float, str]]:
     """(score, status) of images that all have one shape, scored as one batch.
 
@@ -195,7 +177,7 @@ def score_images(images: list[np.ndarray], settings: QualitySettings,
             for v in values.double().cpu().tolist()]
 
 
-def _score_on_device(paths: list, settings: QualitySettings, device: torch.device, workers: int,
+def _score_on_device(paths: list, settings: QualityConfig, device: torch.device, workers: int,
                      desc: str) -> list[tuple[float, str]]:
     """Decode with threads (Pillow releases the GIL), score equal shapes in batches on ``device``."""
     results: list[tuple[float, str]] = [(math.nan, "")] * len(paths)

@@ -1,4 +1,4 @@
-"""One job of a run or sweep: threads, resume, one MLflow run, one outcome file."""
+"""One job of a run or sweep: threads, resume, one tracked MLflow run, one outcome file."""
 
 from __future__ import annotations
 
@@ -10,19 +10,28 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from xray_ablate import settings
+from xray_ablate.audit import audit_split
+from xray_ablate.config.factors import run_name
+from xray_ablate.config.load import to_config
+from xray_ablate.config.schema import Config
+from xray_ablate.data.metadata import require_attributes
+from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.errors import UserError
+from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, SKIPPED, Outcome
-from xray_ablate.sweep.resume import finished_run, process_tags
+from xray_ablate.sweep.resume import finished_run, mark_member, process_tags
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
-from xray_ablate.tracking.run import mlflow_run, run_tags
-from xray_ablate.tracking.store import connect
+from xray_ablate.tracking.lifecycle import tracked_run
+from xray_ablate.tracking.recorder import Recorder
+from xray_ablate.tracking.results import record_result
+from xray_ablate.tracking.run_info import record_config, run_tags
 from xray_ablate.train.device import select_device
-from xray_ablate.train.optim import check_names
-from xray_ablate.train.run import load_data, train_run
+from xray_ablate.train.fit import RunResult, fit
+from xray_ablate.train.inputs import prepare_inputs
 
 log = logging.getLogger("xray_ablate")
 
@@ -31,28 +40,31 @@ def run_job(cfg: DictConfig) -> float | None:
     """Train one configuration. In a sweep, failures are recorded and the sweep goes on."""
     hydra_cfg = HydraConfig.get()
     sweep = SweepInfo.current() if hydra_cfg.mode == RunMode.MULTIRUN else None
-    _set_threads(cfg, hydra_cfg)
-    # hydra.job.num exists in sweeps only.
-    outcome = Outcome(job=int(hydra_cfg.job.num) if sweep else 0,
+    outcome = Outcome(job=int(hydra_cfg.job.num) if sweep else 0,  # hydra.job.num exists in sweeps only
                       overrides=list(hydra_cfg.overrides.task), status=FAILED)
     try:
-        check_names(cfg.trainer)  # before any data work or MLflow run
-        data = load_data(cfg)
-        device_type = select_device(cfg.device).type
-        tags = {**run_tags(cfg, device_type), **process_tags()}
+        config = to_config(cfg)
+        _set_threads(config, hydra_cfg)
+        data = load_data(config)
+        device = select_device(config.device)
+        tags = {**run_tags(config, device.type), **process_tags()}
         if sweep is not None:
             tags.update({schema.SWEEP_ID: sweep.sweep_id, schema.SWEEP_MEMBER.format(sweep.sweep_id): "1"})
-            if cfg.resume and (existing := _finished(cfg, data, tags[schema.CONFIG_KEY])):
-                MlflowClient().set_tag(existing, schema.SWEEP_MEMBER.format(sweep.sweep_id), "1")
+            if config.resume and (existing := finished_run(config.tracking, tags[schema.CONFIG_KEY], config.seed,
+                                                           data.fingerprint, data.manifest_hash)):
+                mark_member(config.tracking, existing, sweep.sweep_id)
                 log.info("skipped: already finished as run %s", existing)
                 outcome.status, outcome.run_id = SKIPPED, existing
                 return None
-        with mlflow_run(cfg, tags, parent_run_id=sweep.parent_run_id if sweep else None) as run:
-            outcome.run_id = run.info.run_id
-            results = train_run(cfg, data)
-        outcome.status, outcome.train_seconds = FINISHED, results["train_seconds"]
-        log.info("test accuracy %.4f, macro F1 %.4f", results["test_accuracy"], results["test_macro_f1"])
-        return results["test_accuracy"]
+        with tracked_run(config.tracking, config.tracking.run_name or run_name(config), tags,
+                         parent_run_id=sweep.parent_run_id if sweep else None,
+                         system_metrics=config.tracking.system_metrics) as recorder:
+            outcome.run_id = recorder.run_id
+            result = train_and_record(config, data, device, recorder)
+        outcome.status, outcome.train_seconds = FINISHED, result.metrics["train_seconds"]
+        log.info("test accuracy %.4f, macro F1 %.4f", result.metrics["test_accuracy"],
+                 result.metrics["test_macro_f1"])
+        return result.metrics["test_accuracy"]
     except Exception as err:
         if sweep is None:
             if isinstance(err, UserError):
@@ -67,15 +79,58 @@ def run_job(cfg: DictConfig) -> float | None:
             outcome.write(Path(sweep.outcome_dir))
 
 
-def _finished(cfg: DictConfig, data, key: str) -> str | None:
-    experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
-    return finished_run(MlflowClient(), experiment_id, key, int(cfg.seed), data.fingerprint,
-                        data.manifest_hash)
+def load_data(config: Config) -> PreparedData:
+    data_cfg = settings.data_config(config)  # first: a missing dataset.root is a clear error
+    settings.ensure_synthetic(config)
+    return prepare(data_cfg)
 
 
-def _set_threads(cfg: DictConfig, hydra_cfg) -> None:
-    """cfg.threads, else split the cores between a parallel launcher's jobs."""
-    threads = cfg.threads
+def train_and_record(config: Config, data: PreparedData, device: torch.device, recorder: Recorder) -> RunResult:
+    """The run: its data and inputs, fit(), the evaluations on the best state, all recorded."""
+    require_attributes(config.eval.subgroups, data.metadata)  # before minutes of training
+    record_config(recorder, config)
+    # Images without a patient id count as their own patient: a leakage risk worth seeing.
+    recorder.metrics({"data_patient_fallbacks": data.patient_fallbacks, "data_excluded": len(data.excluded)})
+    recorder.tags({schema.FINGERPRINT: data.fingerprint, schema.SPLIT_HASH: data.manifest_hash})
+    recorder.file(data.manifest_path, "split")
+    recorder.table(data.excluded, "data/excluded.csv")
+    inputs = prepare_inputs(config, data)
+    recorder.params(inputs.params)
+    recorder.metrics(inputs.metrics)
+    result = fit(config, data, inputs, device, on_epoch=lambda row: recorder.metrics(
+        {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]))
+    evaluate_subgroups(config, data, inputs.test, result)
+    record_result(recorder, result, config.tracking.log_checkpoint)
+    if config.audit.enabled:
+        audit = audit_split(result.model, data, inputs.test, result.predictions.filter(like="prob_").to_numpy(),
+                            config.audit)
+        if audit is not None:
+            recorder.metrics(audit.metrics)
+            recorder.table(audit.per_image, "audit/audit.csv")
+            recorder.figure(audit.montage, "audit/montage.png")
+    return result
+
+
+def evaluate_subgroups(config: Config, data: PreparedData, test_rows, result: RunResult) -> None:
+    """Attributes beside each prediction, and test accuracy per level of each eval.subgroups attribute."""
+    if data.attributes:
+        attributes = data.table.iloc[test_rows][["image_id", *data.attributes]].reset_index(drop=True)
+        result.predictions = result.predictions.merge(attributes, on="image_id", how="left", validate="1:1")
+    probs = result.predictions.filter(like="prob_").to_numpy()
+    for attribute in config.eval.subgroups:
+        scores = subgroup_scores(result.predictions["label"].to_numpy(), probs,
+                                 result.predictions[attribute].to_numpy())
+        for score in scores:
+            name = f"subgroup_{attribute}_{score.level}"
+            result.metrics.update({f"{name}_accuracy": score.accuracy.rate, f"{name}_n": score.accuracy.n})
+        gap = accuracy_gap(scores)
+        if gap is not None:
+            result.metrics[f"subgroup_{attribute}_gap"] = gap
+
+
+def _set_threads(config: Config, hydra_cfg) -> None:
+    """config.threads, else split the cores between a parallel launcher's jobs."""
+    threads = config.threads
     if threads is None:
         n_jobs = hydra_cfg.launcher.get("n_jobs") if hydra_cfg.mode == RunMode.MULTIRUN else None
         if n_jobs:

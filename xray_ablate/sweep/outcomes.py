@@ -8,7 +8,7 @@ from pathlib import Path
 
 from xray_ablate.data.atomic import write_text_atomic
 
-FINISHED, SKIPPED, FAILED = "finished", "skipped", "failed"
+FINISHED, SKIPPED, FAILED, NOT_STARTED = "finished", "skipped", "failed", "not_started"
 
 
 @dataclass
@@ -28,14 +28,20 @@ def read_outcomes(folder: Path) -> list[Outcome]:
     return [Outcome(**json.loads(p.read_text())) for p in sorted(Path(folder).glob("*.json"))]
 
 
-def summarize(planned: list[list[str]], outcomes: list[Outcome]) -> tuple[dict[str, int], list[str]]:
-    """Counts per status and one line per job that failed or left no outcome."""
-    by_job = {o.job: o for o in outcomes}
-    counts = {FINISHED: 0, SKIPPED: 0, FAILED: 0}
+def summarize(planned: list[list[str]], outcomes: list[Outcome],
+              interrupted: bool = False) -> tuple[dict[str, int], list[str]]:
+    """Counts per status and one line per job that failed or left no outcome. Jobs are matched by
+    their overrides, so the count holds whatever order a launcher ran them in. After Ctrl-C, a
+    job without an outcome never started; otherwise its process died."""
+    by_job = {tuple(sorted(o.overrides)): o for o in outcomes}
+    counts = {FINISHED: 0, SKIPPED: 0, FAILED: 0, NOT_STARTED: 0}
     problems = []
-    for job, overrides in enumerate(planned):
-        outcome = by_job.get(job)
+    for overrides in planned:
+        outcome = by_job.get(tuple(sorted(overrides)))
         if outcome is None:
+            if interrupted:
+                counts[NOT_STARTED] += 1
+                continue
             counts[FAILED] += 1
             problems.append(f"  {' '.join(overrides)}: no outcome (the job process died or never ran)")
             continue

@@ -9,6 +9,8 @@ import socket
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.tracking import schema
+from xray_ablate.tracking.lifecycle import ERROR_TAG
+from xray_ablate.tracking.store import connect
 
 log = logging.getLogger(__name__)
 HOST_TAG, PID_TAG = "xray.host", "xray.pid"
@@ -18,14 +20,20 @@ def process_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
-def finished_run(client: MlflowClient, experiment_id: str, config_key: str, seed: int,
-                 fingerprint: str, split_hash: str) -> str | None:
+def finished_run(tracking, config_key: str, seed: int, fingerprint: str, split_hash: str) -> str | None:
     """The id of a FINISHED run of this (config key, seed, dataset fingerprint, split), if any."""
+    experiment_id = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
+    client = MlflowClient(tracking.uri)
     query = (f"tags.`{schema.CONFIG_KEY}` = '{config_key}' and tags.`{schema.SEED}` = '{seed}' "
              f"and tags.`{schema.FINGERPRINT}` = '{fingerprint}' "
              f"and tags.`{schema.SPLIT_HASH}` = '{split_hash}' and attributes.status = 'FINISHED'")
     runs = client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
+
+
+def mark_member(tracking, run_id: str, sweep_id: str) -> None:
+    """Count an earlier run as a member of this sweep (its report then sees it)."""
+    MlflowClient(tracking.uri).set_tag(run_id, schema.SWEEP_MEMBER.format(sweep_id), "1")
 
 
 def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
@@ -37,7 +45,7 @@ def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
             continue  # another machine's run: it may still be alive
         if _alive(int(tags[PID_TAG])):
             continue
-        client.set_tag(run.info.run_id, "xray.error", f"process {tags[PID_TAG]} died while running")
+        client.set_tag(run.info.run_id, ERROR_TAG, f"process {tags[PID_TAG]} died while running")
         client.set_terminated(run.info.run_id, "FAILED")
         dead.append(run.info.run_id)
     if dead:

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from xray_ablate.data.labels import CLASSES
 
-# Ablation factors: tag name -> config key whose value is the factor level.
-FACTORS: dict[str, str] = {
-    "dataset": "dataset.mode",
-    "class_weights": "class_weights.name",
-    "normalization": "normalization.name",
-    "augmentation": "augmentation.name",
-    "brisque_filter": "brisque_filter.name",
-    "backbone": "backbone.label",
-}
-FACTOR_TAG = "factor.{}"  # e.g. factor.dataset = masked
+FACTOR_TAG = "factor.{}"  # e.g. factor.dataset = masked; the factors: xray_ablate.config.factors
 
 KIND = "xray.kind"  # train | sweep | report | quality
 SEED = "xray.seed"

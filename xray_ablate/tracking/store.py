@@ -10,6 +10,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 import xray_ablate
+from xray_ablate.errors import UserError
 
 
 def connect(uri: str, experiment: str, artifact_root: str | Path) -> str:
@@ -45,3 +46,18 @@ def code_version() -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return f"xray-ablate {getattr(xray_ablate, '__version__', 'unknown')}"
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """A tracking server that does not answer is a one-line UserError now, not minutes of retries
+    and tracebacks later. File and SQLite stores need no check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except OSError as err:
+        raise UserError(f"tracking.uri={uri} does not answer ({getattr(err, 'reason', err)}): start it "
+                        "(make server) or point tracking.uri at a running MLflow server") from None

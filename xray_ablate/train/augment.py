@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentOptions:
-    rotation_turns: float = 0.1  # Keras RandomRotation(0.1): up to +-0.1 of a full turn
-    zoom: float = 0.1  # Keras RandomZoom(0.1): scale in [0.9, 1.1]
-    translate: float = 0.1  # Keras RandomTranslation(0.1, 0.1): up to +-10 % of the side
-    fill: float = 0.0  # value of pixels that come from outside the image
+if TYPE_CHECKING:  # the config schema imports this module's registries
+    from xray_ablate.config.schema import AugmentationConfig
 
 
-def random_affine(x: torch.Tensor, opts: AugmentOptions, generator: torch.Generator) -> torch.Tensor:
+def random_affine(x: torch.Tensor, opts: AugmentationConfig, generator: torch.Generator) -> torch.Tensor:
     """Rotate, zoom and shift each image of a (B, C, H, W) float batch by its own random amount.
 
     The random amounts come from ``generator`` on the CPU (a few numbers per image), so a seed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from xray_ablate.train.augment import AugmentOptions, random_affine
+from xray_ablate.train.augment import random_affine
 from xray_ablate.train.device import autocast
+from xray_ablate.train.sampling import epoch_rows
+
+if TYPE_CHECKING:  # the config schema imports this module's registries
+    from xray_ablate.config.schema import AugmentationConfig, ClassBalanceConfig
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,13 +47,16 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def train_one_epoch(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data: Batches,
     batch_size: int, device: torch.device, generator: torch.Generator,  # a CPU generator
-    augment: AugmentOptions | None, amp: bool, desc: str = "train",
+    augment: AugmentationConfig | None, amp: bool, desc: str = "train",
+    balance: ClassBalanceConfig | None = None,
 ) -> tuple[float, float]:
+    """One epoch over the rows ``balance`` draws (all rows, shuffled, when None or natural)."""
     model.train()
-    order = torch.randperm(len(data), generator=generator).to(data.images.device)
+    order = (torch.randperm(len(data), generator=generator) if balance is None
+             else epoch_rows(data.labels.cpu(), balance, generator)).to(data.images.device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    steps = range(0, len(data), batch_size)
+    steps = range(0, len(order), batch_size)
     for start in tqdm(steps, desc=desc, leave=False, unit="batch", disable=None):
         idx = order[start:start + batch_size]
         x = to_input(data.images[idx], device)
@@ -63,10 +71,10 @@ def train_one_epoch(
         optimizer.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
-    mean_loss = loss_sum.item() / len(data)
+    mean_loss = loss_sum.item() / len(order)
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(f"training loss is {mean_loss}: lower trainer.lr or check the data")
-    return mean_loss, correct.item() / len(data)
+    return mean_loss, correct.item() / len(order)
 
 
 @torch.no_grad()

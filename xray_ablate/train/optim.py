@@ -1,4 +1,5 @@
-"""The optimizer and learning-rate schedule of a run, chosen by name from small registries."""
+"""The optimizer and learning-rate schedule of a run, chosen by name from small registries
+(the config schema checks the names)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-
-from xray_ablate.errors import UserError
 
 # name -> builder(parameters, trainer settings). Adam is the study's.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -24,19 +23,7 @@ SCHEDULES: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler | None]]
 }
 
 
-def check_names(trainer) -> None:
-    """A UserError naming the key when the optimizer or schedule is not one we know."""
-    if trainer.optimizer not in OPTIMIZERS:
-        raise UserError(f"trainer.optimizer={trainer.optimizer} is not known; choose one of {', '.join(OPTIMIZERS)}")
-    if trainer.lr_schedule not in SCHEDULES:
-        raise UserError(f"trainer.lr_schedule={trainer.lr_schedule} is not known; "
-                        f"choose one of {', '.join(SCHEDULES)}")
-    if trainer.nesterov and (trainer.optimizer != "sgd" or trainer.momentum <= 0):
-        raise UserError("trainer.nesterov=true needs trainer.optimizer=sgd and trainer.momentum > 0")
-
-
 def build_optimizer(model: nn.Module, trainer) -> torch.optim.Optimizer:
-    check_names(trainer)
     trainable: Iterable[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
     return OPTIMIZERS[trainer.optimizer](trainable, trainer)
 

@@ -15,32 +15,18 @@ Absent classes stay absent. Orthogonal to class weights, which change the loss, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from xray_ablate.errors import UserError
+if TYPE_CHECKING:  # the config schema imports this module's registries
+    from xray_ablate.config.schema import ClassBalanceConfig
 
 POLICIES = ("natural", "undersample", "oversample", "cap")
 
 
-@dataclass(frozen=True)
-class ClassBalance:
-    """The class_balance config group."""
-
-    name: str = "natural"
-    max_per_class: int | None = None  # cap only
-
-    def __post_init__(self):
-        if self.name not in POLICIES:
-            raise UserError(f"class_balance.name must be one of {', '.join(POLICIES)}, not {self.name!r}")
-        if self.name == "cap" and (self.max_per_class is None or self.max_per_class < 1):
-            raise UserError(f"class_balance.max_per_class must be a positive integer for cap, "
-                            f"not {self.max_per_class}")
-
-
-def epoch_counts(class_sizes: np.ndarray, balance: ClassBalance) -> np.ndarray:
+def epoch_counts(class_sizes: np.ndarray, balance: ClassBalanceConfig) -> np.ndarray:
     """Rows of each class one epoch visits, given the rows each class has (0 stays 0)."""
     sizes = np.asarray(class_sizes, dtype=np.int64)
     present = sizes > 0
@@ -55,7 +41,7 @@ def epoch_counts(class_sizes: np.ndarray, balance: ClassBalance) -> np.ndarray:
     return np.where(present, target, 0)
 
 
-def epoch_rows(labels: torch.Tensor | np.ndarray, balance: ClassBalance,
+def epoch_rows(labels: torch.Tensor | np.ndarray, balance: ClassBalanceConfig,
                generator: torch.Generator) -> torch.Tensor:
     """Row positions (int64, CPU) of one training epoch in visiting order.
 

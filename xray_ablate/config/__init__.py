@@ -1,0 +1,1 @@
+"""Typed configuration: the schema every composed config is checked against, and the factor table."""

@@ -1,0 +1,95 @@
+"""Compose, type and validate configs; plan a sweep's jobs, all before any job starts.
+
+Only Hydra's public API: ``compose`` and the override parser. The sweep expansion is the basic
+sweeper's rule: sweeper params from the config first, then the command line, a later value of a
+key replacing an earlier one, and the cartesian product of the values in that order (so job
+numbers match the ones Hydra gives).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from xray_ablate.config.schema import Config
+from xray_ablate.errors import UserError
+from xray_ablate.settings import CONFIG_DIR
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The typed config of a composed one (its ``hydra`` node, if any, left out)."""
+    node = cfg.copy()
+    with open_dict(node):
+        node.pop("hydra", None)
+    try:
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as err:
+        raise UserError(one_line(err)) from None
+
+
+NOISE = ("object_type=", "reference_type=", "Set the environment", "To append")  # hints, not the problem
+
+
+def one_line(err: BaseException) -> str:
+    """Hydra and OmegaConf errors span lines (key, types, hints); keep what names the problem."""
+    causes = [err, *([err.__cause__] if err.__cause__ else [])]
+    lines = [ln.strip() for e in causes for ln in str(e).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(NOISE)]
+    key = next((ln.removeprefix("full_key:").strip() for ln in keep if ln.startswith("full_key:")), None)
+    text = "; ".join(dict.fromkeys(ln for ln in keep if not ln.startswith("full_key:")))
+    return f"{key}: {text}" if key and key not in text else text
+
+
+@dataclass
+class Plan:
+    multirun: bool
+    jobs: list[list[str]]  # each job's task overrides, as Hydra gives them (hydra.* ones apart)
+    configs: list[Config]  # each job's typed, validated config
+    primary: DictConfig  # the primary config with its hydra node (launcher, sweeper, sweep dir)
+
+
+def plan(overrides: list[str], multirun: bool, config_name: str = "config") -> Plan:
+    """Every job of a run or sweep, composed and validated: a UserError names the first bad key."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            primary = compose(config_name, overrides=fixed, return_hydra_config=True)
+            jobs = [list(overrides)]
+            if multirun:
+                params = OmegaConf.to_container(primary.hydra.sweeper.params or {}, resolve=True)
+                jobs = expand_sweep([f"{k}={v}" for k, v in params.items()] + list(overrides))
+            configs = [_job_config(config_name, job, multirun) for job in jobs]
+            jobs = [[o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))] for job in jobs]
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(one_line(err)) from None
+    return Plan(multirun, jobs, configs, primary)
+
+
+def _job_config(config_name: str, job: list[str], multirun: bool) -> Config:
+    try:
+        return to_config(compose(config_name, overrides=job))
+    except (HydraException, OmegaConfBaseException, UserError) as err:
+        where = f" (job: {' '.join(job)})" if multirun else ""
+        message = str(err) if isinstance(err, UserError) else one_line(err)
+        raise UserError(message + where) from None
+
+
+def expand_sweep(arguments: list[str]) -> list[list[str]]:
+    """The jobs of a basic sweep over ``arguments`` (``key=a,b``, ``key=range(3)``, ``key=v``)."""
+    values: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise UserError(f"{override.input_line}: only discrete sweeps (a,b / range / choice) can run")
+            values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*values.values())]

@@ -1,0 +1,326 @@
+"""One dataclass per config group: the schema Hydra composes against, and what the code receives.
+
+Registered in Hydra's ConfigStore as ``config_schema`` (the first default of conf/config.yaml), so
+composition rejects an unknown key or a value of the wrong type. ``OmegaConf.to_object`` builds
+these objects, and each ``__post_init__`` checks ranges, so a bad value is a ``UserError`` naming
+its key before any job starts. Optional[...] rather than ``X | None``: OmegaConf 2.3 reads only
+typing.Optional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from xray_ablate.errors import UserError
+from xray_ablate.models import BACKBONES, FREEZE_MODES, MIN_IMAGE_SIZE, SCRATCH_MODELS
+from xray_ablate.quality.filter import FENCES
+from xray_ablate.train.optim import OPTIMIZERS, SCHEDULES
+from xray_ablate.train.sampling import POLICIES
+
+
+def _check(ok: bool, key: str, rule: str, value) -> None:
+    if not ok:
+        raise UserError(f"{key} must be {rule}, not {value!r}")
+
+
+def _one_of(value, choices, key: str) -> None:
+    _check(value in choices, key, f"one of {', '.join(map(str, choices))}", value)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    cache_dir: str = MISSING
+    mlruns_dir: str = MISSING
+    reports_dir: str = MISSING
+    data_root: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
+class SyntheticConfig:
+    n: int = 300
+    seed: int = 0
+    size: int = 256
+
+
+@dataclass
+class DatasetConfig:
+    mode: str = "masked"
+    root: Optional[str] = None  # noqa: UP045
+    layout: str = "auto"
+    annotations_dir: str = "annotations"
+    images_dir: str = "images"
+    patient_pattern: Optional[str] = None  # noqa: UP045
+    bounds_tolerance: float = 2.0
+    resize: str = "stretch"
+    crop_to_lungs: bool = False
+    metadata: Optional[str] = None  # noqa: UP045
+    metadata_key: Optional[str] = None  # noqa: UP045
+    train_fraction: float = 1.0
+    synthetic: Optional[SyntheticConfig] = None  # noqa: UP045
+
+    def __post_init__(self):
+        _one_of(self.mode, ("masked", "raw"), "dataset.mode")
+        _one_of(self.layout, ("auto", "darwin", "imagefolder"), "dataset.layout")
+        _one_of(self.resize, ("stretch", "pad"), "dataset.resize")
+        _check(self.bounds_tolerance >= 0, "dataset.bounds_tolerance", ">= 0", self.bounds_tolerance)
+        _check(0 < self.train_fraction <= 1, "dataset.train_fraction", "in (0, 1]", self.train_fraction)
+
+
+@dataclass
+class SplitConfig:
+    seed: int = 0
+    test_fraction: float = 0.30
+    val_fraction: float = 0.25
+    vary_with_seed: bool = False
+
+    def __post_init__(self):
+        for key in ("test_fraction", "val_fraction"):
+            value = getattr(self, key)
+            _check(0 < value < 1, f"split.{key}", "in (0, 1)", value)
+
+
+@dataclass
+class ClassWeightsConfig:
+    name: str = "off"
+    weights: Any = None  # null | inverse_frequency | one non-negative number per class
+
+    def __post_init__(self):
+        if self.weights is None or self.weights == "inverse_frequency":
+            return
+        from xray_ablate.data.labels import CLASSES
+
+        values = list(self.weights) if isinstance(self.weights, list | tuple) else None
+        ok = values is not None and len(values) == len(CLASSES) and all(
+            isinstance(v, int | float) and v >= 0 for v in values)
+        _check(ok, "class_weights.weights", f"null, inverse_frequency or {len(CLASSES)} non-negative numbers "
+               f"in the order {', '.join(CLASSES)}", self.weights)
+
+
+@dataclass
+class ClassBalanceConfig:
+    name: str = "natural"
+    max_per_class: Optional[int] = None  # noqa: UP045  (cap only)
+
+    def __post_init__(self):
+        _one_of(self.name, POLICIES, "class_balance.name")
+        if self.name == "cap":
+            _check(self.max_per_class is not None and self.max_per_class >= 1, "class_balance.max_per_class",
+                   "a positive integer for cap", self.max_per_class)
+
+
+@dataclass
+class NormalizationConfig:
+    name: str = "on"
+    enabled: bool = True
+
+
+@dataclass
+class AugmentationConfig:
+    """The study's Keras augmentation: RandomRotation(0.1), RandomZoom(0.1), RandomTranslation(0.1)."""
+
+    name: str = "on"
+    enabled: bool = True
+    rotation_turns: float = 0.1  # up to +-0.1 of a full turn
+    zoom: float = 0.1  # scale in [1 - zoom, 1 + zoom]
+    translate: float = 0.1  # up to +-10 % of the side
+    fill: float = 0.0  # value of pixels that come from outside the image
+
+    def __post_init__(self):
+        for key in ("rotation_turns", "zoom", "translate"):
+            value = getattr(self, key)
+            _check(0 <= value < 1, f"augmentation.{key}", "in [0, 1)", value)
+
+
+@dataclass
+class BrisqueFilterConfig:
+    name: str = "off"
+    enabled: bool = False
+    fences: str = "both"
+    iqr_factor: float = 1.5
+
+    def __post_init__(self):
+        _one_of(self.fences, FENCES, "brisque_filter.fences")
+        _check(self.iqr_factor > 0, "brisque_filter.iqr_factor", "> 0", self.iqr_factor)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "cnn16"
+    pretrained: bool = False
+    freeze: str = "none"  # none | all | last_n (train only the last `unfreeze_last` blocks)
+    unfreeze_last: int = 0
+    download: bool = False  # fetch a missing pretrained checkpoint (hash-verified) before building
+    label: str = ""  # the factor level in reports; empty = name
+
+    def __post_init__(self):
+        _one_of(self.name, BACKBONES, "backbone.name")
+        _one_of(self.freeze, FREEZE_MODES, "backbone.freeze")
+        if self.name in SCRATCH_MODELS:
+            _check(not self.pretrained and self.freeze == "none", "backbone.pretrained/freeze",
+                   f"false/none for {self.name} (it has no pretrained weights)", (self.pretrained, self.freeze))
+        _check(self.unfreeze_last >= 0, "backbone.unfreeze_last", ">= 0", self.unfreeze_last)
+        self.label = self.label or self.name
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 15
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    lr_schedule: str = "none"
+    lr_step_epochs: int = 5
+    lr_gamma: float = 0.1
+    early_stopping_patience: Optional[int] = None  # noqa: UP045
+    amp: bool = True
+    deterministic: bool = False
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "trainer.epochs", "at least 1", self.epochs)
+        _check(self.batch_size >= 1, "trainer.batch_size", "at least 1", self.batch_size)
+        _check(self.lr > 0, "trainer.lr", "> 0", self.lr)
+        _check(self.weight_decay >= 0, "trainer.weight_decay", ">= 0", self.weight_decay)
+        _check(0 <= self.momentum < 1, "trainer.momentum", "in [0, 1)", self.momentum)
+        _one_of(self.optimizer, tuple(OPTIMIZERS), "trainer.optimizer")
+        _one_of(self.lr_schedule, tuple(SCHEDULES), "trainer.lr_schedule")
+        _check(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "trainer.nesterov",
+               "false unless trainer.optimizer=sgd and trainer.momentum > 0", self.nesterov)
+        _check(self.lr_step_epochs >= 1, "trainer.lr_step_epochs", "at least 1", self.lr_step_epochs)
+        _check(0 < self.lr_gamma <= 1, "trainer.lr_gamma", "in (0, 1]", self.lr_gamma)
+        _check(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+               "trainer.early_stopping_patience", "null or at least 1", self.early_stopping_patience)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = MISSING
+    artifact_root: str = MISSING
+    experiment: str = "xray-ablate"
+    run_name: Optional[str] = None  # noqa: UP045  (null = built from the factors and the seed)
+    system_metrics: bool = True
+    log_checkpoint: bool = True
+
+
+@dataclass
+class QualityConfig:
+    """BRISQUE scoring (see conf/quality/default.yaml for why these values)."""
+
+    analysis_size: int = 512  # longer side in px after resizing
+    kernel_size: int = 7
+    kernel_sigma: float = 7 / 6
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 32
+    report_dir: str = "reports/quality"
+
+    def __post_init__(self):
+        _check(self.analysis_size >= 32, "quality.analysis_size", "at least 32", self.analysis_size)
+        _check(self.kernel_size >= 3 and self.kernel_size % 2 == 1, "quality.kernel_size", "odd and >= 3",
+               self.kernel_size)
+        _check(self.batch_size >= 1, "quality.batch_size", "at least 1", self.batch_size)
+
+    def analysis(self) -> dict:
+        """The settings a score depends on (device and batching do not change it)."""
+        return {"analysis_size": self.analysis_size, "kernel_size": self.kernel_size,
+                "kernel_sigma": self.kernel_sigma}
+
+
+@dataclass
+class BootstrapConfig:
+    n_resamples: int = 9999
+    seed: int = 0
+
+
+@dataclass
+class ReportConfig:
+    sweep_id: Optional[str] = None  # noqa: UP045
+    experiment_name: Optional[str] = None  # noqa: UP045
+    name: Optional[str] = None  # noqa: UP045
+    baseline: dict[str, Optional[str]] = field(default_factory=dict)  # noqa: UP045  factor -> level
+    metric: str = "test_accuracy"
+    alpha: float = 0.05
+    power: float = 0.8
+    detect: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    max_curves: int = 8
+    log_to_mlflow: bool = True
+
+    def __post_init__(self):
+        _check(0 < self.alpha < 1, "report.alpha", "in (0, 1)", self.alpha)
+        _check(0 < self.power < 1, "report.power", "in (0, 1)", self.power)
+        _check(self.bootstrap.n_resamples >= 100, "report.bootstrap.n_resamples", "at least 100",
+               self.bootstrap.n_resamples)
+
+
+@dataclass
+class AuditConfig:
+    enabled: bool = True  # audit when the dataset has Lung polygons
+    images: int = 200  # test images audited (all when fewer)
+    seed: int = 0  # which images: the same for every configuration and run seed
+    border: float = 0.08  # width of the border band, as a share of the image side
+    batch_size: int = 32
+
+    def __post_init__(self):
+        _check(self.images >= 1, "audit.images", "at least 1", self.images)
+        _check(0 < self.border < 0.5, "audit.border", "in (0, 0.5)", self.border)
+        _check(self.batch_size >= 1, "audit.batch_size", "at least 1", self.batch_size)
+
+
+@dataclass
+class EvalConfig:
+    subgroups: list[str] = field(default_factory=list)  # attribute names: test metrics per level
+
+
+@dataclass
+class SweepConfig:
+    report: bool = False  # build the report when the sweep ends
+    design: Any = None  # experiments: named sweeper params (see experiments/study_phase2.yaml)
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    class_weights: ClassWeightsConfig = field(default_factory=ClassWeightsConfig)
+    class_balance: ClassBalanceConfig = field(default_factory=ClassBalanceConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    brisque_filter: BrisqueFilterConfig = field(default_factory=BrisqueFilterConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    seed: int = 0
+    image_size: int = 200
+    device: str = "auto"  # auto = cuda > mps > cpu; or cuda, cuda:1, mps, cpu
+    num_workers: int = 0  # processes for preprocessing and scoring; 0 = all cores
+    experiment_name: str = "none"  # set by experiment= configs; tags every run
+    threads: Optional[int] = None  # noqa: UP045  torch threads per job; null = default or cores / n_jobs
+    repeats: int = 3  # seeds per configuration in a sweep, unless seed= is swept
+    resume: bool = True  # skip a job whose (config, seed, dataset, split) already finished
+    full_factorial: bool = False  # experiments with a one-at-a-time design: run the 2^k design instead
+
+    def __post_init__(self):
+        minimum = MIN_IMAGE_SIZE[self.backbone.name]
+        _check(self.image_size >= minimum, "image_size", f">= {minimum} for backbone {self.backbone.name}",
+               self.image_size)
+        _check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        _check(self.repeats >= 1, "repeats", "at least 1", self.repeats)
+        _check(self.threads is None or self.threads >= 1, "threads", "null or at least 1", self.threads)
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+               "auto, cpu, cuda, cuda:N or mps", self.device)
+
+
+ConfigStore.instance().store(name="config_schema", node=Config)

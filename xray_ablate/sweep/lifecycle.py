@@ -1,0 +1,126 @@
+"""A sweep from start to finish, around Hydra's launcher.
+
+Start (before any job): the plan is already composed and checked; create the MLflow experiment,
+mark runs of dead processes FAILED, build every preprocessing cache and BRISQUE table the jobs
+need, and open the sweep's parent run. A failure here stops the sweep before any job starts.
+Jobs (any launcher, this process or others) find the sweep through environment variables.
+Finish: the summary from the jobs' outcome files, the parent run's counts, and the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from xray_ablate.config.load import Plan
+from xray_ablate.config.schema import Config
+from xray_ablate.data.prepare import prepare
+from xray_ablate.errors import UserError
+from xray_ablate.settings import data_config, ensure_synthetic
+from xray_ablate.sweep.outcomes import FAILED, FINISHED, NOT_STARTED, SKIPPED, read_outcomes, summarize
+from xray_ablate.sweep.resume import fail_dead_runs, process_tags
+from xray_ablate.sweep.state import SweepInfo
+from xray_ablate.tracking import schema
+from xray_ablate.tracking.lifecycle import tracked_run
+from xray_ablate.tracking.store import code_version, connect
+
+log = logging.getLogger(__name__)
+
+
+class JobsFailed(Exception):
+    """Some jobs of the sweep failed (the others finished; the summary lists them)."""
+
+
+@contextmanager
+def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
+    """The sweep around ``with``: start before, finish after (also on Ctrl-C); raises JobsFailed
+    after the summary when any job failed."""
+    first = plan.configs[0]
+    tracking = first.tracking
+    experiment_id = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
+    launcher = plan.primary.hydra.launcher
+    if tracking.uri.startswith("sqlite") and launcher.get("n_jobs") not in (None, 1):
+        log.warning("parallel jobs writing to %s directly: start `make server` and pass "
+                    "tracking.uri=http://127.0.0.1:5000 instead", tracking.uri)
+    client = MlflowClient(tracking.uri)
+    fail_dead_runs(client, experiment_id)
+    prepare_shared_work(plan.configs)
+    sid = sweep_id(first.experiment_name, plan.jobs)
+    query = f"tags.`{schema.KIND}` = 'sweep' and tags.`{schema.SWEEP_ID}` = '{sid}'"
+    earlier = client.search_runs([experiment_id], query, max_results=1)
+    tags = {schema.KIND: "sweep", schema.SWEEP_ID: sid, schema.EXPERIMENT: first.experiment_name,
+            schema.CODE_VERSION: code_version(), **process_tags()}
+    outcome_dir = Path(plan.primary.hydra.sweep.dir) / "outcomes" / f"{os.getpid()}-{time.time_ns()}"
+    started, interrupted = time.perf_counter(), False
+    with tracked_run(tracking, f"sweep-{first.experiment_name}-{sid}", tags,
+                     reopen=earlier[0].info.run_id if earlier else None) as recorder:
+        if not earlier:
+            recorder.params({"planned_jobs": len(plan.jobs),
+                             # the baseline this sweep was designed around, for a later `make report`
+                             **{f"report.baseline.{k}": v for k, v in first.report.baseline.items()}})
+            recorder.text("\n".join(" ".join(j) for j in plan.jobs) + "\n", "sweep/jobs.txt")
+            recorder.text(OmegaConf.to_yaml(plan.primary, resolve=False), "sweep/multirun.yaml")
+        info = SweepInfo(sid, recorder.run_id, str(outcome_dir))
+        info.export()
+        log.info("sweep %s: %d jobs, parent run %s", sid, len(plan.jobs), recorder.run_id)
+        try:
+            yield info
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            SweepInfo.clear()
+            counts, problems = summarize(plan.jobs, read_outcomes(outcome_dir), interrupted)
+            wall = time.perf_counter() - started
+            not_started = f", {counts[NOT_STARTED]} not started" if interrupted else ""
+            print(f"\nsweep {sid} (parent run {recorder.run_id}): {len(plan.jobs)} jobs: "
+                  f"{counts[FINISHED]} finished, {counts[SKIPPED]} skipped (already finished), "
+                  f"{counts[FAILED]} failed{not_started}, {wall:.1f} s")
+            if problems:
+                print("failed jobs:\n" + "\n".join(problems))
+            recorder.metrics({**{f"jobs_{status}": n for status, n in counts.items()}, "sweep_seconds": wall})
+        if first.sweep.report and counts[FINISHED] + counts[SKIPPED]:
+            _report(first, sid)
+        if counts[FAILED]:
+            raise JobsFailed(f"{counts[FAILED]} of {len(plan.jobs)} jobs failed")
+
+
+def prepare_shared_work(configs: list[Config]) -> None:
+    """Build each distinct preprocessing cache and BRISQUE table once, before jobs fan out."""
+    from xray_ablate.quality.filter import brisque_filter
+
+    prepared = {}
+    for config in configs:
+        key = data_config(config)
+        ensure_synthetic(config)
+        if key not in prepared:
+            prepared[key] = prepare(key)
+        if config.brisque_filter.enabled:
+            brisque_filter(prepared[key], config)
+
+
+def sweep_id(experiment_name: str, jobs: list[list[str]]) -> str:
+    """Stable across reruns of the same command, so a resumed sweep keeps its parent run."""
+    text = json.dumps([experiment_name, sorted(sorted(j) for j in jobs)])
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _report(config: Config, sid: str) -> None:
+    from xray_ablate.report import build_report
+
+    try:
+        folder = build_report(OmegaConf.structured(config), sweep_id=sid)
+    except Exception as err:  # the runs are safe in MLflow; `make report` can retry
+        log.error("report not built", exc_info=not isinstance(err, UserError))
+        print(f"report not built: {err}")
+    else:
+        print("\n" + (folder / "report.md").read_text() + f"\nreport and plots: {folder}")

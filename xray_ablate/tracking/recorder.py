@@ -1,0 +1,67 @@
+"""Writes to one MLflow run: params, tags, metrics, texts, figures, files, and a whole RunResult."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from xray_ablate.tracking.names import safe_name, safe_params, safe_tags
+
+
+@dataclass
+class Recorder:
+    client: MlflowClient
+    run_id: str
+
+    def params(self, params: dict) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in safe_params(params).items()])
+
+    def tags(self, tags: dict) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in safe_tags(tags).items()])
+
+    def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = _now_ms()
+        batch = [Metric(safe_name(k), float(v), now, step) for k, v in metrics.items() if v is not None]
+        for start in range(0, len(batch), 1000):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, metrics=batch[start:start + 1000])
+
+    def text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def json(self, obj, artifact_file: str) -> None:
+        self.text(json.dumps(obj, indent=2, default=str), artifact_file)
+
+    def table(self, frame: pd.DataFrame, artifact_file: str) -> None:
+        self.text(frame.to_csv(index=False, float_format="%.6g"), artifact_file)
+
+    def figure(self, fig, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self.run_id, fig, artifact_file)
+        plt.close(fig)
+
+    def file(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def folder(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), folder)
+
+    def torch_state(self, state: dict, artifact_file: str) -> None:
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="xray-ablate-") as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            torch.save(state, path)
+            self.file(path, str(Path(artifact_file).parent))
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

@@ -1,0 +1,26 @@
+"""Record a training run's RunResult: the artifacts every run has, under fixed names."""
+
+from __future__ import annotations
+
+from xray_ablate.tracking.recorder import Recorder
+from xray_ablate.train import figures, metrics
+from xray_ablate.train.fit import RunResult
+
+
+def record_result(recorder: Recorder, result: RunResult, log_checkpoint: bool) -> None:
+    """Params and final metrics, per-image predictions (for McNemar and image-level intervals),
+    the classification report, confusion matrix, learning curve and history, and optionally the
+    best checkpoint. Per-epoch metrics are logged live by fit()'s on_epoch."""
+    recorder.params(result.params)
+    recorder.metrics(result.metrics)
+    recorder.table(result.predictions, "predictions.csv")
+    y_test = result.predictions["label"].to_numpy()
+    probs = result.predictions.filter(like="prob_").to_numpy()
+    text, as_dict = metrics.report(y_test, probs)
+    recorder.text(text, "classification_report.txt")
+    recorder.json(as_dict, "classification_report.json")
+    recorder.figure(figures.confusion_figure(metrics.confusion(y_test, probs), "test"), "confusion_matrix.png")
+    recorder.figure(figures.learning_curve_figure(result.history, result.best_epoch), "learning_curve.png")
+    recorder.table(result.history, "history.csv")
+    if log_checkpoint:
+        recorder.torch_state(result.model.state_dict(), "checkpoint/best_model.pt")

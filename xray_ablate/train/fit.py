@@ -1,0 +1,131 @@
+"""fit(): train one configuration with one seed and test its best checkpoint. No MLflow here.
+
+Reads like torchvision's references/classification/train.py: data to the device, model,
+criterion, optimizer and schedule, then epochs of train + validate, keeping the state with the
+lowest validation loss, which is the one tested.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from xray_ablate.config.schema import Config
+from xray_ablate.data.labels import CLASSES
+from xray_ablate.data.prepare import PreparedData
+from xray_ablate.errors import UserError
+from xray_ablate.models import build_model
+from xray_ablate.train import metrics
+from xray_ablate.train.device import seed_everything
+from xray_ablate.train.inputs import FitInputs
+from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
+from xray_ablate.train.optim import build_optimizer, build_schedule
+
+log = logging.getLogger(__name__)
+# Keep the images on the GPU when they take less than this share of its free memory.
+DEVICE_MEMORY_SHARE = 0.3
+
+
+@dataclass
+class RunResult:
+    params: dict  # what the run chose from the data: class weights, optimizer class, counts...
+    history: pd.DataFrame  # one row per epoch: train/val loss and accuracy, learning rate
+    best_epoch: int
+    metrics: dict[str, float]  # final val_* and test_* metrics of the best state, timings
+    predictions: pd.DataFrame  # per test image: image_id, label, prob_<class>
+    model: nn.Module  # with the best state loaded, in eval mode
+
+
+def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.device,
+        on_epoch: Callable[[dict], None] | None = None) -> RunResult:
+    """``on_epoch`` receives each epoch's history row as soon as it exists (live curves)."""
+    seed_everything(config.seed, deterministic=config.trainer.deterministic)
+    labels = data.table["label"].to_numpy()
+    batches = {name: to_batches(data, getattr(inputs, name), device) for name in ("train", "val", "test")}
+
+    model = build_model(config.backbone, len(CLASSES), config.image_size, config.normalization.enabled,
+                        inputs.norm_stats).to(device)
+    weights = class_weights(config.class_weights.weights, labels[inputs.train])
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(
+        weights, dtype=torch.float32, device=device))
+    trainer = config.trainer
+    optimizer = build_optimizer(model, trainer)
+    schedule = build_schedule(optimizer, trainer)
+    augment = config.augmentation if config.augmentation.enabled else None
+    generator = torch.Generator().manual_seed(config.seed)  # data order and augmentation, on every device
+    params = {"optimizer_class": type(optimizer).__name__,
+              "lr_schedule_class": type(schedule).__name__ if schedule else "constant"}
+    if weights is not None:
+        params.update({f"class_weight_{c}": round(float(w), 4) for c, w in zip(CLASSES, weights, strict=True)})
+
+    history, best_state, best_loss, best_epoch = [], None, float("inf"), 0
+    started = time.perf_counter()
+    for epoch in range(1, trainer.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(
+            model, criterion, optimizer, batches["train"], trainer.batch_size, device, generator, augment,
+            trainer.amp, desc=f"epoch {epoch}/{trainer.epochs}", balance=config.class_balance)
+        val_loss, val_probs = evaluate(model, batches["val"], trainer.batch_size, device, trainer.amp)
+        if schedule is not None:
+            schedule.step()
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": float((val_probs.argmax(1) == labels[inputs.val]).mean()), "lr": lr}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", epoch, trainer.epochs,
+                 train_loss, train_acc, val_loss, row["val_acc"])
+        if val_loss < best_loss:
+            best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
+        elif trainer.early_stopping_patience is not None and epoch - best_epoch >= trainer.early_stopping_patience:
+            log.info("early stop: no better validation loss for %d epochs", trainer.early_stopping_patience)
+            break
+    train_seconds = time.perf_counter() - started
+
+    model.load_state_dict(best_state)
+    model.eval()
+    results = {"best_epoch": float(best_epoch), "epochs_run": float(len(history)), "train_seconds": train_seconds,
+               "train_images_per_second": len(inputs.train) * len(history) / train_seconds}
+    probs = {}
+    for name in ("val", "test"):
+        loss, probs[name] = evaluate(model, batches[name], trainer.batch_size, device, trainer.amp)
+        results.update(metrics.classification_metrics(labels[getattr(inputs, name)], probs[name], name))
+        results["test_loss" if name == "test" else "best_val_loss"] = loss
+    if inputs.test_outlier is not None and (~inputs.test_outlier).any():
+        keep = ~inputs.test_outlier
+        sub = metrics.classification_metrics(labels[inputs.test][keep], probs["test"][keep], "test_filtered")
+        results["test_filtered_accuracy"] = sub["test_filtered_accuracy"]
+    predictions = pd.DataFrame({"image_id": data.table["image_id"].to_numpy()[inputs.test],
+                                "label": labels[inputs.test]})
+    for i, cls in enumerate(CLASSES):
+        predictions[f"prob_{cls}"] = probs["test"][:, i]
+    return RunResult(params, pd.DataFrame(history), best_epoch, results, predictions, model)
+
+
+def class_weights(setting, train_labels: np.ndarray) -> np.ndarray | None:
+    """None (off), inverse frequency scaled so the largest class has weight 1, or a list."""
+    if setting is None:
+        return None
+    if setting == "inverse_frequency":
+        counts = np.bincount(train_labels, minlength=len(CLASSES)).astype(float)
+        if (counts == 0).any():
+            missing = [c for c, n in zip(CLASSES, counts, strict=True) if n == 0]
+            raise UserError(f"class weights: no training image of {', '.join(missing)}")
+        return counts.max() / counts
+    return np.asarray(list(setting), dtype=float)  # checked by the config schema
+
+
+def to_batches(data: PreparedData, rows: np.ndarray, device: torch.device) -> Batches:
+    images = torch.from_numpy(np.asarray(data.images[rows])).unsqueeze(1)
+    labels = torch.from_numpy(data.table["label"].to_numpy()[rows].astype(np.int64))
+    if device.type != "cuda" or images.numel() < DEVICE_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return Batches(images.to(device), labels.to(device))
+    return Batches(images.pin_memory(), labels)
