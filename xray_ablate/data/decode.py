@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-# X-rays from the V7 export reach 5600x4700; Pillow's bomb guard would refuse some of them.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# The pixel limit (README "Bad input"): a larger image is excluded as image_too_large before
+# it is decoded. X-rays from the V7 export reach 5600x4700 (26 M pixels), more than Pillow's
+# default limit; a 69-byte PNG can claim 30000x30000 (900 MB decoded), a decompression bomb.
+MAX_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own guard stays on behind open_image's check
+# open_image refuses these images itself; Pillow's warning about them would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageTooLarge(ValueError):
+    """The image header claims more than MAX_PIXELS pixels."""
+
+
+def open_image(path: Path) -> Image.Image:
+    """Image.open (header only), refusing images above the pixel limit with ImageTooLarge."""
+    limit = f"more than the limit of {MAX_PIXELS:,} pixels"
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError:  # above twice Pillow's limit: refused while opening
+        raise ImageTooLarge(f"{Path(path).name}: {limit}") from None
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        im.close()
+        raise ImageTooLarge(f"{Path(path).name}: {width}x{height} is {limit}")
+    return im
 
 
 def decode_grayscale(path: Path, min_size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
@@ -19,7 +43,7 @@ def decode_grayscale(path: Path, min_size: tuple[int, int] | None = None) -> tup
     per pixel are scaled linearly from their own min..max to 0..255 (never clipped).
     RGB, RGBA, palette and CMYK images go through Pillow's luma conversion.
     """
-    with Image.open(path) as im:
+    with open_image(path) as im:
         stored_width = im.size[0]
         scale = None
         if min_size is not None and im.format == "JPEG":
