@@ -22,7 +22,7 @@ def _files(root) -> dict[str, bytes]:
 def test_same_seed_same_bytes(tmp_path, fmt):
     a = _files(generate(tmp_path / "a", n=5, seed=3, size=48, fmt=fmt))
     b = _files(generate(tmp_path / "b", n=5, seed=3, size=48, fmt=fmt))
-    assert len(a) == 11 and a == b  # 5 images, 5 JSONs, the stamp
+    assert len(a) == 12 and a == b  # 5 images, 5 JSONs, the stamp, the generated-by marker
     c = _files(generate(tmp_path / "c", n=5, seed=4, size=48, fmt=fmt))
     assert set(c) == set(a)
     assert all(c[name] != a[name] for name in a if name.startswith("images/"))

@@ -12,7 +12,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-import piq
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -64,7 +63,7 @@ def synthetic(synthetic_root, cache_dir):
 
 
 def _no_piq(*args, **kwargs):
-    raise AssertionError("piq.brisque was called")
+    raise AssertionError("BRISQUE was computed")
 
 
 def _planted_scores(data) -> pd.DataFrame:
@@ -92,7 +91,7 @@ def test_scores_are_cached_and_reused(synthetic, cache_dir, brisque_weights, mon
     path = cache_dir / "brisque" / f"{scores_key(data.fingerprint, settings)}.csv"
     assert path == scores_path(cache_dir, scores_key(data.fingerprint, settings)) and path.is_file()
 
-    monkeypatch.setattr(piq, "brisque", _no_piq)
+    monkeypatch.setattr(scores_module, "brisque", _no_piq)
     second = brisque_scores(data, settings, cache_dir, workers=1)
     pd.testing.assert_frame_equal(first, second)
     # Device and batching never change a score; the analysis settings do.
@@ -108,8 +107,8 @@ def test_cache_scores_only_missing_images(synthetic, cache_dir, brisque_weights,
     path = scores_path(cache_dir, scores_key(data.fingerprint, settings))
     pd.read_csv(path).iloc[3:].to_csv(path, index=False)  # forget three images
     calls = []
-    real = piq.brisque
-    monkeypatch.setattr(piq, "brisque", lambda x, **kw: calls.append(len(x)) or real(x, **kw))
+    real = scores_module.brisque
+    monkeypatch.setattr(scores_module, "brisque", lambda x, **kw: calls.append(len(x)) or real(x, **kw))
     again = brisque_scores(data, settings, cache_dir, workers=1)
     assert sum(calls) == 3
     np.testing.assert_allclose(again["score"], first["score"])
@@ -265,7 +264,7 @@ def test_test_split_is_identical_with_the_filter_on_and_off(synthetic_root, cach
     off_data, on_data = prepare(data_config(off_cfg)), prepare(data_config(on_cfg))
     assert off_data.manifest_hash == on_data.manifest_hash
 
-    monkeypatch.setattr(piq, "brisque", _no_piq)  # off scores nothing
+    monkeypatch.setattr(scores_module, "brisque", _no_piq)  # off scores nothing
     off = brisque_filter(off_data, off_cfg)
     assert off.keep.all() and off.scores is None and not off.test_outlier.any()
     assert sum(off.removed_per_class.values()) == 0
@@ -350,7 +349,7 @@ def test_quality_report_files_mlflow_and_statistics(tmp_path, cache_dir, brisque
                                      "outliers.png", "scores.csv")} <= logged
 
     # An exception inside the run ends it as FAILED (scores come from the cache now).
-    monkeypatch.setattr(piq, "brisque", _no_piq)
+    monkeypatch.setattr(scores_module, "brisque", _no_piq)
     monkeypatch.setattr(Recorder, "folder", _no_piq)
     with pytest.raises(AssertionError):
         run_report(cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from filelock import FileLock
@@ -13,6 +12,7 @@ from omegaconf import OmegaConf
 from xray_ablate.data import synthetic
 from xray_ablate.data.ingest import IngestOptions
 from xray_ablate.data.masks import PreprocessOptions
+from xray_ablate.data.owned import check_replaceable
 from xray_ablate.data.prepare import DataConfig
 from xray_ablate.data.splits import SplitOptions
 from xray_ablate.errors import UserError
@@ -61,12 +61,14 @@ def data_config(cfg) -> DataConfig:
                            val_fraction=float(cfg.split.val_fraction)),
         workers=int(cfg.num_workers),
         metadata=Path(ds.metadata) if ds.metadata else None, metadata_key=ds.metadata_key,
+        cache_verify=cfg.cache_verify,
     )
 
 
 def ensure_synthetic(cfg) -> None:
     """Generate the synthetic dataset into dataset.root if the config asks for one and the
-    folder does not hold exactly that (same arguments, same generator version)."""
+    folder does not hold exactly that (same arguments, same generator version). A folder this
+    project did not generate is never replaced (UserError naming it)."""
     spec = cfg.dataset.synthetic
     if not spec:
         return
@@ -74,14 +76,11 @@ def ensure_synthetic(cfg) -> None:
     wanted = synthetic.stamp(int(spec.n), int(spec.seed), int(spec.size))
     if _read_stamp(root) == wanted:
         return
+    check_replaceable(root, "the synthetic dataset (dataset.root)")
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
         if _read_stamp(root) != wanted:
-            tmp = root.with_name(root.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            synthetic.generate(tmp, n=wanted["n"], seed=wanted["seed"], size=wanted["size"])
-            shutil.rmtree(root, ignore_errors=True)
-            tmp.rename(root)
+            synthetic.generate(root, n=wanted["n"], seed=wanted["seed"], size=wanted["size"])
 
 
 def _read_stamp(root: Path) -> dict | None:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from xray_ablate.data.integrity import VERIFY_MODES
 from xray_ablate.errors import UserError
 from xray_ablate.models import BACKBONES, FREEZE_MODES, MIN_IMAGE_SIZE, SCRATCH_MODELS
 from xray_ablate.quality.filter import FENCES
@@ -306,6 +307,7 @@ class Config:
     image_size: int = 200
     device: str = "auto"  # auto = cuda > mps > cpu; or cuda, cuda:1, mps, cpu
     num_workers: int = 0  # processes for preprocessing and scoring; 0 = all cores
+    cache_verify: str = "auto"  # how much of a cached array to hash on load: auto | full | sample
     experiment_name: str = "none"  # set by experiment= configs; tags every run
     threads: Optional[int] = None  # noqa: UP045  torch threads per job; null = default or cores / n_jobs
     repeats: int = 3  # seeds per configuration in a sweep, unless seed= is swept
@@ -317,6 +319,7 @@ class Config:
         _check(self.image_size >= minimum, "image_size", f">= {minimum} for backbone {self.backbone.name}",
                self.image_size)
         _check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        _one_of(self.cache_verify, VERIFY_MODES, "cache_verify")
         _check(self.repeats >= 1, "repeats", "at least 1", self.repeats)
         _check(self.threads is None or self.threads >= 1, "threads", "null or at least 1", self.threads)
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",

@@ -6,10 +6,16 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp creates files 0600; a cache shared by a group needs the mode the umask gives.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def temp_path_beside(path: Path) -> Path:
+    """An empty file ``.<name>.<random>.tmp`` next to ``path``, with the umask's usual mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(name)
 

@@ -6,19 +6,22 @@ Layout under ``cache_dir``:
                                index says which rows decoded and why the others did not
   lungs/<key>.npy              their lung masks at the same placement (masked and raw alike),
                                bit-packed along rows; only when the dataset has Lung polygons
-Both are written to a temporary file and renamed, and built under a file lock, so parallel
-jobs of a sweep never see a partial cache and never build the same one twice.
+  images/<key>.json            size and checksums of the CSV and of each .npy
+Every file is written to a temporary file and renamed, and built under a file lock, so parallel
+jobs of a sweep never see a partial cache and never build the same one twice. Each entry's JSON
+is written last and records the checksums of its other files: a damaged or incomplete entry is
+rebuilt with a one-line warning (integrity.py), and temporary files a killed build left behind
+are removed when the key's lock is next taken.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +29,20 @@ import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
+from xray_ablate.data import integrity
 from xray_ablate.data.atomic import temp_path_beside, write_text_atomic
-from xray_ablate.data.ingest import ImageRecord, IngestOptions, Inventory
+from xray_ablate.data.ingest import ImageRecord, IngestOptions, Inventory, one_line
 from xray_ablate.data.masks import PreprocessOptions, lung_region, preprocess
+from xray_ablate.data.pool import spawn_pool
+from xray_ablate.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Bump when ingest or preprocess() would give different output for the same input.
-INGEST_VERSION = 3
-PREPROCESS_VERSION = 3  # 3: lung masks cached beside the images
+INGEST_VERSION = 4
+# 3: lung masks cached beside the images (#13); exclusion reasons in the index and a checksum
+# JSON per entry (#15). Both changes rebuild every cache, so one bump covers them.
+PREPROCESS_VERSION = 3
 # Below this many images a process pool costs more than it saves.
 _POOL_MIN_IMAGES = 64
 
@@ -88,24 +96,40 @@ def inventory_table(inv: Inventory, root: Path) -> pd.DataFrame:
 def save_inventory(cache_dir: Path, key: str, inv: Inventory, root: Path) -> pd.DataFrame:
     table = inventory_table(inv, root)
     base = Path(cache_dir) / "inventory" / key
-    write_text_atomic(base.with_suffix(".json"), json.dumps({
+    csv = table.to_csv(index=False)
+    write_text_atomic(base.with_suffix(".csv"), csv)
+    write_text_atomic(base.with_suffix(".json"), json.dumps({  # last: commits the entry
         "layout": inv.layout, "maskable": inv.maskable, "unknown_tags": inv.unknown_tags,
-        "patient_fallbacks": inv.patient_fallbacks,
+        "patient_fallbacks": inv.patient_fallbacks, "csv": integrity.bytes_checksums(csv.encode()),
     }))
-    write_text_atomic(base.with_suffix(".csv"), table.to_csv(index=False))
     return _absolute_paths(table, root)
 
 
 def load_inventory(cache_dir: Path, key: str, root: Path) -> tuple[pd.DataFrame, dict] | None:
     """The cached table, its paths under ``root``: a copy of the data at another place has
-    the same fingerprint and shares the cache, and must still get its own paths."""
+    the same fingerprint and shares the cache, and must still get its own paths. None when
+    the entry is missing or damaged (then with a warning)."""
     base = Path(cache_dir) / "inventory" / key
+    integrity.remove_stale_temps(base.parent, key)
     try:
         meta = json.loads(base.with_suffix(".json").read_text())
-        table = pd.read_csv(base.with_suffix(".csv"), dtype=str, keep_default_na=False)
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        return _damaged("inventory", base.with_suffix(".json"), err)
+    try:
+        data = integrity.verify_bytes(base.with_suffix(".csv").read_bytes(), base.name + ".csv", meta["csv"])
+        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        missing = set(INVENTORY_COLUMNS) - set(table.columns)
+        if missing or {"layout", "maskable", "unknown_tags", "patient_fallbacks"} - set(meta):
+            raise integrity.CacheDamaged(f"columns or fields missing: {sorted(missing)}")
+    except (integrity.CacheDamaged, OSError, ValueError, KeyError, TypeError) as err:
+        return _damaged("inventory", base.with_suffix(".csv"), err)
     return _absolute_paths(table, root), meta
+
+
+def _damaged(what: str, path: Path, err: Exception) -> None:
+    log.warning("%s cache %s is damaged (%s): rebuilding it", what, path, one_line(err))
 
 
 def _absolute_paths(table: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -123,19 +147,42 @@ def _absolute_paths(table: pd.DataFrame, root: Path) -> pd.DataFrame:
 class CachedImages:
     images: np.ndarray  # (N, size, size) uint8, memmap
     lungs: np.ndarray | None  # (N, size, ceil(size / 8)) uint8, bit-packed lung masks, memmap
-    index: pd.DataFrame  # image_id, decoded, error
+    index: pd.DataFrame  # image_id, reason, error
 
 
-def load_images(cache_dir: Path, key: str) -> CachedImages | None:
+def load_images(cache_dir: Path, key: str, verify: str = "auto") -> CachedImages | None:
+    """The cached arrays (memmap) and their index; None when missing or damaged (then with a
+    warning). ``verify``: how much of each array to hash (integrity.VERIFY_MODES)."""
+    if verify not in integrity.VERIFY_MODES:
+        raise UserError(f"cache_verify must be one of {integrity.VERIFY_MODES}, not {verify!r}")
     base = Path(cache_dir) / "images" / key
-    try:
-        index = pd.read_csv(base.with_suffix(".csv"), dtype={"image_id": str, "error": str},
-                            keep_default_na=False)
-        images = np.load(base.with_suffix(".npy"), mmap_mode="r")
-    except (OSError, ValueError):
-        return None
     lungs_path = _lungs_path(base)
-    lungs = np.load(lungs_path, mmap_mode="r") if lungs_path.exists() else None
+    integrity.remove_stale_temps(base.parent, key)
+    integrity.remove_stale_temps(lungs_path.parent, key)
+    try:
+        meta = json.loads(base.with_suffix(".json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return _damaged("image", base.with_suffix(".json"), err)
+    path = base.with_suffix(".npy")
+    try:
+        data = integrity.verify_bytes(base.with_suffix(".csv").read_bytes(), base.name + ".csv", meta["index"])
+        index = pd.read_csv(io.BytesIO(data), dtype={"image_id": str, "reason": str, "error": str},
+                            keep_default_na=False)
+        integrity.verify_file(path, meta["npy"], verify)
+        images = np.load(path, mmap_mode="r")
+        if images.shape[0] != len(index) or list(index.columns) != INDEX_COLUMNS:
+            raise integrity.CacheDamaged(f"{images.shape[0]} images but {len(index)} index rows")
+        lungs = None
+        if meta["lungs"] is not None:
+            path = lungs_path
+            integrity.verify_file(path, meta["lungs"], verify)
+            lungs = np.load(path, mmap_mode="r")
+            if lungs.shape[0] != len(index):
+                raise integrity.CacheDamaged(f"{lungs.shape[0]} lung masks but {len(index)} index rows")
+    except (integrity.CacheDamaged, OSError, ValueError, KeyError, TypeError) as err:
+        return _damaged("image", path, err)
     return CachedImages(images, lungs, index)
 
 
@@ -149,11 +196,14 @@ def _lungs_path(base: Path) -> Path:
     return base.parent.parent / "lungs" / f"{base.name}.npy"
 
 
+INDEX_COLUMNS = ["image_id", "reason", "error"]  # reason "": decoded
+
+
 def build_images(
     cache_dir: Path, key: str, records: list[ImageRecord], prep: PreprocessOptions, workers: int
 ) -> CachedImages:
     """Preprocess every record into one array, and its lung mask into another when the dataset
-    has polygons; an image that fails to decode stays zero."""
+    has polygons; an image that fails to decode stays zero and is excluded with its reason."""
     base = Path(cache_dir) / "images" / key
     size = prep.image_size
     tmp = temp_path_beside(base.with_suffix(".npy"))
@@ -166,31 +216,36 @@ def build_images(
                                               shape=(len(records), size, (size + 7) // 8))
             del lungs
         jobs = [(i, rec) for i, rec in enumerate(records)]
-        paths = (str(tmp), None if tmp_lungs is None else str(tmp_lungs))
+        initargs = (str(tmp), None if tmp_lungs is None else str(tmp_lungs), prep)
         workers = max(1, min(workers, os.cpu_count() or 1))
         desc = f"preprocessing {len(records)} images ({prep.mode}, {size}px)"
         if workers == 1 or len(records) < _POOL_MIN_IMAGES:
-            _init_worker(*paths, prep)
-            errors = [_work(job) for job in tqdm(jobs, desc=desc, leave=False, disable=None)]
+            _init_worker(*initargs)
+            results = [_work(job) for job in tqdm(jobs, desc=desc, leave=False, disable=None)]
             _worker_state.clear()
         else:
             chunk = max(1, len(jobs) // (workers * 8))
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                     initializer=_init_worker, initargs=(*paths, prep)) as pool:
-                errors = list(tqdm(pool.map(_work, jobs, chunksize=chunk), total=len(jobs),
-                                   desc=desc, leave=False, disable=None))
+            with spawn_pool(workers, _init_worker, initargs) as pool:
+                results = list(tqdm(pool.map(_work, jobs, chunksize=chunk), total=len(jobs),
+                                    desc=desc, leave=False, disable=None))
+        reasons, errors = [r for r, _ in results], [e for _, e in results]
         index = pd.DataFrame({
             "image_id": [r.image_id for r in records],
-            "decoded": [e == "" for e in errors],
-            "error": errors,
-        })
-        for rec, err in zip(records, errors, strict=True):
-            if err:
-                log.warning("excluded %s: image_unreadable (%s)", rec.source, err)
-        write_text_atomic(base.with_suffix(".csv"), index.to_csv(index=False))
+            "reason": reasons, "error": errors,
+        }, columns=INDEX_COLUMNS)
+        for rec, reason, err in zip(records, reasons, errors, strict=True):
+            if reason:
+                log.warning("excluded %s: %s (%s)", rec.source, reason, err)
+        csv = index.to_csv(index=False)
+        write_text_atomic(base.with_suffix(".csv"), csv)
+        lung_sums = None
         if tmp_lungs is not None:
+            lung_sums = integrity.file_checksums(tmp_lungs)
             os.replace(tmp_lungs, _lungs_path(base))
-        os.replace(tmp, base.with_suffix(".npy"))  # the .npy appearing commits the cache
+        checksums = integrity.file_checksums(tmp)
+        os.replace(tmp, base.with_suffix(".npy"))
+        write_text_atomic(base.with_suffix(".json"), json.dumps({  # last: commits the entry
+            "npy": checksums, "lungs": lung_sums, "index": integrity.bytes_checksums(csv.encode())}))
     finally:
         tmp.unlink(missing_ok=True)
         if tmp_lungs is not None:
@@ -207,13 +262,17 @@ def _init_worker(path: str, lungs_path: str | None, prep: PreprocessOptions) -> 
     _worker_state["prep"] = prep
 
 
-def _work(job: tuple[int, ImageRecord]) -> str:
+def _work(job: tuple[int, ImageRecord]) -> tuple[str, str]:
+    """(exclusion reason, detail) of one image, ("", "") when it decoded."""
     i, rec = job
-    lungs = _worker_state["lungs"]
-    if lungs is not None and rec.lungs:  # polygons only: no decoding needed
-        lungs[i] = np.packbits(lung_region(rec, _worker_state["prep"]), axis=-1)
+    name = Path(rec.image_path).name
+    lungs, prep = _worker_state["lungs"], _worker_state["prep"]
     try:
-        _worker_state["out"][i] = preprocess(rec, _worker_state["prep"])
+        _worker_state["out"][i] = preprocess(rec, prep)
+        if lungs is not None and rec.lungs:
+            lungs[i] = np.packbits(lung_region(rec, prep), axis=-1)
     except (OSError, ValueError, SyntaxError) as err:  # Pillow raises these for broken files
-        return f"{Path(rec.image_path).name}: {err}"
-    return ""
+        return "image_unreadable", f"{name}: {err}"
+    except Exception as err:  # the per-file boundary: a bug in one image stays in that image
+        return "unexpected_error", f"{name}: {one_line(err)}"
+    return "", ""

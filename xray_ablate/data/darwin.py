@@ -44,11 +44,22 @@ class DarwinImage:
     original_filename: str = ""
 
 
+# One image's annotations are kilobytes (the largest V7 COVID-19 JSON: ~60 KB); a file above
+# this is not an annotation file and is not read into memory.
+MAX_JSON_BYTES = 50 * 2**20
+
+
 def read_darwin(path: Path) -> DarwinImage:
+    size = Path(path).stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise DarwinFormatError("json_too_large", f"{size:,} bytes, more than the limit of "
+                                                  f"{MAX_JSON_BYTES:,} for an annotation file")
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DarwinFormatError("not_json", f"not valid JSON ({err})") from None
+    except RecursionError:
+        raise DarwinFormatError("json_too_deep", "nested deeper than Python's JSON parser allows") from None
     if not isinstance(doc, dict):
         raise DarwinFormatError("not_json", "top level is not a JSON object")
     if str(doc.get("version", "1.0")).startswith("2"):
@@ -112,7 +123,7 @@ def _header_v2(doc: dict) -> DarwinImage:
 def _int(obj: dict, key: str) -> int:
     try:
         return int(obj[key])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         raise DarwinFormatError("missing_fields", f"{key} is not a number: {obj[key]!r}") from None
 
 
@@ -130,9 +141,12 @@ def _rings(ann: dict) -> Shape | None:
     if not isinstance(paths, list) or not paths:
         raise DarwinFormatError("missing_fields", f"'{ann['name']}' polygon has no path")
     try:
-        return [np.array([[float(p["x"]), float(p["y"])] for p in path], dtype=np.float64)
-                .reshape(-1, 2) for path in paths]
+        rings = [np.array([[float(p["x"]), float(p["y"])] for p in path], dtype=np.float64)
+                 .reshape(-1, 2) for path in paths]
     except (TypeError, KeyError, ValueError):
         raise DarwinFormatError(
             "missing_fields", f"'{ann['name']}' polygon has a point without numeric x/y"
         ) from None
+    if not all(np.isfinite(ring).all() for ring in rings):  # Python's JSON reads NaN, Infinity
+        raise DarwinFormatError("polygon_non_finite", f"'{ann['name']}' polygon has a NaN or infinite coordinate")
+    return rings

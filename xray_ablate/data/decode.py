@@ -7,8 +7,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# X-rays from the V7 export reach 5600x4700; Pillow's bomb guard would refuse some of them.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# The pixel limit (README "Bad input"): a larger image is excluded as image_too_large before
+# it is decoded. X-rays from the V7 export reach 5600x4700 (26 M pixels), more than Pillow's
+# default limit; a 69-byte PNG can claim 30000x30000 (900 MB decoded), a decompression bomb.
+MAX_PIXELS = 200_000_000
+# Every image this project reads goes through open_image, which refuses the same images before
+# decoding; Pillow's own guard would only warn between one and two times its limit.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageTooLarge(ValueError):
+    """The image header claims more than MAX_PIXELS pixels."""
+
+
+def open_image(path: Path) -> Image.Image:
+    """Image.open (header only), refusing images above the pixel limit with ImageTooLarge."""
+    im = Image.open(path)
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        im.close()
+        raise ImageTooLarge(f"{Path(path).name}: {width}x{height} is more than the limit of "
+                            f"{MAX_PIXELS:,} pixels")
+    return im
 
 
 def decode_grayscale(path: Path, min_size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
@@ -19,7 +39,7 @@ def decode_grayscale(path: Path, min_size: tuple[int, int] | None = None) -> tup
     per pixel are scaled linearly from their own min..max to 0..255 (never clipped).
     RGB, RGBA, palette and CMYK images go through Pillow's luma conversion.
     """
-    with Image.open(path) as im:
+    with open_image(path) as im:
         stored_width = im.size[0]
         scale = None
         if min_size is not None and im.format == "JPEG":

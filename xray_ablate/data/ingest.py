@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from xray_ablate.data import labels
 from xray_ablate.data.darwin import DarwinFormatError, Shape, read_darwin
+from xray_ablate.data.decode import ImageTooLarge, open_image
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def _ingest_darwin(root: Path, options: IngestOptions) -> Inventory:
         raise FileNotFoundError(f"no Darwin JSON files under {ann_dir}")
     inventory = Inventory("darwin", [])
     for path in files:
-        inventory.records.append(_darwin_record(root, path, options, inventory))
+        inventory.records.append(_per_file(path, _darwin_record, root, path, options, inventory))
+    inventory.records += _unannotated_images(root, options, inventory.records, files)
     return inventory
 
 
@@ -151,21 +153,59 @@ def _darwin_record(root: Path, path: Path, options: IngestOptions, inv: Inventor
 def _ingest_imagefolder(root: Path, options: IngestOptions) -> Inventory:
     inventory = Inventory("imagefolder", [])
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        rel = path.relative_to(root)
-        rec = ImageRecord(image_id=rel.with_suffix("").as_posix(), source=path, image_path=path)
-        folder = rel.parts[0] if len(rel.parts) > 1 else ""
-        rec.cls = labels.FOLDER_ALIASES.get(folder.lower())
-        rec.patient_id = _fallback_patient(rec, path.name, options, inventory)
-        if rec.cls is None:
-            rec.exclude("no_class_tag", f"folder {folder!r} is not one of {sorted(labels.FOLDER_ALIASES)}")
-        elif _check_image_file(rec, None):
-            pass
-        inventory.records.append(rec)
+        inventory.records.append(_per_file(path, _imagefolder_record, root, path, options, inventory))
     if not inventory.records:
         raise FileNotFoundError(
             f"{root} has neither an 'annotations' folder (Darwin) nor class folders with images"
         )
     return inventory
+
+
+def _imagefolder_record(root: Path, path: Path, options: IngestOptions, inv: Inventory) -> ImageRecord:
+    rel = path.relative_to(root)
+    rec = ImageRecord(image_id=rel.with_suffix("").as_posix(), source=path, image_path=path)
+    folder = rel.parts[0] if len(rel.parts) > 1 else ""
+    rec.cls = labels.FOLDER_ALIASES.get(folder.lower())
+    rec.patient_id = _fallback_patient(rec, path.name, options, inv)
+    if rec.cls is None:
+        rec.exclude("no_class_tag", f"folder {folder!r} is not one of {sorted(labels.FOLDER_ALIASES)}")
+    else:
+        _check_image_file(rec, None)
+    return rec
+
+
+def _per_file(source: Path, build, *args) -> ImageRecord:
+    """``build(*args)``, the record of one source file; a failure nobody foresaw excludes that
+    file as unexpected_error (with the exception's one-line message) instead of stopping the
+    whole dataset."""
+    try:
+        return build(*args)
+    except Exception as err:  # the per-file boundary: a bug in one file stays in that file
+        return ImageRecord(image_id=source.stem, source=source).exclude("unexpected_error", one_line(err))
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message``, for exclusion details and warnings."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _unannotated_images(root: Path, options: IngestOptions, records: list[ImageRecord],
+                        annotation_files: list[Path]) -> list[ImageRecord]:
+    """Files in images/ that no JSON points to: excluded as no_annotation, so they are counted.
+    An image named like a JSON that could not be read is already counted with that JSON."""
+    images_root = root / options.images_dir
+    if not images_root.is_dir():
+        return []
+    used = {os.path.abspath(r.image_path) for r in records if r.image_path is not None}
+    stems = {p.stem for p in annotation_files}
+    return [
+        ImageRecord(image_id=path.stem, source=path, image_path=path).exclude(
+            "no_annotation", f"no JSON in {options.annotations_dir}/ refers to {path.name}")
+        for path in sorted(images_root.rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.stem not in stems
+        and os.path.abspath(path) not in used
+    ]
 
 
 def _fallback_patient(rec: ImageRecord, filename: str, options: IngestOptions, inv: Inventory) -> str:
@@ -184,8 +224,11 @@ def _check_image_file(rec: ImageRecord, annotated_size: tuple[int, int] | None) 
         rec.exclude("image_missing", f"image file {rec.image_path} not found")
         return False
     try:
-        with Image.open(rec.image_path) as im:
+        with open_image(rec.image_path) as im:
             size = im.size
+    except ImageTooLarge as err:
+        rec.exclude("image_too_large", str(err))
+        return False
     except (UnidentifiedImageError, OSError) as err:
         rec.exclude("image_unreadable", f"{rec.image_path.name}: {err}")
         return False

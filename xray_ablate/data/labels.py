@@ -22,12 +22,14 @@ FOLDER_ALIASES = {
     "healthy": "healthy", "normal": "healthy", "no_pneumonia": "healthy",
 }
 
-# Exclusion reasons, in the order the summary prints them.
+# Exclusion reasons, in the order the summary prints them. README "Bad input" explains each.
 EXCLUSION_REASONS: tuple[str, ...] = (
-    "not_json", "missing_fields", "path_escapes_root", "image_missing", "image_unreadable",
+    "not_json", "json_too_large", "json_too_deep", "missing_fields", "path_escapes_root",
+    "no_annotation", "image_missing", "image_unreadable", "image_too_large",
     "size_mismatch", "duplicate_id", "duplicate_image", "fungal", "lipoid", "no_class_tag", "conflicting_classes",
-    "ct", "lateral", "non_frontal_view", "polygon_too_few_points", "polygon_out_of_bounds",
-    "polygon_self_intersecting", "no_lung_polygon", "empty_mask",
+    "ct", "lateral", "non_frontal_view", "polygon_non_finite", "polygon_too_few_points",
+    "polygon_out_of_bounds", "polygon_self_intersecting", "no_lung_polygon", "empty_mask",
+    "unexpected_error",
 )
 
 # Tags that carry metadata rather than a diagnosis (V7's COVID-19 export uses all of these).

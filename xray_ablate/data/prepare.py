@@ -33,6 +33,7 @@ class DataConfig:
     workers: int = 0  # 0: all cores
     metadata: Path | None = None  # CSV of attributes per image (dataset.metadata)
     metadata_key: str | None = None  # its column of image file names (dataset.metadata_key)
+    cache_verify: str = "auto"  # how much of a cached array to hash on load: auto | full | sample
 
 
 @dataclass
@@ -98,7 +99,10 @@ def prepare(cfg: DataConfig) -> PreparedData:
     key = cache.cache_key(fingerprint, cfg.ingest, cfg.preprocess)
     decoded_now = 0
     with cache.lock(cfg.cache_dir, key):
-        loaded_images = cache.load_images(cfg.cache_dir, key)
+        loaded_images = cache.load_images(cfg.cache_dir, key, cfg.cache_verify)
+        if loaded_images is not None and list(loaded_images.index["image_id"]) != list(usable["image_id"]):
+            log.warning("image cache %s does not match its inventory: rebuilding it", key)
+            loaded_images = None
         if loaded_images is None:
             if inventory is None:  # polygons are not cached: read them again
                 inventory = _ingest(root, cfg.ingest)
@@ -108,12 +112,10 @@ def prepare(cfg: DataConfig) -> PreparedData:
             loaded_images = cache.build_images(cfg.cache_dir, key, ordered, cfg.preprocess, workers)
             decoded_now = len(ordered)
     images, lungs, index = loaded_images.images, loaded_images.lungs, loaded_images.index
-    if list(index["image_id"]) != list(usable["image_id"]):
-        raise RuntimeError(f"image cache {key} does not match its inventory; delete {cfg.cache_dir}")
 
-    decoded = index["decoded"].astype(str).str.lower().eq("true").to_numpy()
+    decoded = index["reason"].eq("").to_numpy()
     excluded = table[table["reason"] != ""][["source", "image_id", "cls", "reason", "detail"]]
-    unreadable = usable[~decoded].assign(reason="image_unreadable", detail=index["error"][~decoded])
+    unreadable = usable[~decoded].assign(reason=index["reason"][~decoded], detail=index["error"][~decoded])
     excluded = pd.concat([excluded, unreadable[excluded.columns]], ignore_index=True)
     rows = np.flatnonzero(decoded)
     usable = usable.iloc[rows].reset_index(drop=True)

@@ -5,9 +5,9 @@ status is "ok" or why the image could not be scored (score NaN). The table is ex
 call needs images it does not hold yet, written atomically under a file lock, so parallel jobs of
 a sweep never see a partial table and never score an image twice.
 
-Scoring runs piq.brisque in float32 (within ~0.1 of float64, 3x faster) on the raw decoded
-grayscale image resized to the analysis size: in a pool of single-threaded CPU processes, or in
-batches of equal-shaped images on the GPU.
+Scoring runs BRISQUE (piq's, with verified weights: quality/brisque.py) in float32 (within
+~0.1 of float64, 3x faster) on the raw decoded grayscale image resized to the analysis size: in
+a pool of single-threaded CPU processes, or in batches of equal-shaped images on the GPU.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ import hashlib
 import json
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import piq
 import torch
 from PIL import Image
 
@@ -35,8 +33,10 @@ from tqdm import tqdm
 from xray_ablate.data.atomic import write_text_atomic
 from xray_ablate.data.cache import lock
 from xray_ablate.data.decode import decode_grayscale
+from xray_ablate.data.pool import spawn_pool
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
+from xray_ablate.quality.brisque import brisque
 from xray_ablate.quality.weights import require_weights
 
 # Bump when a score for the same image and settings would change.
@@ -94,8 +94,7 @@ def score_files(paths: list[str | Path], settings: QualityConfig, workers: int) 
     elif workers > 1 and len(paths) >= _POOL_MIN_IMAGES:
         chunk = max(1, len(paths) // (workers * 8))
         jobs = [(str(p), settings) for p in paths]
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        with spawn_pool(workers, torch.set_num_threads, (1,)) as pool:
             results = list(tqdm(pool.map(_score_job, jobs, chunksize=chunk), total=len(jobs),
                                 desc=desc, leave=False, disable=None))
     else:
@@ -166,9 +165,8 @@ def score_images(images: list[np.ndarray], settings: QualityConfig,
     batch = torch.from_numpy(np.stack(images)).to(device=device, dtype=torch.float32)
     try:
         with torch.no_grad():
-            values = piq.brisque(batch.unsqueeze(1), kernel_size=settings.kernel_size,
-                                 kernel_sigma=settings.kernel_sigma, data_range=255.0,
-                                 reduction="none")
+            values = brisque(batch.unsqueeze(1), kernel_size=settings.kernel_size,
+                             kernel_sigma=settings.kernel_sigma, data_range=255.0)
     except AssertionError as err:
         if len(images) > 1:
             return [r for image in images for r in score_images([image], settings, device)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -15,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from omegaconf import DictConfig, OmegaConf
 
+from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
 from xray_ablate.report import plots
 from xray_ablate.report import runs as R
@@ -139,7 +139,7 @@ def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{selection.name}.", dir=out_dir.parent))
     try:
         _write(work, content, kept, int(rc.get("max_curves", 8)))
-        _replace_dir(work, out_dir)
+        replace_owned_dir(work, out_dir, "a report")  # never over a folder of the user's
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if rc.get("log_to_mlflow", True):
@@ -220,17 +220,6 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
     if curves is not None:
         c.figures["Learning curves"] = curves.name
     (folder / "report.md").write_text(render(c))
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` in for ``target``, so the folder never holds a mix of two reports."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _log_run(sel: R.Selection, folder: Path, c: Content) -> str:

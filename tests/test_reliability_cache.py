@@ -1,0 +1,215 @@
+"""Issue 15 items 3 and 7 (cache): a damaged cache entry is rebuilt with a one-line warning,
+temporary files of a killed build are removed, pool workers exit with their parent, and cache
+files are as readable as the umask allows."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_data_helpers import config, copy_dataset
+
+from xray_ablate.data import integrity
+from xray_ablate.data.prepare import prepare
+from xray_ablate.errors import UserError
+
+
+@pytest.fixture
+def warm(synthetic_root, tmp_path):
+    """A prepared copy of the 40 phantoms: (config, first result, cache folder)."""
+    cfg = config(copy_dataset(synthetic_root, tmp_path / "data"), tmp_path / "cache", "masked", 32)
+    first = prepare(cfg)
+    first.images = np.array(first.images)  # copies: damaging the cache files must not change them
+    first.lungs = np.array(first.lungs)
+    return cfg, first, tmp_path / "cache"
+
+
+def _one(folder, pattern):
+    found = sorted(folder.glob(pattern))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_truncated_inventory_is_rebuilt_not_trained_on(warm, caplog):
+    cfg, first, cache = warm
+    inventory = _one(cache / "inventory", "*.csv")
+    lines = inventory.read_text().splitlines(keepends=True)
+    inventory.write_text("".join(lines[: len(lines) // 2]))  # the issue's recipe
+    again = prepare(cfg)
+    assert len(again.table) == len(first.table) == 40  # not the 19 rows left in the file
+    assert again.decoded_now == 0  # the rebuilt inventory matches the cached images
+    (message,) = _warnings(caplog)
+    assert message.startswith(f"inventory cache {inventory} is damaged") and "rebuilding" in message
+    assert "\n" not in message
+    caplog.clear()
+    prepare(cfg)
+    assert _warnings(caplog) == []  # repaired for good
+
+
+def test_overwritten_array_of_the_same_size_is_rebuilt(warm, caplog):
+    cfg, first, cache = warm
+    array = _one(cache / "images", "*.npy")
+    size = array.stat().st_size
+    with open(array, "r+b") as fh:  # the issue's recipe: random bytes over part of the array
+        fh.seek(size // 2)
+        fh.write(np.random.default_rng(0).bytes(1000))
+    assert array.stat().st_size == size
+    again = prepare(cfg)
+    assert again.decoded_now == 40
+    np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))
+    (message,) = _warnings(caplog)
+    assert message.startswith(f"image cache {array} is damaged") and "sha256 differs" in message
+
+
+def test_overwritten_lung_masks_of_the_same_size_are_rebuilt(warm, caplog):
+    """The lung-mask array is covered by the entry's checksums like the image array."""
+    cfg, first, cache = warm
+    lungs = _one(cache / "lungs", "*.npy")
+    size = lungs.stat().st_size
+    with open(lungs, "r+b") as fh:
+        fh.seek(size // 2)
+        fh.write(np.random.default_rng(2).bytes(500))
+    assert lungs.stat().st_size == size
+    again = prepare(cfg)
+    assert again.decoded_now == 40
+    rows = np.arange(len(first.table))
+    assert first.lung_masks(rows).any()
+    np.testing.assert_array_equal(again.lung_masks(rows), first.lung_masks(rows))
+    (message,) = _warnings(caplog)
+    assert message.startswith(f"image cache {lungs} is damaged") and "sha256 differs" in message
+    caplog.clear()
+    assert prepare(cfg).decoded_now == 0 and _warnings(caplog) == []  # repaired for good
+
+
+@pytest.mark.parametrize("damage", ["garbage json", "missing npy", "index rows", "short npy", "missing lungs"])
+def test_any_damaged_file_of_an_entry_rebuilds_it(warm, caplog, damage):
+    cfg, first, cache = warm
+    images = cache / "images"
+    if damage == "garbage json":
+        _one(images, "*.json").write_text("{")
+    elif damage == "missing npy":
+        _one(images, "*.npy").unlink()
+    elif damage == "missing lungs":
+        _one(cache / "lungs", "*.npy").unlink()
+    elif damage == "index rows":
+        index = _one(images, "*.csv")
+        index.write_text(index.read_text().replace("synth-00001", "synth-99999"))
+    else:
+        array = _one(images, "*.npy")
+        os.truncate(array, array.stat().st_size - 100)
+    again = prepare(cfg)
+    assert again.decoded_now == 40
+    np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))
+    (message,) = _warnings(caplog)
+    assert message.startswith("image cache") and "rebuilding it" in message
+
+
+def test_sampled_check_reads_blocks_of_a_large_array(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(np.random.default_rng(1).bytes(16 * 2**20))
+    recorded = integrity.file_checksums(path)
+    integrity.verify_file(path, recorded, "sample")
+    with open(path, "r+b") as fh:  # 64 KiB of damage: wider than the 16 KiB between samples
+        fh.seek(5 * 2**20)
+        fh.write(bytes(64 * 1024))
+    with pytest.raises(integrity.CacheDamaged, match="sample_sha256 differs"):
+        integrity.verify_file(path, recorded, "sample")
+    with pytest.raises(integrity.CacheDamaged, match="sha256 differs"):
+        integrity.verify_file(path, recorded, "full")
+
+
+def test_unknown_verify_mode_is_a_user_error(warm):
+    cfg, _, _ = warm
+    with pytest.raises(UserError, match="cache_verify must be one of"):
+        prepare(replace(cfg, cache_verify="sometimes"))
+
+
+def test_temporary_files_of_a_killed_build_are_removed(warm):
+    cfg, first, cache = warm
+    key = first.cache_key
+    stale = cache / "images" / f".{key}.npy.abc123.tmp"
+    stale.write_bytes(b"half an array")
+    other = cache / "images" / ".0123456789abcdef.npy.zz.tmp"  # another key: maybe being written
+    other.write_bytes(b"")
+    stale_lungs = cache / "lungs" / f".{key}.npy.def456.tmp"
+    stale_lungs.write_bytes(b"half the lung masks")
+    prepare(cfg)
+    assert not stale.exists() and not stale_lungs.exists() and other.exists()
+
+
+def test_cache_files_follow_the_umask(warm):
+    _, _, cache = warm
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [*cache.glob("images/*"), *cache.glob("lungs/*"), *cache.glob("inventory/*")]
+    assert any(p.parent.name == "lungs" for p in paths)
+    for path in paths:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_group_shared_umask_gives_group_readable_files(tmp_path):
+    """mkstemp makes 0600 files: a cache shared by a group (umask 002) was unreadable to it."""
+    script = ("import os, sys; os.umask(0o002); from pathlib import Path; "
+              "from xray_ablate.data.atomic import write_text_atomic; "
+              "write_text_atomic(Path(sys.argv[1]), 'x')")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "f.csv")], check=True)
+    assert (tmp_path / "f.csv").stat().st_mode & 0o777 == 0o664
+
+
+_POOL_SCRIPT = """
+import os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from xray_ablate.data.pool import spawn_pool
+
+pool = (spawn_pool(2) if sys.argv[1] == "guarded"
+        else ProcessPoolExecutor(2, mp_context=get_context("spawn")))
+futures = [pool.submit(time.sleep, 0.5) for _ in range(2)]
+[f.result() for f in futures]
+print(" ".join(str(pid) for pid in pool._processes), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # kill -9 during the build
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie is dead, only not yet reaped
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("kind", ["plain", "guarded"])
+def test_pool_workers_exit_when_their_parent_is_killed(kind, tmp_path):
+    repo = str(Path(__file__).resolve().parents[1])
+    out = tmp_path / "out.txt"
+    with open(out, "w") as fh:  # a file, not a pipe: orphans holding a pipe would block run()
+        done = subprocess.run([sys.executable, "-c", _POOL_SCRIPT, kind], stdout=fh, stderr=fh,
+                              timeout=120, env={**os.environ, "PYTHONPATH": repo})
+    pids = [int(p) for p in out.read_text().split()]
+    assert done.returncode == -signal.SIGKILL and len(pids) == 2, out.read_text()
+    try:  # the guard polls every 0.5 s; unguarded workers are given 2 s to show they stay
+        deadline = time.monotonic() + (10 if kind == "guarded" else 2)
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if kind == "guarded":
+            assert not any(_alive(p) for p in pids)
+        else:  # the failure the issue found: orphans that wait for work forever
+            assert all(_alive(p) for p in pids)
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
