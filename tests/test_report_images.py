@@ -82,7 +82,9 @@ def test_learned_flags_count_and_warn_at_the_top(report):
     summary = (folder / "report.md").read_text().split("## Summary\n\n")[1]
     assert summary.startswith("**Warning:** 4 of 9 runs did not learn: ")
     assert "their accuracy measures the class mix, not the configuration" in summary.split("\n")[0]
-    assert "augmentation=off seed 2 (recorded by training)" in summary.split("\n")[0]
+    first = summary.split("\n")[0]
+    assert "augmentation=off seed 2 (recorded by training)" in first
+    assert "class_weights=on seeds 0, 1, 2 (predicts healthy for 100% of test images)" in first
 
 
 def test_total_intervals_equal_the_statistics_on_the_predictions(report):

@@ -93,8 +93,11 @@ def not_learned_warning(runs: pd.DataFrame, labels: dict[str, str]) -> str | Non
     bad = not_learned(runs)
     if bad.empty:
         return None
-    items = "; ".join(f"{labels.get(r.config_key, r.config_key[:8])} seed {int(r.seed)} "
-                      f"({r.learned_reason or 'recorded as not learned'})" for r in bad.itertuples())
+    bad = bad.assign(why=bad["learned_reason"].replace("", "recorded as not learned"))
+    items = "; ".join(
+        f"{labels.get(key, key[:8])} seed{'s' if len(g) > 1 else ''} "
+        f"{', '.join(str(int(v)) for v in sorted(g['seed']))} ({why})"
+        for (key, why), g in bad.groupby(["config_key", "why"], sort=False))
     return (f"{len(bad)} of {len(runs)} runs did not learn: {items}; their accuracy measures the "
             "class mix, not the configuration.")
 

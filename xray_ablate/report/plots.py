@@ -48,7 +48,7 @@ def forest_plot(table: pd.DataFrame, settings: Settings, path: Path,
     class relative to the baseline's mean. Configurations with runs that did not learn are red."""
     rows = table.iloc[1:][::-1]
     unit = settings.unit or "units"
-    fig, ax = plt.subplots(figsize=(7.5, _height(len(rows))))
+    fig, ax = plt.subplots(figsize=(10, _height(len(rows))))
     y = np.arange(len(rows))
     sd = table.iloc[0][f"{settings.metric}_sd"]
     if np.isfinite(sd):
@@ -79,7 +79,7 @@ def forest_plot(table: pd.DataFrame, settings: Settings, path: Path,
         tick.set_color(NOT_LEARNED if flag else "black")
     ax.set_xlabel(f"Δ {metric_title(settings.metric)} vs baseline ({unit})")
     ax.set_title("Difference from the baseline")
-    ax.legend(loc="best", fontsize="x-small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small")
     return _save(fig, path)
 
 
@@ -90,7 +90,7 @@ def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, pat
     at the chance and majority-class levels."""
     m, scale = settings.metric, settings.scale
     rows = table[::-1].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7.5, _height(len(rows))))
+    fig, ax = plt.subplots(figsize=(10, _height(len(rows))))
     rng = np.random.default_rng(0)
     _reference_lines(ax, references, m, scale)
     learned = runs["learned"] if "learned" in runs else pd.Series(np.nan, index=runs.index)
@@ -121,7 +121,7 @@ def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, pat
     suffix = " (%)" if settings.unit else ""
     ax.set_xlabel(metric_title(m) + suffix)
     ax.set_title("Every run, by configuration")
-    ax.legend(loc="best", fontsize="x-small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small")
     return _save(fig, path)
 
 

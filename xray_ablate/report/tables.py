@@ -140,10 +140,11 @@ def _total_columns(runs: pd.DataFrame, key: str, base: pd.DataFrame | None, sett
     for metric in SECONDARY:
         if metric == m:
             continue
-        row[f"{metric}_mean"] = (sub[metric].astype(float).mean() * 100 if metric in sub
-                                 else math.nan)
         other = evidence.scores(runs, key, metric, 100.0) if evidence else None
         ci = stats.total_interval(other, conf) if other is not None else None
+        # From predictions.csv when there (the interval's centre), else the logged metric.
+        row[f"{metric}_mean"] = (ci.estimate if ci else sub[metric].astype(float).mean() * 100
+                                 if metric in sub else math.nan)
         row[f"{metric}_ci_total_low"] = ci.low if ci else math.nan
         row[f"{metric}_ci_total_high"] = ci.high if ci else math.nan
     learned = sub["learned"] if "learned" in sub else pd.Series(dtype=object)
