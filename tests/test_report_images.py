@@ -141,3 +141,18 @@ def test_mcnemar_variance_and_references(report):
     assert refs.loc["reference: majority class (healthy)", "test_accuracy_mean"] == pytest.approx(40.0)
     assert refs.loc["reference: chance (1/4)", "test_accuracy_mean"] == pytest.approx(25.0)
     assert "| reference: majority class (healthy)" in text and "| reference: chance (1/4)" in text
+
+
+def test_report_metric_chooses_the_primary_metric(report, store, tmp_path):
+    folder, _ = report
+    ece = build_report(make_cfg(store, "images", tmp_path, "report.metric=test_ece",
+                                "report.log_to_mlflow=false"))
+    table = pd.read_csv(ece / "run_table.csv").set_index("config_key")
+    runs = pd.read_csv(folder / "runs.csv")
+    base = runs[runs["config_key"] == "base"]["test_ece"] * 100
+    assert table.loc["base", "test_ece_mean"] == pytest.approx(base.mean())
+    assert table.loc["base", "ci_total_low"] < base.mean() < table.loc["base", "ci_total_high"]
+    # Accuracy is now a secondary column with its own interval over seeds + test images.
+    acc = pd.read_csv(folder / "run_table.csv").set_index("config_key")
+    assert table.loc["base", "test_accuracy_ci_total_low"] == pytest.approx(acc.loc["base", "ci_total_low"])
+    assert "## Run table (test ece)" in (ece / "report.md").read_text()

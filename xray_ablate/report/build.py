@@ -292,7 +292,11 @@ def _log_run(sel: R.Selection, folder: Path, c: Content) -> str:
         metrics = {"n_runs": c.n_runs, "n_configs": len(c.run_table), "baseline_n": n,
                    "baseline_sd": sd, "pooled_sd": T.pooled_sd(c.run_table, c.settings)[0],
                    "mdd": float(power.loc[T.mdd_row(n, c.settings), "unpaired"]),
-                   "mdd_paired": float(power.loc[T.mdd_row(n, c.settings), "paired"])}
+                   "mdd_paired": float(power.loc[T.mdd_row(n, c.settings), "paired"]),
+                   "n_not_learned": float(c.run_table["n_not_learned"].sum(min_count=1))}
+        if c.variance is not None:
+            metrics |= {"baseline_se_seed": c.variance.se_seed,
+                        "baseline_se_image": c.variance.se_image}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
                                           if pd.notna(v)],
