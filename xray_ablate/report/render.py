@@ -132,8 +132,10 @@ def _variance_summary(c: Content) -> list[str]:
               f"SE of the mean over {v.n_seeds} seeds: {v.se_seed:.2f} from the seeds, "
               f"{v.se_image:.2f} from the test images, {v.se_total:.2f} in total: the {v.dominant} "
               f"dominate, so more {v.dominant} help most. Twice the seeds: SE {v.se_with(seeds=2):.2f}; "
-              f"twice the test images: {v.se_with(images=2):.2f}; no number of seeds gets below "
-              f"{v.se_image:.2f} {unit} on this test set (more {other} help less)."]
+              f"twice the test images: {v.se_with(images=2):.2f}"
+              + (f"; no number of seeds gets below {v.se_image:.2f} {unit} on this test set (more "
+                 f"{other} help less)." if v.se_image > 0 else
+                 "; the test images add no variance beyond what the seeds' spread already holds.")]
     for row in c.floor.itertuples():
         if row.seeds_needed == np.inf:
             images = (f"about {int(row.images_needed)} test images would, at {v.n_seeds} seeds"
