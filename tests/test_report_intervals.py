@@ -49,7 +49,6 @@ def _seed_only(means, confidence=0.95):
     return means.mean(-1) - half, means.mean(-1) + half
 
 
-@pytest.mark.slow
 def test_total_interval_covers_the_population_value_in_every_regime(capsys):
     rng = np.random.default_rng(20261126)
     reps, rows = 1000, []
@@ -82,7 +81,7 @@ def test_total_interval_covers_the_population_value_in_every_regime(capsys):
     # Seed sd 1 pp: the test images dominate, and the seed-only interval misses them.
     image_dominated = table[table["seed sd (pp)"] == 1]
     assert (image_dominated["seed-only"] < 0.90).all()
-    assert table.loc[(table["seeds"] == 10) & (table["images"] == 60), "seed-only"].max() < 0.6
+    assert table.loc[(table["seeds"] == 10) & (table["images"] == 60), "seed-only"].max() < 0.7
 
 
 def _predictions(rng, n=80, classes=4, skill=1.5):
