@@ -135,6 +135,10 @@ def _values(key):
 
 def test_run_table_rows_and_statistics_equal_scipy(tiny):
     _, folder = tiny
+    # Reference rows: chance and the majority class (supports 10 each: a tie, the first wins).
+    refs = pd.read_csv(folder / "references.csv").set_index("config")["test_accuracy_mean"]
+    assert refs.to_dict() == {"reference: chance (1/4)": 25.0,
+                              "reference: majority class (bacterial)": 25.0}
     table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
     assert table.index.tolist() == ["base", "augoff", "vgg", "cw", "raw", "rawoff"]
     assert table.loc["base", "config"] == "baseline"

@@ -25,7 +25,7 @@ FACTORS: list[Factor] = [
     Factor("class_balance", "class_balance.name", "class balance", "cb"),
     Factor("normalization", "normalization.name", "normalization", "norm"),
     Factor("augmentation", "augmentation.name", "augmentation", "aug"),
-    Factor("brisque_filter", "brisque_filter.name", "BRISQUE filter", "bq"),
+    Factor("brisque_filter", "brisque_filter.name", "BRISQUE outliers removed", "bq"),
     Factor("backbone", "backbone.label", "backbone"),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -16,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
-from xray_ablate.report import plots
+from xray_ablate.report import images as I
+from xray_ablate.report import plots, stats
 from xray_ablate.report import runs as R
 from xray_ablate.report import tables as T
 from xray_ablate.report.render import Content, render
@@ -151,7 +153,9 @@ def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
 def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.Settings,
             baseline_source: str = "report.baseline") -> tuple[Content, pd.DataFrame]:
     """Clean and filter the selected runs, pick the baseline, compute every table."""
-    cleaned = R.clean_runs(selection.runs, settings.metric)
+    finished = selection.runs[selection.runs["status"] == "FINISHED"]
+    evidence = I.Evidence(R.load_predictions(finished["run_id"]))
+    cleaned = R.clean_runs(I.add_run_evidence(selection.runs, evidence), settings.metric)
     notes = list(cleaned.notes)
     matches = R.matching_configs(cleaned.runs, levels)
     kept, excluded, reference = R.integrity_filter(cleaned.runs, matches[0] if matches else None)
@@ -170,7 +174,11 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
         notes.append(f"No run matches report.baseline ({wanted}); the baseline is the "
                      "configuration with the most seeds (ties: the closest to those levels).")
     base_row = kept[kept["config_key"] == baseline_key].iloc[0]
-    table = T.run_table(kept, baseline_key, settings)
+    table = T.run_table(kept, baseline_key, settings, evidence)
+    missing = int((~kept["run_id"].map(evidence.has)).sum())
+    if missing:
+        notes.append(f"{missing} of {len(kept)} run(s) have no {R.PREDICTIONS} artifact: "
+                     "configurations with such a run get no interval over test images.")
     varied = [f for f in R.FACTOR_NAMES if kept[f].nunique() > 1]
     content = Content(
         selection=selection, settings=settings,
@@ -180,16 +188,51 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
         power=T.power_table(table, settings), excluded=excluded,
         model=T.model_table(kept, baseline_key, settings),
         factorial=T.factorial(kept, baseline_key, settings),
+        learning_warning=I.not_learned_warning(
+            kept, dict(zip(table["config_key"], table["config"], strict=True))),
+        references=I.references(I.class_shares(kept, evidence)),
+        mcnemar=I.mcnemar_table(kept, evidence, table, baseline_key),
+        **_variance(kept, evidence, table, baseline_key, settings),
         factorial_note=("No two factors are crossed (every combination run), so there are no "
                         "main effects beyond the run table's Δ; varied: "
                         f"{', '.join(varied) or 'none'}."))
     return content, kept
 
 
+def _variance(runs: pd.DataFrame, evidence: I.Evidence, table: pd.DataFrame, baseline_key: str,
+              s: T.Settings) -> dict:
+    """The baseline's variance decomposition and the power targets with the test-sample floor
+    (Content fields); empty without the baseline's predictions or with fewer than 2 seeds."""
+    scores = evidence.scores(runs, baseline_key, s.metric, s.scale)
+    if scores is None or len(scores) < 2:
+        return {}
+    split = stats.variance_split(scores)
+    # Δ: the pooled sd of seed-matched differences and the median image SE of the rows' Δ;
+    # before any comparison, those of two independent configurations like the baseline.
+    pair_sd = T.pooled_paired_sd(table)[0]
+    seed_sd = pair_sd if pd.notna(pair_sd) else math.sqrt(2) * T.pooled_sd(table, s)[0]
+    image_se = table["delta_se_image"].iloc[1:].median()
+    image_se = image_se if pd.notna(image_se) else math.sqrt(2) * split.se_image
+    floor = I.floor_table(s.detect, seed_sd, image_se, split.n_seeds, split.n_images, s.alpha, s.power)
+    return {"variance": split, "floor": floor, "floor_sd": (seed_sd, image_se)}
+
+
 def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> None:
     s = c.settings
-    frames = {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s)),
+    frames = {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s, c.references)),
               "Power": ("power", c.power, T.display_power(c.power))}
+    if len(c.references):
+        numeric = T.reference_rows(c.references, c.run_table, s)
+        frames["References (chance, majority class)"] = ("references", numeric, numeric.map(
+            lambda v: T.fmt(v) if isinstance(v, float) else v))
+    if len(c.mcnemar):
+        frames["McNemar"] = ("mcnemar", c.mcnemar, T.display_mcnemar(c.mcnemar))
+    if c.variance is not None:
+        unit = s.unit or "units"
+        shown = I.variance_table(c.variance, unit)
+        frames["Variance decomposition"] = ("variance", shown, T.display_values(shown))
+        frames["Power with the test-sample floor"] = ("power_floor", c.floor,
+                                                      T.display_floor(c.floor, unit))
     if len(c.excluded):
         frames["Runs left out"] = ("excluded", c.excluded, T.display_excluded(c.excluded))
     if c.model is not None:
@@ -210,9 +253,10 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
     runs[ids + metrics].to_csv(folder / "runs.csv", index=False)
     c.table_files["Runs (one row per run)"] = ("runs.csv", "")
     if len(c.run_table) > 1:
-        c.figures["Δ vs baseline"] = plots.forest_plot(c.run_table, s, folder / "forest.png").name
+        c.figures["Δ vs baseline"] = plots.forest_plot(c.run_table, s, folder / "forest.png",
+                                                       c.references).name
     c.figures["Runs per configuration"] = plots.points_plot(
-        runs, c.run_table, s, folder / "accuracy_points.png").name
+        runs, c.run_table, s, folder / "accuracy_points.png", c.references).name
     chosen = plots.curve_configs(c.run_table, max_curves)
     drawn = runs[runs["config_key"].isin(chosen["config_key"])]
     history = R.epoch_history(drawn["run_id"].tolist(), ("val_acc", "val_loss"))
@@ -237,7 +281,11 @@ def _log_run(sel: R.Selection, folder: Path, c: Content) -> str:
         metrics = {"n_runs": c.n_runs, "n_configs": len(c.run_table), "baseline_n": n,
                    "baseline_sd": sd, "pooled_sd": T.pooled_sd(c.run_table, c.settings)[0],
                    "mdd": float(power.loc[T.mdd_row(n, c.settings), "unpaired"]),
-                   "mdd_paired": float(power.loc[T.mdd_row(n, c.settings), "paired"])}
+                   "mdd_paired": float(power.loc[T.mdd_row(n, c.settings), "paired"]),
+                   "n_not_learned": float(c.run_table["n_not_learned"].sum(min_count=1))}
+        if c.variance is not None:
+            metrics |= {"baseline_se_seed": c.variance.se_seed,
+                        "baseline_se_image": c.variance.se_image}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
                                           if pd.notna(v)],

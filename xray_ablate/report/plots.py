@@ -21,52 +21,107 @@ def _height(rows: int) -> float:
     return max(2.5, 0.45 * rows + 1.2)
 
 
-def forest_plot(table: pd.DataFrame, settings: Settings, path: Path) -> Path:
-    """Δ of each configuration against the baseline with its CI; the band is ± the baseline sd."""
+NOT_LEARNED = "C3"  # colour of runs (and configurations with runs) that did not learn
+
+
+def _labels(rows: pd.DataFrame) -> list[str]:
+    """Configuration labels, marked when some of their runs did not learn."""
+    return [f"{c}  [{int(k)} not learned]" if np.isfinite(k) and k > 0 else c
+            for c, k in zip(rows["config"], rows["n_not_learned"].astype(float), strict=True)]
+
+
+def _reference_lines(ax, references: pd.DataFrame | None, metric: str, scale: float,
+                     shift: float = 0.0) -> None:
+    """Vertical lines at the chance and majority-class levels (minus ``shift``)."""
+    if references is None or references.empty or metric not in references:
+        return
+    for (_, ref), style in zip(references.iterrows(), (":", "--"), strict=False):
+        value = ref[metric] * scale - shift
+        if np.isfinite(value):
+            ax.axvline(value, color="0.4", ls=style, lw=1, label=ref["config"].removeprefix("reference: "))
+
+
+def forest_plot(table: pd.DataFrame, settings: Settings, path: Path,
+                references: pd.DataFrame | None = None) -> Path:
+    """Δ of each configuration against the baseline with its CI over seeds + test images (thin:
+    over seeds only); the band is ± the baseline sd; dotted and dashed lines: chance and majority
+    class relative to the baseline's mean. Configurations with runs that did not learn are red."""
     rows = table.iloc[1:][::-1]
     unit = settings.unit or "units"
-    fig, ax = plt.subplots(figsize=(7.5, _height(len(rows))))
+    fig, ax = plt.subplots(figsize=(10, _height(len(rows))))
     y = np.arange(len(rows))
     sd = table.iloc[0][f"{settings.metric}_sd"]
     if np.isfinite(sd):
         ax.axvspan(-sd, sd, color="0.9", label=f"± baseline sd ({sd:.2f} {unit})")
     ax.axvline(0, color="0.3", lw=1)
+    _reference_lines(ax, references, settings.metric, settings.scale,
+                     table.iloc[0][f"{settings.metric}_mean"])
     delta = rows["delta"].to_numpy(float)
-    low, high = rows["delta_low"].to_numpy(float), rows["delta_high"].to_numpy(float)
-    has_ci = np.isfinite(low) & np.isfinite(high)
-    ax.errorbar(delta[has_ci], y[has_ci], xerr=[delta[has_ci] - low[has_ci],
-                                                high[has_ci] - delta[has_ci]],
-                fmt="o", color="C0", capsize=3, label=f"Δ with {settings.confidence:.0%} CI")
+    level = f"{settings.confidence:.0%}"
+    for columns, style, label in ((("delta_low", "delta_high"), dict(lw=1, alpha=0.5),
+                                   f"{level} CI over seeds"),
+                                  (("delta_ci_total_low", "delta_ci_total_high"), dict(lw=2.5),
+                                   f"{level} CI over seeds + test images")):
+        low, high = (rows[c].to_numpy(float) for c in columns)
+        ok = np.isfinite(low) & np.isfinite(high)
+        if ok.any():
+            ax.errorbar(delta[ok], y[ok], xerr=[delta[ok] - low[ok], high[ok] - delta[ok]], fmt="none",
+                        ecolor="C0", capsize=3, label=label, **style)
+    bad = rows["n_not_learned"].fillna(0).to_numpy(float) > 0
+    ax.plot(delta[~bad], y[~bad], "o", color="C0", label="Δ")
+    if bad.any():
+        ax.plot(delta[bad], y[bad], "o", color=NOT_LEARNED, label="has runs that did not learn")
+    has_ci = np.isfinite(rows["delta_low"].to_numpy(float))
     if (~has_ci).any():
         ax.plot(delta[~has_ci], y[~has_ci], "x", color="C3", label="no CI (n < 2)")
-    ax.set_yticks(y, rows["config"])
+    ax.set_yticks(y, _labels(rows))
+    for tick, flag in zip(ax.get_yticklabels(), bad, strict=True):
+        tick.set_color(NOT_LEARNED if flag else "black")
     ax.set_xlabel(f"Δ {metric_title(settings.metric)} vs baseline ({unit})")
     ax.set_title("Difference from the baseline")
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small")
     return _save(fig, path)
 
 
-def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, path: Path) -> Path:
-    """The metric of every run (one point per seed) with the configuration's mean and t-CI."""
+def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, path: Path,
+                references: pd.DataFrame | None = None) -> Path:
+    """The metric of every run (one point per seed; red x: did not learn) with the
+    configuration's mean and CI (over seeds + test images when known, else over seeds), and lines
+    at the chance and majority-class levels."""
     m, scale = settings.metric, settings.scale
     rows = table[::-1].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7.5, _height(len(rows))))
+    fig, ax = plt.subplots(figsize=(10, _height(len(rows))))
     rng = np.random.default_rng(0)
+    _reference_lines(ax, references, m, scale)
+    learned = runs["learned"] if "learned" in runs else pd.Series(np.nan, index=runs.index)
+    shown = set()
     for i, cfg in rows.iterrows():
-        values = runs.loc[runs["config_key"] == cfg["config_key"], m].to_numpy(float) * scale
-        ax.plot(values, i + rng.uniform(-0.12, 0.12, len(values)), "o", color="C0", alpha=0.6,
-                ms=4, label="run (seed)" if i == 0 else None)
-        mean, low, high = cfg[f"{m}_mean"], cfg[f"{m}_t_low"], cfg[f"{m}_t_high"]
+        sub = runs["config_key"] == cfg["config_key"]
+        values = runs.loc[sub, m].to_numpy(float) * scale
+        bad = learned[sub].eq(False).to_numpy()
+        jitter = i + rng.uniform(-0.12, 0.12, len(values))
+        for mask, style, label in ((~bad, dict(marker="o", color="C0", alpha=0.6), "run (seed)"),
+                                   (bad, dict(marker="x", color=NOT_LEARNED), "run that did not learn")):
+            if mask.any():
+                ax.plot(values[mask], jitter[mask], ls="none", ms=5,
+                        label=None if label in shown else label, **style)
+                shown.add(label)
+        mean = cfg[f"{m}_mean"]
+        total = np.isfinite(cfg["ci_total_low"])
+        low, high = (cfg["ci_total_low"], cfg["ci_total_high"]) if total else (cfg[f"{m}_t_low"],
+                                                                               cfg[f"{m}_t_high"])
+        label = f"mean, {settings.confidence:.0%} CI over seeds" + (" + test images" if total else "")
         if np.isfinite(low):
             ax.errorbar([mean], [i + 0.3], xerr=[[mean - low], [high - mean]], fmt="D", color="C1",
-                        capsize=3, ms=5, label=f"mean, {settings.confidence:.0%} CI" if i == 0 else None)
+                        capsize=3, ms=5, label=None if label in shown else label)
+            shown.add(label)
         else:
             ax.plot([mean], [i + 0.3], "D", color="C1", ms=5)
-    ax.set_yticks(np.arange(len(rows)), rows["config"])
+    ax.set_yticks(np.arange(len(rows)), _labels(rows))
     suffix = " (%)" if settings.unit else ""
     ax.set_xlabel(metric_title(m) + suffix)
     ax.set_title("Every run, by configuration")
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small")
     return _save(fig, path)
 
 

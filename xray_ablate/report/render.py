@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from xray_ablate.report import images as I
 from xray_ablate.report import tables as T
 from xray_ablate.report.runs import Selection
+from xray_ablate.report.stats import VarianceSplit
 
 
 @dataclass
@@ -30,6 +32,12 @@ class Content:
     model: T.ModelTable | None
     factorial: T.Factorial | None
     factorial_note: str
+    learning_warning: str | None = None  # "k of n runs did not learn: ..."
+    references: pd.DataFrame = field(default_factory=pd.DataFrame)  # chance, majority class
+    mcnemar: pd.DataFrame = field(default_factory=pd.DataFrame)  # per seed pair vs the baseline
+    variance: VarianceSplit | None = None  # the baseline's, when it has predictions
+    floor: pd.DataFrame | None = None  # power targets with the test-sample floor
+    floor_sd: tuple[float, float] = (float("nan"), float("nan"))  # (seed sd, image SE) of Δ used
     figures: dict[str, str] = field(default_factory=dict)  # title -> png file
     table_files: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (csv, tex)
 
@@ -44,7 +52,7 @@ def summary(c: Content) -> list[str]:
     unit = s.unit or "units"
     n, sd = T.baseline_sd(table, s)
     pooled, pooled_df, pooled_k = T.pooled_sd(table, s)
-    blocks = []
+    blocks = [f"**Warning:** {c.learning_warning}"] if c.learning_warning else []
     if np.isfinite(sd):
         text = (f"**Run-to-run variability:** the baseline's {T.metric_title(s.metric)} "
                 f"varies by {sd:.2f} {unit} from seed to seed (sd over {n} seeds)")
@@ -60,24 +68,40 @@ def summary(c: Content) -> list[str]:
         blocks.append(f"**Run-to-run variability:** unknown, no configuration has 2 seeds or more "
                       f"(the baseline has {n}); run at least 2 (better 5 or more) seeds per "
                       "configuration.")
+    total = table["p_total_holm"].iloc[1:].notna().any()
+    noise = "seed and test-sample noise" if total else "seed noise"
     groups: dict[str, list[str]] = {"yes": [], "no": [], "untestable": []}
     for _, row in table.iloc[1:].iterrows():
         delta = f"{row['delta']:+.2f}" if np.isfinite(row["delta"]) else "–"
         text = f"{row['config']}: Δ = {delta} {unit}"
-        if not np.isfinite(row["p_holm"]):
+        if np.isfinite(row["p_total_holm"]):  # the verdict uses the interval over seeds + images
+            p, low, high = row["p_total_holm"], row["delta_ci_total_low"], row["delta_ci_total_high"]
+            basis = ""
+        else:
+            p, low, high = row["p_holm"], row["delta_low"], row["delta_high"]
+            basis = " (seeds only: no predictions.csv)" if total else ""
+        if not np.isfinite(p):
             groups["untestable"].append(f"{text} (not testable: {row['note'] or 'no spread'})")
             continue
-        text += (f" {T.fmt_ci(row['delta_low'], row['delta_high'], 2)}, Holm p = "
-                 f"{T.fmt_p(row['p_holm'])}, P(improvement) = {row['p_improvement']:.2f}")
-        groups["yes" if row["p_holm"] < s.alpha else "no"].append(text)
+        text += f" {T.fmt_ci(low, high, 2)}, Holm p = {T.fmt_p(p)}{basis}"
+        if row["n"] >= T.MIN_SEEDS_RESAMPLED and table["n"].iloc[0] >= T.MIN_SEEDS_RESAMPLED:
+            text += f", P(improvement) = {row['p_improvement']:.2f}"
+        groups["yes" if p < s.alpha else "no"].append(text)
     level = f"{s.confidence:.0%}"
-    heads = {"yes": f"**Distinguishable from seed noise** (Holm-corrected p < {s.alpha:g}; Δ with "
-                    f"its {level} CI):",
-             "no": "**Not distinguishable from seed noise** with these seeds:",
+    over = "over seeds and test images" if total else "over seeds"
+    heads = {"yes": f"**Distinguishable from {noise}** (Holm-corrected p < {s.alpha:g}; Δ with "
+                    f"its {level} CI {over}):",
+             "no": f"**Not distinguishable from {noise}** with these seeds and test images:"
+                   if total else "**Not distinguishable from seed noise** with these seeds:",
              "untestable": "**Not testable:**"}
     for group, items in groups.items():
         if items:
             blocks += [heads[group], "\n".join(f"- {t}" for t in items)]
+    if (table["n"].lt(T.MIN_SEEDS_RESAMPLED).any() and len(table) > 1):
+        blocks.append(f"P(improvement) and the bootstrap CI are shown only with at least "
+                      f"{T.MIN_SEEDS_RESAMPLED} seeds per side (with fewer, a resampled or pairwise "
+                      "figure over seeds is too coarse to read).")
+    blocks += _variance_summary(c)
     if len(table) == 1:
         blocks.append("Only one configuration: nothing to compare with the baseline.")
     blocks += _power_summary(c, n)
@@ -93,6 +117,33 @@ def summary(c: Content) -> list[str]:
         else:
             blocks.append("**Main effects:** not testable, each factor combination has a single "
                           "run (no seed replication).")
+    return blocks
+
+
+def _variance_summary(c: Content) -> list[str]:
+    """Which source of uncertainty dominates, what more seeds or images buy, and the targets no
+    number of seeds reaches."""
+    v, unit = c.variance, c.settings.unit or "units"
+    if v is None:
+        return []
+    other = "test images" if v.dominant == "seeds" else "seeds"
+    blocks = [f"**Where the uncertainty comes from (baseline):** seed sd {v.seed_sd:.2f} {unit}, "
+              f"test-sample sd of one run {v.test_sample_sd:.2f} {unit} ({v.n_images} test images). "
+              f"SE of the mean over {v.n_seeds} seeds: {v.se_seed:.2f} from the seeds, "
+              f"{v.se_image:.2f} from the test images, {v.se_total:.2f} in total: the {v.dominant} "
+              f"dominate, so more {v.dominant} help most. Twice the seeds: SE {v.se_with(seeds=2):.2f}; "
+              f"twice the test images: {v.se_with(images=2):.2f}"
+              + (f"; no number of seeds gets below {v.se_image:.2f} {unit} on this test set (more "
+                 f"{other} help less)." if v.se_image > 0 else
+                 "; the test images add no variance beyond what the seeds' spread already holds.")]
+    for row in c.floor.itertuples():
+        if row.seeds_needed == np.inf:
+            images = (f"about {int(row.images_needed)} test images would, at {v.n_seeds} seeds"
+                      if np.isfinite(row.images_needed) else
+                      f"more test images alone would not, at {v.n_seeds} seeds")
+            blocks.append(f"**Detecting {row.difference:g} {unit}:** no number of seeds reaches it "
+                          f"(the test-sample SE of Δ alone, {c.floor_sd[1]:.2f} {unit}, is too "
+                          f"large); {images}.")
     return blocks
 
 
@@ -162,13 +213,30 @@ def methods(c: Content) -> list[str]:
          "and its main-effect p-values equal the contrasts'; rows for main effects and two-way "
          "interactions. Without seed replication (one run per combination) there is no residual: "
          "effects come without CI or p and the ANOVA without F or p."),
-        ("- What the intervals cover: with a fixed split every run is scored on the same test "
-         "set, so CIs, tests and power describe training-seed variability on that one test set; "
-         "the sampling variability of the test set itself (which images it holds) is not "
-         "included. Each run logs its per-image predictions as the artifact `predictions.csv` "
-         "(image_id, label, prob_bacterial, prob_viral, prob_covid, prob_healthy) for McNemar's "
-         "test or an image-level bootstrap. An interval of zero width means every seed gave the "
-         "same value (no seed-to-seed spread was observed), not that the value is exact."),
+        ("- What the intervals cover. **Over seeds** (t, bootstrap, paired/Welch Δ): with a "
+         "fixed split every run is scored on the same test set, so these CIs, tests and power "
+         "describe training-seed variability on that one test set; the sampling variability of "
+         "the test set itself (which images it holds) is not included. **Over seeds + test "
+         "images**: the accuracy a configuration would have on new test images from the same "
+         "population, over new seeds: variance = var(run metrics)/n + the image term "
+         "(var over images of each image's seed-averaged score / N; images shared by every seed "
+         "count once, each seed's own images count with split.vary_with_seed), less the "
+         "seed × image residual counted in both; t quantile at the Welch–Satterthwaite df, never "
+         "narrower than the seed-only interval. Δ: the same on seed-matched run differences and "
+         "per-image differences. Balanced accuracy is a weighted mean of per-image correctness; "
+         "macro AUROC and ECE (10 equal-width bins) use jackknife pseudo-values per image. "
+         "Each run logs its per-image predictions as the artifact `predictions.csv` (image_id, "
+         "label, prob_bacterial, prob_viral, prob_covid, prob_healthy); runs without it get "
+         "seed-only intervals. An interval of zero width means every seed gave the same value "
+         "(no seed-to-seed spread was observed), not that the value is exact."),
+        ("- McNemar: per seed, the configuration's and the baseline's runs on the same test "
+         "images; exact two-sided binomial test of the discordant images (right in one, wrong in "
+         "the other). Equal accuracy can hide many images predicted differently."),
+        ("- Did it learn? A run that gives one class to ≥ 95 % of test images, or whose final "
+         "training loss is ≥ 0.95 ln(classes), did not learn (xray_ablate.train.metrics."
+         "learning_check; the tag xray.learned when training recorded it, else derived from "
+         "predictions.csv and train_loss). Reference rows: chance (uniform guesses, 1/classes) "
+         "and always predicting the test set's majority class."),
         ("- The run table's t-interval of a fraction (accuracy, F1, ...) is shown clipped to "
          "[0, 100] % (the note says where); run_table.csv keeps the unclipped bounds."),
     ]
@@ -189,9 +257,20 @@ def render(c: Content) -> str:
     out += ["## Summary", ""] + [block + "\n" for block in summary(c)]
     if c.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in c.notes] + [""]
-    out += [f"## Run table ({T.metric_title(s.metric)})", "", _md(T.display_run_table(c.run_table, s)),
-            ""]
+    out += [f"## Run table ({T.metric_title(s.metric)})", "",
+            _md(T.display_run_table(c.run_table, s, c.references)), ""]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
+    if len(c.mcnemar):
+        out += ["## Image-level comparisons (exact McNemar, per seed pair)", "",
+                "Each configuration's run against the baseline's run of the same seed, on the same "
+                "test images:", "", _md(T.display_mcnemar(c.mcnemar)), ""]
+    if c.variance is not None:
+        unit = s.unit or "units"
+        out += ["## Variance decomposition (baseline)", "",
+                _md(T.display_values(I.variance_table(c.variance, unit))), "",
+                f"Power over seeds and test images (seed sd of Δ {c.floor_sd[0]:.2f} {unit}, "
+                f"test-sample SE of Δ {c.floor_sd[1]:.2f} {unit}; α = {s.alpha:g}, "
+                f"{s.power:.0%} power):", "", _md(T.display_floor(c.floor, unit)), ""]
     if len(c.excluded):
         intro = ("These runs are not comparable with the reference (another dataset or split) "
                  "and appear in no table:")

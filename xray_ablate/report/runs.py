@@ -2,12 +2,13 @@
 
 The report reads MLflow only. One row of the tidy frame is one training run: its id, status,
 start time, config key, seed, sweep, split and dataset identity, the factor levels (one column per
-factor of ``schema.FACTORS``) and every final metric under its bare name (``test_accuracy``...).
+factor of ``config.factors.FACTORS``) and every final metric under its bare name (``test_accuracy``...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
+from xray_ablate.config.factors import factor_names
+from xray_ablate.data.labels import CLASSES
 from xray_ablate.errors import UserError
 from xray_ablate.tracking import schema
 
-FACTOR_NAMES: tuple[str, ...] = tuple(schema.FACTORS)
+FACTOR_NAMES: tuple[str, ...] = tuple(factor_names())
 BASELINE_PARAM = "report.baseline."  # + factor: the baseline a sweep's parent run recorded
 PATIENT_FALLBACKS = "data_patient_fallbacks"  # metric: images counted as their own patient
 TAG_COLUMNS = {
@@ -28,6 +31,12 @@ TAG_COLUMNS = {
     schema.CODE_VERSION: "code_version", schema.PARENT_RUN: "parent_run_id",
     schema.DEVICE: "device",
 }
+# "Did it learn?" as training records it (train.metrics.learning_check); until tracking/schema
+# names them, they are named here. Runs without them are checked from predictions.csv.
+LEARNED_TAG, LEARNED_REASON_TAG = schema.LEARNED, schema.LEARNED_REASON
+TAG_COLUMNS |= {LEARNED_TAG: "learned_tag", LEARNED_REASON_TAG: "learned_reason_tag"}
+PREDICTIONS = schema.PREDICTIONS
+PREDICTION_COLUMNS = ("image_id", "label", *(f"prob_{c}" for c in CLASSES))
 UNKNOWN = "unknown"
 ID_COLUMNS = ("run_id", "status", *TAG_COLUMNS.values(), "split_seed")
 
@@ -341,3 +350,23 @@ def epoch_history(run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
     return frame.drop_duplicates(["run_id", "key", "step"], keep="last")
 
 
+
+
+def load_predictions(run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
+    """run id -> its predictions.csv artifact (image_id as str, label as int, prob_<class>).
+
+    Runs without the artifact are left out of the dict; a file without the expected columns is
+    a UserError naming the run.
+    """
+    client, out = MlflowClient(), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            if PREDICTIONS not in {a.path for a in client.list_artifacts(run_id)}:
+                continue
+            path = client.download_artifacts(run_id, PREDICTIONS, tmp)
+            frame = pd.read_csv(path, dtype={"image_id": str})
+            missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+            if missing:
+                raise UserError(f"{PREDICTIONS} of run {run_id} lacks column(s) {', '.join(missing)}")
+            out[run_id] = frame.astype({"label": int})
+    return out

@@ -22,6 +22,7 @@ from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
+from statsmodels.stats.proportion import proportion_confint
 
 NAN_PAIR = (math.nan, math.nan)
 
@@ -325,3 +326,350 @@ def residual_df(data: pd.DataFrame, factors: Sequence[str]) -> int:
 
 def _term_name(term: str) -> str:
     return ":".join(part.removeprefix("C(").removesuffix(", Sum)") for part in term.split(":"))
+
+
+# --- test-set sampling: per-image scores -------------------------------------------------------
+#
+# A run's metric is the mean over its test images of a per-image score (correctness for accuracy;
+# see ``image_scores`` for the others). A configuration's runs form a matrix seeds x images, NaN
+# where an image is not in that seed's test set (split.vary_with_seed); a fixed split has none.
+
+@dataclass(frozen=True)
+class TotalInterval:
+    """Mean over seeds with a CI that adds the between-seed and the between-image variance."""
+
+    estimate: float
+    low: float
+    high: float
+    pvalue: float  # of estimate = 0 (meaningful for a difference)
+    se_seed: float  # standard error from the seeds alone
+    se_image: float  # standard error from the test images alone
+    df: float  # Welch-Satterthwaite degrees of freedom of the sum
+    n_seeds: int
+    n_images: int  # distinct test images
+
+    @property
+    def se(self) -> float:
+        return math.hypot(self.se_seed, self.se_image)
+
+
+def welch_satterthwaite_t(estimate, variances: Sequence, dfs: Sequence, confidence: float = 0.95):
+    """(low, high, p, df) of estimate +- t * sqrt(sum of variances), t at the Welch-Satterthwaite df
+    sum(v)^2 / sum(v^2 / df); never narrower than any one term's own t-interval (nor p smaller).
+
+    With 3 seeds the Welch-Satterthwaite df runs high exactly when the seed variance came out
+    small; the floor keeps the total interval at least as wide as the seed-only one, which is exact
+    for normal seed effects. Vectorised: arguments may be arrays of one shape; a zero term drops
+    out of the df.
+    """
+    v = np.stack([np.asarray(x, float) for x in variances])
+    d = np.stack([np.broadcast_to(np.asarray(x, float), v.shape[1:]) for x in dfs])
+    total = v.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = total**2 / np.sum(np.where(v > 0, v**2 / d, 0.0), axis=0)
+        t = np.abs(estimate) / np.sqrt(np.concatenate([total[None], v]))
+        half = stats.t.ppf(0.5 + confidence / 2, np.concatenate([df[None], d])) * np.sqrt(
+            np.concatenate([total[None], v]))
+        p = 2 * stats.t.sf(t, np.concatenate([df[None], d]))
+    half, p = np.nanmax(half, axis=0), np.nanmax(np.where(np.concatenate([total[None], v]) > 0, p,
+                                                          np.nan), axis=0)
+    return estimate - half, estimate + half, p, df
+
+
+def image_contributions(y: np.ndarray) -> np.ndarray:
+    """Each image's share of the mean over seeds: the sum over the seeds that tested it of
+    y[s, i] / (n_seeds * N_s), for y of shape (..., seeds, images). Summed over images it is the
+    estimate; n_images * var of it is the variance of the estimate from sampling the test images.
+    With a fixed split that is var_i(seed-averaged score) / N (images shared by all seeds count
+    once); with a split per seed, each seed's own images add their term."""
+    per_seed = np.sum(np.isfinite(y), axis=-1, keepdims=True)
+    return np.nansum(y / (y.shape[-2] * per_seed), axis=-2)
+
+
+def image_variance(y: np.ndarray) -> np.ndarray:
+    """The image term: n_images * var(image_contributions(y)) over the last axis, for y of shape
+    (..., seeds, images); NaN with fewer than 2 images.
+
+    When every seed tested every image (fixed split) the seed x image residual mean square / (n N)
+    is taken off: the run means' variance already holds that part, so the plain sum of the two
+    terms would count it twice (two-way random-effects variance of the grand mean).
+    """
+    n_seeds, n = y.shape[-2], y.shape[-1]
+    if n < 2:
+        return np.full(y.shape[:-2], np.nan)
+    term = n * np.var(image_contributions(y), axis=-1, ddof=1)
+    if n_seeds < 2 or not np.isfinite(y).all():
+        return term
+    resid = (y - y.mean(axis=-1, keepdims=True) - y.mean(axis=-2, keepdims=True)
+             + y.mean(axis=(-2, -1), keepdims=True))
+    ms = np.sum(resid**2, axis=(-2, -1)) / ((n_seeds - 1) * (n - 1))
+    return np.maximum(term - ms / (n_seeds * n), 0.0)
+
+
+def seed_variance(means: np.ndarray) -> np.ndarray:
+    """var(run means) / n over the last axis (NaN with fewer than 2 seeds)."""
+    n = means.shape[-1]
+    if n < 2:
+        return np.full(means.shape[:-1], np.nan)
+    return np.var(means, axis=-1, ddof=1) / n
+
+
+def _record(estimate: float, seed_parts: list[tuple[float, int]], image_var: float, n_images: int,
+            n_seeds: int, confidence: float) -> TotalInterval:
+    se_seed = math.sqrt(sum(v for v, _ in seed_parts))
+    se_image = math.sqrt(image_var)
+    variances = [v for v, _ in seed_parts] + [image_var]
+    if not (np.all(np.isfinite(variances)) and np.isfinite(estimate)):
+        return TotalInterval(estimate, *NAN_PAIR, math.nan, se_seed, se_image, math.nan, n_seeds,
+                             n_images)
+    if sum(variances) == 0:  # every run and image agree: no spread to measure
+        return TotalInterval(estimate, estimate, estimate, math.nan, 0.0, 0.0, math.nan, n_seeds,
+                             n_images)
+    low, high, p, df = welch_satterthwaite_t(estimate, variances,
+                                             [d for _, d in seed_parts] + [n_images - 1], confidence)
+    return TotalInterval(estimate, float(low), float(high), float(p), se_seed, se_image, float(df),
+                         n_seeds, n_images)
+
+
+def _tested(scores: pd.DataFrame) -> pd.DataFrame:
+    """Without the images no seed tested."""
+    return scores.dropna(axis=1, how="all")
+
+
+def _run_means(scores: pd.DataFrame) -> np.ndarray:
+    return scores.mean(axis=1, skipna=True).to_numpy(float)
+
+
+def total_interval(scores: pd.DataFrame, confidence: float = 0.95) -> TotalInterval:
+    """CI of a configuration's mean metric over new seeds AND new test images.
+
+    ``scores``: seeds x image ids of per-image scores (NaN = image not in that seed's test set).
+    Variance = var(run means) / n + the image term of ``image_contributions``; t quantile at the
+    Welch-Satterthwaite df. NaN bounds with fewer than 2 seeds or 2 images.
+    """
+    y = _tested(scores).to_numpy(float)
+    means = _run_means(scores)
+    return _record(float(means.mean()) if len(means) else math.nan,
+                   [(float(seed_variance(means)), len(means) - 1)],
+                   float(image_variance(y)), y.shape[1], len(means), confidence)
+
+
+def total_difference(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95) -> TotalInterval:
+    """CI and p-value of mean(a) - mean(b) over new seeds and new test images.
+
+    With at least 2 seeds common to both (equal seeds share a split) the comparison is paired:
+    the seed term is var(seed-matched run differences) / pairs. Otherwise the two seed terms add
+    (Welch). The image term is that of the per-image differences of the contributions (an image
+    only one side tested counts with the other side's contribution 0).
+    """
+    common = a.index.intersection(b.index).sort_values()
+    paired = len(common) >= 2
+    if paired:
+        a, b = a.loc[common], b.loc[common]
+    ma, mb = _run_means(a), _run_means(b)
+    if paired:
+        parts = [(float(seed_variance(ma - mb)), len(common) - 1)]
+    else:
+        parts = [(float(seed_variance(m)), len(m) - 1) for m in (ma, mb)]
+    ta, tb = _tested(a), _tested(b)
+    if paired and ta.columns.equals(tb.columns):  # per-image differences of matched runs
+        y = ta.to_numpy(float) - tb.to_numpy(float)
+    else:  # contributions (see image_contributions) of each side, 0 where it lacks the image
+        columns = ta.columns.union(tb.columns)
+        y = np.stack([_contribution_row(ta, columns) - _contribution_row(tb, columns)])
+    estimate = float(ma.mean() - mb.mean()) if len(ma) and len(mb) else math.nan
+    return _record(estimate, parts, float(image_variance(y)), y.shape[1],
+                   len(common) if paired else min(len(ma), len(mb)), confidence)
+
+
+def _contribution_row(tested: pd.DataFrame, columns: pd.Index) -> np.ndarray:
+    """image_contributions of ``tested`` on ``columns`` (0 for images it did not test), scaled to
+    a one-seed row whose image term is that of the contributions."""
+    c = pd.Series(image_contributions(tested.to_numpy(float)), index=tested.columns)
+    return c.reindex(columns, fill_value=0.0).to_numpy() * len(columns)
+
+
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of one run's accuracy over its test images (statsmodels)."""
+    if total < 1:
+        return NAN_PAIR
+    low, high = proportion_confint(correct, total, alpha=1 - confidence, method="wilson")
+    return float(low), float(high)
+
+
+def mcnemar_exact(correct_a, correct_b) -> tuple[int, int, float]:
+    """Exact McNemar test of two runs on the same images: (a right & b wrong, a wrong & b right,
+    two-sided p of the binomial test of the discordant pairs at 1/2)."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if only_a + only_b == 0:
+        return 0, 0, 1.0
+    return only_a, only_b, float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+# --- per-image scores of each metric -------------------------------------------------------------
+
+ECE_BINS = 10
+
+
+def _calibration_bins(probs: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bin of each image, its confidence = top probability, its predicted class)."""
+    conf = probs.max(axis=1)
+    return np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1), conf, probs.argmax(axis=1)
+
+
+def expected_calibration_error(labels, probs, bins: int = ECE_BINS) -> float:
+    """ECE: sum over equal-width confidence bins of (share of images) * |accuracy - confidence|."""
+    labels, probs = np.asarray(labels), np.asarray(probs, float)
+    which, conf, pred = _calibration_bins(probs, bins)
+    gap = np.bincount(which, conf - (pred == labels), minlength=bins)
+    return float(np.abs(gap).sum() / len(labels)) if len(labels) else math.nan
+
+
+def _jackknife_scores(value: float, leave_one_out: np.ndarray) -> np.ndarray:
+    """Per-image scores with mean ``value`` and variance / N = the jackknife variance: the
+    jackknife pseudo-values N f - (N - 1) f_(-i), shifted to average f."""
+    n = len(leave_one_out)
+    pseudo = n * value - (n - 1) * leave_one_out
+    return value + pseudo - pseudo.mean()
+
+
+def _ece_scores(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    which, conf, pred = _calibration_bins(probs, ECE_BINS)
+    gap_i = conf - (pred == labels)
+    gap = np.bincount(which, gap_i, minlength=ECE_BINS)
+    total, n = np.abs(gap).sum(), len(labels)
+    loo = (total - np.abs(gap[which]) + np.abs(gap[which] - gap_i)) / (n - 1)
+    return _jackknife_scores(total / n, loo)
+
+
+def _auc_scores(labels: np.ndarray, probs: np.ndarray, classes: int) -> np.ndarray:
+    """Macro one-vs-rest AUROC: exact leave-one-out values from the DeLong placements."""
+    n = len(labels)
+    loo, aucs = np.zeros(n), []
+    for k in range(classes):
+        pos, s = labels == k, probs[:, k]
+        m, q = int(pos.sum()), int((~pos).sum())
+        if m < 2 or q < 2:
+            return np.full(n, np.nan)
+        rank_all = stats.rankdata(s)
+        placement = np.empty(n)
+        # positives: share of negatives ranked below (ties 1/2); negatives: share of positives above
+        placement[pos] = (rank_all[pos] - stats.rankdata(s[pos])) / q
+        placement[~pos] = (m - (rank_all[~pos] - stats.rankdata(s[~pos]))) / m
+        auc = placement[pos].mean()
+        aucs.append(auc)
+        loo += np.where(pos, (m * auc - placement) / (m - 1), (q * auc - placement) / (q - 1))
+    return _jackknife_scores(float(np.mean(aucs)), loo / classes)
+
+
+IMAGE_METRICS = ("accuracy", "balanced_accuracy", "roc_auc_ovr", "ece")
+
+
+def image_scores(labels, probs, metric: str) -> np.ndarray:
+    """Per-image scores whose mean over the test images is the run's ``metric``.
+
+    accuracy: correctness. balanced_accuracy: correctness / (classes present * class share), a
+    weighted mean. roc_auc_ovr (macro one-vs-rest AUROC) and ece (10 bins): jackknife
+    pseudo-values, so their variance over images / N is the jackknife variance.
+    """
+    labels, probs = np.asarray(labels, int), np.asarray(probs, float)
+    correct = (probs.argmax(axis=1) == labels).astype(float)
+    if metric == "accuracy":
+        return correct
+    if metric == "balanced_accuracy":
+        present, counts = np.unique(labels, return_counts=True)
+        share = dict(zip(present, counts / len(labels), strict=True))
+        return correct / (len(present) * np.array([share[v] for v in labels]))
+    if metric == "roc_auc_ovr":
+        return _auc_scores(labels, probs, probs.shape[1])
+    if metric == "ece":
+        return _ece_scores(labels, probs)
+    raise ValueError(f"no per-image scores for {metric!r}; known: {', '.join(IMAGE_METRICS)}")
+
+
+# --- what more seeds or more images buy ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class VarianceSplit:
+    """Where the uncertainty of a configuration's mean comes from (units of the scores)."""
+
+    seed_sd: float  # sd of the run metric over seeds
+    test_sample_sd: float  # sd of one run's metric from its finite test set (binomial-like)
+    run_sd: float  # both: one run on a new seed and a new test set
+    se_seed: float  # of the mean over the seeds run
+    se_image: float  # of the mean, from the test images
+    n_seeds: int
+    n_images: int
+
+    @property
+    def se_total(self) -> float:
+        return math.hypot(self.se_seed, self.se_image)
+
+    @property
+    def dominant(self) -> str:
+        return "seeds" if self.se_seed >= self.se_image else "test images"
+
+    def se_with(self, seeds: float = 1.0, images: float = 1.0) -> float:
+        """SE of the mean with ``seeds`` times the seeds and ``images`` times the test images."""
+        return math.sqrt(self.se_seed**2 / seeds + self.se_image**2 / images)
+
+
+def variance_split(scores: pd.DataFrame) -> VarianceSplit:
+    """seed sd, test-sample sd and their total for one configuration's runs (see total_interval)."""
+    tested = scores.dropna(axis=1, how="all")
+    y = tested.to_numpy(float)
+    means = np.nanmean(y, axis=1)
+    per_run = np.nanvar(y, axis=1, ddof=1) / np.sum(np.isfinite(y), axis=1)
+    seed_sd = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
+    test_sd = float(np.sqrt(per_run.mean()))
+    total = total_interval(tested)
+    return VarianceSplit(seed_sd, test_sd, math.hypot(seed_sd, test_sd), total.se_seed,
+                         total.se_image, len(means), y.shape[1])
+
+
+def seeds_needed_with_floor(diff: float, seed_sd: float, se_image: float, n_images: int,
+                            alpha: float = 0.05, power: float = 0.8, most: int = 100_000) -> float:
+    """Seed pairs for (t_(1-alpha/2) + t_power) * SE(Δ) <= diff, SE^2 = seed_sd^2 / n + se_image^2
+    with the test images fixed; df Welch-Satterthwaite. inf when the test-sample term alone is too
+    large (no number of seeds reaches it), NaN without usable inputs."""
+    if not (np.isfinite(seed_sd) and np.isfinite(se_image) and diff > 0):
+        return math.nan
+    if (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se_image >= diff:
+        return math.inf
+    n = np.arange(2, most + 1, dtype=float)
+    v_seed, v_img = seed_sd**2 / n, np.full_like(n, se_image**2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (v_seed + v_img) ** 2 / (v_seed**2 / (n - 1) + (v_img**2 / (n_images - 1) if se_image else 0))
+    reach = (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * np.sqrt(v_seed + v_img) <= diff
+    return float(n[np.argmax(reach)]) if reach.any() else math.inf
+
+
+def images_needed(diff: float, seed_sd: float, n_seeds: int, se_image: float, n_images: int,
+                  alpha: float = 0.05, power: float = 0.8) -> float:
+    """Test images for (z_(1-alpha/2) + z_power) * SE(Δ) <= diff at ``n_seeds``, the image term
+    scaling as 1 / N; inf when the seed term alone is too large."""
+    if not (np.isfinite(seed_sd) and np.isfinite(se_image) and diff > 0 and n_seeds > 0):
+        return math.nan
+    room = (diff / (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))) ** 2 - seed_sd**2 / n_seeds
+    if room <= 0:
+        return math.inf
+    return float(math.ceil(n_images * se_image**2 / room))
+
+
+def two_level_bootstrap(scores: Mapping[str, pd.DataFrame], n_resamples: int = 1000,
+                        seed: int = 0) -> pd.DataFrame:
+    """Replicate means (rows) of each configuration (columns): seeds resampled (the same seed
+    draws for every configuration, so seed-matched pairs stay paired), then test images with one
+    resample shared by every configuration and seed of the replicate. Fixed split only."""
+    rng = np.random.default_rng(seed)
+    seeds = sorted(set.intersection(*(set(f.index) for f in scores.values())))
+    images = sorted(set.intersection(*(set(f.columns) for f in scores.values())))
+    arrays = {k: f.loc[seeds, images].to_numpy(float) for k, f in scores.items()}
+    out = {k: np.empty(n_resamples) for k in scores}
+    for r in range(n_resamples):
+        s = rng.integers(0, len(seeds), len(seeds))
+        i = rng.integers(0, len(images), len(images))
+        for k, y in arrays.items():
+            out[k][r] = y[np.ix_(s, i)].mean()
+    return pd.DataFrame(out)

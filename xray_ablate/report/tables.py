@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from xray_ablate.config.factors import factor_labels
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.report import stats
+from xray_ablate.report.images import ECE, Evidence
 from xray_ablate.report.runs import FACTOR_NAMES
 
-FACTOR_LABELS = {
-    "dataset": "dataset", "class_weights": "class weights", "normalization": "normalization",
-    "augmentation": "augmentation", "brisque_filter": "BRISQUE outliers removed",
-    "backbone": "backbone",
-}
+FACTOR_LABELS = factor_labels()
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class Settings:
 
     @property
     def higher_is_better(self) -> bool:
-        return not self.metric.endswith("loss")
+        return not (self.metric.endswith("loss") or self.metric == ECE)
 
     @property
     def unit(self) -> str:
@@ -111,7 +109,48 @@ def _f1_columns(prefix: str) -> list[tuple[str, str]]:
 
 # --- run table -----------------------------------------------------------------------------------
 
-def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> pd.DataFrame:
+# Shown next to the primary metric, each with its interval over seeds and test images.
+SECONDARY = ("test_accuracy", "test_balanced_accuracy", "test_roc_auc_ovr", ECE)
+MIN_SEEDS_RESAMPLED = 5  # P(improvement) and the bootstrap over seeds are shown from 5 seeds per side
+TOTAL_COLUMNS = ("ci_total_low", "ci_total_high", "se_seed", "se_image", "df_total")
+DELTA_TOTAL_COLUMNS = ("delta_ci_total_low", "delta_ci_total_high", "delta_se_seed",
+                       "delta_se_image", "p_total")
+
+
+def _total_columns(runs: pd.DataFrame, key: str, base: pd.DataFrame | None, settings: Settings,
+                   evidence: Evidence | None) -> dict:
+    """The intervals over seeds and test images of one configuration: its metric, its Δ vs the
+    baseline (``base``: the baseline's score matrix, None for the baseline row), the secondary
+    metrics."""
+    m, conf = settings.metric, settings.confidence
+    row = dict.fromkeys((*TOTAL_COLUMNS, *DELTA_TOTAL_COLUMNS), math.nan)
+    scores = evidence.scores(runs, key, m, settings.scale) if evidence else None
+    if scores is not None:
+        total = stats.total_interval(scores, conf)
+        row.update(ci_total_low=total.low, ci_total_high=total.high, se_seed=total.se_seed,
+                   se_image=total.se_image, df_total=total.df)
+        if base is not None:
+            diff = stats.total_difference(scores, base, conf)
+            row.update(delta_ci_total_low=diff.low, delta_ci_total_high=diff.high,
+                       delta_se_seed=diff.se_seed, delta_se_image=diff.se_image, p_total=diff.pvalue)
+    sub = runs[runs["config_key"] == key]
+    for metric in SECONDARY:
+        if metric == m:
+            continue
+        other = evidence.scores(runs, key, metric, 100.0) if evidence else None
+        ci = stats.total_interval(other, conf) if other is not None else None
+        # From predictions.csv when there (the interval's centre), else the logged metric.
+        row[f"{metric}_mean"] = (ci.estimate if ci else sub[metric].astype(float).mean() * 100
+                                 if metric in sub else math.nan)
+        row[f"{metric}_ci_total_low"] = ci.low if ci else math.nan
+        row[f"{metric}_ci_total_high"] = ci.high if ci else math.nan
+    learned = sub["learned"] if "learned" in sub else pd.Series(dtype=object)
+    row["n_not_learned"] = (float(learned.eq(False).sum()) if learned.notna().any() else math.nan)
+    return row
+
+
+def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings,
+              evidence: Evidence | None = None) -> pd.DataFrame:
     """One row per configuration: the metric's mean, sd, t and bootstrap CIs, F1s, and Δ vs baseline.
 
     Δ = config - baseline in the metric's unit with its CI and p-value: the paired t-test over the
@@ -123,6 +162,7 @@ def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> pd.D
     m, scale, conf = settings.metric, settings.scale, settings.confidence
     table = configurations(runs, baseline_key)
     base = _by_seed(runs, baseline_key, m, scale)
+    base_scores = evidence.scores(runs, baseline_key, m, scale) if evidence else None
     rows = []
     for _, cfg in table.iterrows():
         key = cfg["config_key"]
@@ -159,13 +199,22 @@ def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> pd.D
                 notes.append(f"paired over the {comp.n_pairs} common seeds")
             if len(base) < 2 and len(values) >= 2:
                 notes.append("baseline has fewer than 2 seeds: no Δ CI")
+        row |= _total_columns(runs, key, None if key == baseline_key else base_scores, settings,
+                              evidence)
         row["note"] = "; ".join(notes)
         rows.append(row)
     table = pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1)
     table["p_holm"] = stats.holm(table["p"].to_numpy())
-    first = ["config", "config_key", *FACTOR_NAMES, "n", "seeds"]
-    ordered = first + [c for c in table.columns if c not in first and c not in ("p_holm", "note")]
-    ordered.insert(ordered.index("p") + 1, "p_holm")
+    table["p_total_holm"] = stats.holm(table["p_total"].to_numpy())
+    first = ["config", "config_key", *FACTOR_NAMES, "n", "seeds", "n_not_learned"]
+    placed = {"p_holm", "note", "p_total_holm", *TOTAL_COLUMNS, *DELTA_TOTAL_COLUMNS}
+    ordered = first + [c for c in table.columns if c not in first and c not in placed]
+    at = ordered.index(f"{m}_boot_high") + 1
+    ordered[at:at] = list(TOTAL_COLUMNS)
+    at = ordered.index("delta_high") + 1
+    ordered[at:at] = list(DELTA_TOTAL_COLUMNS[:-1])
+    at = ordered.index("p") + 1
+    ordered[at:at] = ["p_holm", "p_total", "p_total_holm"]
     return table[ordered + ["note"]]
 
 
@@ -397,16 +446,29 @@ def is_fraction(metric: str) -> bool:
     return metric_scale(metric) == 100 and "support" not in metric
 
 
-def display_run_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+SEEDS_ONLY = "over seeds"  # what each interval header says it covers
+SEEDS_AND_IMAGES = "over seeds + test images"
+FEW_SEEDS = f"bootstrap CI and P(improvement) need ≥ {MIN_SEEDS_RESAMPLED} seeds per side"
+
+
+def display_run_table(table: pd.DataFrame, settings: Settings,
+                      references: pd.DataFrame | None = None) -> pd.DataFrame:
     """The run table as text; a fraction's t-interval is shown clipped to [0, 100] % (the CSV
-    keeps the unclipped bounds) and the note says so."""
+    keeps the unclipped bounds) and the note says so. Headers say what each interval covers:
+    seeds only (one fixed test set) or seeds and test images. The bootstrap CI and
+    P(improvement) show "–" below MIN_SEEDS_RESAMPLED seeds per side. ``references`` (chance,
+    majority class) are appended as rows."""
     m, unit = settings.metric, settings.unit
     title = metric_title(m) + (" (%)" if unit else "")
     level = f"{settings.confidence:.0%}"
+    base_n = int(table["n"].iloc[0])
+    few = table["n"].lt(MIN_SEEDS_RESAMPLED)
+    few_pair = few | (base_n < MIN_SEEDS_RESAMPLED)
     out = pd.DataFrame({"config": table["config"]})
     for factor in FACTOR_NAMES:
         out[FACTOR_LABELS[factor]] = table[factor]
     out["n"] = table["n"]
+    out["runs not learned"] = table["n_not_learned"].map(lambda v: fmt(v, 0))
     out[title] = [fmt_pm(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_sd"], strict=True)]
     t_low, t_high = table[f"{m}_t_low"].astype(float), table[f"{m}_t_high"].astype(float)
     notes = table["note"].fillna("").astype(str)
@@ -414,23 +476,96 @@ def display_run_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         clipped = (t_low < 0) | (t_high > 100)
         t_low, t_high = t_low.clip(0, 100), t_high.clip(0, 100)
         notes = notes.where(~clipped, [f"{n}; {CLIPPED}" if n else CLIPPED for n in notes])
-    out[f"{level} CI (t)"] = [fmt_ci(a, b) for a, b in zip(t_low, t_high, strict=True)]
-    out[f"{level} CI (bootstrap)"] = [fmt_ci(a, b) for a, b in
-                                      zip(table[f"{m}_boot_low"], table[f"{m}_boot_high"], strict=True)]
+    out[f"{level} CI {SEEDS_ONLY} (t)"] = [fmt_ci(a, b) for a, b in zip(t_low, t_high, strict=True)]
+    out[f"{level} CI {SEEDS_AND_IMAGES}"] = [fmt_ci(a, b) for a, b in
+                                              zip(table["ci_total_low"], table["ci_total_high"], strict=True)]
+    out[f"{level} CI {SEEDS_ONLY} (bootstrap)"] = [
+        "–" if f else fmt_ci(a, b)
+        for f, a, b in zip(few, table[f"{m}_boot_low"], table[f"{m}_boot_high"], strict=True)]
+    for metric in SECONDARY:
+        if metric != m and f"{metric}_mean" in table:
+            out[f"{metric_title(metric)} (%) [{level} CI {SEEDS_AND_IMAGES}]"] = [
+                fmt(v) + ("" if fmt_ci(a, b) == "–" else f" {fmt_ci(a, b)}") for v, a, b in
+                zip(table[f"{metric}_mean"], table[f"{metric}_ci_total_low"],
+                    table[f"{metric}_ci_total_high"], strict=True)]
     for column, label in _f1_columns(settings.prefix):
         out[label + " (%)"] = [fmt_pm(a, b) for a, b in
                                zip(table[f"{column}_mean"], table[f"{column}_sd"], strict=True)]
-    out[f"Δ ({unit or 'units'})"] = [fmt(v) if k else "" for k, v in
-                                     zip(table.index > 0, table["delta"], strict=True)]
-    out[f"Δ {level} CI"] = [fmt_ci(a, b) if k else "" for k, a, b in
-                            zip(table.index > 0, table["delta_low"], table["delta_high"], strict=True)]
+    rows = table.index > 0
+    out[f"Δ ({unit or 'units'})"] = [fmt(v) if k else "" for k, v in zip(rows, table["delta"], strict=True)]
+    out[f"Δ {level} CI {SEEDS_ONLY}"] = [fmt_ci(a, b) if k else "" for k, a, b in
+                                         zip(rows, table["delta_low"], table["delta_high"], strict=True)]
+    out[f"Δ {level} CI {SEEDS_AND_IMAGES}"] = [
+        fmt_ci(a, b) if k else "" for k, a, b in
+        zip(rows, table["delta_ci_total_low"], table["delta_ci_total_high"], strict=True)]
     out["test"] = table["test"]
-    out["p"] = [fmt_p(v) if k else "" for k, v in zip(table.index > 0, table["p"], strict=True)]
-    out["p (Holm)"] = [fmt_p(v) if k else "" for k, v in zip(table.index > 0, table["p_holm"], strict=True)]
-    out["P(improvement)"] = [fmt(v, 2) if k else "" for k, v in
-                             zip(table.index > 0, table["p_improvement"], strict=True)]
+    out[f"p {SEEDS_ONLY}"] = [fmt_p(v) if k else "" for k, v in zip(rows, table["p"], strict=True)]
+    out[f"p {SEEDS_ONLY} (Holm)"] = [fmt_p(v) if k else "" for k, v in zip(rows, table["p_holm"], strict=True)]
+    out[f"p {SEEDS_AND_IMAGES} (Holm)"] = [fmt_p(v) if k else "" for k, v in
+                                           zip(rows, table["p_total_holm"], strict=True)]
+    out["P(improvement)"] = [("–" if f else fmt(v, 2)) if k else "" for k, f, v in
+                             zip(rows, few_pair, table["p_improvement"], strict=True)]
+    if few_pair.iloc[1:].any() or few.iloc[0]:
+        notes = pd.Series([f"{n}; {FEW_SEEDS}" if n else FEW_SEEDS for n in notes], index=notes.index
+                          ).where(few_pair | few, notes)
     out["note"] = notes
+    if references is not None and len(references):
+        ref = pd.DataFrame({"config": references["config"]})
+        ref[title] = (references[m] * settings.scale).map(fmt) if m in references else "–"
+        for metric in SECONDARY:
+            label = f"{metric_title(metric)} (%) [{level} CI {SEEDS_AND_IMAGES}]"
+            if label in out and metric in references:
+                ref[label] = (references[metric] * 100).map(fmt)
+        for column, label in _f1_columns(settings.prefix):
+            key = column.replace(settings.prefix, "test", 1)
+            if key in references:
+                ref[label + " (%)"] = (references[key] * 100).map(fmt)
+        out = pd.concat([out.astype(object), ref.astype(object)], ignore_index=True).fillna("")
     return out
+
+
+def reference_rows(references: pd.DataFrame, table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """The reference rows (chance, majority class) with the run table's column names and units."""
+    if references is None or references.empty:
+        return pd.DataFrame(columns=["config"])
+    ref = pd.DataFrame({"config": references["config"]})
+    m = settings.metric
+    if m in references:
+        ref[f"{m}_mean"] = references[m] * settings.scale
+    for column in references.columns:
+        if column not in ("config", m) and f"{column}_mean" in table:
+            ref[f"{column}_mean"] = references[column] * 100
+    return ref
+
+
+def display_mcnemar(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "config": frame["config"], "seed": frame["seed"], "test images": frame["n_images"],
+        "accuracy (%)": frame["accuracy"].map(fmt), "baseline accuracy (%)": frame["baseline_accuracy"].map(fmt),
+        "right only here": frame["only_config_right"], "right only in baseline": frame["only_baseline_right"],
+        "predicted class differs": frame["predictions_differ"],
+        "p (exact McNemar)": frame["p_exact"].map(fmt_p),
+    })
+
+
+def display_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """Two columns, quantity and a number (2 decimals)."""
+    out = frame.copy()
+    out[out.columns[1]] = out[out.columns[1]].map(lambda v: fmt(v, 2))
+    return out
+
+
+def display_floor(frame: pd.DataFrame, unit: str) -> pd.DataFrame:
+    def count(v, never: str) -> str:
+        return never if v == math.inf else ("–" if not np.isfinite(v) else f"{int(v)}")
+
+    return pd.DataFrame({
+        f"difference ({unit})": frame["difference"].map(lambda v: f"{v:g}"),
+        "seed pairs needed (test images fixed)": frame["seeds_needed"].map(
+            lambda v: count(v, "no number of seeds reaches it")),
+        "test images needed at the current seeds": frame["images_needed"].map(
+            lambda v: count(v, "none: the seed term alone is too large")),
+    })
 
 
 def display_model_table(model: ModelTable) -> pd.DataFrame:

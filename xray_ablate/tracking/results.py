@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xray_ablate.tracking import schema
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.train import figures, metrics
 from xray_ablate.train.fit import RunResult
@@ -13,7 +14,9 @@ def record_result(recorder: Recorder, result: RunResult, log_checkpoint: bool) -
     best checkpoint. Per-epoch metrics are logged live by fit()'s on_epoch."""
     recorder.params(result.params)
     recorder.metrics(result.metrics)
-    recorder.table(result.predictions, "predictions.csv")
+    recorder.tags({schema.LEARNED: str(result.learned["learned"]).lower(),
+                   schema.LEARNED_REASON: result.learned["reason"]})
+    recorder.table(result.predictions, schema.PREDICTIONS)
     y_test = result.predictions["label"].to_numpy()
     probs = result.predictions.filter(like="prob_").to_numpy()
     text, as_dict = metrics.report(y_test, probs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
 from xray_ablate.config.schema import Config
@@ -32,6 +34,7 @@ from xray_ablate.train.optim import build_optimizer, build_schedule
 log = logging.getLogger(__name__)
 # Keep the images on the GPU when they take less than this share of its free memory.
 DEVICE_MEMORY_SHARE = 0.3
+FLAT_LOSS_EPOCHS = 3  # warn when the training loss is still at ln(classes) after this many epochs
 
 
 @dataclass
@@ -42,6 +45,7 @@ class RunResult:
     metrics: dict[str, float]  # final val_* and test_* metrics of the best state, timings
     predictions: pd.DataFrame  # per test image: image_id, label, prob_<class>
     model: nn.Module  # with the best state loaded, in eval mode
+    learned: dict  # train.metrics.learning_check: did the run learn, and if not, why
 
 
 def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.device,
@@ -83,6 +87,10 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
             on_epoch(row)
         log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", epoch, trainer.epochs,
                  train_loss, train_acc, val_loss, row["val_acc"])
+        if epoch == FLAT_LOSS_EPOCHS and train_loss >= metrics.FLAT_LOSS_SHARE * math.log(len(CLASSES)):
+            log.warning("training loss %.3f has not moved off ln(%d) = %.3f after %d epochs: the model may "
+                        "not learn (try another trainer.lr)", train_loss, len(CLASSES), math.log(len(CLASSES)),
+                        epoch)
         if val_loss < best_loss:
             best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
         elif trainer.early_stopping_patience is not None and epoch - best_epoch >= trainer.early_stopping_patience:
@@ -103,11 +111,17 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
         keep = ~inputs.test_outlier
         sub = metrics.classification_metrics(labels[inputs.test][keep], probs["test"][keep], "test_filtered")
         results["test_filtered_accuracy"] = sub["test_filtered_accuracy"]
+    y_test = labels[inputs.test]
+    learned = metrics.learning_check(y_test, probs["test"], history[-1]["train_loss"], len(CLASSES))
+    results.update({k: learned[k] for k in ("top_prediction_share", "loss_ratio", "majority_rate",
+                                            "p_above_majority")})
+    low, high = proportion_confint(int((probs["test"].argmax(1) == y_test).sum()), len(y_test), method="wilson")
+    results.update({"test_accuracy_wilson_low": float(low), "test_accuracy_wilson_high": float(high)})
     predictions = pd.DataFrame({"image_id": data.table["image_id"].to_numpy()[inputs.test],
                                 "label": labels[inputs.test]})
     for i, cls in enumerate(CLASSES):
         predictions[f"prob_{cls}"] = probs["test"][:, i]
-    return RunResult(params, pd.DataFrame(history), best_epoch, results, predictions, model)
+    return RunResult(params, pd.DataFrame(history), best_epoch, results, predictions, model, learned)
 
 
 def class_weights(setting, train_labels: np.ndarray) -> np.ndarray | None:

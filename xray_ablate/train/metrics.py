@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
@@ -63,3 +65,39 @@ def _quiet(fn, *args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (UndefinedMetricWarning, UserWarning))
         return fn(*args)
+
+
+# A run has not learned when it gives one class to nearly every test image, or when its training
+# loss never left ln(classes), the loss of uniform predictions.
+ONE_CLASS_SHARE = 0.95
+FLAT_LOSS_SHARE = 0.95
+
+
+def learning_check(test_labels: np.ndarray, test_probs: np.ndarray, final_train_loss: float,
+                   n_classes: int = len(CLASSES)) -> dict:
+    """Did the run learn? Numbers and the verdict, from its test predictions and final train loss.
+
+    top_prediction_share: share of test images given the most frequent prediction;
+    loss_ratio: final train loss / ln(n_classes); majority_rate: share of the test set's most
+    frequent class (majority_class); p_above_majority: one-sided exact binomial p of the test
+    accuracy exceeding majority_rate; learned (bool) and reason ("" when learned).
+    """
+    labels = np.asarray(test_labels, int)
+    pred = np.asarray(test_probs, float).argmax(axis=1)
+    counts = np.bincount(pred, minlength=n_classes)
+    share = float(counts.max() / len(pred))
+    label_counts = np.bincount(labels, minlength=n_classes)
+    majority = int(label_counts.argmax())
+    rate = float(label_counts[majority] / len(labels))
+    correct = int((pred == labels).sum())
+    p = float(binomtest(correct, len(labels), rate, alternative="greater").pvalue) if rate < 1 else 1.0
+    ratio = float(final_train_loss) / math.log(n_classes)
+    names = CLASSES if n_classes == len(CLASSES) else tuple(map(str, range(n_classes)))
+    reasons = []
+    if share >= ONE_CLASS_SHARE:
+        reasons.append(f"predicts {names[int(counts.argmax())]} for {share:.0%} of test images")
+    if ratio >= FLAT_LOSS_SHARE:
+        reasons.append(f"final training loss {final_train_loss:.3f} is {ratio:.0%} of ln({n_classes})")
+    return {"top_prediction_share": share, "loss_ratio": ratio, "majority_rate": rate,
+            "majority_class": names[majority],
+            "p_above_majority": p, "learned": not reasons, "reason": "; ".join(reasons)}

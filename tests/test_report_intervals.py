@@ -1,0 +1,198 @@
+"""Intervals that include test-set sampling, checked by simulation against a known population."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+from scipy.special import expit, logit
+from sklearn.metrics import roc_auc_score
+
+from xray_ablate.report import stats
+from xray_ablate.train.metrics import learning_check
+
+# Population: image difficulty on the logit scale (most images nearly always right or wrong,
+# as for real classifiers), a seed effect in probability points, a finite test set per replicate.
+MEAN, SPREAD, SHIFT = logit(0.75), 2.5, 0.4  # config B: logit + SHIFT
+
+
+def _truth(shift: float, seed_sd: float) -> float:
+    rng = np.random.default_rng(123)
+    p = expit(MEAN + shift + SPREAD * rng.standard_normal(4_000_000))
+    return float(np.clip(p + rng.normal(0, seed_sd, p.size), 0, 1).mean())
+
+
+def _draw(rng, reps: int, seeds: int, images: int, seed_sd: float):
+    """Correctness of configs a (baseline) and b on the same test images: (reps, seeds, images)."""
+    z = MEAN + SPREAD * rng.standard_normal((reps, 1, images))
+    out = []
+    for shift in (0.0, SHIFT):
+        p = np.clip(expit(z + shift) + rng.normal(0, seed_sd, (reps, seeds, 1)), 0, 1)
+        out.append((rng.random((reps, seeds, images)) < p).astype(float))
+    return out
+
+
+def _total_arrays(y, confidence=0.95):
+    means = y.mean(axis=-1)
+    return stats.welch_satterthwaite_t(means.mean(-1), [stats.seed_variance(means),
+                                                        stats.image_variance(y)],
+                                       [y.shape[-2] - 1, y.shape[-1] - 1], confidence)
+
+
+def _seed_only(means, confidence=0.95):
+    n = means.shape[-1]
+    half = st.t.ppf(0.5 + confidence / 2, n - 1) * means.std(axis=-1, ddof=1) / math.sqrt(n)
+    return means.mean(-1) - half, means.mean(-1) + half
+
+
+def test_total_interval_covers_the_population_value_in_every_regime(capsys):
+    rng = np.random.default_rng(20261126)
+    reps, rows = 1000, []
+    for seeds, images, seed_pp in itertools.product((3, 10), (60, 1200), (1, 5)):
+        sd = seed_pp / 100
+        truth_a, truth_b = _truth(0.0, sd), _truth(SHIFT, sd)
+        hits = {k: 0 for k in ("total", "seed-only", "Δ total", "Δ seed-only")}
+        for chunk in range(4):
+            a, b = _draw(rng, reps // 4, seeds, images, sd)
+            low, high, _, _ = _total_arrays(a)
+            hits["total"] += np.sum((low <= truth_a) & (truth_a <= high))
+            low, high = _seed_only(a.mean(-1))
+            hits["seed-only"] += np.sum((low <= truth_a) & (truth_a <= high))
+            low, high, _, _ = _total_arrays(b - a)  # paired: seed-matched and image-matched
+            hits["Δ total"] += np.sum((low <= truth_b - truth_a) & (truth_b - truth_a <= high))
+            low, high = _seed_only(b.mean(-1) - a.mean(-1))
+            hits["Δ seed-only"] += np.sum((low <= truth_b - truth_a) & (truth_b - truth_a <= high))
+            if chunk == 0:  # the DataFrame functions the report calls give the same interval
+                one = stats.total_interval(pd.DataFrame(a[0]))
+                assert (one.low, one.high) == pytest.approx(_total_arrays(a[0])[:2])
+                diff = stats.total_difference(pd.DataFrame(b[0]), pd.DataFrame(a[0]))
+                assert (diff.low, diff.high) == pytest.approx(_total_arrays(b[0] - a[0])[:2])
+        rows.append({"seeds": seeds, "images": images, "seed sd (pp)": seed_pp,
+                     **{k: v / reps for k, v in hits.items()}})
+    table = pd.DataFrame(rows)
+    with capsys.disabled():
+        print("\ncoverage of 95 % intervals, 1000 replicates per regime\n" + table.to_string(index=False))
+    assert table["total"].between(0.92, 0.98).all()
+    assert table["Δ total"].between(0.92, 0.98).all()
+    # Seed sd 1 pp: the test images dominate, and the seed-only interval misses them.
+    image_dominated = table[table["seed sd (pp)"] == 1]
+    assert (image_dominated["seed-only"] < 0.90).all()
+    assert table.loc[(table["seeds"] == 10) & (table["images"] == 60), "seed-only"].max() < 0.7
+
+
+def _predictions(rng, n=80, classes=4, skill=1.5):
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), labels] += skill
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return labels, probs
+
+
+def test_image_scores_average_to_the_metric_and_give_the_jackknife_variance():
+    from sklearn.metrics import balanced_accuracy_score
+
+    labels, probs = _predictions(np.random.default_rng(1))
+    pred = probs.argmax(1)
+    assert stats.image_scores(labels, probs, "accuracy").mean() == pytest.approx((pred == labels).mean())
+    assert stats.image_scores(labels, probs, "balanced_accuracy").mean() == pytest.approx(
+        balanced_accuracy_score(labels, pred))
+    auc = stats.image_scores(labels, probs, "roc_auc_ovr")
+    assert auc.mean() == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
+    # Brute-force leave-one-out: the scores' variance / N is the jackknife variance.
+    n = len(labels)
+    keep = ~np.eye(n, dtype=bool)
+    loo = np.array([roc_auc_score(labels[k], probs[k], multi_class="ovr") for k in keep])
+    assert auc.var(ddof=1) / n == pytest.approx((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
+    ece = stats.image_scores(labels, probs, "ece")
+    conf, correct = probs.max(1), pred == labels
+    bins = np.minimum((np.ceil(conf * 10) - 1).astype(int), 9)
+    hand = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * np.mean(bins == b)
+               for b in np.unique(bins))
+    assert ece.mean() == pytest.approx(hand) == stats.expected_calibration_error(labels, probs)
+    loo = np.array([stats.expected_calibration_error(labels[k], probs[k]) for k in keep])
+    assert ece.var(ddof=1) / n == pytest.approx((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
+
+
+def test_wilson_and_exact_mcnemar():
+    # 15 of 58 right (the issue's collapsed runs): Wilson by hand.
+    z = st.norm.ppf(0.975)
+    p, n = 15 / 58, 58
+    centre, half = (p + z**2 / (2 * n)) / (1 + z**2 / n), z / (1 + z**2 / n) * math.sqrt(
+        p * (1 - p) / n + z**2 / (4 * n**2))
+    assert stats.wilson_interval(15, 58) == pytest.approx((centre - half, centre + half))
+    # Same accuracy, different images right: 30 discordant pairs, split 15/15.
+    a = np.r_[np.ones(15), np.zeros(15), np.zeros(28)].astype(bool)
+    b = np.r_[np.zeros(15), np.ones(15), np.zeros(28)].astype(bool)
+    assert stats.mcnemar_exact(a, b) == (15, 15, pytest.approx(1.0))
+    a[15:25] = True  # a now right on 10 more of b's images: 15 vs 5 discordant
+    only_a, only_b, pvalue = stats.mcnemar_exact(a, b)
+    assert (only_a, only_b) == (15, 5)
+    assert pvalue == pytest.approx(2 * st.binom.cdf(5, 20, 0.5))
+
+
+def test_two_level_bootstrap_agrees_with_the_analytic_standard_errors():
+    """The two-level bootstrap counts the seed x image residual twice (once in each level), so it
+    matches the plain sum of the two terms, and the analytic interval, which counts it once, is a
+    little tighter."""
+    rng = np.random.default_rng(7)
+    a, b = _draw(rng, 1, 20, 300, 0.03)
+    frames = {k: pd.DataFrame(y[0]) for k, y in (("a", a), ("b", b))}
+    boot = stats.two_level_bootstrap(frames, n_resamples=2000, seed=1)
+
+    def plain(y):  # var(run means) / n + N var(contributions), no residual correction
+        return math.sqrt(stats.seed_variance(y.mean(1)) + y.shape[1] * np.var(
+            stats.image_contributions(y), ddof=1))
+
+    for boot_se, y, analytic in ((boot["a"].std(), a[0], stats.total_interval(frames["a"])),
+                                 ((boot["b"] - boot["a"]).std(), b[0] - a[0],
+                                  stats.total_difference(frames["b"], frames["a"]))):
+        assert boot_se == pytest.approx(plain(y), rel=0.1)
+        assert 0.6 * boot_se < analytic.se <= boot_se * 1.05
+    # One image resample per replicate for both configurations: the difference is much tighter
+    # than that of independent resamples.
+    assert (boot["b"] - boot["a"]).std() < 0.7 * math.hypot(boot["a"].std(), boot["b"].std())
+
+
+def test_split_per_seed_counts_each_seeds_images_and_stays_honest():
+    """split.vary_with_seed: every seed its own test images (NaN elsewhere)."""
+    rng = np.random.default_rng(3)
+    truth, hits, reps, seeds, images = _truth(0.0, 0.02), 0, 400, 5, 60
+    for _ in range(reps):
+        y = _draw(rng, seeds, 1, images, 0.02)[0][:, 0]  # each seed: own images, own effect
+        grid = np.full((seeds, seeds * images), np.nan)
+        for s in range(seeds):
+            grid[s, s * images:(s + 1) * images] = y[s]
+        frame = pd.DataFrame(grid)
+        ci = stats.total_interval(frame)
+        assert ci.n_images == seeds * images
+        hits += ci.low <= truth <= ci.high
+    assert 0.93 <= hits / reps <= 0.995  # the image term counts each seed's own images
+
+
+def test_power_respects_the_test_sample_floor():
+    # 58 test images: the image SE of Δ is ~3 pp; no number of seeds detects 1 pp.
+    assert stats.seeds_needed_with_floor(1.0, 1.0, 3.0, 58) == math.inf
+    n = stats.images_needed(1.0, 1.0, 10, 3.0, 58)
+    z = st.norm.ppf(0.975) + st.norm.ppf(0.8)
+    assert n == math.ceil(58 * 9 / ((1 / z) ** 2 - 0.1))
+    # A small image term: seeds needed approaches the seed-only answer from above.
+    few = stats.seeds_needed_with_floor(2.0, 1.5, 0.05, 5000)
+    assert stats.seeds_needed(2.0, 1.5, paired=True) <= few <= stats.seeds_needed(2.0, 1.5, paired=True) + 2
+
+
+def test_learning_check_flags_one_class_and_flat_loss():
+    labels = np.r_[np.zeros(15), np.ones(10), np.full(20, 2), np.full(13, 3)].astype(int)
+    one_class = np.tile([0.1, 0.1, 0.7, 0.1], (58, 1))
+    out = learning_check(labels, one_class, math.log(4) * 0.99, 4)
+    assert not out["learned"] and out["top_prediction_share"] == 1.0
+    assert "predicts covid for 100% of test images" in out["reason"] and "ln(4)" in out["reason"]
+    assert out["majority_class"] == "covid" and out["majority_rate"] == pytest.approx(20 / 58)
+    assert out["p_above_majority"] == pytest.approx(st.binomtest(20, 58, 20 / 58, "greater").pvalue)
+    good = np.eye(4)[labels] * 0.9 + 0.025
+    out = learning_check(labels, good, 0.3, 4)
+    assert out["learned"] and out["reason"] == "" and out["p_above_majority"] < 1e-10
+    assert out["loss_ratio"] == pytest.approx(0.3 / math.log(4))

@@ -1,0 +1,215 @@
+"""Per-image evidence: did each run learn, per-image score matrices, McNemar, variance split, references.
+
+Built from the tidy run frame and each run's predictions.csv (runs.load_predictions); the
+statistics are in stats.py, the "did it learn?" rule in train.metrics.learning_check (one place,
+shared with training).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from xray_ablate.data.labels import CLASSES
+from xray_ablate.report import stats
+from xray_ablate.train.metrics import learning_check
+
+PROB_COLUMNS = [f"prob_{c}" for c in CLASSES]
+# The metrics with per-image scores, as they are named in the run frame (all on the test set).
+IMAGE_METRICS = {f"test_{m}": m for m in stats.IMAGE_METRICS}
+ECE = "test_ece"  # computed here from predictions.csv; training does not log it
+LEARNING_NUMBERS = ("top_prediction_share", "loss_ratio", "majority_rate", "p_above_majority")
+
+
+@dataclass
+class Evidence:
+    """Each run's predictions (by run id) and what the report derived from them."""
+
+    predictions: dict[str, pd.DataFrame]
+
+    def has(self, run_id: str) -> bool:
+        return run_id in self.predictions
+
+    def scores(self, runs: pd.DataFrame, key: str, metric: str, scale: float) -> pd.DataFrame | None:
+        """Seeds x image ids of the per-image scores of ``metric`` (stats.image_scores) of the
+        runs of configuration ``key``, times ``scale``; None when a run lacks predictions or the
+        metric has no per-image scores."""
+        if metric not in IMAGE_METRICS:
+            return None
+        sub = runs[runs["config_key"] == key]
+        if sub.empty or not all(self.has(r) for r in sub["run_id"]):
+            return None
+        rows = {}
+        for run_id, seed in zip(sub["run_id"], sub["seed"].astype(int), strict=True):
+            p = self.predictions[run_id]
+            rows[seed] = pd.Series(stats.image_scores(p["label"].to_numpy(), p[PROB_COLUMNS].to_numpy(),
+                                                      IMAGE_METRICS[metric]) * scale,
+                                   index=p["image_id"].to_numpy())
+        return pd.DataFrame(rows).T.sort_index()
+
+
+def add_run_evidence(runs: pd.DataFrame, evidence: Evidence) -> pd.DataFrame:
+    """The run frame with, per run: test_ece, the Wilson interval of test accuracy and the
+    learning check (recorded tags/metrics when training logged them, else derived from
+    predictions.csv and the final train_loss with the same rule): learned (True/False/NaN when
+    unknown), learned_reason, learned_source ("recorded" | "derived" | "")."""
+    out = runs.copy()
+    records = []
+    for row in out.itertuples():
+        rec: dict = {"learned": math.nan, "learned_reason": "", "learned_source": ""}
+        p = evidence.predictions.get(row.run_id)
+        if p is not None:
+            labels, probs = p["label"].to_numpy(), p[PROB_COLUMNS].to_numpy()
+            correct = int((probs.argmax(axis=1) == labels).sum())
+            rec[ECE] = stats.expected_calibration_error(labels, probs)
+            rec["test_accuracy_wilson_low"], rec["test_accuracy_wilson_high"] = stats.wilson_interval(
+                correct, len(labels))
+            check = learning_check(labels, probs, getattr(row, "train_loss", math.nan), len(CLASSES))
+            rec.update({k: check[k] for k in LEARNING_NUMBERS}, learned=check["learned"],
+                       learned_reason=check["reason"], learned_source="derived")
+        tag = getattr(row, "learned_tag", None)
+        if isinstance(tag, str) and tag.lower() in ("true", "false"):  # training's record wins
+            rec.update(learned=tag.lower() == "true", learned_source="recorded",
+                       learned_reason=str(getattr(row, "learned_reason_tag", "") or ""))
+        records.append(rec)
+    extra = pd.DataFrame(records, index=out.index)
+    for column in extra.columns:
+        if column in out.columns and column in LEARNING_NUMBERS:  # recorded metrics win
+            extra[column] = out[column].fillna(extra[column])
+        out[column] = extra[column]
+    return out
+
+
+def not_learned(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs flagged as not learned."""
+    return runs[runs["learned"].eq(False)] if "learned" in runs else runs.iloc[:0]
+
+
+def not_learned_warning(runs: pd.DataFrame, labels: dict[str, str]) -> str | None:
+    """'k of n runs did not learn: ...' or None."""
+    bad = not_learned(runs)
+    if bad.empty:
+        return None
+    bad = bad.assign(why=bad["learned_reason"].replace("", "recorded as not learned"))
+    items = "; ".join(
+        f"{labels.get(key, key[:8])} seed{'s' if len(g) > 1 else ''} "
+        f"{', '.join(str(int(v)) for v in sorted(g['seed']))} ({why})"
+        for (key, why), g in bad.groupby(["config_key", "why"], sort=False))
+    return (f"{len(bad)} of {len(runs)} runs did not learn: {items}; their accuracy measures the "
+            "class mix, not the configuration.")
+
+
+# --- references ----------------------------------------------------------------------------------
+
+def class_shares(runs: pd.DataFrame, evidence: Evidence) -> pd.Series | None:
+    """Share of each class in the test set, averaged over the runs (per-seed splits differ):
+    from predictions.csv, else the test_support_<class> metrics; None when neither is there."""
+    shares = []
+    for row in runs.itertuples():
+        p = evidence.predictions.get(row.run_id)
+        if p is not None:
+            counts = np.bincount(p["label"].to_numpy(), minlength=len(CLASSES)).astype(float)
+        else:
+            counts = np.array([getattr(row, f"test_support_{c}", math.nan) for c in CLASSES], float)
+        if np.isfinite(counts).all() and counts.sum() > 0:
+            shares.append(counts / counts.sum())
+    return pd.Series(np.mean(shares, axis=0), index=list(CLASSES)) if shares else None
+
+
+def references(shares: pd.Series | None) -> pd.DataFrame:
+    """Reference rows: chance (uniform random guesses, 1/K) and always predicting the test set's
+    majority class, for each metric the run table shows (fractions; NaN where undefined)."""
+    k = len(CLASSES)
+    if shares is None:
+        return pd.DataFrame()
+    present = shares[shares > 0]
+    kp = len(present)
+    top = str(shares.idxmax())
+    r = float(shares.max())
+    chance_f1 = {c: 2 * s / k / (s + 1 / k) if s > 0 else math.nan for c, s in shares.items()}
+    majority_f1 = {c: (2 * r / (1 + r) if c == top else 0.0) if shares[c] > 0 else math.nan
+                   for c in CLASSES}
+    rows = []
+    for name, acc, f1 in ((f"chance (1/{k})", 1 / k, chance_f1),
+                          (f"majority class ({top})", r, majority_f1)):
+        row = {"config": f"reference: {name}", "test_accuracy": acc,
+               "test_balanced_accuracy": 1 / kp, "test_roc_auc_ovr": 0.5, ECE: math.nan,
+               "test_macro_f1": float(np.nanmean([f1[c] for c in present.index]))}
+        row |= {f"test_f1_{c}": f1[c] for c in CLASSES}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- image-level comparisons ---------------------------------------------------------------------
+
+def mcnemar_table(runs: pd.DataFrame, evidence: Evidence, configs: pd.DataFrame,
+                  baseline_key: str) -> pd.DataFrame:
+    """Exact McNemar per seed pair (equal seeds, same test images) of every configuration against
+    the baseline: accuracies, images right only for one side, images whose predicted class
+    differs, and the two-sided p of the discordant pairs."""
+    def by_seed(key):
+        sub = runs[(runs["config_key"] == key) & runs["run_id"].map(evidence.has)]
+        return dict(zip(sub["seed"].astype(int), sub["run_id"], strict=True))
+
+    base = by_seed(baseline_key)
+    rows = []
+    for cfg in configs.itertuples():
+        if cfg.config_key == baseline_key:
+            continue
+        for seed, run_id in sorted(by_seed(cfg.config_key).items()):
+            if seed not in base:
+                continue
+            a = evidence.predictions[run_id].set_index("image_id")
+            b = evidence.predictions[base[seed]].set_index("image_id")
+            shared = a.index.intersection(b.index)
+            a, b = a.loc[shared], b.loc[shared]
+            pa, pb = a[PROB_COLUMNS].to_numpy().argmax(1), b[PROB_COLUMNS].to_numpy().argmax(1)
+            ra, rb = pa == a["label"].to_numpy(), pb == b["label"].to_numpy()
+            only_a, only_b, p = stats.mcnemar_exact(ra, rb)
+            rows.append({"config": cfg.config, "config_key": cfg.config_key, "seed": seed,
+                         "n_images": len(shared), "accuracy": 100 * ra.mean(),
+                         "baseline_accuracy": 100 * rb.mean(), "only_config_right": only_a,
+                         "only_baseline_right": only_b, "predictions_differ": int((pa != pb).sum()),
+                         "p_exact": p})
+    return pd.DataFrame(rows, columns=["config", "config_key", "seed", "n_images", "accuracy",
+                                       "baseline_accuracy", "only_config_right",
+                                       "only_baseline_right", "predictions_differ", "p_exact"])
+
+
+def variance_table(split: stats.VarianceSplit, unit: str) -> pd.DataFrame:
+    """The baseline's variance decomposition as rows (quantity, value in the metric's unit)."""
+    rows = [
+        ("seed sd: one run, another seed (same test images)", split.seed_sd),
+        ("test-sample sd: one run, another test set of the same size", split.test_sample_sd),
+        ("total sd of one run (both)", split.run_sd),
+        (f"SE of the mean over {split.n_seeds} seeds, from the seeds", split.se_seed),
+        (f"SE of the mean, from the {split.n_images} test images", split.se_image),
+        ("SE of the mean, total", split.se_total),
+        ("SE with twice the seeds", split.se_with(seeds=2)),
+        ("SE with twice the test images", split.se_with(images=2)),
+        ("SE with unlimited seeds (the test-sample floor)", split.se_image),
+    ]
+    return pd.DataFrame({"quantity": [q for q, _ in rows], f"value ({unit})": [v for _, v in rows]})
+
+
+def floor_table(detect: tuple[float, ...], seed_sd: float, se_image: float, n_seeds: int,
+                n_images: int, alpha: float, power: float) -> pd.DataFrame:
+    """For each target difference: seed pairs needed with the test images fixed (inf: no number
+    of seeds reaches it), and test images needed at the current seeds."""
+    rows = []
+    for diff in detect:
+        seeds = stats.seeds_needed_with_floor(diff, seed_sd, se_image, n_images, alpha, power)
+        images = stats.images_needed(diff, seed_sd, n_seeds, se_image, n_images, alpha, power)
+        if seeds == math.inf:
+            note = (f"no number of seeds reaches it: the test-sample SE of Δ alone "
+                    f"({se_image:.2f}) is too large" + (f"; about {int(images)} test images would, "
+                                                        f"at {n_seeds} seeds" if np.isfinite(images)
+                                                        else ""))
+        else:
+            note = ""
+        rows.append({"difference": diff, "seeds_needed": seeds, "images_needed": images,
+                     "note": note})
+    return pd.DataFrame(rows, columns=["difference", "seeds_needed", "images_needed", "note"])
