@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from xray_ablate.config.schema import QualityConfig
 from xray_ablate.quality import weights
 from xray_ablate.quality.brisque import brisque
-from xray_ablate.quality.scores import QualitySettings, score_files
+from xray_ablate.quality.scores import score_files
 from xray_ablate.quality.weights import WEIGHTS_SHA256, weights_path
 
 
@@ -52,7 +53,7 @@ def test_piq_would_run_the_payload(crafted):
 def test_the_project_refuses_the_crafted_file_before_loading_it(crafted):
     marker, image = crafted
     with pytest.raises(Exception) as err:
-        score_files([image], QualitySettings(analysis_size=64), workers=1)
+        score_files([image], QualityConfig(analysis_size=64), workers=1)
     message = str(err.value)
     assert type(err.value).__name__ == "UserError" and "\n" not in message
     assert message.startswith(f"BRISQUE SVM weights {weights_path()} has SHA-256 ")

@@ -13,6 +13,7 @@ from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 
+from xray_ablate.config.factors import factor_names
 from xray_ablate.report import runs as R
 from xray_ablate.report import stats
 
@@ -179,7 +180,7 @@ def test_unreplicated_design_gives_estimates_without_ci():
 def _tidy(rows: list[dict]) -> pd.DataFrame:
     base = {"status": "FINISHED", "split_mode": "fixed", "split_seed": "0", "fingerprint": "f1",
             "split_hash": "h1", "end_time": pd.NaT, "test_accuracy": 0.8,
-            **{f: "x" for f in R.FACTOR_NAMES}}
+            **{f: "x" for f in factor_names()}}
     frame = pd.DataFrame([{**base, **r} for r in rows])
     frame["start_time"] = pd.to_datetime(frame["start_time"], unit="s", utc=True)
     return frame

@@ -9,12 +9,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from xray_ablate.bench.rows import Row
 from xray_ablate.data.synthetic import generate
 from xray_ablate.sweep.outcomes import read_outcomes
 from xray_ablate.tracking import schema
+from xray_ablate.tracking.reader import open_store, search_runs
 
 COMMAND = "python -m xray_ablate.bench sweep"
 
@@ -27,12 +26,11 @@ def _sweep(root: Path, data: Path, *args: str) -> tuple[float, list]:
          f"paths.root_dir={root}", f"hydra.sweep.dir={sweep_dir}", "tracking.system_metrics=false",
          "tracking.log_checkpoint=false", "resume=false", *args],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("xray-ablate")
-    parent = client.search_runs([experiment.experiment_id], f"tags.`{schema.KIND}` = 'sweep'",
-                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    experiments = open_store(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    experiment_id = next(i for i, name in experiments.items() if name == "xray-ablate")
+    newest = search_runs([experiment_id], **{schema.KIND: "sweep"}).iloc[0]  # newest first
     outcomes = read_outcomes(next((sweep_dir / "outcomes").iterdir()))
-    return parent.data.metrics["sweep_seconds"], outcomes
+    return float(newest["metrics.sweep_seconds"]), outcomes
 
 
 def run(smoke: bool = False) -> list[Row]:

@@ -65,20 +65,28 @@ def plan(overrides: list[str], multirun: bool, config_name: str = "config") -> P
             if multirun:
                 params = OmegaConf.to_container(primary.hydra.sweeper.params or {}, resolve=True)
                 jobs = expand_sweep([f"{k}={v}" for k, v in params.items()] + list(overrides))
-            configs = [_job_config(config_name, job, multirun) for job in jobs]
+            configs = [_job_config(config_name, job, _swept(job, jobs) if multirun else "") for job in jobs]
             jobs = [[o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))] for job in jobs]
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(one_line(err)) from None
     return Plan(multirun, jobs, configs, primary)
 
 
-def _job_config(config_name: str, job: list[str], multirun: bool) -> Config:
+def _job_config(config_name: str, job: list[str], label: str) -> Config:
     try:
         return to_config(compose(config_name, overrides=job))
     except (HydraException, OmegaConfBaseException, UserError) as err:
-        where = f" (job: {' '.join(job)})" if multirun else ""
         message = str(err) if isinstance(err, UserError) else one_line(err)
-        raise UserError(message + where) from None
+        raise UserError(message + (f" (job: {label})" if label else "")) from None
+
+
+def _swept(job: list[str], jobs: list[list[str]]) -> str:
+    """The overrides that tell this job from the others (those of swept keys)."""
+    values: dict[str, set[str]] = {}
+    for other in jobs:
+        for override in other:
+            values.setdefault(override.split("=", 1)[0], set()).add(override)
+    return " ".join(o for o in job if len(values[o.split("=", 1)[0]]) > 1)
 
 
 def expand_sweep(arguments: list[str]) -> list[list[str]]:

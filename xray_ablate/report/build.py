@@ -7,14 +7,13 @@ import math
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
 from omegaconf import DictConfig, OmegaConf
 
+from xray_ablate.config.factors import factor_names
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
 from xray_ablate.report import images as I
@@ -24,6 +23,8 @@ from xray_ablate.report import tables as T
 from xray_ablate.report.render import Content, render
 from xray_ablate.settings import CONFIG_DIR
 from xray_ablate.tracking import schema
+from xray_ablate.tracking.lifecycle import tracked_run
+from xray_ablate.tracking.reader import epoch_history
 from xray_ablate.tracking.store import code_version
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if rc.get("log_to_mlflow", True):
-        _log_run(selection, out_dir, content)
+        _log_run(selection, out_dir, content, str(cfg.tracking.uri))
     log.info("report written to %s", out_dir)
     return out_dir
 
@@ -179,10 +180,10 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
     if missing:
         notes.append(f"{missing} of {len(kept)} run(s) have no {R.PREDICTIONS} artifact: "
                      "configurations with such a run get no interval over test images.")
-    varied = [f for f in R.FACTOR_NAMES if kept[f].nunique() > 1]
+    varied = [f for f in factor_names() if kept[f].nunique() > 1]
     content = Content(
         selection=selection, settings=settings,
-        baseline_label=", ".join(f"{f}={base_row[f]}" for f in R.FACTOR_NAMES),
+        baseline_label=", ".join(f"{f}={base_row[f]}" for f in factor_names()),
         baseline_levels=wanted, baseline_source=baseline_source,
         warnings=R.mixing_warnings(kept), notes=notes, reference=reference, n_runs=len(kept), run_table=table,
         power=T.power_table(table, settings), excluded=excluded,
@@ -248,7 +249,7 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
         numeric.to_csv(folder / f"{stem}.csv", index=False)
         (folder / f"{stem}.tex").write_text(T.to_latex(shown))
         c.table_files[title] = (f"{stem}.csv", f"{stem}.tex")
-    ids = [c for c in runs.columns if c in R.ID_COLUMNS or c in R.FACTOR_NAMES]
+    ids = [c for c in runs.columns if c in R.ID_COLUMNS or c in factor_names()]
     metrics = sorted(c for c in runs.columns if c not in ids and c not in ("start_time", "end_time"))
     runs[ids + metrics].to_csv(folder / "runs.csv", index=False)
     c.table_files["Runs (one row per run)"] = ("runs.csv", "")
@@ -259,23 +260,19 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
         runs, c.run_table, s, folder / "accuracy_points.png", c.references).name
     chosen = plots.curve_configs(c.run_table, max_curves)
     drawn = runs[runs["config_key"].isin(chosen["config_key"])]
-    history = R.epoch_history(drawn["run_id"].tolist(), ("val_acc", "val_loss"))
+    history = epoch_history(drawn["run_id"].tolist(), ("val_acc", "val_loss"))
     curves = plots.learning_curves(history, drawn, chosen, folder / "learning_curves.png")
     if curves is not None:
         c.figures["Learning curves"] = curves.name
     (folder / "report.md").write_text(render(c))
 
 
-def _log_run(sel: R.Selection, folder: Path, c: Content) -> str:
+def _log_run(sel: R.Selection, folder: Path, c: Content, uri: str) -> str:
     """An MLflow run tagged xray.kind=report holding every output file, under the sweep's parent."""
-    client = MlflowClient()
     tags = {schema.KIND: "report", schema.SWEEP_ID: ",".join(sel.sweep_ids) or "none",
             schema.EXPERIMENT: sel.experiment_name or "none", schema.CODE_VERSION: code_version()}
-    if sel.parent_run_id:
-        tags[schema.PARENT_RUN] = sel.parent_run_id
-    run = client.create_run(sel.experiment_id, tags=tags, run_name=f"report-{sel.name}")
-    run_id = run.info.run_id
-    try:
+    store = SimpleNamespace(uri=uri, experiment=sel.experiment, artifact_root=None)  # it exists already
+    with tracked_run(store, f"report-{sel.name}", tags, parent_run_id=sel.parent_run_id) as recorder:
         n, sd = T.baseline_sd(c.run_table, c.settings)
         power = c.power.set_index("quantity")
         metrics = {"n_runs": c.n_runs, "n_configs": len(c.run_table), "baseline_n": n,
@@ -286,16 +283,8 @@ def _log_run(sel: R.Selection, folder: Path, c: Content) -> str:
         if c.variance is not None:
             metrics |= {"baseline_se_seed": c.variance.se_seed,
                         "baseline_se_image": c.variance.se_image}
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
-                                          if pd.notna(v)],
-                         params=[Param("report.metric", c.settings.metric),
-                                 Param("report.selection", sel.by[:500]),
-                                 Param("report.baseline", c.baseline_label[:500]),
-                                 Param("report.baseline_source", c.baseline_source[:500])])
-        client.log_artifacts(run_id, str(folder))
-    except Exception:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
+        recorder.metrics({k: v for k, v in metrics.items() if pd.notna(v)})
+        recorder.params({"report.metric": c.settings.metric, "report.selection": sel.by,
+                         "report.baseline": c.baseline_label, "report.baseline_source": c.baseline_source})
+        recorder.folder(folder)
+    return recorder.run_id

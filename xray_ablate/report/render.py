@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from xray_ablate.config.factors import factor_labels
 from xray_ablate.report import images as I
 from xray_ablate.report import tables as T
 from xray_ablate.report.runs import Selection
@@ -110,7 +111,7 @@ def summary(c: Content) -> list[str]:
         strong = main[main["p_holm"] < s.alpha]
         if len(strong):
             blocks.append("**Main effects distinguishable from seed noise:** " + "; ".join(
-                f"{T.FACTOR_LABELS[r.factor]} {r.level} − {r.reference} = {r.estimate:+.2f} {unit}"
+                f"{factor_labels()[r.factor]} {r.level} − {r.reference} = {r.estimate:+.2f} {unit}"
                 for r in strong.itertuples()) + ".")
         elif main["p"].notna().any():
             blocks.append("**Main effects:** none is distinguishable from seed noise.")

@@ -7,21 +7,17 @@ factor of ``config.factors.FACTORS``) and every final metric under its bare name
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import mlflow
 import pandas as pd
-from mlflow import MlflowClient
 
 from xray_ablate.config.factors import factor_names
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.errors import UserError
 from xray_ablate.tracking import schema
+from xray_ablate.tracking.reader import csv_artifacts, open_store, search_runs
 
-FACTOR_NAMES: tuple[str, ...] = tuple(factor_names())
 BASELINE_PARAM = "report.baseline."  # + factor: the baseline a sweep's parent run recorded
 PATIENT_FALLBACKS = "data_patient_fallbacks"  # metric: images counted as their own patient
 TAG_COLUMNS = {
@@ -65,26 +61,6 @@ class Cleaned:
     notes: list[str] = field(default_factory=list)
 
 
-def open_store(uri: str) -> dict[str, str]:
-    """Point MLflow at ``uri``; return {experiment id: name} of its experiments (creates nothing)."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"no MLflow store at {uri}: train some runs first, or pass tracking.uri=...")
-    mlflow.set_tracking_uri(uri)
-    return {e.experiment_id: e.name for e in mlflow.search_experiments()}
-
-
-def _search(experiment_ids: list[str], **tags: str) -> pd.DataFrame:
-    clauses = [f"tags.`{tag}` = '{_quote(value)}'" for tag, value in tags.items()]
-    return mlflow.search_runs(experiment_ids=experiment_ids, filter_string=" and ".join(clauses),
-                              output_format="pandas", order_by=["attributes.start_time DESC"])
-
-
-def _quote(value: str) -> str:
-    if "'" in value:
-        raise UserError(f"quotes are not allowed in run selectors: {value!r}")
-    return value
-
-
 def _column(frame: pd.DataFrame, tag: str) -> pd.Series:
     return frame.get(f"tags.{tag}", pd.Series(dtype=object, index=frame.index))
 
@@ -93,7 +69,7 @@ def _find(ids: list[str], sweep_id: str | None, experiment_name: str | None
           ) -> tuple[pd.DataFrame, str | None, str]:
     """(training runs, sweep id, how they were chosen) within experiments ``ids``; runs may be empty."""
     if sweep_id is None and experiment_name is None:
-        sweeps = _search(ids, **{schema.KIND: "sweep"})
+        sweeps = search_runs(ids, **{schema.KIND: "sweep"})
         if sweeps.empty:
             return pd.DataFrame(), None, ""
         sweep_id = str(_column(sweeps, schema.SWEEP_ID).iloc[0])
@@ -102,9 +78,9 @@ def _find(ids: list[str], sweep_id: str | None, experiment_name: str | None
         by = f"sweep {sweep_id}" if sweep_id is not None else f"every run of experiment {experiment_name}"
     if sweep_id is not None:
         # Membership, not creation: a resumed sweep also counts the runs it found finished.
-        raw = _search(ids, **{schema.KIND: "train", schema.SWEEP_MEMBER.format(sweep_id): "1"})
+        raw = search_runs(ids, **{schema.KIND: "train", schema.SWEEP_MEMBER.format(sweep_id): "1"})
     else:
-        raw = _search(ids, **{schema.KIND: "train", schema.EXPERIMENT: experiment_name})
+        raw = search_runs(ids, **{schema.KIND: "train", schema.EXPERIMENT: experiment_name})
     return raw, sweep_id, by
 
 
@@ -135,7 +111,7 @@ def select_runs(uri: str, experiment: str, *, sweep_id: str | None = None,
     sweep_ids = [sweep_id] if sweep_id else sorted(runs["sweep_id"].dropna().unique().tolist())
     parent, parent_baseline = None, {}
     if len(sweep_ids) == 1:
-        found = _search([exp_id], **{schema.KIND: "sweep", schema.SWEEP_ID: sweep_ids[0]})
+        found = search_runs([exp_id], **{schema.KIND: "sweep", schema.SWEEP_ID: sweep_ids[0]})
         if not found.empty:
             parent = str(found["run_id"].iloc[0])
             parent_baseline = recorded_baseline(found.iloc[0])
@@ -168,10 +144,10 @@ def _nothing_found(experiments: dict[str, str], experiment: str, sweep_id: str |
         return (f"no sweep in {where}: run a sweep first (make run), or pass "
                 "report.sweep_id=ID or report.experiment_name=NAME")
     if sweep_id is not None:
-        sweeps = _search(ids, **{schema.KIND: "sweep"})
+        sweeps = search_runs(ids, **{schema.KIND: "sweep"})
         known = ", ".join(_column(sweeps, schema.SWEEP_ID).dropna().astype(str).head(10))
         return f"no training runs of sweep {sweep_id!r} in {where} (newest sweeps: {known or 'none'})"
-    names = sorted(_column(_search(ids, **{schema.KIND: "train"}), schema.EXPERIMENT)
+    names = sorted(_column(search_runs(ids, **{schema.KIND: "train"}), schema.EXPERIMENT)
                    .dropna().astype(str).unique())
     return (f"no training runs of experiment {experiment_name!r} in {where} (found: "
             f"{', '.join(names) or 'none'})")
@@ -190,7 +166,7 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce").astype("Int64")
     out["split_mode"] = out["split_mode"].fillna("fixed")
     out["split_seed"] = raw.get("params.split.seed", pd.Series(None, index=raw.index, dtype=object))
-    for name in FACTOR_NAMES:
+    for name in factor_names():
         out[name] = raw.get(f"tags.{schema.FACTOR_TAG.format(name)}",
                             pd.Series(None, index=raw.index, dtype=object)).fillna(UNKNOWN).astype(str)
     metrics = {c.removeprefix("metrics."): raw[c].astype(float)
@@ -238,10 +214,10 @@ def clean_runs(runs: pd.DataFrame, metric: str) -> Cleaned:
 
 def matching_configs(runs: pd.DataFrame, levels: Mapping[str, str | None]) -> list[str]:
     """Config keys whose factor levels equal ``levels`` (None = any), most seeds first."""
-    unknown = set(levels) - set(FACTOR_NAMES)
+    unknown = set(levels) - set(factor_names())
     if unknown:
         raise UserError(f"report.baseline names unknown factor(s) {sorted(unknown)}; factors are "
-                        f"{', '.join(FACTOR_NAMES)}")
+                        f"{', '.join(factor_names())}")
     mask = pd.Series(True, index=runs.index)
     for factor, level in levels.items():
         if level is not None:
@@ -291,7 +267,7 @@ def integrity_filter(runs: pd.DataFrame, reference_key: str | None
     inside = groups == ref_group
     out = runs[~inside].copy()
     out["reason"] = [_reason(row, reference) for _, row in out.iterrows()]
-    left = (out.groupby(["config_key", *FACTOR_NAMES, "reason"], dropna=False)
+    left = (out.groupby(["config_key", *factor_names(), "reason"], dropna=False)
             .agg(n_runs=("run_id", "size"),
                  seeds=("seed", lambda s: ", ".join(str(v) for v in sorted(s))))
             .reset_index())
@@ -339,15 +315,6 @@ def mixing_warnings(runs: pd.DataFrame) -> list[str]:
     return out
 
 
-def epoch_history(run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
-    """Per-epoch metrics of runs (MlflowClient.get_metric_history): run_id, key, step, value."""
-    client = MlflowClient()
-    rows = [(run_id, key, m.step, m.value)
-            for run_id in run_ids for key in keys
-            for m in client.get_metric_history(run_id, key)]
-    frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
-    # A metric logged twice at one step (a resumed run): keep the last value.
-    return frame.drop_duplicates(["run_id", "key", "step"], keep="last")
 
 
 
@@ -358,15 +325,10 @@ def load_predictions(run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
     Runs without the artifact are left out of the dict; a file without the expected columns is
     a UserError naming the run.
     """
-    client, out = MlflowClient(), {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for run_id in run_ids:
-            if PREDICTIONS not in {a.path for a in client.list_artifacts(run_id)}:
-                continue
-            path = client.download_artifacts(run_id, PREDICTIONS, tmp)
-            frame = pd.read_csv(path, dtype={"image_id": str})
-            missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
-            if missing:
-                raise UserError(f"{PREDICTIONS} of run {run_id} lacks column(s) {', '.join(missing)}")
-            out[run_id] = frame.astype({"label": int})
+    out = {}
+    for run_id, frame in csv_artifacts(run_ids, PREDICTIONS, dtype={"image_id": str}).items():
+        missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+        if missing:
+            raise UserError(f"{PREDICTIONS} of run {run_id} lacks column(s) {', '.join(missing)}")
+        out[run_id] = frame.astype({"label": int})
     return out

@@ -15,13 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from xray_ablate.config.factors import factor_labels
+from xray_ablate.config.factors import factor_labels, factor_names
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.report import stats
 from xray_ablate.report.images import ECE, Evidence
-from xray_ablate.report.runs import FACTOR_NAMES
-
-FACTOR_LABELS = factor_labels()
 
 
 @dataclass(frozen=True)
@@ -75,25 +72,25 @@ def configurations(runs: pd.DataFrame, baseline_key: str) -> pd.DataFrame:
     that differ from the baseline ("augmentation=off"); the baseline is "baseline".
     Order: the baseline, then by the number of factors changed, then by level.
     """
-    first = runs.groupby("config_key", sort=False)[list(FACTOR_NAMES)].first()
+    first = runs.groupby("config_key", sort=False)[list(factor_names())].first()
     seeds = runs.groupby("config_key")["seed"].agg(lambda s: sorted(int(v) for v in s))
     configs = first.assign(n=seeds.map(len), seeds=seeds.map(lambda s: ", ".join(map(str, s))))
     base = configs.loc[baseline_key]
     labels = {}
     for key, row in configs.iterrows():
-        diff = [f"{f}={row[f]}" for f in FACTOR_NAMES if row[f] != base[f]]
+        diff = [f"{f}={row[f]}" for f in factor_names() if row[f] != base[f]]
         labels[key] = "baseline" if key == baseline_key else (", ".join(diff) or "baseline levels")
     configs["config"] = pd.Series(labels)
     dup = configs["config"].duplicated(keep=False)
     configs.loc[dup, "config"] += " [" + configs.index[dup].str[:8] + "]"
     def rank(k: str) -> tuple:  # fewest changes from the baseline first, then by levels
-        levels = tuple(configs.loc[k, list(FACTOR_NAMES)])
-        return (sum(a != b for a, b in zip(levels, base[list(FACTOR_NAMES)], strict=True)), levels, k)
+        levels = tuple(configs.loc[k, list(factor_names())])
+        return (sum(a != b for a, b in zip(levels, base[list(factor_names())], strict=True)), levels, k)
 
     order = [baseline_key] + sorted((k for k in configs.index if k != baseline_key), key=rank)
     configs = configs.loc[order]
     configs.index.name = "config_key"
-    return configs.reset_index()[["config", "config_key", *FACTOR_NAMES, "n", "seeds"]]
+    return configs.reset_index()[["config", "config_key", *factor_names(), "n", "seeds"]]
 
 
 def _by_seed(runs: pd.DataFrame, key: str, column: str, scale: float) -> pd.Series:
@@ -206,7 +203,7 @@ def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings,
     table = pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1)
     table["p_holm"] = stats.holm(table["p"].to_numpy())
     table["p_total_holm"] = stats.holm(table["p_total"].to_numpy())
-    first = ["config", "config_key", *FACTOR_NAMES, "n", "seeds", "n_not_learned"]
+    first = ["config", "config_key", *factor_names(), "n", "seeds", "n_not_learned"]
     placed = {"p_holm", "note", "p_total_holm", *TOTAL_COLUMNS, *DELTA_TOTAL_COLUMNS}
     ordered = first + [c for c in table.columns if c not in first and c not in placed]
     at = ordered.index(f"{m}_boot_high") + 1
@@ -306,7 +303,7 @@ def model_table(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> Mo
     if len(backbones) < 2:
         return None
     base = runs[runs["config_key"] == baseline_key].iloc[0]
-    others = [f for f in FACTOR_NAMES if f != "backbone"]
+    others = [f for f in factor_names() if f != "backbone"]
     backbones.sort(key=lambda b: (b != base["backbone"], b))
     p = settings.prefix
     metrics = [(f"{p}_accuracy", "accuracy"), (f"{p}_macro_precision", "macro precision"),
@@ -347,7 +344,7 @@ def reference_levels(runs: pd.DataFrame, baseline_key: str) -> dict[str, str]:
     """The level each effect is measured against: off, raw, else the baseline's level."""
     base = runs[runs["config_key"] == baseline_key].iloc[0]
     refs = {}
-    for factor in FACTOR_NAMES:
+    for factor in factor_names():
         levels = set(runs[factor])
         if "off" in levels and levels <= {"on", "off"}:
             refs[factor] = "off"
@@ -366,7 +363,7 @@ def crossed_design(runs: pd.DataFrame, baseline_key: str
     when fewer than two factors vary or no two of them are crossed.
     """
     base = runs[runs["config_key"] == baseline_key].iloc[0]
-    varied = [f for f in FACTOR_NAMES if runs[f].nunique() > 1]
+    varied = [f for f in factor_names() if runs[f].nunique() > 1]
     for size in range(len(varied), 1, -1):
         best = None
         for subset in itertools.combinations(varied, size):
@@ -465,8 +462,8 @@ def display_run_table(table: pd.DataFrame, settings: Settings,
     few = table["n"].lt(MIN_SEEDS_RESAMPLED)
     few_pair = few | (base_n < MIN_SEEDS_RESAMPLED)
     out = pd.DataFrame({"config": table["config"]})
-    for factor in FACTOR_NAMES:
-        out[FACTOR_LABELS[factor]] = table[factor]
+    for factor in factor_names():
+        out[factor_labels()[factor]] = table[factor]
     out["n"] = table["n"]
     out["runs not learned"] = table["n_not_learned"].map(lambda v: fmt(v, 0))
     out[title] = [fmt_pm(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_sd"], strict=True)]
@@ -585,7 +582,7 @@ def display_effects(main: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     level = f"{settings.confidence:.0%}"
     unit = settings.unit or "units"
     return pd.DataFrame({
-        "factor": main["factor"].map(FACTOR_LABELS),
+        "factor": main["factor"].map(factor_labels()),
         "effect": main["level"] + " − " + main["reference"],
         f"estimate ({unit})": main["estimate"].map(fmt),
         f"{level} CI": [fmt_ci(a, b) for a, b in zip(main["low"], main["high"], strict=True)],
@@ -597,8 +594,8 @@ def display_interactions(inter: pd.DataFrame, settings: Settings) -> pd.DataFram
     level = f"{settings.confidence:.0%}"
     unit = settings.unit or "units"
     return pd.DataFrame({
-        "interaction": (inter["factor_a"].map(FACTOR_LABELS) + " × "
-                        + inter["factor_b"].map(FACTOR_LABELS)),
+        "interaction": (inter["factor_a"].map(factor_labels()) + " × "
+                        + inter["factor_b"].map(factor_labels())),
         "contrast": ("(" + inter["level_a"] + " − " + inter["reference_a"] + ") × ("
                      + inter["level_b"] + " − " + inter["reference_b"] + ")"),
         f"difference of differences ({unit})": inter["estimate"].map(fmt),
@@ -609,7 +606,7 @@ def display_interactions(inter: pd.DataFrame, settings: Settings) -> pd.DataFram
 
 def display_anova(anova: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "term": anova["term"].map(lambda t: " × ".join(FACTOR_LABELS.get(p, p)
+        "term": anova["term"].map(lambda t: " × ".join(factor_labels().get(p, p)
                                                         for p in t.split(":"))),
         "sum of squares": anova["sum_sq"].map(lambda v: fmt(v, 2)),
         "df": anova["df"].map(lambda v: fmt(v, 0)),
@@ -633,7 +630,7 @@ def display_power(power: pd.DataFrame) -> pd.DataFrame:
 
 
 def display_excluded(left: pd.DataFrame) -> pd.DataFrame:
-    out = left.rename(columns=FACTOR_LABELS).copy()
+    out = left.rename(columns=factor_labels()).copy()
     out["config_key"] = out["config_key"].astype(str).str[:12]
     return out
 

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from xray_ablate.config.load import Plan
@@ -27,11 +26,11 @@ from xray_ablate.data.prepare import prepare
 from xray_ablate.errors import UserError
 from xray_ablate.settings import data_config, ensure_synthetic
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, NOT_STARTED, SKIPPED, read_outcomes, summarize
-from xray_ablate.sweep.resume import fail_dead_runs, process_tags
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.lifecycle import tracked_run
-from xray_ablate.tracking.store import code_version, connect
+from xray_ablate.tracking.resume import fail_dead_runs, process_tags, sweep_parent
+from xray_ablate.tracking.store import code_version
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +45,20 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
     after the summary when any job failed."""
     first = plan.configs[0]
     tracking = first.tracking
-    experiment_id = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
     launcher = plan.primary.hydra.launcher
     if tracking.uri.startswith("sqlite") and launcher.get("n_jobs") not in (None, 1):
         log.warning("parallel jobs writing to %s directly: start `make server` and pass "
                     "tracking.uri=http://127.0.0.1:5000 instead", tracking.uri)
-    client = MlflowClient(tracking.uri)
-    fail_dead_runs(client, experiment_id)
+    fail_dead_runs(tracking)
     prepare_shared_work(plan.configs)
     sid = sweep_id(first.experiment_name, plan.jobs)
-    query = f"tags.`{schema.KIND}` = 'sweep' and tags.`{schema.SWEEP_ID}` = '{sid}'"
-    earlier = client.search_runs([experiment_id], query, max_results=1)
+    earlier = sweep_parent(tracking, sid)
     tags = {schema.KIND: "sweep", schema.SWEEP_ID: sid, schema.EXPERIMENT: first.experiment_name,
             schema.CODE_VERSION: code_version(), **process_tags()}
     outcome_dir = Path(plan.primary.hydra.sweep.dir) / "outcomes" / f"{os.getpid()}-{time.time_ns()}"
     started, interrupted = time.perf_counter(), False
     with tracked_run(tracking, f"sweep-{first.experiment_name}-{sid}", tags,
-                     reopen=earlier[0].info.run_id if earlier else None) as recorder:
+                     reopen=earlier) as recorder:
         if not earlier:
             recorder.params({"planned_jobs": len(plan.jobs),
                              # the baseline this sweep was designed around, for a later `make report`

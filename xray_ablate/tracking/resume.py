@@ -36,8 +36,18 @@ def mark_member(tracking, run_id: str, sweep_id: str) -> None:
     MlflowClient(tracking.uri).set_tag(run_id, schema.SWEEP_MEMBER.format(sweep_id), "1")
 
 
-def fail_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+def sweep_parent(tracking, sweep_id: str) -> str | None:
+    """The parent run of an earlier invocation of this sweep, if any."""
+    experiment_id = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
+    query = f"tags.`{schema.KIND}` = 'sweep' and tags.`{schema.SWEEP_ID}` = '{sweep_id}'"
+    found = MlflowClient(tracking.uri).search_runs([experiment_id], query, max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def fail_dead_runs(tracking) -> list[str]:
     """Mark FAILED the RUNNING runs of this host whose process no longer exists."""
+    experiment_id = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
+    client = MlflowClient(tracking.uri)
     host, dead = socket.gethostname(), []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=10000):
         tags = run.data.tags

@@ -1,0 +1,96 @@
+"""The architecture's promises: fit() without MLflow, MLflow only in tracking/, no private Hydra API,
+configs checked before anything runs, and a new factor is one entry in the factor table."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from conftest import invoke_cli, mlflow_runs
+
+from xray_ablate.config import factors
+from xray_ablate.settings import project_root
+
+PACKAGE = project_root() / "xray_ablate"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_mlflow_is_imported_by_tracking_only_and_no_private_hydra_api():
+    for path in PACKAGE.rglob("*.py"):
+        modules = imported_modules(path)
+        where = path.relative_to(PACKAGE.parent)
+        if where.parts[1] != "tracking":
+            assert not {m for m in modules if m == "mlflow" or m.startswith("mlflow.")}, where
+        assert not {m for m in modules if m.startswith("hydra._internal")}, where
+
+
+FIT_WITHOUT_MLFLOW = """
+import sys
+sys.modules["mlflow"] = None  # any import of mlflow now fails
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from xray_ablate.config.load import to_config
+from xray_ablate.data.prepare import prepare
+from xray_ablate.data.synthetic import generate
+from xray_ablate.settings import CONFIG_DIR, data_config
+from xray_ablate.train.fit import fit
+from xray_ablate.train.inputs import prepare_inputs
+import torch
+
+root = generate(Path(sys.argv[1]) / "data", n=40, seed=0, size=64)
+with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    config = to_config(compose("config", overrides=[f"dataset.root={root}", f"paths.cache_dir={sys.argv[1]}/cache",
+        "image_size=32", "backbone=cnn16_gap", "trainer.epochs=2", "trainer.batch_size=8", "num_workers=1"]))
+data = prepare(data_config(config))
+result = fit(config, data, prepare_inputs(config, data), torch.device("cpu"))
+assert list(result.history["epoch"]) == [1, 2] and 1 <= result.best_epoch <= 2
+assert 0 <= result.metrics["test_accuracy"] <= 1 and len(result.predictions) == len(data.split_indices("test"))
+assert not result.model.training
+print("fit ok", round(result.metrics["test_accuracy"], 4), sys.modules["mlflow"] is not None)
+"""
+
+
+def test_fit_trains_without_mlflow_or_a_tracking_uri(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run([sys.executable, "-c", FIT_WITHOUT_MLFLOW, str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().startswith("fit ok") and done.stdout.strip().endswith("False")
+
+
+def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(monkeypatch, tmp_path, synthetic_root, capsys):
+    code = invoke_cli(monkeypatch, tmp_path, "-m", f"dataset.root={synthetic_root}", "image_size=64,0", "seed=0")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == "error: image_size must be >= 64 for backbone cnn16, not 0 (job: image_size=0)"
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, synthetic_root):
+    """The README's "Adding a factor" example: trainer.optimizer as a factor, nothing else changed."""
+    monkeypatch.setattr(factors, "FACTORS", [*factors.FACTORS, factors.Factor("optimizer", "trainer.optimizer",
+                                                                             "optimizer", "opt")])
+    code = invoke_cli(monkeypatch, tmp_path, "-m", f"dataset.root={synthetic_root}", "image_size=32",
+                      "backbone=cnn16_gap", "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1",
+                      "tracking.log_checkpoint=false", "trainer.optimizer=adam,sgd", "repeats=1", "sweep.report=true")
+    assert code == 0
+    runs = mlflow_runs(tmp_path, "xray-ablate")
+    assert sorted(r.data.tags["factor.optimizer"] for r in runs) == ["adam", "sgd"]
+    assert sorted(r.info.run_name.split("-")[-2] for r in runs) == ["opt_adam", "opt_sgd"]
+    table = pd.read_csv(next((tmp_path / "reports").glob("*/run_table.csv")))
+    assert sorted(table["optimizer"]) == ["adam", "sgd"]
+    assert "optimizer" in next((tmp_path / "reports").glob("*/report.md")).read_text()

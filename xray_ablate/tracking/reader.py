@@ -1,0 +1,58 @@
+"""Reading the MLflow store: experiments, runs as a table, metric histories, CSV artifacts.
+
+The report reads runs through these functions only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+
+from xray_ablate.errors import UserError
+
+
+def open_store(uri: str) -> dict[str, str]:
+    """Point MLflow at ``uri``; return {experiment id: name} of its experiments (creates nothing)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no MLflow store at {uri}: train some runs first, or pass tracking.uri=...")
+    mlflow.set_tracking_uri(uri)
+    return {e.experiment_id: e.name for e in mlflow.search_experiments()}
+
+
+def search_runs(experiment_ids: list[str], **tags: str) -> pd.DataFrame:
+    """Runs whose tags equal ``tags`` (newest first), one row per run (mlflow.search_runs' columns)."""
+    clauses = [f"tags.`{tag}` = '{_quote(value)}'" for tag, value in tags.items()]
+    return mlflow.search_runs(experiment_ids=experiment_ids, filter_string=" and ".join(clauses),
+                              output_format="pandas", order_by=["attributes.start_time DESC"])
+
+
+def _quote(value: str) -> str:
+    if "'" in value:
+        raise UserError(f"quotes are not allowed in run selectors: {value!r}")
+    return value
+
+
+def epoch_history(run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per-epoch metrics of runs: run_id, key, step, value (the last value of a step logged twice)."""
+    client = MlflowClient()
+    rows = [(run_id, key, m.step, m.value)
+            for run_id in run_ids for key in keys
+            for m in client.get_metric_history(run_id, key)]
+    frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    return frame.drop_duplicates(["run_id", "key", "step"], keep="last")  # a resumed run
+
+
+def csv_artifacts(run_ids: Iterable[str], name: str, dtype: dict | None = None) -> dict[str, pd.DataFrame]:
+    """run id -> its CSV artifact ``name``; runs without it are left out."""
+    client, out = MlflowClient(), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            if name not in {a.path for a in client.list_artifacts(run_id)}:
+                continue
+            out[run_id] = pd.read_csv(client.download_artifacts(run_id, name, tmp), dtype=dtype)
+    return out
