@@ -73,46 +73,55 @@ def test_study_phase2_full_factorial(monkeypatch, tmp_path, capsys, phantoms, br
     assert (tmp_path / "reports" / "study_phase2" / "anova.csv").is_file()
 
 
-def standin_checkpoints(torch_home: Path, hf_home: Path) -> None:
-    """Randomly initialised weights of each pretrained backbone, saved under the exact file names
-    the loaders look for, so loading, freezing and fine-tuning run for real without a download."""
+def test_learning_curve_experiment(monkeypatch, tmp_path, capsys, phantoms):
+    code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=learning_curve", f"dataset.root={phantoms}",
+                      "image_size=32", "backbone=cnn16_gap", *TINY)
+    assert code == 0
+    check_sweep(tmp_path, capsys.readouterr().out, "learning_curve", 8)
+    fractions = {r.data.tags["factor.train_fraction"]: int(r.data.params["n_train"])
+                 for r in mlflow_runs(tmp_path, "learning_curve") if r.data.tags["factor.dataset"] == "masked"}
+    assert sorted(fractions) == ["0.125", "0.25", "0.5", "1.0"]
+    assert fractions["0.125"] < fractions["0.25"] < fractions["0.5"] < fractions["1.0"]
+
+
+def test_study_imbalance_experiment(monkeypatch, tmp_path, capsys, phantoms):
+    code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=study_imbalance", f"dataset.root={phantoms}",
+                      "image_size=32", "backbone=cnn16_gap", "class_balance.max_per_class=3", *TINY)
+    assert code == 0
+    check_sweep(tmp_path, capsys.readouterr().out, "study_imbalance", 8)
+
+
+def standin_checkpoints(torch_home: Path, monkeypatch) -> None:
+    """Randomly initialised weights of each pretrained backbone under the exact file names the
+    loaders look for, their SHA-256 pinned in place of the published ones: loading, hash checks,
+    freezing and fine-tuning all run for real, and nothing is downloaded."""
+    import hashlib
+
     import timm
     import torchvision.models as tvm
-    from safetensors.torch import save_file
 
-    from xray_ablate.models.weights import torch_hub_file
+    from xray_ablate.models import weights
 
-    checkpoints = torch_home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    builders = {tvm.VGG16_Weights: tvm.vgg16, tvm.VGG19_Weights: tvm.vgg19, tvm.ResNet50_Weights: tvm.resnet50,
-                tvm.Inception_V3_Weights: lambda: tvm.inception_v3(aux_logits=True, init_weights=False)}
-    for weights, build in builders.items():
-        name = Path(weights.IMAGENET1K_V1.url).name
-        # half precision halves the files; load_state_dict copies into the float32 parameters
-        torch.save({k: v.half() if v.is_floating_point() else v for k, v in build().state_dict().items()},
-                   checkpoints / name)
-        assert torch_hub_file(weights.IMAGENET1K_V1.url) == checkpoints / name
-    cfg = timm.models.get_pretrained_cfg("legacy_xception")
-    repo = hf_home / "hub" / f"models--{cfg.hf_hub_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("standin")
-    (repo / "snapshots" / "standin").mkdir(parents=True)
-    model = timm.create_model("legacy_xception", pretrained=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(repo / "snapshots" / "standin" / (cfg.hf_hub_filename or "model.safetensors")))
+    builders = {"vgg16": tvm.vgg16, "vgg19": tvm.vgg19, "resnet50": tvm.resnet50,
+                "inception_v3": lambda: tvm.inception_v3(aux_logits=True, init_weights=False),
+                "xception": lambda: timm.create_model("legacy_xception", pretrained=False)}
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name, build in builders.items():
+        state = build().state_dict()
+        if name.startswith("vgg"):  # the loader reads the conv features only: 59 MB instead of 528
+            state = {k: v for k, v in state.items() if k.startswith("features.")}
+        path = folder / weights.CHECKPOINTS[name].filename
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        monkeypatch.setitem(weights.CHECKPOINTS, name, weights.Checkpoint(weights.CHECKPOINTS[name].url, digest))
 
 
 def test_study_pretrained_with_standin_weights(monkeypatch, tmp_path, capsys, phantoms):
-    torch_home, hf_home = tmp_path / "torch", tmp_path / "hf"
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    monkeypatch.setenv("HF_HOME", str(hf_home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-    standin_checkpoints(torch_home, hf_home)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    standin_checkpoints(tmp_path / "torch", monkeypatch)
     code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=study_pretrained", f"dataset.root={phantoms}",
-                      "image_size=75", "trainer.batch_size=16", *TINY)
+                      "image_size=75", "trainer.batch_size=16", "audit.images=4", *TINY)
     assert code == 0
     check_sweep(tmp_path, capsys.readouterr().out, "study_pretrained", 7)
     by_backbone = {r.data.tags["factor.backbone"]: r.data.params for r in mlflow_runs(tmp_path, "study_pretrained")}

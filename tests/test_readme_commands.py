@@ -26,14 +26,14 @@ COVERED = {
     "make report": "test_make_run_report_quality_and_bench",
     "make quality": "test_make_run_report_quality_and_bench",
     "make bench": "test_make_run_report_quality_and_bench",
-    "make weights": "test_fetch_downloads_verifies_and_prints_the_path",
+    "make weights": "test_fetch_downloads_with_a_progress_bar_and_prints_where_the_file_is",
     "make install": "test_make_run_report_quality_and_bench",  # the prerequisite of every target
     "python -m xray_ablate": "test_a_single_run_without_multirun_trains_seed_zero_once",
     "python -m xray_ablate -m": "test_sweep_runs_every_config_and_seed_once_and_resumes",
     "python -m xray_ablate.report": "test_make_run_report_quality_and_bench",
     "python -m xray_ablate.data": "test_summary_command_subprocess",
     "python -m xray_ablate.quality": "test_make_run_report_quality_and_bench",
-    "python -m xray_ablate.models": "test_fetch_downloads_verifies_and_prints_the_path",
+    "python -m xray_ablate.models": "test_fetch_downloads_with_a_progress_bar_and_prints_where_the_file_is",
     "mlflow server": "test_joblib_workers_log_through_a_tracking_server",
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from xray_ablate.config import schema  # noqa: F401  registers config_schema, conf/config.yaml's first default
 from xray_ablate.errors import exit_on_user_error
 from xray_ablate.report.build import build_report
 from xray_ablate.settings import CONFIG_DIR
