@@ -81,7 +81,8 @@ def test_learning_curve_experiment(monkeypatch, tmp_path, capsys, phantoms):
     fractions = {r.data.tags["factor.train_fraction"]: int(r.data.params["n_train"])
                  for r in mlflow_runs(tmp_path, "learning_curve") if r.data.tags["factor.dataset"] == "masked"}
     assert sorted(fractions) == ["0.125", "0.25", "0.5", "1.0"]
-    assert fractions["0.125"] < fractions["0.25"] < fractions["0.5"] < fractions["1.0"]
+    # nested subsets: never fewer images for a larger fraction (tiny data keeps >= 1 patient per class)
+    assert fractions["0.125"] <= fractions["0.25"] <= fractions["0.5"] < fractions["1.0"]
 
 
 def test_study_imbalance_experiment(monkeypatch, tmp_path, capsys, phantoms):
