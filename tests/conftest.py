@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import xray_ablate.config.schema  # noqa: F401  registers config_schema for every compose() in tests
 from xray_ablate.data.synthetic import generate
 from xray_ablate.quality.weights import WEIGHTS_NAME, weights_path
 from xray_ablate.settings import project_root
