@@ -217,7 +217,7 @@ def learning_curve_plot(frame: pd.DataFrame, settings: T.Settings, path: Path) -
     ax.set_ylabel(T.metric_title(m) + (" (%)" if settings.unit else ""))
     over = " / ".join(sorted(set(frame["interval"]), reverse=True))
     ax.set_title(f"{LEARNING_TITLE}: mean, {settings.confidence:.0%} CI over {over}")
-    ax.legend(fontsize="x-small", loc="best")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small")
     return plots._save(fig, path)
 
 
