@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.config.factors import factor_labels
+from xray_ablate.report import curves as C
 from xray_ablate.report import images as I
 from xray_ablate.report import tables as T
 from xray_ablate.report.runs import Selection
@@ -39,6 +40,7 @@ class Content:
     variance: VarianceSplit | None = None  # the baseline's, when it has predictions
     floor: pd.DataFrame | None = None  # power targets with the test-sample floor
     floor_sd: tuple[float, float] = (float("nan"), float("nan"))  # (seed sd, image SE) of Δ used
+    curves: C.Curves = field(default_factory=C.Curves)  # learning curve, per-class recall
     figures: dict[str, str] = field(default_factory=dict)  # title -> png file
     table_files: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (csv, tex)
 
@@ -261,6 +263,7 @@ def render(c: Content) -> str:
     out += [f"## Run table ({T.metric_title(s.metric)})", "",
             _md(T.display_run_table(c.run_table, s, c.references)), ""]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
+    out += C.markdown(c.curves, s, c.figures)
     if len(c.mcnemar):
         out += ["## Image-level comparisons (exact McNemar, per seed pair)", "",
                 "Each configuration's run against the baseline's run of the same seed, on the same "

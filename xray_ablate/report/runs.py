@@ -2,7 +2,8 @@
 
 The report reads MLflow only. One row of the tidy frame is one training run: its id, status,
 start time, config key, seed, sweep, split and dataset identity, the factor levels (one column per
-factor of ``config.factors.FACTORS``) and every final metric under its bare name (``test_accuracy``...).
+factor of ``config.factors.FACTORS``), every final metric under its bare name (``test_accuracy``...)
+and the image counts of ``COUNT_PARAMS`` (``n_train``...).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ PREDICTIONS = schema.PREDICTIONS
 PREDICTION_COLUMNS = ("image_id", "label", *(f"prob_{c}" for c in CLASSES))
 UNKNOWN = "unknown"
 ID_COLUMNS = ("run_id", "status", *TAG_COLUMNS.values(), "split_seed")
+# Params read as numbers: the images each run trained, validated and tested on.
+COUNT_PARAMS = ("n_train", "n_val", "n_test", *(f"n_train_{c}" for c in CLASSES))
 
 
 @dataclass
@@ -171,6 +174,8 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
                             pd.Series(None, index=raw.index, dtype=object)).fillna(UNKNOWN).astype(str)
     metrics = {c.removeprefix("metrics."): raw[c].astype(float)
                for c in raw.columns if c.startswith("metrics.")}
+    metrics |= {name: pd.to_numeric(raw[f"params.{name}"], errors="coerce")
+                for name in COUNT_PARAMS if f"params.{name}" in raw}
     out = pd.concat([out, pd.DataFrame(metrics, index=raw.index)], axis=1)
     for column in ("split_hash", "fingerprint", "split_seed"):
         out[column] = out[column].fillna(UNKNOWN).astype(str)
