@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from xray_ablate.config.factors import factor_names
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
+from xray_ablate.report import confounds as C
 from xray_ablate.report import images as I
 from xray_ablate.report import plots, stats
 from xray_ablate.report import runs as R
@@ -193,6 +194,8 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
             kept, dict(zip(table["config_key"], table["config"], strict=True))),
         references=I.references(I.class_shares(kept, evidence)),
         mcnemar=I.mcnemar_table(kept, evidence, table, baseline_key),
+        confounds=C.confounds(selection.parent_run_id, kept, dict(zip(table["config_key"], table["config"],
+                                                                      strict=True)), evidence.predictions),
         **_variance(kept, evidence, table, baseline_key, settings),
         factorial_note=("No two factors are crossed (every combination run), so there are no "
                         "main effects beyond the run table's Δ; varied: "

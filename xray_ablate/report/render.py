@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.config.factors import factor_labels
+from xray_ablate.report import confounds as C
 from xray_ablate.report import images as I
 from xray_ablate.report import tables as T
 from xray_ablate.report.runs import Selection
@@ -41,6 +42,7 @@ class Content:
     floor_sd: tuple[float, float] = (float("nan"), float("nan"))  # (seed sd, image SE) of Δ used
     figures: dict[str, str] = field(default_factory=dict)  # title -> png file
     table_files: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (csv, tex)
+    confounds: C.Confounds | None = None  # references, source probe, subgroups, external sets
 
 
 def _md(frame: pd.DataFrame) -> str:
@@ -258,9 +260,11 @@ def render(c: Content) -> str:
     out += ["## Summary", ""] + [block + "\n" for block in summary(c)]
     if c.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in c.notes] + [""]
+    out += C.render_references(c.confounds)
     out += [f"## Run table ({T.metric_title(s.metric)})", "",
             _md(T.display_run_table(c.run_table, s, c.references)), ""]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
+    out += C.render_subgroups(c.confounds)
     if len(c.mcnemar):
         out += ["## Image-level comparisons (exact McNemar, per seed pair)", "",
                 "Each configuration's run against the baseline's run of the same seed, on the same "
