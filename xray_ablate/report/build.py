@@ -229,6 +229,7 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
         numeric = T.reference_rows(c.references, c.run_table, s)
         frames["References (chance, majority class)"] = ("references", numeric, numeric.map(
             lambda v: T.fmt(v) if isinstance(v, float) else v))
+    frames |= C.table_frames(c.confounds)
     if len(c.mcnemar):
         frames["McNemar"] = ("mcnemar", c.mcnemar, T.display_mcnemar(c.mcnemar))
     if c.variance is not None:

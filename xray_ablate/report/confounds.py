@@ -18,6 +18,7 @@ from xray_ablate.tracking.reader import json_artifacts
 
 VARIANT_ORDER = ("raw", "masked")  # the probe sentence's order
 EXTERNAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr")
+REFERENCE_ORDER = ("majority", "attribute_rule", "pixel_logreg")  # rows in this order, then by variant
 SMALL = "†"  # marks a level with fewer than MIN_SUBGROUP_N test images
 
 
@@ -55,9 +56,12 @@ def reference_rows(refs: list[References]) -> pd.DataFrame:
             else:
                 what = f"{r.attribute} only (the training set's most common class per level)"
             low, high = r.test.interval
-            rows.append({"reference": what, "k": r.test.k, "n": r.test.n, "accuracy": 100 * r.test.rate,
+            rows.append({"rank": REFERENCE_ORDER.index(r.name), "reference": what, "k": r.test.k, "n": r.test.n, "accuracy": 100 * r.test.rate,
                          "ci_low": 100 * low, "ci_high": 100 * high})
-    return pd.DataFrame(rows).drop_duplicates(ignore_index=True) if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).drop_duplicates()
+    return frame.sort_values("rank", kind="stable").drop(columns="rank").reset_index(drop=True)
 
 
 def probe_sentences(refs: list[References]) -> list[str]:
@@ -122,6 +126,40 @@ def external_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def display_references(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Reference": frame["reference"], "Test accuracy (%)": frame["accuracy"].map(T.fmt),
+        "95% CI (Wilson)": [T.fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
+        "Correct / images": [f"{k} / {n}" for k, n in zip(frame["k"], frame["n"], strict=True)]})
+
+
+def display_subgroups(frame: pd.DataFrame, with_config: bool = True) -> pd.DataFrame:
+    shown = pd.DataFrame({
+        "Configuration": frame["config"], "Attribute": frame["attribute"], "Level": frame["level"],
+        "Test images": [f"{n}{SMALL if s else ''}" for n, s in zip(frame["n"], frame["small"], strict=True)],
+        "Accuracy (%)": frame["accuracy"].map(T.fmt),
+        "95% CI": [T.fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
+        "Gap (pp)": frame["gap"].map(T.fmt), "Seeds": frame["seeds"].astype(str)})
+    return shown if with_config else shown.drop(columns=["Configuration", "Gap (pp)"])
+
+
+def display_external(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"Configuration": frame["config"], "External set": frame["set"],
+                         "Images": frame["n"].astype(str), "Seeds": frame["seeds"].astype(str),
+                         **{f"{T.metric_title(m).capitalize()} (%)": frame[m].map(T.fmt) for m in EXTERNAL_METRICS},
+                         "Test split accuracy (%)": frame["test_accuracy"].map(T.fmt)})
+
+
+def table_frames(c: Confounds | None) -> dict[str, tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """Report title -> (file stem, numeric table, display table) of the non-empty tables."""
+    if c is None:
+        return {}
+    tables = {"References a result must beat": ("trivial_baselines", c.references, display_references),
+              "Subgroups": ("subgroups", c.subgroups, display_subgroups),
+              "External test sets": ("external_sets", c.external, display_external)}
+    return {title: (stem, frame, show(frame)) for title, (stem, frame, show) in tables.items() if not frame.empty}
+
+
 def render_references(c: Confounds | None) -> list[str]:
     """The 'References a result must beat' section (Markdown lines); empty without references."""
     if c is None or (c.references.empty and not c.probes):
@@ -130,13 +168,7 @@ def render_references(c: Confounds | None) -> list[str]:
            "What trivial models reach on the same test split (Wilson 95 % CI over its images); a "
            "configuration that does not beat them has not shown it learned the disease.", ""]
     if not c.references.empty:
-        shown = pd.DataFrame({"Reference": c.references["reference"],
-                              "Test accuracy (%)": c.references["accuracy"].map(T.fmt),
-                              "95% CI (Wilson)": [T.fmt_ci(lo, hi) for lo, hi in
-                                                  zip(c.references["ci_low"], c.references["ci_high"], strict=True)],
-                              "Correct / images": [f"{k} / {n}" for k, n in
-                                                   zip(c.references["k"], c.references["n"], strict=True)]})
-        out += [shown.to_markdown(index=False, disable_numparse=True), ""]
+        out += [_md(display_references(c.references)), ""]
     out += [f"**Source probe:** {s} (the same pixel model trained to predict the attribute "
             "instead of the class; well above the majority rate, the images carry it, and a "
             "classifier can use it as a shortcut)." for s in c.probes]
@@ -155,28 +187,21 @@ def render_subgroups(c: Confounds | None) -> list[str]:
                 f"{SMALL}: fewer than {MIN_SUBGROUP_N} test images, shown but left out of the gap "
                 "(highest − lowest level accuracy, pp, mean over seeds).", ""]
         for config, frame in c.subgroups.groupby("config", sort=False):
-            shown = pd.DataFrame({
-                "Attribute": frame["attribute"], "Level": frame["level"],
-                "Test images": [f"{n}{SMALL if s else ''}" for n, s in zip(frame["n"], frame["small"], strict=True)],
-                "Accuracy (%)": frame["accuracy"].map(T.fmt),
-                "95% CI": [T.fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
-                "Seeds": frame["seeds"].astype(str)})
             gaps = frame.drop_duplicates("attribute")
-            out += [f"### {config}", "", shown.to_markdown(index=False, disable_numparse=True), "",
+            out += [f"### {config}", "", _md(display_subgroups(frame, with_config=False)), "",
                     "Gap: " + "; ".join(f"{a} {T.fmt(g)} pp" for a, g in zip(gaps["attribute"], gaps["gap"],
                                                                                 strict=True)) + ".", ""]
     if not c.external.empty:
-        shown = pd.DataFrame({"Configuration": c.external["config"], "External set": c.external["set"],
-                              "Images": c.external["n"].astype(str), "Seeds": c.external["seeds"].astype(str),
-                              **{f"{T.metric_title(m).capitalize()} (%)": c.external[m].map(T.fmt)
-                                 for m in EXTERNAL_METRICS},
-                              "Test split accuracy (%)": c.external["test_accuracy"].map(T.fmt)})
         out += ["## External test sets", "",
                 "Each run's best state on every image of each external set (eval.sets), preprocessed "
                 "like the training data; mean over seeds. Far below the test split's accuracy, the "
                 "model learned something specific to the training data's sources.", "",
-                shown.to_markdown(index=False, disable_numparse=True), ""]
+                _md(display_external(c.external)), ""]
     return out
+
+
+def _md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def _variant_rank(refs: References) -> int:
