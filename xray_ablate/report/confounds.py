@@ -52,12 +52,12 @@ def reference_rows(refs: list[References]) -> pd.DataFrame:
             if r.name == "majority":
                 what = f"majority class (always {r.detail.get('predicts', '?')})"
             elif r.name == "pixel_logreg":
-                what = f"pixel logistic regression, {x.variant or 'images'} (C = {r.detail.get('C', '?'):g})"
+                what = f"pixel logistic regression, {x.variant or 'images'} (C = {r.detail['C']:g})"
             else:
                 what = f"{r.attribute} only (the training set's most common class per level)"
             low, high = r.test.interval
-            rows.append({"rank": REFERENCE_ORDER.index(r.name), "reference": what, "k": r.test.k, "n": r.test.n, "accuracy": 100 * r.test.rate,
-                         "ci_low": 100 * low, "ci_high": 100 * high})
+            rows.append({"rank": REFERENCE_ORDER.index(r.name), "reference": what, "k": r.test.k, "n": r.test.n,
+                         "accuracy": 100 * r.test.rate, "ci_low": 100 * low, "ci_high": 100 * high})
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows).drop_duplicates()
