@@ -9,6 +9,7 @@ typing.Optional.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -275,8 +276,26 @@ class AuditConfig:
 
 
 @dataclass
+class EvalSetConfig:
+    """An external test set: every run evaluates its best state on all of its images."""
+
+    name: str = MISSING  # metrics ext_<name>_<metric>: letters, digits, '-', '.'
+    root: str = MISSING  # a Darwin export or an ImageFolder, preprocessed like dataset.root
+
+    def __post_init__(self):
+        _check(bool(re.fullmatch(r"[A-Za-z0-9.-]+", str(self.name))), "eval.sets[].name",
+               "letters, digits, '-' or '.'", self.name)
+        _check(bool(self.root), f"eval.sets[{self.name}].root", "a folder", self.root)
+
+
+@dataclass
 class EvalConfig:
     subgroups: list[str] = field(default_factory=list)  # attribute names: test metrics per level
+    sets: list[EvalSetConfig] = field(default_factory=list)  # external test sets
+
+    def __post_init__(self):
+        names = [s.name for s in self.sets]
+        _check(len(names) == len(set(names)), "eval.sets", "named uniquely", names)
 
 
 @dataclass

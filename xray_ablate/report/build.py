@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from xray_ablate.config.factors import factor_names
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
-from xray_ablate.report import curves as C
+from xray_ablate.report import confounds as CF
+from xray_ablate.report import curves as CV
 from xray_ablate.report import images as I
 from xray_ablate.report import plots, stats
 from xray_ablate.report import runs as R
@@ -194,8 +195,10 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
             kept, dict(zip(table["config_key"], table["config"], strict=True))),
         references=I.references(I.class_shares(kept, evidence)),
         mcnemar=I.mcnemar_table(kept, evidence, table, baseline_key),
+        confounds=CF.confounds(selection.parent_run_id, kept, dict(zip(table["config_key"], table["config"],
+                                                                      strict=True)), evidence.predictions),
         **_variance(kept, evidence, table, baseline_key, settings),
-        curves=C.curves(kept, table, settings, evidence),
+        curves=CV.curves(kept, table, settings, evidence),
         factorial_note=("No two factors are crossed (every combination run), so there are no "
                         "main effects beyond the run table's Δ; varied: "
                         f"{', '.join(varied) or 'none'}."))
@@ -228,6 +231,7 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
         numeric = T.reference_rows(c.references, c.run_table, s)
         frames["References (chance, majority class)"] = ("references", numeric, numeric.map(
             lambda v: T.fmt(v) if isinstance(v, float) else v))
+    frames |= CF.table_frames(c.confounds)
     if len(c.mcnemar):
         frames["McNemar"] = ("mcnemar", c.mcnemar, T.display_mcnemar(c.mcnemar))
     if c.variance is not None:
@@ -247,9 +251,9 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
             frames["Interactions"] = ("interactions", f.interactions,
                                       T.display_interactions(f.interactions, s))
         frames["ANOVA"] = ("anova", f.anova, T.display_anova(f.anova))
-    frames |= C.frames(c.curves, s)
+    frames |= CV.frames(c.curves, s)
     if c.curves.learning is not None:
-        c.figures[C.FIGURE] = C.learning_curve_plot(c.curves.learning, s, folder / "learning_curve.png").name
+        c.figures[CV.FIGURE] = CV.learning_curve_plot(c.curves.learning, s, folder / "learning_curve.png").name
     for title, (stem, numeric, shown) in frames.items():
         numeric.to_csv(folder / f"{stem}.csv", index=False)
         (folder / f"{stem}.tex").write_text(T.to_latex(shown))

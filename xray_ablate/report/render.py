@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.config.factors import factor_labels
-from xray_ablate.report import curves as C
+from xray_ablate.report import confounds as CF
+from xray_ablate.report import curves as CV
 from xray_ablate.report import images as I
 from xray_ablate.report import tables as T
 from xray_ablate.report.runs import Selection
@@ -40,9 +41,10 @@ class Content:
     variance: VarianceSplit | None = None  # the baseline's, when it has predictions
     floor: pd.DataFrame | None = None  # power targets with the test-sample floor
     floor_sd: tuple[float, float] = (float("nan"), float("nan"))  # (seed sd, image SE) of Δ used
-    curves: C.Curves = field(default_factory=C.Curves)  # learning curve, per-class recall
+    curves: CV.Curves = field(default_factory=CV.Curves)  # learning curve, per-class recall
     figures: dict[str, str] = field(default_factory=dict)  # title -> png file
     table_files: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (csv, tex)
+    confounds: CF.Confounds | None = None  # references, source probe, subgroups, external sets
 
 
 def _md(frame: pd.DataFrame) -> str:
@@ -260,10 +262,12 @@ def render(c: Content) -> str:
     out += ["## Summary", ""] + [block + "\n" for block in summary(c)]
     if c.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in c.notes] + [""]
+    out += CF.render_references(c.confounds)
     out += [f"## Run table ({T.metric_title(s.metric)})", "",
             _md(T.display_run_table(c.run_table, s, c.references)), ""]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
-    out += C.markdown(c.curves, s, c.figures)
+    out += CV.markdown(c.curves, s, c.figures)
+    out += CF.render_subgroups(c.confounds)
     if len(c.mcnemar):
         out += ["## Image-level comparisons (exact McNemar, per seed pair)", "",
                 "Each configuration's run against the baseline's run of the same seed, on the same "

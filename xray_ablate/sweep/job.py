@@ -30,6 +30,7 @@ from xray_ablate.tracking.results import record_result
 from xray_ablate.tracking.resume import finished_run, mark_member, process_tags
 from xray_ablate.tracking.run_info import record_config, run_tags
 from xray_ablate.train.device import select_device
+from xray_ablate.train.external import external_metrics, prepare_external
 from xray_ablate.train.fit import RunResult, fit
 from xray_ablate.train.inputs import prepare_inputs
 
@@ -86,7 +87,8 @@ def load_data(config: Config) -> PreparedData:
 
 
 def train_and_record(config: Config, data: PreparedData, device: torch.device, recorder: Recorder) -> RunResult:
-    """The run: its data and inputs, fit(), the evaluations on the best state, all recorded."""
+    """The run: its data and inputs, fit(), the evaluations on the best state (test subgroups,
+    external sets), all recorded."""
     require_attributes(config.eval.subgroups, data.metadata)  # before minutes of training
     record_config(recorder, config)
     # Images without a patient id count as their own patient: a leakage risk worth seeing.
@@ -97,9 +99,11 @@ def train_and_record(config: Config, data: PreparedData, device: torch.device, r
     inputs = prepare_inputs(config, data)
     recorder.params(inputs.params)
     recorder.metrics(inputs.metrics)
+    external = prepare_external(config, data, inputs.train)  # refused before training, not after
     result = fit(config, data, inputs, device, on_epoch=lambda row: recorder.metrics(
         {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]))
     evaluate_subgroups(config, data, inputs.test, result)
+    result.metrics.update(external_metrics(result.model, external, config, device))
     record_result(recorder, result, config.tracking.log_checkpoint)
     if config.audit.enabled:
         audit = audit_split(result.model, data, inputs.test, result.predictions.filter(like="prob_").to_numpy(),

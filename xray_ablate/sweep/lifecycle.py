@@ -2,7 +2,8 @@
 
 Start (before any job): the plan is already composed and checked; create the MLflow experiment,
 mark runs of dead processes FAILED, build every preprocessing cache and BRISQUE table the jobs
-need, and open the sweep's parent run. A failure here stops the sweep before any job starts.
+need and the datasets' reference figures (sweep/evidence.py), and open the sweep's parent run
+(which records those figures). A failure here stops the sweep before any job starts.
 Jobs (any launcher, this process or others) find the sweep through environment variables.
 Finish: the summary from the jobs' outcome files, the parent run's counts, and the report.
 """
@@ -25,6 +26,7 @@ from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import prepare
 from xray_ablate.errors import UserError
 from xray_ablate.settings import data_config, ensure_synthetic
+from xray_ablate.sweep.evidence import dataset_references, record_references
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, NOT_STARTED, SKIPPED, read_outcomes, summarize
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
@@ -51,6 +53,14 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
                     "tracking.uri=http://127.0.0.1:5000 instead", tracking.uri)
     fail_dead_runs(tracking)
     prepare_shared_work(plan.configs)
+    try:
+        references = dataset_references(plan.configs)
+    except UserError:
+        raise  # e.g. an eval.subgroups attribute the data lacks: the user's to fix, before any job
+    except Exception as err:  # context for the report; the runs do not need it
+        log.warning("reference figures not computed (%s: %s); the report will lack them",
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        references = {}
     sid = sweep_id(first.experiment_name, plan.jobs)
     earlier = sweep_parent(tracking, sid)
     tags = {schema.KIND: "sweep", schema.SWEEP_ID: sid, schema.EXPERIMENT: first.experiment_name,
@@ -65,6 +75,7 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
                              **{f"report.baseline.{k}": v for k, v in first.report.baseline.items()}})
             recorder.text("\n".join(" ".join(j) for j in plan.jobs) + "\n", "sweep/jobs.txt")
             recorder.text(OmegaConf.to_yaml(plan.primary, resolve=False), "sweep/multirun.yaml")
+        record_references(recorder, references)
         info = SweepInfo(sid, recorder.run_id, str(outcome_dir))
         info.export()
         log.info("sweep %s: %d jobs, parent run %s", sid, len(plan.jobs), recorder.run_id)

@@ -1,10 +1,11 @@
-"""Reading the MLflow store: experiments, runs as a table, metric histories, CSV artifacts.
+"""Reading the MLflow store: experiments, runs as a table, metric histories, CSV and JSON artifacts.
 
 The report reads runs through these functions only.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,3 +57,12 @@ def csv_artifacts(run_ids: Iterable[str], name: str, dtype: dict | None = None) 
                 continue
             out[run_id] = pd.read_csv(client.download_artifacts(run_id, name, tmp), dtype=dtype)
     return out
+
+
+def json_artifacts(run_id: str, folder: str) -> dict[str, dict]:
+    """File name -> parsed content of the JSON artifacts in ``folder`` of a run (empty when none)."""
+    client = MlflowClient()
+    found = [a.path for a in client.list_artifacts(run_id, folder) if a.path.endswith(".json")]
+    with tempfile.TemporaryDirectory() as tmp:
+        return {Path(path).name: json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+                for path in found}

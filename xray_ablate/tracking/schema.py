@@ -20,6 +20,9 @@ DEVICE = "xray.device"  # cpu | cuda | mps: part of the config key
 PARENT_RUN = "mlflow.parentRunId"
 LEARNED = "xray.learned"  # "true" | "false": train.metrics.learning_check's verdict
 LEARNED_REASON = "xray.learned_reason"  # why not, e.g. "predicts covid for 100% of test images"
+# Folder of a sweep's parent run: one JSON per dataset variant (raw.json, masked.json), each
+# references.References.as_dict(): trivial baselines and source probes on the test split.
+REFERENCES_DIR = "references"
 PREDICTIONS = "predictions.csv"  # artifact of every training run: image_id, label, prob_<class>, attributes
 
 # Per-epoch metrics (step = epoch, from 1): train_loss, train_acc, val_loss, val_acc.

@@ -1,0 +1,183 @@
+"""Confounds end to end: a sweep on the real fixture with the source attribute gives a report
+with the trivial-baseline rows, the source-probe sentence, the subgroup table and an external
+test set, each number recomputed here from predictions.csv, the split manifest and the manifest;
+Darwin tags as subgroups without a CSV; an external image equal to a training image is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import invoke_cli, mlflow_runs, train_once
+from mlflow.tracking import MlflowClient
+
+from xray_ablate.data.labels import CLASSES
+from xray_ablate.data.synthetic import generate
+from xray_ablate.errors import UserError
+from xray_ablate.references import wilson
+from xray_ablate.sweep.job import load_data
+from xray_ablate.train.external import prepare_external
+from xray_ablate.train.inputs import prepare_inputs
+
+TINY = ["image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", "repeats=1", "num_workers=1",
+        "trainer.batch_size=16", "tracking.log_checkpoint=false"]
+PROBS = [f"prob_{c}" for c in CLASSES]
+
+
+def _mode(values: pd.Series) -> str:
+    """Most common class; ties to the one listed first in CLASSES (as references/ decides)."""
+    counts = values.value_counts()
+    return max(CLASSES, key=lambda c: (counts.get(c, 0), -CLASSES.index(c)))
+
+
+def _artifact(client: MlflowClient, run_id: str, path: str, tmp: Path) -> Path:
+    return Path(client.download_artifacts(run_id, path, str(tmp)))
+
+
+@pytest.mark.slow
+def test_sweep_report_shows_references_probe_subgroups_and_external_set(monkeypatch, tmp_path, capsys,
+                                                                        fixture_root):
+    external = generate(tmp_path / "elsewhere", n=12, seed=5, size=64)
+    code = invoke_cli(monkeypatch, tmp_path, "-m", f"dataset.root={fixture_root}", "dataset=masked,raw",
+                      f"dataset.metadata={fixture_root / 'manifest.csv'}", "eval.subgroups=[source]",
+                      f"eval.sets=[{{name: elsewhere, root: '{external}'}}]", "sweep.report=true", *TINY)
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    runs = mlflow_runs(tmp_path, "xray-ablate")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    report = next((tmp_path / "reports").glob("*/report.md"))
+    text, folder = report.read_text(), report.parent
+    manifest = pd.read_csv(fixture_root / "manifest.csv", dtype=str)
+
+    # --- subgroups: accuracy per source level from predictions.csv joined with the manifest ----
+    table = pd.read_csv(folder / "subgroups.csv")
+    label = dict(zip(*pd.read_csv(folder / "run_table.csv")[["dataset", "config"]].T.to_numpy(), strict=True))
+    for run in runs:
+        preds = pd.read_csv(_artifact(client, run.info.run_id, "predictions.csv", tmp_path / run.info.run_id),
+                            dtype={"image_id": str})
+        joined = preds.drop(columns="source").merge(manifest[["name", "source"]], left_on="image_id",
+                                                    right_on="name", validate="1:1")
+        assert len(joined) == len(preds)
+        hits = joined[PROBS].to_numpy().argmax(1) == joined["label"].to_numpy()
+        mode = run.data.tags["factor.dataset"]
+        rows = table[table["config"] == label[mode]].set_index("level")
+        assert sorted(rows.index) == ["cohen", "cohen+v7json", "kermany"]
+        accuracies = {}
+        for level, group in joined.assign(hit=hits).groupby("source"):
+            accuracies[level] = group["hit"].mean()
+            assert rows.loc[level, "n"] == len(group)
+            assert rows.loc[level, "accuracy"] == pytest.approx(100 * group["hit"].mean())
+            assert rows.loc[level, "small"] == (len(group) < 10)
+            low, high = wilson(int(group["hit"].sum()), len(group))
+            assert (rows.loc[level, "ci_low"], rows.loc[level, "ci_high"]) == pytest.approx((100 * low, 100 * high))
+        large = [accuracies[lv] for lv in accuracies if rows.loc[lv, "n"] >= 10]
+        assert rows["gap"].iloc[0] == pytest.approx(100 * (max(large) - min(large)))
+    subgroups = text[text.index("## Subgroups"):]
+    for level in ("cohen", "cohen+v7json", "kermany"):
+        assert f"| source      | {level} " in subgroups
+
+    # --- trivial baselines: majority class and the source-only rule from the split manifest ----
+    parent = next(r for r in mlflow_runs(tmp_path, "xray-ablate", kind="sweep"))
+    split_file = client.list_artifacts(runs[0].info.run_id, "split")[0].path
+    split = pd.read_csv(_artifact(client, runs[0].info.run_id, split_file, tmp_path / "split"), dtype=str)
+    train, test = split[split["split"] == "train"], split[split["split"] == "test"]
+    majority = _mode(train["cls"])
+    rule = {level: _mode(group["cls"]) for level, group in train.groupby("source")}
+    expected = {f"majority class (always {majority})": int((test["cls"] == majority).sum()),
+                "source only (the training set's most common class per level)":
+                    int((test["source"].map(rule) == test["cls"]).sum())}
+    baselines = pd.read_csv(folder / "trivial_baselines.csv").set_index("reference")
+    for name, k in expected.items():
+        assert baselines.loc[name, "k"] == k and baselines.loc[name, "n"] == len(test)
+        low, high = wilson(k, len(test))
+        assert (baselines.loc[name, "ci_low"], baselines.loc[name, "ci_high"]) == pytest.approx((100 * low, 100 * high))
+    pixel = baselines[baselines.index.str.startswith("pixel logistic regression")]
+    assert len(pixel) == 2 and set(pixel["n"]) == {len(test)}
+    assert "## References a result must beat" in text
+    assert text.index("## References a result must beat") < text.index("## Run table")
+
+    # --- the probe sentence, from the parent run's references JSON ----------------------------
+    docs = {v: json.loads(_artifact(client, parent.info.run_id, f"references/{v}.json", tmp_path / v).read_text())
+            for v in ("raw", "masked")}
+    raw, masked = (docs[v]["probes"][0] for v in ("raw", "masked"))
+    sentence = (f"the raw images reveal source at {100 * raw['rate']:.0f} % (majority "
+                f"{100 * raw['majority']['rate']:.0f} %); the masked lungs at {100 * masked['rate']:.0f} %")
+    assert sentence in text
+    assert raw["n"] == len(test)
+
+    # --- the external set: every image, metrics per run, the report's table ------------------
+    ext = pd.read_csv(folder / "external_sets.csv")
+    for run in runs:
+        m = run.data.metrics
+        assert m["ext_elsewhere_n"] == 12
+        assert m["ext_elsewhere_accuracy"] * 12 == pytest.approx(round(m["ext_elsewhere_accuracy"] * 12))
+        row = ext[ext["config"] == label[run.data.tags["factor.dataset"]]].iloc[0]
+        assert row["accuracy"] == pytest.approx(100 * m["ext_elsewhere_accuracy"])
+        assert row["macro_f1"] == pytest.approx(100 * m["ext_elsewhere_macro_f1"])
+    assert "## External test sets" in text and "elsewhere" in text
+
+
+@pytest.mark.slow
+def test_darwin_tags_as_subgroups_without_a_csv(make_cfg, fixture_root):
+    config = make_cfg(f"dataset.root={fixture_root}", "eval.subgroups=[View]")
+    _, result = train_once(config)
+    preds = result.predictions
+    levels = {k.removeprefix("subgroup_View_").removesuffix("_n"): v for k, v in result.metrics.items()
+              if k.startswith("subgroup_View_") and k.endswith("_n")}
+    assert {"PA", "AP"} <= set(levels)
+    assert sum(levels.values()) == len(preds)
+    for level, n in levels.items():
+        group = preds[preds["View"].astype(str) == level]
+        assert len(group) == n
+        hits = group[PROBS].to_numpy().argmax(1) == group["label"].to_numpy()
+        assert result.metrics[f"subgroup_View_{level}_accuracy"] == pytest.approx(hits.mean())
+
+
+def test_an_external_image_equal_to_a_training_image_is_refused(make_cfg, synthetic_root, tmp_path):
+    other = generate(tmp_path / "other", n=12, seed=9, size=96)
+    config = make_cfg(f"eval.sets=[{{name: other, root: '{other}'}}]")
+    data = load_data(config)
+    inputs = prepare_inputs(config, data)
+    assert prepare_external(config, data, inputs.train)[0].data.table.shape[0] == 12  # distinct: accepted
+    training_image = Path(data.table["image_path"].iloc[inputs.train[0]])
+    victim = sorted((other / "images").iterdir())[3]
+    shutil.copyfile(training_image, victim)
+    with pytest.raises(UserError) as err:
+        prepare_external(config, data, inputs.train)
+    assert str(victim) in str(err.value) and str(training_image) in str(err.value)
+    assert str(err.value).startswith("eval.sets other:")
+
+
+@pytest.mark.parametrize("sets, key", [("[{name: a_b, root: /x}]", "eval.sets[].name"),
+                                       ("[{name: a, root: /x}, {name: a, root: /y}]", "eval.sets")])
+def test_eval_sets_are_checked(make_cfg, sets, key):
+    with pytest.raises(Exception, match=key.replace("[", r"\[").replace("]", r"\]")):
+        make_cfg(f"eval.sets={sets}")
+
+
+def test_external_sets_score_every_image_with_the_run_model(make_cfg, tmp_path):
+    """The metrics are those of the returned model on the set's images, all of them."""
+    from xray_ablate.train.external import external_metrics
+    from xray_ablate.train.fit import fit
+
+    other = generate(tmp_path / "other", n=12, seed=9, size=96)
+    config = make_cfg(f"eval.sets=[{{name: other, root: '{other}'}}]")
+    data = load_data(config)
+    inputs = prepare_inputs(config, data)
+    sets = prepare_external(config, data, inputs.train)
+    import torch
+
+    result = fit(config, data, inputs, torch.device("cpu"))
+    metrics = external_metrics(result.model, sets, config, torch.device("cpu"))
+    with torch.no_grad():
+        x = torch.from_numpy(np.array(sets[0].data.images)).unsqueeze(1)
+        from xray_ablate.train.loop import to_input
+
+        predicted = result.model(to_input(x, torch.device("cpu"))).argmax(1).numpy()
+    assert metrics["ext_other_n"] == 12
+    assert metrics["ext_other_accuracy"] == pytest.approx(np.mean(predicted == sets[0].data.table["label"]))

@@ -1,0 +1,209 @@
+"""Confounds in the report: the references a result must beat (trivial baselines, the source
+probe, from the sweep's parent run), accuracy per subgroup and on external test sets per
+configuration (from the runs' subgroup_* and ext_* metrics)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from xray_ablate.references import MIN_SUBGROUP_N, References, probe_sentence, wilson
+from xray_ablate.report import tables as T
+from xray_ablate.report.runs import PREDICTION_COLUMNS
+from xray_ablate.tracking import schema
+from xray_ablate.tracking.names import safe_name
+from xray_ablate.tracking.reader import json_artifacts
+
+VARIANT_ORDER = ("raw", "masked")  # the probe sentence's order
+EXTERNAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr")
+REFERENCE_ORDER = ("majority", "attribute_rule", "pixel_logreg")  # rows in this order, then by variant
+SMALL = "†"  # marks a level with fewer than MIN_SUBGROUP_N test images
+
+
+@dataclass
+class Confounds:
+    references: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per reference model
+    probes: list[str] = field(default_factory=list)  # one sentence per attribute
+    subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)  # config x attribute x level
+    external: pd.DataFrame = field(default_factory=pd.DataFrame)  # config x external set
+
+
+def confounds(parent_run_id: str | None, runs: pd.DataFrame, labels: dict[str, str],
+              predictions: dict[str, pd.DataFrame]) -> Confounds:
+    """Everything this module shows; ``labels``: config key -> configuration label, in the run
+    table's order; ``predictions``: run id -> predictions.csv (for the attribute levels' names)."""
+    docs = list(json_artifacts(parent_run_id, schema.REFERENCES_DIR).values()) if parent_run_id else []
+    refs = [References.from_dict(d, d.get("variant", "")) for d in docs]
+    attributes = sorted({r.attribute for x in refs for r in x.rows if r.attribute}
+                        | {c for p in predictions.values() for c in p.columns if c not in PREDICTION_COLUMNS})
+    return Confounds(reference_rows(refs), probe_sentences(refs),
+                     subgroup_table(runs, labels, attributes, level_names(predictions)),
+                     external_table(runs, labels))
+
+
+def reference_rows(refs: list[References]) -> pd.DataFrame:
+    """Test accuracy (%) with its Wilson interval of each trivial model; a row that every variant
+    shares (majority class, attribute rules on one split) once."""
+    rows = []
+    for x in sorted(refs, key=_variant_rank):
+        for r in x.rows:
+            if r.name == "majority":
+                what = f"majority class (always {r.detail.get('predicts', '?')})"
+            elif r.name == "pixel_logreg":
+                what = f"pixel logistic regression, {x.variant or 'images'} (C = {r.detail['C']:g})"
+            else:
+                what = f"{r.attribute} only (the training set's most common class per level)"
+            low, high = r.test.interval
+            rows.append({"rank": REFERENCE_ORDER.index(r.name), "reference": what, "k": r.test.k, "n": r.test.n,
+                         "accuracy": 100 * r.test.rate, "ci_low": 100 * low, "ci_high": 100 * high})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).drop_duplicates()
+    return frame.sort_values("rank", kind="stable").drop(columns="rank").reset_index(drop=True)
+
+
+def probe_sentences(refs: list[References]) -> list[str]:
+    """'the raw images reveal source at 97 % (majority 63 %); the masked lungs at 86 %', per attribute."""
+    by_attribute = defaultdict(list)
+    for x in sorted(refs, key=_variant_rank):
+        for probe in x.probes:
+            by_attribute[probe.attribute].append(probe)
+    return [probe_sentence(probes) for _, probes in sorted(by_attribute.items())]
+
+
+def level_names(predictions: dict[str, pd.DataFrame]) -> dict[tuple[str, str], str]:
+    """(attribute, level as in a metric name) -> the level as in the data ('cohen_v7json' ->
+    'cohen+v7json'), from the attribute columns of predictions.csv."""
+    names = {}
+    for frame in predictions.values():
+        for column in frame.columns.difference(list(PREDICTION_COLUMNS)):
+            names.update({(column, safe_name(v)): str(v) for v in frame[column].dropna().astype(str).unique()})
+    return names
+
+
+def subgroup_table(runs: pd.DataFrame, labels: dict[str, str], attributes: list[str],
+                   names: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """Per configuration, attribute and level: test images per run, accuracy (%) averaged over
+    seeds with the Wilson interval over the level's test images at that accuracy, and the gap
+    (highest - lowest accuracy over levels with enough images) averaged over seeds."""
+    rows = []
+    for attribute in attributes:
+        prefix = f"subgroup_{safe_name(attribute)}_"
+        levels = [c[len(prefix):-2] for c in runs.columns if c.startswith(prefix) and c.endswith("_n")]
+        for key, label in labels.items():
+            sub = runs[runs["config_key"] == key]
+            gap = sub.get(f"{prefix}gap", pd.Series(dtype=float)).mean()
+            for level in sorted(levels, key=lambda lv: names.get((attribute, lv), lv)):
+                acc, n = sub[f"{prefix}{level}_accuracy"].dropna(), sub[f"{prefix}{level}_n"].dropna()
+                if n.empty:
+                    continue
+                mean, images = float(acc.mean()), int(round(n.mean()))
+                low, high = wilson(int(round(mean * images)), images)
+                rows.append({"config": label, "attribute": attribute,
+                             "level": names.get((attribute, level), level), "n": images,
+                             "small": images < MIN_SUBGROUP_N, "seeds": len(acc), "accuracy": 100 * mean,
+                             "ci_low": 100 * low, "ci_high": 100 * high, "gap": 100 * gap})
+    return pd.DataFrame(rows)
+
+
+def external_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Per configuration and external set: images, the metrics (%) averaged over seeds, and the
+    test split's accuracy beside them."""
+    sets = sorted(c[len("ext_"):-len("_n")] for c in runs.columns if c.startswith("ext_") and c.endswith("_n"))
+    rows = []
+    for key, label in labels.items():
+        sub = runs[runs["config_key"] == key]
+        for name in sets:
+            n = sub[f"ext_{name}_n"].dropna()
+            if n.empty:
+                continue
+            row = {"config": label, "set": name, "n": int(round(n.mean())), "seeds": len(n),
+                   "test_accuracy": 100 * sub["test_accuracy"].mean()}
+            row |= {m: 100 * sub.get(f"ext_{name}_{m}", pd.Series(dtype=float)).mean() for m in EXTERNAL_METRICS}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def display_references(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Reference": frame["reference"], "Test accuracy (%)": frame["accuracy"].map(T.fmt),
+        "95% CI (Wilson)": [T.fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
+        "Correct / images": [f"{k} / {n}" for k, n in zip(frame["k"], frame["n"], strict=True)]})
+
+
+def display_subgroups(frame: pd.DataFrame, with_config: bool = True) -> pd.DataFrame:
+    shown = pd.DataFrame({
+        "Configuration": frame["config"], "Attribute": frame["attribute"], "Level": frame["level"],
+        "Test images": [f"{n}{SMALL if s else ''}" for n, s in zip(frame["n"], frame["small"], strict=True)],
+        "Accuracy (%)": frame["accuracy"].map(T.fmt),
+        "95% CI": [T.fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
+        "Gap (pp)": frame["gap"].map(T.fmt), "Seeds": frame["seeds"].astype(str)})
+    return shown if with_config else shown.drop(columns=["Configuration", "Gap (pp)"])
+
+
+def display_external(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"Configuration": frame["config"], "External set": frame["set"],
+                         "Images": frame["n"].astype(str), "Seeds": frame["seeds"].astype(str),
+                         **{f"{T.metric_title(m).capitalize()} (%)": frame[m].map(T.fmt) for m in EXTERNAL_METRICS},
+                         "Test split accuracy (%)": frame["test_accuracy"].map(T.fmt)})
+
+
+def table_frames(c: Confounds | None) -> dict[str, tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """Report title -> (file stem, numeric table, display table) of the non-empty tables."""
+    if c is None:
+        return {}
+    tables = {"References a result must beat": ("trivial_baselines", c.references, display_references),
+              "Subgroups": ("subgroups", c.subgroups, display_subgroups),
+              "External test sets": ("external_sets", c.external, display_external)}
+    return {title: (stem, frame, show(frame)) for title, (stem, frame, show) in tables.items() if not frame.empty}
+
+
+def render_references(c: Confounds | None) -> list[str]:
+    """The 'References a result must beat' section (Markdown lines); empty without references."""
+    if c is None or (c.references.empty and not c.probes):
+        return []
+    out = ["## References a result must beat", "",
+           "What trivial models reach on the same test split (Wilson 95 % CI over its images); a "
+           "configuration that does not beat them has not shown it learned the disease.", ""]
+    if not c.references.empty:
+        out += [_md(display_references(c.references)), ""]
+    out += [f"**Source probe:** {s} (the same pixel model trained to predict the attribute "
+            "instead of the class; well above the majority rate, the images carry it, and a "
+            "classifier can use it as a shortcut)." for s in c.probes]
+    return out + ([""] if c.probes else [])
+
+
+def render_subgroups(c: Confounds | None) -> list[str]:
+    """Per-subgroup and external-set sections (Markdown lines)."""
+    if c is None:
+        return []
+    out = []
+    if not c.subgroups.empty:
+        out += ["## Subgroups", "",
+                f"Test accuracy per attribute level, mean over seeds, with the Wilson 95 % CI over "
+                f"the level's test images at that accuracy (the seeds' spread is not in it). "
+                f"{SMALL}: fewer than {MIN_SUBGROUP_N} test images, shown but left out of the gap "
+                "(highest − lowest level accuracy, pp, mean over seeds).", ""]
+        for config, frame in c.subgroups.groupby("config", sort=False):
+            gaps = frame.drop_duplicates("attribute")
+            out += [f"### {config}", "", _md(display_subgroups(frame, with_config=False)), "",
+                    "Gap: " + "; ".join(f"{a} {T.fmt(g)} pp" for a, g in zip(gaps["attribute"], gaps["gap"],
+                                                                                strict=True)) + ".", ""]
+    if not c.external.empty:
+        out += ["## External test sets", "",
+                "Each run's best state on every image of each external set (eval.sets), preprocessed "
+                "like the training data; mean over seeds. Far below the test split's accuracy, the "
+                "model learned something specific to the training data's sources.", "",
+                _md(display_external(c.external)), ""]
+    return out
+
+
+def _md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _variant_rank(refs: References) -> int:
+    base = refs.variant.split("-")[0]
+    return VARIANT_ORDER.index(base) if base in VARIANT_ORDER else len(VARIANT_ORDER)
