@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -116,8 +117,23 @@ def invoke_cli(monkeypatch, root: Path, *args: str) -> int:
     argv = ["xray_ablate", *flags, f"paths.root_dir={root}", f"hydra.sweep.dir={sweep_dir}",
             "tracking.system_metrics=false", *[a for a in args if not a.startswith("-")]]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_:
-        cli()
+    # Hydra configures logging for the process (conf/hydra/job_logging: levels, file handlers);
+    # undo it, so tests that run later see the logging they set up themselves.
+    loggers = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
+               if isinstance(lg, logging.Logger)}
+    root_logger = logging.getLogger()
+    root_state = (root_logger.level, list(root_logger.handlers))
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli()
+    finally:
+        for name, level in loggers.items():
+            logging.getLogger(name).setLevel(level)
+        for handler in root_logger.handlers:
+            if handler not in root_state[1]:
+                handler.close()
+        root_logger.setLevel(root_state[0])
+        root_logger.handlers[:] = root_state[1]
     return exit_.value.code
 
 

@@ -95,8 +95,6 @@ def hostile(synthetic_root, tmp_path_factory):
     handler = _Messages()
     logging.getLogger("xray_ablate").addHandler(handler)
     with pytest.MonkeyPatch.context() as mp:
-        # A Hydra run in this process sets the ingest logger to ERROR (conf/hydra/job_logging).
-        mp.setattr(logging.getLogger("xray_ablate.data.ingest"), "level", logging.NOTSET)
         mp.setattr(darwin, "MAX_JSON_BYTES", 1_000_000, raising=False)
         mp.setattr(ingest, "_check_geometry", buggy_geometry)
         mp.setattr(cache, "preprocess", buggy_preprocess)
