@@ -1,5 +1,6 @@
-"""Issue 15 items 5-7: concurrent sweeps on one store, an unreachable tracking server, the parent
-run after a resume, and the summary after Ctrl-C.
+"""Issue 15 items 5-7: concurrent sweeps on one store (and the claims that make a tracking
+server's sweeps wait), an unreachable tracking server, the parent run after a resume, and the
+summary after Ctrl-C.
 
 Each test runs the issue's recipe: two identical sweeps started together on a fresh SQLite store,
 tracking.uri=http://127.0.0.1:1, a failing job then a rerun, SIGINT during a sweep.
@@ -12,17 +13,22 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 from conftest import invoke_cli
 from mlflow.tracking import MlflowClient
-from test_sweep import base_overrides, keys, run_sweep, sqlite_uri, train_runs
+from test_sweep import base_overrides, keys, mlflow_server, run_sweep, sqlite_uri, train_runs  # noqa: F401
 
 from xray_ablate.tracking import schema
+from xray_ablate.tracking.claims import CLAIM, HEARTBEAT_TAG, heartbeat_claim, job_lock
 from xray_ablate.tracking.lifecycle import ERROR_TAG
+from xray_ablate.tracking.store import connect
 
 
 def _sweep_command(root: Path, synthetic: Path, sweep_dir: Path, *args: str) -> list[str]:
@@ -150,3 +156,60 @@ def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthet
     assert [p.info.status for p in parents] == ["KILLED"]
     assert parents[0].data.metrics["jobs_not_started"] == counts["not started"]
     assert all(r.info.status in ("FINISHED", "KILLED") for r in train_runs(sqlite_uri(tmp_path)))
+
+
+def _hold_two(lock_one, lock_two, hold: float) -> tuple[float, float]:
+    """Enter ``lock_one`` in a thread and hold it ``hold`` s; enter ``lock_two`` meanwhile here.
+    (when the first let go, when the second got in)."""
+    entered, times = threading.Event(), {}
+
+    def first():
+        with lock_one():
+            entered.set()
+            time.sleep(hold)
+            times["released"] = time.monotonic()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert entered.wait(60)
+    with lock_two():
+        times["entered"] = time.monotonic()
+    thread.join()
+    return times["released"], times["entered"]
+
+
+def _claims(tracking) -> list:
+    client = MlflowClient(tracking.uri)
+    experiment = client.get_experiment_by_name(tracking.experiment).experiment_id
+    return client.search_runs([experiment], f"tags.`{schema.KIND}` = '{CLAIM}'")
+
+
+@pytest.mark.slow
+def test_a_renewed_claim_keeps_a_second_process_waiting_past_the_stale_time(make_cfg):
+    tracking = make_cfg().tracking
+    claim = partial(heartbeat_claim, tracking, "abc123", 0, beat=0.5, stale=4.0, poll=0.2)
+    released, entered = _hold_two(claim, claim, hold=10.0)  # held for 2.5 stale times
+    assert entered >= released
+    assert _claims(tracking) == []  # claims are deleted when let go
+
+
+def test_a_stale_claim_does_not_block(make_cfg):
+    tracking = make_cfg().tracking
+    experiment = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
+    client = MlflowClient(tracking.uri)
+    dead = client.create_run(experiment, tags={schema.KIND: CLAIM, schema.CONFIG_KEY: "abc123", schema.SEED: "0",
+                                               HEARTBEAT_TAG: str(time.time() - 1000)})  # a process gone silent
+    started = time.monotonic()
+    with heartbeat_claim(tracking, "abc123", 0, stale=60, poll=30) as claim:
+        assert time.monotonic() - started < 10 and claim != dead.info.run_id
+    with heartbeat_claim(tracking, "abc123", 1, stale=60, poll=30):  # another seed: another job
+        pass
+
+
+@pytest.mark.slow
+def test_a_tracking_server_job_lock_makes_the_second_sweep_wait(make_cfg, mlflow_server):  # noqa: F811
+    tracking = replace(make_cfg().tracking, uri=mlflow_server)
+    lock = partial(job_lock, tracking, "abc123", 0)
+    released, entered = _hold_two(lock, lock, hold=3.0)
+    assert entered >= released
+    assert _claims(tracking) == []

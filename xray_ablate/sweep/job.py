@@ -25,10 +25,11 @@ from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, SKIPPED, Outcome
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
+from xray_ablate.tracking.claims import job_lock
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.results import record_result
-from xray_ablate.tracking.resume import finished_run, job_lock, mark_member, process_tags
+from xray_ablate.tracking.resume import finished_run, mark_member, process_tags
 from xray_ablate.tracking.run_info import record_config, run_tags
 from xray_ablate.train.device import select_device
 from xray_ablate.train.fit import RunResult, fit

@@ -1,21 +1,16 @@
-"""Find finished work to skip, hold a job while it runs, and fail runs left RUNNING by dead processes."""
+"""Find finished work to skip, and runs left RUNNING by processes that died."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-from filelock import FileLock, Timeout
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.lifecycle import ERROR_TAG
-from xray_ablate.tracking.store import connect, sqlite_path
+from xray_ablate.tracking.store import connect
 
 log = logging.getLogger(__name__)
 HOST_TAG, PID_TAG = "xray.host", "xray.pid"
@@ -34,32 +29,6 @@ def finished_run(tracking, config_key: str, seed: int, fingerprint: str, split_h
              f"and tags.`{schema.SPLIT_HASH}` = '{split_hash}' and attributes.status = 'FINISHED'")
     runs = client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
-
-
-@contextmanager
-def job_lock(tracking, config_key: str, seed: int) -> Iterator[None]:
-    """Held while the job (experiment, config key, seed) runs: a second sweep meeting the same job
-    waits, then finds it finished (``finished_run``) instead of training it again.
-
-    SQLite: a file lock in ``<db>.locks/`` (the OS releases it when its process dies, so a killed
-    job never blocks a rerun). Other stores take no lock.
-    """
-    database = sqlite_path(tracking.uri)
-    if database is None:
-        yield
-        return
-    folder = Path(f"{database}.locks")
-    folder.mkdir(exist_ok=True)
-    lock = FileLock(folder / (re.sub(r"[^\w.-]", "_", f"{tracking.experiment}-{config_key}-{seed}") + ".lock"))
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        log.info("waiting: another process runs config %s seed %s", config_key, seed)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def mark_member(tracking, run_id: str, sweep_id: str) -> None:
