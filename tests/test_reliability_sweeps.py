@@ -44,8 +44,12 @@ def _summary(out: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_two_identical_sweeps_at_once_run_each_config_and_seed_once(tmp_path, synthetic_root):
-    # A fresh store: both processes meet MLflow's schema creation at the same moment.
+@pytest.mark.parametrize("store", ["fresh", "existing"])
+def test_two_identical_sweeps_at_once_run_each_config_and_seed_once(tmp_path, synthetic_root, store):
+    # Fresh: both processes meet MLflow's schema creation at once (one failed in it). Existing:
+    # both found nothing finished and trained every job (8 runs for 4 config-seed pairs).
+    if store == "existing":
+        connect(sqlite_uri(tmp_path), "xray-ablate", tmp_path / "mlruns" / "artifacts")
     command = _sweep_command(tmp_path, synthetic_root, tmp_path / "multirun" / "same", "dataset.mode=masked,raw",
                              "seed=0,1")
     env = {**os.environ, "XRAY_ABLATE_CACHE": str(tmp_path / "cache")}
