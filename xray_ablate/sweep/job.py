@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -21,9 +22,10 @@ from xray_ablate.data.metadata import require_attributes
 from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.errors import UserError
 from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
-from xray_ablate.sweep.outcomes import FAILED, FINISHED, SKIPPED, Outcome
+from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, SKIPPED, Outcome
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
+from xray_ablate.tracking.claims import job_lock
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.results import record_result
@@ -49,23 +51,29 @@ def run_job(cfg: DictConfig) -> float | None:
         data = load_data(config)
         device = select_device(config.device)
         tags = {**run_tags(config, device.type), **process_tags()}
+        resume = sweep is not None and config.resume
         if sweep is not None:
             tags.update({schema.SWEEP_ID: sweep.sweep_id, schema.SWEEP_MEMBER.format(sweep.sweep_id): "1"})
-            if config.resume and (existing := finished_run(config.tracking, tags[schema.CONFIG_KEY], config.seed,
-                                                           data.fingerprint, data.manifest_hash)):
+        # Checked again once the lock is held: another sweep may have just finished this job.
+        with job_lock(config.tracking, tags[schema.CONFIG_KEY], config.seed) if resume else nullcontext():
+            if resume and (existing := finished_run(config.tracking, tags[schema.CONFIG_KEY], config.seed,
+                                                    data.fingerprint, data.manifest_hash)):
                 mark_member(config.tracking, existing, sweep.sweep_id)
                 log.info("skipped: already finished as run %s", existing)
                 outcome.status, outcome.run_id = SKIPPED, existing
                 return None
-        with tracked_run(config.tracking, config.tracking.run_name or run_name(config), tags,
-                         parent_run_id=sweep.parent_run_id if sweep else None,
-                         system_metrics=config.tracking.system_metrics) as recorder:
-            outcome.run_id = recorder.run_id
-            result = train_and_record(config, data, device, recorder)
+            with tracked_run(config.tracking, config.tracking.run_name or run_name(config), tags,
+                             parent_run_id=sweep.parent_run_id if sweep else None,
+                             system_metrics=config.tracking.system_metrics) as recorder:
+                outcome.run_id = recorder.run_id
+                result = train_and_record(config, data, device, recorder)
         outcome.status, outcome.train_seconds = FINISHED, result.metrics["train_seconds"]
         log.info("test accuracy %.4f, macro F1 %.4f", result.metrics["test_accuracy"],
                  result.metrics["test_macro_f1"])
         return result.metrics["test_accuracy"]
+    except KeyboardInterrupt:
+        outcome.status = INTERRUPTED
+        raise
     except Exception as err:
         if sweep is None:
             if isinstance(err, UserError):

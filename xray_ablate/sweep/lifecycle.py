@@ -27,7 +27,7 @@ from xray_ablate.data.prepare import prepare
 from xray_ablate.errors import UserError
 from xray_ablate.settings import data_config, ensure_synthetic
 from xray_ablate.sweep.evidence import dataset_references, record_references
-from xray_ablate.sweep.outcomes import FAILED, FINISHED, NOT_STARTED, SKIPPED, read_outcomes, summarize
+from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, SKIPPED, read_outcomes, summarize
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.lifecycle import tracked_run
@@ -88,10 +88,10 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
             SweepInfo.clear()
             counts, problems = summarize(plan.jobs, read_outcomes(outcome_dir), interrupted)
             wall = time.perf_counter() - started
-            not_started = f", {counts[NOT_STARTED]} not started" if interrupted else ""
+            stopped = f", {counts[INTERRUPTED]} interrupted, {counts[NOT_STARTED]} not started" if interrupted else ""
             print(f"\nsweep {sid} (parent run {recorder.run_id}): {len(plan.jobs)} jobs: "
                   f"{counts[FINISHED]} finished, {counts[SKIPPED]} skipped (already finished), "
-                  f"{counts[FAILED]} failed{not_started}, {wall:.1f} s")
+                  f"{counts[FAILED]} failed{stopped}, {wall:.1f} s")
             if problems:
                 print("failed jobs:\n" + "\n".join(problems))
             recorder.metrics({**{f"jobs_{status}": n for status, n in counts.items()}, "sweep_seconds": wall})

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from xray_ablate.data.atomic import write_text_atomic
 
-FINISHED, SKIPPED, FAILED, NOT_STARTED = "finished", "skipped", "failed", "not_started"
+FINISHED, SKIPPED, FAILED = "finished", "skipped", "failed"
+INTERRUPTED, NOT_STARTED = "interrupted", "not_started"  # by Ctrl-C: while running, before starting
 
 
 @dataclass
@@ -34,7 +35,7 @@ def summarize(planned: list[list[str]], outcomes: list[Outcome],
     their overrides, so the count holds whatever order a launcher ran them in. After Ctrl-C, a
     job without an outcome never started; otherwise its process died."""
     by_job = {tuple(sorted(o.overrides)): o for o in outcomes}
-    counts = {FINISHED: 0, SKIPPED: 0, FAILED: 0, NOT_STARTED: 0}
+    counts = {FINISHED: 0, SKIPPED: 0, FAILED: 0, INTERRUPTED: 0, NOT_STARTED: 0}
     problems = []
     for overrides in planned:
         outcome = by_job.get(tuple(sorted(overrides)))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
 import xray_ablate
@@ -18,11 +20,15 @@ def connect(uri: str, experiment: str, artifact_root: str | Path) -> str:
 
     Artifacts of a new experiment go to ``artifact_root/<experiment>`` (for the SQLite store,
     mlruns/artifacts); a tracking server decides its own artifact location.
+    A SQLite store is first touched under a file lock beside it: two processes starting on a fresh
+    database would both run MLflow's schema migrations and one would fail half-way.
     """
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_path(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
+    with FileLock(f"{database}.lock") if database is not None else nullcontext():
+        found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     location = None
@@ -32,6 +38,11 @@ def connect(uri: str, experiment: str, artifact_root: str | Path) -> str:
         return mlflow.create_experiment(experiment, artifact_location=location)
     except MlflowException:  # created by a parallel job in the meantime
         return mlflow.get_experiment_by_name(experiment).experiment_id
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 @lru_cache(maxsize=1)
