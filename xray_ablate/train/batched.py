@@ -91,8 +91,7 @@ def fit_many(configs: list[Config], data: PreparedData, inputs: list[FitInputs],
     rows = np.unique(np.concatenate([getattr(i, s) for i in inputs for s in ("train", "val", "test")]))
     resident = to_batches(data, rows, device)  # every row any member uses, once
     labels = data.table["label"].to_numpy()
-    members = [_member(k, c, i, data, labels, rows, device) for k, (c, i) in enumerate(zip(configs, inputs,
-                                                                                         strict=True))]
+    members = [_member(k, c, i, labels, rows, device) for k, (c, i) in enumerate(zip(configs, inputs, strict=True))]
     base = copy.deepcopy(members[0].model).to("meta")
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in base.modules()):
         raise UserError(f"fit_many: backbone {configs[0].backbone.name} has BatchNorm, whose running "
@@ -142,7 +141,7 @@ def fit_many(configs: list[Config], data: PreparedData, inputs: list[FitInputs],
     return results
 
 
-def _member(k: int, config: Config, inputs: FitInputs, data: PreparedData, labels: np.ndarray,
+def _member(k: int, config: Config, inputs: FitInputs, labels: np.ndarray,
             rows: np.ndarray, device: torch.device) -> _Member:
     """The member's model, built right after seeding torch with its seed, as fit() does."""
     seed_everything(config.seed, deterministic=config.trainer.deterministic)
