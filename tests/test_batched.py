@@ -146,3 +146,37 @@ def test_one_optimizer_over_members_equals_independent_ones():
             one.step()
         for a, b in zip(shared, alone, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_batched_launcher_sweep_matches_the_basic_launcher(monkeypatch, tmp_path, no_dropout):
+    """The same sweep through hydra/launcher=batched (forced on the CPU) and the basic launcher:
+    the same runs, params and artifacts, and per (config, seed) the same test accuracy."""
+    from conftest import invoke_cli, mlflow_runs
+
+    sweep = ["-m", "experiment=demo", "dataset.synthetic.n=40", "dataset.synthetic.size=64", "image_size=32",
+             "backbone=cnn16_gap", "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1", "seed=0,1",
+             "tracking.log_checkpoint=false", "sweep.report=false"]
+    assert invoke_cli(monkeypatch, tmp_path / "basic", *sweep) == 0
+    assert invoke_cli(monkeypatch, tmp_path / "batched", *sweep, "hydra/launcher=batched",
+                      "hydra.launcher.force=true") == 0
+    runs = {name: {(r.data.tags["xray.config_key"], r.data.params["seed"]): r
+                   for r in mlflow_runs(tmp_path / name, "demo")} for name in ("basic", "batched")}
+    assert len(runs["basic"]) == 8 and runs["basic"].keys() == runs["batched"].keys()
+    for key, basic in runs["basic"].items():
+        batched = runs["batched"][key]
+        assert batched.info.status == "FINISHED"
+        assert batched.data.metrics["test_accuracy"] == basic.data.metrics["test_accuracy"], key
+        assert abs(batched.data.metrics["test_loss"] - basic.data.metrics["test_loss"]) < TOLERANCE
+        different = {k for k in basic.data.params if basic.data.params[k] != batched.data.params.get(k)}
+        assert all(k.startswith(("paths.", "tracking.")) or k in ("dataset.root", "quality.report_dir")
+                   for k in different), different  # only where each sweep's files live
+        assert set(basic.data.metrics) == set(batched.data.metrics)
+        assert artifacts(tmp_path / "basic", basic) == artifacts(tmp_path / "batched", batched)
+
+
+def artifacts(root, run) -> set[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return {a.path for a in client.list_artifacts(run.info.run_id)}
