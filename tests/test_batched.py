@@ -149,9 +149,10 @@ def test_one_optimizer_over_members_equals_independent_ones():
 
 
 @pytest.mark.slow
-def test_batched_launcher_sweep_matches_the_basic_launcher(monkeypatch, tmp_path, no_dropout):
+def test_batched_launcher_sweep_matches_the_basic_launcher(monkeypatch, tmp_path, no_dropout, capsys):
     """The same sweep through hydra/launcher=batched (forced on the CPU) and the basic launcher:
-    the same runs, params and artifacts, and per (config, seed) the same test accuracy."""
+    the same runs, params and artifacts, and per (config, seed) the same test accuracy; run again,
+    the batched sweep resumes (skips) every job."""
     from conftest import invoke_cli, mlflow_runs
 
     sweep = ["-m", "experiment=demo", "dataset.synthetic.n=40", "dataset.synthetic.size=64", "image_size=32",
@@ -173,6 +174,11 @@ def test_batched_launcher_sweep_matches_the_basic_launcher(monkeypatch, tmp_path
                    for k in different), different  # only where each sweep's files live
         assert set(basic.data.metrics) == set(batched.data.metrics)
         assert artifacts(tmp_path / "basic", basic) == artifacts(tmp_path / "batched", batched)
+    capsys.readouterr()
+    assert invoke_cli(monkeypatch, tmp_path / "batched", *sweep, "hydra/launcher=batched",
+                      "hydra.launcher.force=true") == 0
+    assert "0 finished, 8 skipped" in capsys.readouterr().out
+    assert len(mlflow_runs(tmp_path / "batched", "demo")) == 8
 
 
 def artifacts(root, run) -> set[str]:
