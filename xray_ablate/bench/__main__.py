@@ -11,7 +11,7 @@ from pathlib import Path
 from xray_ablate.bench.rows import machine
 from xray_ablate.settings import project_root
 
-SUITES = ("data", "train", "quality", "sweep", "audit")
+SUITES = ("data", "train", "quality", "sweep", "audit", "batched")
 
 
 def main(argv: list[str] | None = None) -> None:

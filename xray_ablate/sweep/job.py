@@ -32,9 +32,9 @@ from xray_ablate.tracking.results import record_result
 from xray_ablate.tracking.resume import finished_run, mark_member, process_tags
 from xray_ablate.tracking.run_info import record_config, run_tags
 from xray_ablate.train.device import select_device
-from xray_ablate.train.external import external_metrics, prepare_external
+from xray_ablate.train.external import ExternalSet, external_metrics, prepare_external
 from xray_ablate.train.fit import RunResult, fit
-from xray_ablate.train.inputs import prepare_inputs
+from xray_ablate.train.inputs import FitInputs, prepare_inputs
 
 log = logging.getLogger("xray_ablate")
 
@@ -50,26 +50,19 @@ def run_job(cfg: DictConfig) -> float | None:
         _set_threads(config, hydra_cfg)
         data = load_data(config)
         device = select_device(config.device)
-        tags = {**run_tags(config, device.type), **process_tags()}
-        resume = sweep is not None and config.resume
-        if sweep is not None:
-            tags.update({schema.SWEEP_ID: sweep.sweep_id, schema.SWEEP_MEMBER.format(sweep.sweep_id): "1"})
-        # Checked again once the lock is held: another sweep may have just finished this job.
-        with job_lock(config.tracking, tags[schema.CONFIG_KEY], config.seed) if resume else nullcontext():
-            if resume and (existing := finished_run(config.tracking, tags[schema.CONFIG_KEY], config.seed,
-                                                    data.fingerprint, data.manifest_hash)):
-                mark_member(config.tracking, existing, sweep.sweep_id)
-                log.info("skipped: already finished as run %s", existing)
-                outcome.status, outcome.run_id = SKIPPED, existing
+        tags = job_tags(config, device, sweep)
+        # Under the job's lock, so two sweeps started together train it once: the second waits,
+        # then finds the first one's finished run and skips.
+        locked = sweep is not None and config.resume
+        with job_lock(config.tracking, tags[schema.CONFIG_KEY], config.seed) if locked else nullcontext():
+            if skip_finished(config, data, tags, sweep, outcome):
                 return None
             with tracked_run(config.tracking, config.tracking.run_name or run_name(config), tags,
                              parent_run_id=sweep.parent_run_id if sweep else None,
                              system_metrics=config.tracking.system_metrics) as recorder:
                 outcome.run_id = recorder.run_id
                 result = train_and_record(config, data, device, recorder)
-        outcome.status, outcome.train_seconds = FINISHED, result.metrics["train_seconds"]
-        log.info("test accuracy %.4f, macro F1 %.4f", result.metrics["test_accuracy"],
-                 result.metrics["test_macro_f1"])
+        finish(outcome, result)
         return result.metrics["test_accuracy"]
     except KeyboardInterrupt:
         outcome.status = INTERRUPTED
@@ -80,12 +73,44 @@ def run_job(cfg: DictConfig) -> float | None:
                 log.error("%s", err)
                 sys.exit(2)
             raise
-        outcome.error = f"{type(err).__name__}: {err}".splitlines()[0]
-        log.error("job failed: %s", outcome.error, exc_info=not isinstance(err, UserError))
+        record_failure(outcome, err)
         return None
     finally:
         if sweep is not None:
             outcome.write(Path(sweep.outcome_dir))
+
+
+def job_tags(config: Config, device: torch.device, sweep: SweepInfo | None) -> dict[str, str]:
+    tags = {**run_tags(config, device.type), **process_tags()}
+    if sweep is not None:
+        tags.update({schema.SWEEP_ID: sweep.sweep_id, schema.SWEEP_MEMBER.format(sweep.sweep_id): "1"})
+    return tags
+
+
+def skip_finished(config: Config, data: PreparedData, tags: dict[str, str], sweep: SweepInfo | None,
+                  outcome: Outcome) -> bool:
+    """In a resumed sweep: True (and the outcome SKIPPED) when this job already has a finished run."""
+    if sweep is None or not config.resume:
+        return False
+    existing = finished_run(config.tracking, tags[schema.CONFIG_KEY], config.seed, data.fingerprint,
+                            data.manifest_hash)
+    if not existing:
+        return False
+    mark_member(config.tracking, existing, sweep.sweep_id)
+    log.info("skipped: already finished as run %s", existing)
+    outcome.status, outcome.run_id = SKIPPED, existing
+    return True
+
+
+def finish(outcome: Outcome, result: RunResult) -> None:
+    outcome.status, outcome.train_seconds = FINISHED, result.metrics["train_seconds"]
+    log.info("test accuracy %.4f, macro F1 %.4f", result.metrics["test_accuracy"], result.metrics["test_macro_f1"])
+
+
+def record_failure(outcome: Outcome, err: Exception) -> None:
+    """A sweep job's failure: into its outcome and the log; the sweep goes on."""
+    outcome.error = f"{type(err).__name__}: {err}".splitlines()[0]
+    log.error("job failed: %s", outcome.error, exc_info=not isinstance(err, UserError))
 
 
 def load_data(config: Config) -> PreparedData:
@@ -98,20 +123,36 @@ def train_and_record(config: Config, data: PreparedData, device: torch.device, r
     """The run: its data and inputs, fit(), the evaluations on the best state (test subgroups,
     external sets), all recorded."""
     require_attributes(config.eval.subgroups, data.metadata)  # before minutes of training
+    inputs = prepare_inputs(config, data)
+    external = record_inputs(config, data, inputs, recorder)
+    result = fit(config, data, inputs, device, on_epoch=lambda row: record_epoch(recorder, row))
+    record_trained(config, data, inputs, result, recorder, external)
+    return result
+
+
+def record_inputs(config: Config, data: PreparedData, inputs: FitInputs, recorder: Recorder) -> list[ExternalSet]:
+    """What a run records before it trains (its config, data and inputs); the external test sets
+    it will be evaluated on, checked against its training images."""
     record_config(recorder, config)
     # Images without a patient id count as their own patient: a leakage risk worth seeing.
     recorder.metrics({"data_patient_fallbacks": data.patient_fallbacks, "data_excluded": len(data.excluded)})
     recorder.tags({schema.FINGERPRINT: data.fingerprint, schema.SPLIT_HASH: data.manifest_hash})
     recorder.file(data.manifest_path, "split")
     recorder.table(data.excluded, "data/excluded.csv")
-    inputs = prepare_inputs(config, data)
     recorder.params(inputs.params)
     recorder.metrics(inputs.metrics)
-    external = prepare_external(config, data, inputs.train)  # refused before training, not after
-    result = fit(config, data, inputs, device, on_epoch=lambda row: recorder.metrics(
-        {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]))
+    return prepare_external(config, data, inputs.train)  # a duplicated image is refused here
+
+
+def record_epoch(recorder: Recorder, row: dict) -> None:
+    recorder.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+
+def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result: RunResult,
+                   recorder: Recorder, external: list[ExternalSet]) -> None:
+    """What a run records after it trains: subgroups, external sets, the result, the audit."""
     evaluate_subgroups(config, data, inputs.test, result)
-    result.metrics.update(external_metrics(result.model, external, config, device))
+    result.metrics.update(external_metrics(result.model, external, config, next(result.model.parameters()).device))
     record_result(recorder, result, config.tracking.log_checkpoint)
     if config.audit.enabled:
         audit = audit_split(result.model, data, inputs.test, result.predictions.filter(like="prob_").to_numpy(),
@@ -120,7 +161,6 @@ def train_and_record(config: Config, data: PreparedData, device: torch.device, r
             recorder.metrics(audit.metrics)
             recorder.table(audit.per_image, "audit/audit.csv")
             recorder.figure(audit.montage, "audit/montage.png")
-    return result
 
 
 def evaluate_subgroups(config: Config, data: PreparedData, test_rows, result: RunResult) -> None:

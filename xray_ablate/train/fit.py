@@ -8,8 +8,6 @@ lowest validation loss, which is the one tested.
 from __future__ import annotations
 
 import copy
-import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,11 +28,10 @@ from xray_ablate.train.device import seed_everything
 from xray_ablate.train.inputs import FitInputs
 from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
 from xray_ablate.train.optim import build_optimizer, build_schedule
+from xray_ablate.train.progress import Progress
 
-log = logging.getLogger(__name__)
 # Keep the images on the GPU when they take less than this share of its free memory.
 DEVICE_MEMORY_SHARE = 0.3
-FLAT_LOSS_EPOCHS = 3  # warn when the training loss is still at ln(classes) after this many epochs
 
 
 @dataclass
@@ -65,12 +62,10 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
     schedule = build_schedule(optimizer, trainer)
     augment = config.augmentation if config.augmentation.enabled else None
     generator = torch.Generator().manual_seed(config.seed)  # data order and augmentation, on every device
-    params = {"optimizer_class": type(optimizer).__name__,
-              "lr_schedule_class": type(schedule).__name__ if schedule else "constant"}
-    if weights is not None:
-        params.update({f"class_weight_{c}": round(float(w), 4) for c, w in zip(CLASSES, weights, strict=True)})
+    params = run_params(weights, type(optimizer).__name__,
+                        type(schedule).__name__ if schedule else "constant")
 
-    history, best_state, best_loss, best_epoch = [], None, float("inf"), 0
+    progress = Progress(trainer.epochs, trainer.early_stopping_patience)
     started = time.perf_counter()
     for epoch in range(1, trainer.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -80,33 +75,41 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
         val_loss, val_probs = evaluate(model, batches["val"], trainer.batch_size, device, trainer.amp)
         if schedule is not None:
             schedule.step()
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": float((val_probs.argmax(1) == labels[inputs.val]).mean()), "lr": lr}
-        history.append(row)
+        stop = progress.record(epoch, train_loss, train_acc, val_loss, val_probs, labels[inputs.val], lr,
+                               lambda: copy.deepcopy(model.state_dict()))
         if on_epoch is not None:
-            on_epoch(row)
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", epoch, trainer.epochs,
-                 train_loss, train_acc, val_loss, row["val_acc"])
-        if epoch == FLAT_LOSS_EPOCHS and train_loss >= metrics.FLAT_LOSS_SHARE * math.log(len(CLASSES)):
-            log.warning("training loss %.3f has not moved off ln(%d) = %.3f after %d epochs: the model may "
-                        "not learn (try another trainer.lr)", train_loss, len(CLASSES), math.log(len(CLASSES)),
-                        epoch)
-        if val_loss < best_loss:
-            best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
-        elif trainer.early_stopping_patience is not None and epoch - best_epoch >= trainer.early_stopping_patience:
-            log.info("early stop: no better validation loss for %d epochs", trainer.early_stopping_patience)
+            on_epoch(progress.last)
+        if stop:
             break
     train_seconds = time.perf_counter() - started
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(progress.best_state)
     model.eval()
-    results = {"best_epoch": float(best_epoch), "epochs_run": float(len(history)), "train_seconds": train_seconds,
-               "train_images_per_second": len(inputs.train) * len(history) / train_seconds}
-    probs = {}
+    losses, probs = {}, {}
     for name in ("val", "test"):
-        loss, probs[name] = evaluate(model, batches[name], trainer.batch_size, device, trainer.amp)
+        losses[name], probs[name] = evaluate(model, batches[name], trainer.batch_size, device, trainer.amp)
+    return run_result(data, inputs, params, progress, train_seconds, losses, probs, model)
+
+
+def run_params(weights: np.ndarray | None, optimizer_class: str, schedule_class: str) -> dict:
+    """What a run chose: optimizer and schedule classes, and the class weights it computed."""
+    params = {"optimizer_class": optimizer_class, "lr_schedule_class": schedule_class}
+    if weights is not None:
+        params.update({f"class_weight_{c}": round(float(w), 4) for c, w in zip(CLASSES, weights, strict=True)})
+    return params
+
+
+def run_result(data: PreparedData, inputs: FitInputs, params: dict, progress: Progress, train_seconds: float,
+               losses: dict[str, float], probs: dict[str, np.ndarray], model: nn.Module) -> RunResult:
+    """The RunResult of a trained run from its best state's val and test losses and probabilities."""
+    labels = data.table["label"].to_numpy()
+    history = progress.history
+    results = {"best_epoch": float(progress.best_epoch), "epochs_run": float(len(history)),
+               "train_seconds": train_seconds,
+               "train_images_per_second": len(inputs.train) * len(history) / train_seconds}
+    for name in ("val", "test"):
         results.update(metrics.classification_metrics(labels[getattr(inputs, name)], probs[name], name))
-        results["test_loss" if name == "test" else "best_val_loss"] = loss
+        results["test_loss" if name == "test" else "best_val_loss"] = losses[name]
     if inputs.test_outlier is not None and (~inputs.test_outlier).any():
         keep = ~inputs.test_outlier
         sub = metrics.classification_metrics(labels[inputs.test][keep], probs["test"][keep], "test_filtered")
@@ -121,7 +124,7 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
                                 "label": labels[inputs.test]})
     for i, cls in enumerate(CLASSES):
         predictions[f"prob_{cls}"] = probs["test"][:, i]
-    return RunResult(params, pd.DataFrame(history), best_epoch, results, predictions, model, learned)
+    return RunResult(params, pd.DataFrame(history), progress.best_epoch, results, predictions, model, learned)
 
 
 def class_weights(setting, train_labels: np.ndarray) -> np.ndarray | None:
