@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from xray_ablate.config.factors import factor_names
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
+from xray_ablate.report import audit as A
 from xray_ablate.report import images as I
 from xray_ablate.report import plots, stats
 from xray_ablate.report import runs as R
@@ -193,6 +194,7 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
             kept, dict(zip(table["config_key"], table["config"], strict=True))),
         references=I.references(I.class_shares(kept, evidence)),
         mcnemar=I.mcnemar_table(kept, evidence, table, baseline_key),
+        audit=A.summarise(kept, table, baseline_key, settings.confidence),
         **_variance(kept, evidence, table, baseline_key, settings),
         factorial_note=("No two factors are crossed (every combination run), so there are no "
                         "main effects beyond the run table's Δ; varied: "
@@ -245,6 +247,8 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
             frames["Interactions"] = ("interactions", f.interactions,
                                       T.display_interactions(f.interactions, s))
         frames["ANOVA"] = ("anova", f.anova, T.display_anova(f.anova))
+    if c.audit is not None:
+        c.table_files |= A.write(folder, c.audit)
     for title, (stem, numeric, shown) in frames.items():
         numeric.to_csv(folder / f"{stem}.csv", index=False)
         (folder / f"{stem}.tex").write_text(T.to_latex(shown))
