@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import invoke_cli, mlflow_runs
+
 from xray_ablate.report import audit as A
 
 IMAGES = [f"img{i:03d}" for i in range(60)]
@@ -83,19 +83,22 @@ def test_levels_paragraph_and_difference(audited):
     levels = A.level_table(runs, audits).set_index("config")
     assert list(levels.index) == ["masked models", "raw models", "raw − masked"]
     diff = levels.loc["raw − masked"]
-    assert diff["outside_lung_gradcam_mean"] == pytest.approx(
-        levels.loc["raw models", "outside_lung_gradcam_mean"] - levels.loc["masked models", "outside_lung_gradcam_mean"])
+    means = levels["outside_lung_gradcam_mean"]
+    assert diff["outside_lung_gradcam_mean"] == pytest.approx(means["raw models"] - means["masked models"])
     assert diff["outside_lung_gradcam_low"] < 30 < diff["outside_lung_gradcam_high"]
     assert diff["outside_lung_gradcam_p"] < 0.01
     summary = A.AuditSummary(A.audit_table(runs, configs, audits), levels.reset_index(), {})
-    text = A.paragraph(summary)
+    (text,) = A.summary_blocks(summary)
     raw = levels.loc["raw models"]
     assert (f"raw models (3 runs) put {raw['outside_lung_gradcam_mean']:.0f} % "
             f"[{raw['outside_lung_gradcam_low']:.0f}, {raw['outside_lung_gradcam_high']:.0f}] of their "
             "Grad-CAM mass outside the lungs, where a uniform map would put 70 %") in text
     assert "Raw − masked" in text
     shown = A.display(summary.table)
-    assert shown.shape[0] == 2 and "outside lungs, Grad-CAM (%)" in shown.columns
+    base = summary.table.iloc[0]
+    assert shown["outside lungs, Grad-CAM"].iloc[0] == (
+        f"{base['outside_lung_gradcam_mean']:.1f} ± {base['outside_lung_gradcam_sd']:.1f} "
+        f"[{base['outside_lung_gradcam_low']:.1f}, {base['outside_lung_gradcam_high']:.1f}]")
 
 
 @pytest.mark.slow
@@ -120,7 +123,7 @@ def test_real_fixture_raw_and_masked_audited_and_reported(monkeypatch, tmp_path,
     folder = next((tmp_path / "reports").glob("*/report.md")).parent
     report = (folder / "report.md").read_text()
     assert "## Where the models look (saliency audit)" in report
-    assert "outside lungs, Grad-CAM (%)" in report and "raw models (1 run) put" in report
+    assert "| outside lungs, Grad-CAM " in report and "raw models (1 run) put" in report
     table = pd.read_csv(folder / "audit.csv")
     assert set(table["config"]) >= {"baseline", "dataset=raw", "masked models", "raw models", "raw − masked"}
     masked = table.set_index("config").loc["baseline"]

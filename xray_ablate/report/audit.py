@@ -39,6 +39,7 @@ class AuditSummary:
     table: pd.DataFrame  # per configuration: config, config_key, n, images, <share>_{mean,sd,low,high}, uniform_*
     levels: pd.DataFrame  # per dataset level (masked, raw, raw − masked) pooled over runs, same columns
     montage_runs: dict[str, str]  # title -> run id whose montage is shown
+    confidence: float = 0.95  # of every interval
     montages: dict[str, str] = field(default_factory=dict)  # title -> png file in the report folder
 
 
@@ -140,7 +141,7 @@ def summarise(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str,
             first = sub.sort_values("seed").iloc[0]
             label = table.loc[table["config_key"] == key, "config"].iloc[0]
             shown[f"{label} (seed {int(first['seed'])})"] = str(first["run_id"])
-    return AuditSummary(table, level_table(runs, audits, confidence), shown)
+    return AuditSummary(table, level_table(runs, audits, confidence), shown, confidence)
 
 
 # --- the report folder and report.md ---------------------------------------------------------
@@ -158,7 +159,7 @@ def write(folder: Path, audit: AuditSummary) -> dict[str, tuple[str, str]]:
 
 
 def display(table: pd.DataFrame) -> pd.DataFrame:
-    """The shown table: mean ± sd over seeds and the interval over seeds + audited images, in %."""
+    """The shown table, in %: per share "mean ± sd [interval over seeds + audited images]"."""
     out = pd.DataFrame({"configuration": table["config"]})
     if "n" in table:
         out["runs"] = table["n"].map(lambda v: T.fmt(v, 0))
@@ -166,35 +167,39 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
         out["audited images"] = table["images"].map(lambda v: T.fmt(v, 0))
     for column, label in SHARES.items():
         sd = table.get(f"{column}_sd", pd.Series(math.nan, index=table.index))
-        out[f"{label} (%)"] = [T.fmt_pm(m, s) for m, s in zip(table[f"{column}_mean"], sd, strict=True)]
-        out[f"{label}: CI seeds + images"] = [T.fmt_ci(lo, hi) for lo, hi in
-                                             zip(table[f"{column}_low"], table[f"{column}_high"], strict=True)]
-    out["uniform map: outside lungs / border (%)"] = [
+        out[label] = [f"{T.fmt_pm(m, s)} {T.fmt_ci(lo, hi)}".removesuffix(" –") for m, s, lo, hi in
+                      zip(table[f"{column}_mean"], sd, table[f"{column}_low"], table[f"{column}_high"],
+                          strict=True)]
+    out["uniform map: outside lungs / border"] = [
         f"{T.fmt(o)} / {T.fmt(b)}" for o, b in zip(table["uniform_outside"], table["uniform_border"], strict=True)]
     return out
 
 
 def _share_text(row: pd.Series, column: str) -> str:
-    return f"{row[f'{column}_mean']:.0f} % {T.fmt_ci(row[f'{column}_low'], row[f'{column}_high'], 0)}"
+    ci = T.fmt_ci(row[f"{column}_low"], row[f"{column}_high"], 0)
+    return f"{row[f'{column}_mean']:.0f} %" + ("" if ci == "–" else f" {ci}")
 
 
-def paragraph(audit: AuditSummary, confidence: float = 0.95) -> str:
-    """Masked and raw models compared, in words: "raw models put 41 % [35, 47] of their Grad-CAM
-    mass outside the lungs, where a uniform map would put 38 %"."""
+def summary_blocks(audit: AuditSummary | None) -> list[str]:
+    """The summary's paragraph on masked and raw models, in words: "raw models put 41 % [35, 47]
+    of their Grad-CAM mass outside the lungs, where a uniform map would put 38 %"; [] without."""
+    if audit is None or audit.levels.empty:
+        return []
     levels = audit.levels.set_index("config")
     parts = []
     for level in ("raw", "masked"):
         if f"{level} models" not in levels.index:
             continue
         row = levels.loc[f"{level} models"]
+        runs = f"{int(row['n'])} run{'s' if row['n'] != 1 else ''}"
         parts.append(
-            f"{level} models ({int(row['n'])} run{'s' if row['n'] != 1 else ''}) put {_share_text(row, 'outside_lung_gradcam')} of "
+            f"{level} models ({runs}) put {_share_text(row, 'outside_lung_gradcam')} of "
             f"their Grad-CAM mass outside the lungs, where a uniform map would put "
             f"{row['uniform_outside']:.0f} %, and {_share_text(row, 'border_gradcam')} in the border "
             f"band (uniform: {row['uniform_border']:.0f} %); input × gradient: "
             f"{_share_text(row, 'outside_lung_inputxgrad')} outside the lungs")
     if not parts:
-        return ""
+        return []
     text = "**Where the models look:** " + "; ".join(parts) + "."
     if "raw − masked" in levels.index:
         row = levels.loc["raw − masked"]
@@ -203,16 +208,16 @@ def paragraph(audit: AuditSummary, confidence: float = 0.95) -> str:
                  f"(p = {T.fmt_p(row['outside_lung_gradcam_p'])}); in the border band: "
                  f"{row['border_gradcam_mean']:+.1f} pp "
                  f"{T.fmt_ci(row['border_gradcam_low'], row['border_gradcam_high'])}.")
-    return text + f" Intervals: {confidence:.0%} over seeds and audited images."
+    return [text + f" Intervals: {audit.confidence:.0%} over seeds and audited images."]
 
 
-def section(audit: AuditSummary | None, confidence: float = 0.95) -> list[str]:
-    """report.md's "Where the models look" section."""
+def section(audit: AuditSummary | None) -> list[str]:
+    """report.md's "Where the models look" section (the summary holds ``summary_blocks``)."""
     if audit is None:
         return []
-    out = ["## Where the models look (saliency audit)", ""]
-    text = paragraph(audit, confidence)
-    out += [text, ""] if text else []
+    out = ["## Where the models look (saliency audit)", "",
+           f"Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
+           "seeds and audited images].", ""]
     out += [display(audit.table).to_markdown(index=False, disable_numparse=True), ""]
     if len(audit.levels):
         out += ["Pooled per dataset level (every audited run of the level; raw − masked in pp):", "",

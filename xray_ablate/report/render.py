@@ -105,7 +105,7 @@ def summary(c: Content) -> list[str]:
                       f"{T.MIN_SEEDS_RESAMPLED} seeds per side (with fewer, a resampled or pairwise "
                       "figure over seeds is too coarse to read).")
     blocks += _variance_summary(c)
-    blocks += [A.paragraph(c.audit, s.confidence)] if c.audit is not None and len(c.audit.levels) else []
+    blocks += A.summary_blocks(c.audit)
     if len(table) == 1:
         blocks.append("Only one configuration: nothing to compare with the baseline.")
     blocks += _power_summary(c, n)
@@ -268,7 +268,7 @@ def render(c: Content) -> str:
         out += ["## Image-level comparisons (exact McNemar, per seed pair)", "",
                 "Each configuration's run against the baseline's run of the same seed, on the same "
                 "test images:", "", _md(T.display_mcnemar(c.mcnemar)), ""]
-    out += A.section(c.audit, s.confidence)
+    out += A.section(c.audit)
     if c.variance is not None:
         unit = s.unit or "units"
         out += ["## Variance decomposition (baseline)", "",
