@@ -93,7 +93,8 @@ def test_levels_paragraph_and_difference(audited):
     assert (f"raw models (3 runs) put {raw['outside_lung_gradcam_mean']:.0f} % "
             f"[{raw['outside_lung_gradcam_low']:.0f}, {raw['outside_lung_gradcam_high']:.0f}] of their "
             "Grad-CAM mass outside the lungs, where a uniform map would put 70 %") in text
-    assert "Raw − masked" in text
+    assert (f"Raw − masked, Grad-CAM outside the lungs: {diff['outside_lung_gradcam_mean']:+.0f} pp "
+            f"[{diff['outside_lung_gradcam_low']:.0f}, {diff['outside_lung_gradcam_high']:.0f}] (p = ") in text
     shown = A.display(summary.table)
     base = summary.table.iloc[0]
     assert shown["outside lungs, Grad-CAM"].iloc[0] == (
@@ -124,6 +125,7 @@ def test_real_fixture_raw_and_masked_audited_and_reported(monkeypatch, tmp_path,
     report = (folder / "report.md").read_text()
     assert "## Where the models look (saliency audit)" in report
     assert "| outside lungs, Grad-CAM " in report and "raw models (1 run) put" in report
+    assert "No intervals: they need at least 2 audited runs per level." in report
     table = pd.read_csv(folder / "audit.csv")
     assert set(table["config"]) >= {"baseline", "dataset=raw", "masked models", "raw models", "raw − masked"}
     masked = table.set_index("config").loc["baseline"]

@@ -175,9 +175,11 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _share_text(row: pd.Series, column: str) -> str:
+def _share_text(row: pd.Series, column: str, unit: str = "%") -> str:
+    """"41 % [35, 47]"; a difference: "+12 pp [4, 20]"; without an interval the value alone."""
     ci = T.fmt_ci(row[f"{column}_low"], row[f"{column}_high"], 0)
-    return f"{row[f'{column}_mean']:.0f} %" + ("" if ci == "–" else f" {ci}")
+    sign = "+" if unit == "pp" else ""
+    return f"{row[f'{column}_mean']:{sign}.0f} {unit}" + ("" if ci == "–" else f" {ci}")
 
 
 def summary_blocks(audit: AuditSummary | None) -> list[str]:
@@ -203,12 +205,13 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
     text = "**Where the models look:** " + "; ".join(parts) + "."
     if "raw − masked" in levels.index:
         row = levels.loc["raw − masked"]
-        text += (f" Raw − masked, Grad-CAM outside the lungs: {row['outside_lung_gradcam_mean']:+.1f} pp "
-                 f"{T.fmt_ci(row['outside_lung_gradcam_low'], row['outside_lung_gradcam_high'])} "
-                 f"(p = {T.fmt_p(row['outside_lung_gradcam_p'])}); in the border band: "
-                 f"{row['border_gradcam_mean']:+.1f} pp "
-                 f"{T.fmt_ci(row['border_gradcam_low'], row['border_gradcam_high'])}.")
-    return [text + f" Intervals: {audit.confidence:.0%} over seeds and audited images."]
+        p = row["outside_lung_gradcam_p"]
+        text += (f" Raw − masked, Grad-CAM outside the lungs: {_share_text(row, 'outside_lung_gradcam', 'pp')}"
+                 + (f" (p = {T.fmt_p(p)})" if np.isfinite(p) else "")
+                 + f"; in the border band: {_share_text(row, 'border_gradcam', 'pp')}.")
+    if levels["outside_lung_gradcam_low"].notna().any():
+        return [text + f" Intervals: {audit.confidence:.0%} over seeds and audited images."]
+    return [text + " No intervals: they need at least 2 audited runs per level."]
 
 
 def section(audit: AuditSummary | None) -> list[str]:
