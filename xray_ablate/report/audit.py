@@ -19,16 +19,14 @@ import pandas as pd
 
 from xray_ablate.report import stats
 from xray_ablate.report import tables as T
+from xray_ablate.tracking import schema
 from xray_ablate.tracking.reader import copy_artifact, csv_artifacts
 
-AUDIT_CSV = "audit/audit.csv"
-MONTAGE = "audit/montage.png"
-# Per-image column -> label; the uniform reference of each share is in ``UNIFORM``.
+# Per-image column of the audit CSV -> label.
 SHARES = {"outside_lung_gradcam": "outside lungs, Grad-CAM",
           "border_gradcam": "border band, Grad-CAM",
           "outside_lung_inputxgrad": "outside lungs, input × gradient",
           "border_inputxgrad": "border band, input × gradient"}
-UNIFORM = {"outside_lung": "uniform_outside", "border": "uniform_border"}
 MASK_FACTOR = "dataset"  # its levels masked / raw
 
 
@@ -45,7 +43,7 @@ class AuditSummary:
 
 def load_audits(run_ids) -> dict[str, pd.DataFrame]:
     """run id -> its per-image audit (image_id as str); runs without one are left out."""
-    return csv_artifacts(run_ids, AUDIT_CSV, dtype={"image_id": str})
+    return csv_artifacts(run_ids, schema.AUDIT_CSV, dtype={"image_id": str})
 
 
 def share_matrix(audits: dict[str, pd.DataFrame], run_ids: pd.Series, column: str) -> pd.DataFrame:
@@ -153,7 +151,7 @@ def write(folder: Path, audit: AuditSummary) -> dict[str, tuple[str, str]]:
     (folder / "audit.tex").write_text(T.to_latex(display(audit.table)))
     for i, (title, run_id) in enumerate(audit.montage_runs.items()):
         name = f"audit_montage_{i}.png"
-        if copy_artifact(run_id, MONTAGE, folder / name) is not None:
+        if copy_artifact(run_id, schema.AUDIT_MONTAGE, folder / name) is not None:
             audit.montages[title] = name
     return {"Saliency audit": ("audit.csv", "audit.tex")}
 

@@ -106,8 +106,8 @@ def train_and_record(config: Config, data: PreparedData, device: torch.device, r
                             config.audit)
         if audit is not None:
             recorder.metrics(audit.metrics)
-            recorder.table(audit.per_image, "audit/audit.csv")
-            recorder.figure(audit.montage, "audit/montage.png")
+            recorder.table(audit.per_image, schema.AUDIT_CSV)
+            recorder.figure(audit.montage, schema.AUDIT_MONTAGE)
     return result
 
 
