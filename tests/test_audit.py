@@ -25,8 +25,8 @@ from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
 # The known-answer tests train a small CNN whose last conv map is a quarter of the image side
 # (16 x 16 at 64 px) and whose last conv cells see 18 px each. cnn16_gap cannot tell raw from
 # masked here: each last conv cell sees 158 px (all of a 96 px image, most of 192 px), lungs
-# included, so its Grad-CAM says
-# where on a coarse grid evidence is gathered, not which pixels it came from. Measured on these
+# included, so its Grad-CAM says where on a coarse grid evidence is gathered, not which pixels
+# it came from. Measured on these
 # phantoms (160, seed 0, batch 8, Adam 1e-3): at 96 px (3 x 3 map, 6 epochs) raw 70 % vs masked
 # 71 % of Grad-CAM mass outside the lungs (uniform 75 %); at 192 px (6 x 6, 8 epochs, test
 # accuracy 65 % raw, 96 % masked) 65 % vs 63 %, border 19 % vs 19 %; over 12 minutes on one core.
