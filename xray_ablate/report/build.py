@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from xray_ablate.config.factors import factor_names
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
+from xray_ablate.report import audit as A
 from xray_ablate.report import confounds as CF
 from xray_ablate.report import curves as CV
 from xray_ablate.report import images as I
@@ -197,6 +198,7 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
         mcnemar=I.mcnemar_table(kept, evidence, table, baseline_key),
         confounds=CF.confounds(selection.parent_run_id, kept, dict(zip(table["config_key"], table["config"],
                                                                       strict=True)), evidence.predictions),
+        audit=A.summarise(kept, table, baseline_key, settings.confidence),
         **_variance(kept, evidence, table, baseline_key, settings),
         curves=CV.curves(kept, table, settings, evidence),
         factorial_note=("No two factors are crossed (every combination run), so there are no "
@@ -254,6 +256,8 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
     frames |= CV.frames(c.curves, s)
     if c.curves.learning is not None:
         c.figures[CV.FIGURE] = CV.learning_curve_plot(c.curves.learning, s, folder / "learning_curve.png").name
+    if c.audit is not None:
+        c.table_files |= A.write(folder, c.audit)
     for title, (stem, numeric, shown) in frames.items():
         numeric.to_csv(folder / f"{stem}.csv", index=False)
         (folder / f"{stem}.tex").write_text(T.to_latex(shown))

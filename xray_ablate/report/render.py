@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.config.factors import factor_labels
+from xray_ablate.report import audit as A
 from xray_ablate.report import confounds as CF
 from xray_ablate.report import curves as CV
 from xray_ablate.report import images as I
@@ -38,6 +39,7 @@ class Content:
     learning_warning: str | None = None  # "k of n runs did not learn: ..."
     references: pd.DataFrame = field(default_factory=pd.DataFrame)  # chance, majority class
     mcnemar: pd.DataFrame = field(default_factory=pd.DataFrame)  # per seed pair vs the baseline
+    audit: A.AuditSummary | None = None  # where the models look, when runs were audited
     variance: VarianceSplit | None = None  # the baseline's, when it has predictions
     floor: pd.DataFrame | None = None  # power targets with the test-sample floor
     floor_sd: tuple[float, float] = (float("nan"), float("nan"))  # (seed sd, image SE) of Δ used
@@ -107,6 +109,7 @@ def summary(c: Content) -> list[str]:
                       f"{T.MIN_SEEDS_RESAMPLED} seeds per side (with fewer, a resampled or pairwise "
                       "figure over seeds is too coarse to read).")
     blocks += _variance_summary(c)
+    blocks += A.summary_blocks(c.audit)
     if len(table) == 1:
         blocks.append("Only one configuration: nothing to compare with the baseline.")
     blocks += _power_summary(c, n)
@@ -272,6 +275,7 @@ def render(c: Content) -> str:
         out += ["## Image-level comparisons (exact McNemar, per seed pair)", "",
                 "Each configuration's run against the baseline's run of the same seed, on the same "
                 "test images:", "", _md(T.display_mcnemar(c.mcnemar)), ""]
+    out += A.section(c.audit)
     if c.variance is not None:
         unit = s.unit or "units"
         out += ["## Variance decomposition (baseline)", "",

@@ -159,8 +159,8 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
                             config.audit)
         if audit is not None:
             recorder.metrics(audit.metrics)
-            recorder.table(audit.per_image, "audit/audit.csv")
-            recorder.figure(audit.montage, "audit/montage.png")
+            recorder.table(audit.per_image, schema.AUDIT_CSV)
+            recorder.figure(audit.montage, schema.AUDIT_MONTAGE)
 
 
 def evaluate_subgroups(config: Config, data: PreparedData, test_rows, result: RunResult) -> None:

@@ -6,6 +6,8 @@ The report reads runs through these functions only.
 from __future__ import annotations
 
 import json
+import posixpath
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,12 +50,18 @@ def epoch_history(run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
     return frame.drop_duplicates(["run_id", "key", "step"], keep="last")  # a resumed run
 
 
+def _has_artifact(client: MlflowClient, run_id: str, name: str) -> bool:
+    """Whether the run holds artifact ``name`` (a path, possibly in a folder: "audit/audit.csv")."""
+    folder = posixpath.dirname(name) or None
+    return name in {a.path for a in client.list_artifacts(run_id, folder)}
+
+
 def csv_artifacts(run_ids: Iterable[str], name: str, dtype: dict | None = None) -> dict[str, pd.DataFrame]:
-    """run id -> its CSV artifact ``name``; runs without it are left out."""
+    """run id -> its CSV artifact ``name`` (a path, possibly in a folder); runs without it are left out."""
     client, out = MlflowClient(), {}
     with tempfile.TemporaryDirectory() as tmp:
         for run_id in run_ids:
-            if name not in {a.path for a in client.list_artifacts(run_id)}:
+            if not _has_artifact(client, run_id, name):
                 continue
             out[run_id] = pd.read_csv(client.download_artifacts(run_id, name, tmp), dtype=dtype)
     return out
@@ -66,3 +74,10 @@ def json_artifacts(run_id: str, folder: str) -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         return {Path(path).name: json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
                 for path in found}
+def copy_artifact(run_id: str, name: str, dest: Path) -> Path | None:
+    """Copy the run's artifact ``name`` to the file ``dest``; None when the run lacks it."""
+    client = MlflowClient()
+    if not _has_artifact(client, run_id, name):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(shutil.copyfile(client.download_artifacts(run_id, name, tmp), dest))

@@ -1,0 +1,237 @@
+"""The report's saliency audit: where each configuration's models look, with intervals.
+
+Reads each run's per-image audit (``audit/audit.csv``, written by xray_ablate.audit after
+training): the share of attribution mass outside the lungs and in the border band, per method.
+Per configuration: mean ± sd over seeds and the interval over seeds + audited images
+(stats.total_interval on seeds x images matrices of the per-image shares); per dataset level
+(masked, raw): the same pooled over every run of that level, and raw − masked; the montages of
+the baseline and of the configuration whose Grad-CAM outside share differs most from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xray_ablate.report import stats
+from xray_ablate.report import tables as T
+from xray_ablate.tracking import schema
+from xray_ablate.tracking.reader import copy_artifact, csv_artifacts
+
+# Per-image column of the audit CSV -> label.
+SHARES = {"outside_lung_gradcam": "outside lungs, Grad-CAM",
+          "border_gradcam": "border band, Grad-CAM",
+          "outside_lung_inputxgrad": "outside lungs, input × gradient",
+          "border_inputxgrad": "border band, input × gradient"}
+MASK_FACTOR = "dataset"  # its levels masked / raw
+
+
+@dataclass
+class AuditSummary:
+    """The audit tables of one report; montages are filled in when the report folder is written."""
+
+    table: pd.DataFrame  # per configuration: config, config_key, n, images, <share>_{mean,sd,low,high}, uniform_*
+    levels: pd.DataFrame  # per dataset level (masked, raw, raw − masked) pooled over runs, same columns
+    montage_runs: dict[str, str]  # title -> run id whose montage is shown
+    confidence: float = 0.95  # of every interval
+    montages: dict[str, str] = field(default_factory=dict)  # title -> png file in the report folder
+
+
+def load_audits(run_ids) -> dict[str, pd.DataFrame]:
+    """run id -> its per-image audit (image_id as str); runs without one are left out."""
+    return csv_artifacts(run_ids, schema.AUDIT_CSV, dtype={"image_id": str})
+
+
+def share_matrix(audits: dict[str, pd.DataFrame], run_ids: pd.Series, column: str) -> pd.DataFrame:
+    """Rows ``run_ids``'s index (seeds, or run ids when pooling) x image ids: the per-image
+    ``column`` in percent; NaN for an image a run did not audit (or an empty map)."""
+    rows = {index: pd.Series(audits[run_id][column].to_numpy(float) * 100,
+                             index=audits[run_id]["image_id"].to_numpy())
+            for index, run_id in run_ids.items() if run_id in audits}
+    return pd.DataFrame(rows).T.sort_index()
+
+
+def _uniform(audits: dict[str, pd.DataFrame], run_ids, border_area: float) -> dict[str, float]:
+    lung = np.mean([audits[r]["lung_area"].mean() for r in run_ids if r in audits])
+    return {"uniform_outside": 100 * (1 - lung), "uniform_border": 100 * border_area}
+
+
+def _interval_columns(scores: pd.DataFrame, column: str, confidence: float) -> dict[str, float]:
+    means = scores.mean(axis=1)
+    total = stats.total_interval(scores, confidence)
+    return {f"{column}_mean": float(means.mean()),
+            f"{column}_sd": float(means.std(ddof=1)) if len(means) > 1 else math.nan,
+            f"{column}_low": total.low, f"{column}_high": total.high}
+
+
+def audit_table(runs: pd.DataFrame, configs: pd.DataFrame, audits: dict[str, pd.DataFrame],
+                confidence: float = 0.95) -> pd.DataFrame:
+    """One row per configuration of ``configs`` (run table order) whose runs were audited."""
+    rows = []
+    for config, key in zip(configs["config"], configs["config_key"], strict=True):
+        sub = runs[(runs["config_key"] == key) & runs["run_id"].isin(list(audits))]
+        if sub.empty:
+            continue
+        by_seed = pd.Series(sub["run_id"].to_numpy(), index=sub["seed"].astype(int))
+        row = {"config": config, "config_key": key, "n": len(sub),
+               "images": int(share_matrix(audits, by_seed, "lung_area").notna().any().sum()),
+               **_uniform(audits, sub["run_id"], _border_area(sub))}
+        for column in SHARES:
+            row |= _interval_columns(share_matrix(audits, by_seed, column), column, confidence)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _border_area(runs: pd.DataFrame) -> float:
+    return float(runs["audit_border_area"].mean()) if "audit_border_area" in runs else math.nan
+
+
+def level_table(runs: pd.DataFrame, audits: dict[str, pd.DataFrame],
+                confidence: float = 0.95) -> pd.DataFrame:
+    """Per level of the dataset factor, the shares pooled over every audited run of that level
+    (each run one unit of the seed term); with both masked and raw, a row raw − masked
+    (stats.total_difference, unpaired: different runs, the same audited images)."""
+    audited = runs[runs["run_id"].isin(list(audits))]
+    rows, matrices = [], {}
+    for level, sub in audited.groupby(MASK_FACTOR, sort=True):
+        by_run = pd.Series(sub["run_id"].to_numpy(), index=sub["run_id"].to_numpy())
+        matrices[level] = {c: share_matrix(audits, by_run, c) for c in SHARES}
+        row = {"config": f"{level} models", "n": len(sub), "configs": sub["config_key"].nunique(),
+               **_uniform(audits, sub["run_id"], _border_area(sub))}
+        for column, scores in matrices[level].items():
+            row |= _interval_columns(scores, column, confidence)
+        rows.append(row)
+    if {"raw", "masked"} <= set(matrices):
+        row = {"config": "raw − masked"}
+        for column in SHARES:
+            diff = stats.total_difference(matrices["raw"][column], matrices["masked"][column], confidence)
+            row |= {f"{column}_mean": diff.estimate, f"{column}_low": diff.low,
+                    f"{column}_high": diff.high, f"{column}_p": diff.pvalue}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def most_different(table: pd.DataFrame, baseline_key: str) -> str | None:
+    """The configuration whose mean Grad-CAM outside-lung share is farthest from the baseline's."""
+    base = table[table["config_key"] == baseline_key]
+    others = table[table["config_key"] != baseline_key]
+    if base.empty or others.empty:
+        return None
+    gap = (others["outside_lung_gradcam_mean"] - base["outside_lung_gradcam_mean"].iloc[0]).abs()
+    return None if gap.isna().all() else str(others.loc[gap.idxmax(), "config_key"])
+
+
+def summarise(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str,
+              confidence: float = 0.95) -> AuditSummary | None:
+    """The audit of the report's runs (``configs``: the run table); None when no run was audited."""
+    audits = load_audits(runs["run_id"])
+    if not audits:
+        return None
+    table = audit_table(runs, configs, audits, confidence)
+    shown = {}
+    for key in (baseline_key, most_different(table, baseline_key)):
+        sub = runs[(runs["config_key"] == key) & runs["run_id"].isin(list(audits))]
+        if key is not None and len(sub):
+            first = sub.sort_values("seed").iloc[0]
+            label = table.loc[table["config_key"] == key, "config"].iloc[0]
+            shown[f"{label} (seed {int(first['seed'])})"] = str(first["run_id"])
+    return AuditSummary(table, level_table(runs, audits, confidence), shown, confidence)
+
+
+# --- the report folder and report.md ---------------------------------------------------------
+
+def write(folder: Path, audit: AuditSummary) -> dict[str, tuple[str, str]]:
+    """audit.csv/.tex and the montages into ``folder``; the table files (title -> (csv, tex))."""
+    numeric = pd.concat([audit.table, audit.levels], ignore_index=True)
+    numeric.to_csv(folder / "audit.csv", index=False)
+    (folder / "audit.tex").write_text(T.to_latex(display(audit.table)))
+    for i, (title, run_id) in enumerate(audit.montage_runs.items()):
+        name = f"audit_montage_{i}.png"
+        if copy_artifact(run_id, schema.AUDIT_MONTAGE, folder / name) is not None:
+            audit.montages[title] = name
+    return {"Saliency audit": ("audit.csv", "audit.tex")}
+
+
+def display(table: pd.DataFrame) -> pd.DataFrame:
+    """The shown table, in %: per share "mean ± sd [interval over seeds + audited images]"."""
+    out = pd.DataFrame({"configuration": table["config"]})
+    if "n" in table:
+        out["runs"] = table["n"].map(lambda v: T.fmt(v, 0))
+    if "images" in table:
+        out["audited images"] = table["images"].map(lambda v: T.fmt(v, 0))
+    for column, label in SHARES.items():
+        sd = table.get(f"{column}_sd", pd.Series(math.nan, index=table.index))
+        out[label] = [f"{T.fmt_pm(m, s)} {T.fmt_ci(lo, hi)}".removesuffix(" –") for m, s, lo, hi in
+                      zip(table[f"{column}_mean"], sd, table[f"{column}_low"], table[f"{column}_high"],
+                          strict=True)]
+    out["uniform map: outside lungs / border"] = [
+        f"{T.fmt(o)} / {T.fmt(b)}" for o, b in zip(table["uniform_outside"], table["uniform_border"], strict=True)]
+    return out
+
+
+def _share_text(row: pd.Series, column: str, unit: str = "%") -> str:
+    """"41 % [35, 47]"; a difference: "+12 pp [4, 20]"; without an interval the value alone."""
+    ci = T.fmt_ci(row[f"{column}_low"], row[f"{column}_high"], 0)
+    sign = "+" if unit == "pp" else ""
+    return f"{row[f'{column}_mean']:{sign}.0f} {unit}" + ("" if ci == "–" else f" {ci}")
+
+
+def summary_blocks(audit: AuditSummary | None) -> list[str]:
+    """The summary's paragraph on masked and raw models, in words: "raw models put 41 % [35, 47]
+    of their Grad-CAM mass outside the lungs, where a uniform map would put 38 %"; [] without."""
+    if audit is None or audit.levels.empty:
+        return []
+    levels = audit.levels.set_index("config")
+    parts = []
+    for level in ("raw", "masked"):
+        if f"{level} models" not in levels.index:
+            continue
+        row = levels.loc[f"{level} models"]
+        runs = f"{int(row['n'])} run{'s' if row['n'] != 1 else ''}"
+        parts.append(
+            f"{level} models ({runs}) put {_share_text(row, 'outside_lung_gradcam')} of "
+            f"their Grad-CAM mass outside the lungs, where a uniform map would put "
+            f"{row['uniform_outside']:.0f} %, and {_share_text(row, 'border_gradcam')} in the border "
+            f"band (uniform: {row['uniform_border']:.0f} %); input × gradient: "
+            f"{_share_text(row, 'outside_lung_inputxgrad')} outside the lungs")
+    if not parts:
+        return []
+    text = "**Where the models look:** " + "; ".join(parts) + "."
+    if "raw − masked" in levels.index:
+        row = levels.loc["raw − masked"]
+        p = row["outside_lung_gradcam_p"]
+        text += (f" Raw − masked, Grad-CAM outside the lungs: {_share_text(row, 'outside_lung_gradcam', 'pp')}"
+                 + (f" (p = {T.fmt_p(p)})" if np.isfinite(p) else "")
+                 + f"; in the border band: {_share_text(row, 'border_gradcam', 'pp')}.")
+    if levels["outside_lung_gradcam_low"].notna().any():
+        return [text + f" Intervals: {audit.confidence:.0%} over seeds and audited images."]
+    return [text + " No intervals: they need at least 2 audited runs per level."]
+
+
+def section(audit: AuditSummary | None) -> list[str]:
+    """report.md's "Where the models look" section (the summary holds ``summary_blocks``)."""
+    if audit is None:
+        return []
+    out = ["## Where the models look (saliency audit)", "",
+           f"Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
+           "seeds and audited images].", ""]
+    out += [display(audit.table).to_markdown(index=False, disable_numparse=True), ""]
+    if len(audit.levels):
+        out += ["Pooled per dataset level (every audited run of the level; raw − masked in pp):", "",
+                display(audit.levels).to_markdown(index=False, disable_numparse=True), ""]
+    for title, name in audit.montages.items():
+        out += [f"### Grad-CAM montage: {title}", "", f"![Grad-CAM montage: {title}]({name})", ""]
+    out += [
+        "Per run, up to audit.images test images (the same images for every configuration) get "
+        "Grad-CAM on the backbone's last convolutional activation (positive part, upsampled) and "
+        "|input × gradient| for the predicted class (Captum). Shares are of each map's mass; a "
+        "uniform map would put the area shares shown in the last column. A masked model's input is "
+        "zero outside the lungs, so its input × gradient there is zero by construction; its Grad-CAM "
+        "mass there comes from the coarse last convolutional map spreading over the lung edge. "
+        "mean ± sd: over seeds of each run's mean share; CI: stats.total_interval over seeds and "
+        "audited images (pooled rows: over runs and images).", ""]
+    return out
