@@ -16,6 +16,26 @@ from xray_ablate.quality.weights import WEIGHTS_NAME, weights_path
 from xray_ablate.settings import project_root
 
 
+@pytest.fixture(autouse=True)
+def _isolate_logging():
+    """Hydra entry points run in-process configure logging for the whole process (levels from
+    conf/hydra/job_logging, file handlers); undo that after each test so the next one sees the
+    logging it sets up itself."""
+    levels = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    root = logging.getLogger()
+    root_level, root_handlers = root.level, list(root.handlers)
+    yield
+    for name, lg in logging.Logger.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger):
+            lg.setLevel(levels.get(name, logging.NOTSET))
+    for handler in root.handlers:
+        if handler not in root_handlers:
+            handler.close()
+    root.setLevel(root_level)
+    root.handlers[:] = root_handlers
+
+
 @pytest.fixture(scope="session")
 def fixture_root() -> Path:
     """The real Darwin fixture from $XRAY_ABLATE_FIXTURE; required under CI=true."""
@@ -117,23 +137,8 @@ def invoke_cli(monkeypatch, root: Path, *args: str) -> int:
     argv = ["xray_ablate", *flags, f"paths.root_dir={root}", f"hydra.sweep.dir={sweep_dir}",
             "tracking.system_metrics=false", *[a for a in args if not a.startswith("-")]]
     monkeypatch.setattr(sys, "argv", argv)
-    # Hydra configures logging for the process (conf/hydra/job_logging: levels, file handlers);
-    # undo it, so tests that run later see the logging they set up themselves.
-    loggers = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
-               if isinstance(lg, logging.Logger)}
-    root_logger = logging.getLogger()
-    root_state = (root_logger.level, list(root_logger.handlers))
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            cli()
-    finally:
-        for name, level in loggers.items():
-            logging.getLogger(name).setLevel(level)
-        for handler in root_logger.handlers:
-            if handler not in root_state[1]:
-                handler.close()
-        root_logger.setLevel(root_state[0])
-        root_logger.handlers[:] = root_state[1]
+    with pytest.raises(SystemExit) as exit_:
+        cli()
     return exit_.value.code
 
 

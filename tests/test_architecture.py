@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import invoke_cli, mlflow_runs
 
 from xray_ablate.config import factors
@@ -64,6 +65,7 @@ print("fit ok", round(result.metrics["test_accuracy"], 4), sys.modules["mlflow"]
 """
 
 
+@pytest.mark.slow
 def test_fit_trains_without_mlflow_or_a_tracking_uri(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     done = subprocess.run([sys.executable, "-c", FIT_WITHOUT_MLFLOW, str(tmp_path)], capture_output=True,
@@ -80,6 +82,7 @@ def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(monkeypatch, tmp_pat
     assert not (tmp_path / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, synthetic_root):
     """The README's "Adding a factor" example: trainer.optimizer as a factor, nothing else changed."""
     monkeypatch.setattr(factors, "FACTORS", [*factors.FACTORS, factors.Factor("optimizer", "trainer.optimizer",

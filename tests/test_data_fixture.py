@@ -156,6 +156,7 @@ def test_complex_ignore_ring_at_high_resolution(fixture_root):
     assert (m[hole & ins] > 0).mean() > 0.9 and (hole & ins).sum() > 10_000
 
 
+@pytest.mark.slow
 def test_summary_command_subprocess(fixture_root, masked, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "xray_ablate.data", "summary", str(fixture_root), "--json",

@@ -30,6 +30,7 @@ def test_per_class_and_macro_metrics_equal_hand_counts():
     assert m["val_macro_f1"] == pytest.approx(np.mean(f1))
 
 
+@pytest.mark.slow
 def test_config_key_ignores_seed_paths_and_sweep_design_but_not_semantics(make_cfg):
     base = config_key(make_cfg(), "cpu")
     for same in (["seed=3"], ["full_factorial=true"], ["threads=1"], ["num_workers=2"],

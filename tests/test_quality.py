@@ -114,6 +114,7 @@ def test_cache_scores_only_missing_images(synthetic, cache_dir, brisque_weights,
     np.testing.assert_allclose(again["score"], first["score"])
 
 
+@pytest.mark.slow
 def test_process_pool_gives_the_same_scores(synthetic, brisque_weights, monkeypatch):
     cfg, data = synthetic
     settings = cfg.quality
@@ -309,6 +310,7 @@ def test_statistics_equal_scipy():
     np.testing.assert_array_equal(got.pairs["reject"], reject)
 
 
+@pytest.mark.slow
 def test_quality_report_files_mlflow_and_statistics(tmp_path, cache_dir, brisque_weights,
                                                    monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -369,6 +371,7 @@ def fixture_scores(fixture_root, brisque_weights, tmp_path_factory):
     return data, brisque_scores(data, QualityConfig(), cache, workers=1)
 
 
+@pytest.mark.slow
 def test_real_fixture_scores_are_finite(fixture_scores):
     data, scores = fixture_scores
     assert len(scores) == len(data.table) >= 190

@@ -180,6 +180,7 @@ def _pixel_accuracy_by_hand(data, target: dict[str, np.ndarray]) -> tuple[float,
     return float(np.mean(best[1].predict(x["test"]) == target["test"])), best[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["raw", "masked"])
 def test_fixture_references_recomputed(fx_refs, mode):
     data, refs = fx_refs[mode]

@@ -77,6 +77,7 @@ def test_generator_replaces_its_own_output_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["phantoms"]
 
 
+@pytest.mark.slow
 def test_report_never_deletes_unrelated_files(tmp_path):
     store = (f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts")
     Sweep(store, "owned", "sw-owned").run("only", 0, 0.9)

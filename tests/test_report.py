@@ -133,6 +133,7 @@ def _values(key):
     return np.array(ACC[key][1]) * 100
 
 
+@pytest.mark.slow
 def test_run_table_rows_and_statistics_equal_scipy(tiny):
     _, folder = tiny
     # Reference rows: chance and the majority class (supports 10 each: a tie, the first wins).
@@ -295,6 +296,7 @@ def test_every_output_exists_and_is_logged_to_mlflow(tiny):
     assert expected <= logged
 
 
+@pytest.mark.slow
 def test_selection_latest_sweep_experiment_name_and_fallback_baseline(store, tmp_path):
     old = Sweep(store, "select", "old-sweep", exp_tag="demo")
     for seed, acc in enumerate([0.7, 0.72]):
@@ -331,6 +333,7 @@ def test_selection_latest_sweep_experiment_name_and_fallback_baseline(store, tmp
     assert runs.loc[1, "sweep_id"] == "old-sweep"
 
 
+@pytest.mark.slow
 def test_no_seed_replication_and_single_configurations_give_a_report(store, tmp_path):
     # `-m experiment=demo repeats=1`: dataset x class weights crossed, one run per cell. The
     # two-way ANOVA has no residual df (it used to raise "array must not contain infs or NaNs").
@@ -373,6 +376,7 @@ def test_no_seed_replication_and_single_configurations_give_a_report(store, tmp_
     assert "**Power (unpaired):** with 3 seeds" in text and "for planning" in text
 
 
+@pytest.mark.slow
 def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
     # `make report` after `make run`: no experiment config loaded, so report.baseline is the base
     # config's (augmentation on), but the demo sweep recorded its own baseline (augmentation off).
@@ -467,6 +471,7 @@ def test_cli_prints_error_and_exits_2_without_traceback(tmp_path, monkeypatch, c
     assert not missing.exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_a_report(store, tmp_path, monkeypatch, capsys):
     sweep = Sweep(store, "cli", "cli-sweep", baseline={**BASE, "dataset": "raw"})
     for seed in range(2):

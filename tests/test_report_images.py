@@ -70,6 +70,7 @@ def _matrix(correct, key):
     return pd.DataFrame({s: correct[key, s] * 100 for s in range(3)}, index=IDS).T
 
 
+@pytest.mark.slow
 def test_learned_flags_count_and_warn_at_the_top(report):
     folder, _ = report
     table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
@@ -143,6 +144,7 @@ def test_mcnemar_variance_and_references(report):
     assert "| reference: majority class (healthy)" in text and "| reference: chance (1/4)" in text
 
 
+@pytest.mark.slow
 def test_report_metric_chooses_the_primary_metric(report, store, tmp_path):
     folder, _ = report
     ece = build_report(make_cfg(store, "images", tmp_path, "report.metric=test_ece",

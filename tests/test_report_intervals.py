@@ -49,6 +49,7 @@ def _seed_only(means, confidence=0.95):
     return means.mean(-1) - half, means.mean(-1) + half
 
 
+@pytest.mark.slow
 def test_total_interval_covers_the_population_value_in_every_regime(capsys):
     rng = np.random.default_rng(20261126)
     reps, rows = 1000, []

@@ -72,6 +72,7 @@ def test_power_numbers_of_the_issue():
     assert math.isnan(stats.min_detectable_difference(1, 1.0))
 
 
+@pytest.mark.slow
 def test_coverage_of_the_intervals_is_close_to_95_percent():
     rng = np.random.default_rng(0)
     true_mean, sd, n, sims = 80.0, 1.0, 5, 2000

@@ -46,12 +46,14 @@ def keys(runs) -> Counter:
 @pytest.mark.parametrize("overrides, expected", [
     ([], 12), (["repeats=2"], 8), (["seed=0,1"], 8), (["seed=range(5)"], 20), (["repeats=1"], 4),
 ])
+@pytest.mark.slow
 def test_seeds_are_repeated_by_default(overrides, expected):
     jobs = load.plan(["dataset=masked,raw", "class_weights=on,off", *overrides], multirun=True).jobs
     assert len(jobs) == expected
     assert len({tuple(sorted(j)) for j in jobs}) == expected
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_config_and_seed_once_and_resumes(monkeypatch, tmp_path, synthetic_root, capsys):
     args = ["dataset.mode=masked,raw", "class_weights=on,off", "repeats=2"]
     assert run_sweep(monkeypatch, tmp_path, synthetic_root, *args) == 0
@@ -71,6 +73,7 @@ def test_sweep_runs_every_config_and_seed_once_and_resumes(monkeypatch, tmp_path
     assert "0 finished, 8 skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_others(monkeypatch, tmp_path, synthetic_root, capsys):
     from xray_ablate.sweep import job
 
@@ -95,6 +98,7 @@ def test_a_failing_job_does_not_stop_the_others(monkeypatch, tmp_path, synthetic
     assert {a.path for a in client.list_artifacts(failed[0].info.run_id, "error")} == {"error/traceback.txt"}
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_completes_on_rerun_without_duplicates(monkeypatch, tmp_path, synthetic_root):
     args = ["dataset.mode=masked,raw", "seed=0,1", "trainer.epochs=2"]
     sweep_dir = tmp_path / "multirun" / "killed"
@@ -147,6 +151,7 @@ def mlflow_server(tmp_path):
     server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_joblib_workers_log_through_a_tracking_server(monkeypatch, tmp_path, synthetic_root, mlflow_server):
     code = run_sweep(monkeypatch, tmp_path, synthetic_root, "dataset.mode=masked,raw", "seed=0,1",
                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"tracking.uri={mlflow_server}")
@@ -157,6 +162,7 @@ def test_joblib_workers_log_through_a_tracking_server(monkeypatch, tmp_path, syn
     mlflow.set_tracking_uri(sqlite_uri(tmp_path))
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep(monkeypatch, tmp_path, synthetic_root):
     code = run_sweep(monkeypatch, tmp_path, synthetic_root, "dataset.mode=masked,raw", "seed=0",
                      "hydra/launcher=submitit_local")
@@ -169,6 +175,7 @@ def run_single(monkeypatch, root: Path, synthetic: Path, *args: str) -> int:
     return invoke_cli(monkeypatch, root, *base_overrides(root, synthetic), f"hydra.run.dir={root / 'run'}", *args)
 
 
+@pytest.mark.slow
 def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_path, synthetic_root):
     assert run_single(monkeypatch, tmp_path, synthetic_root) == 0
     runs = train_runs(sqlite_uri(tmp_path), "FINISHED")

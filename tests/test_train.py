@@ -33,6 +33,7 @@ def test_inverse_frequency_weights_scale_the_largest_class_to_one():
         ClassWeightsConfig(weights=[1, 2])
 
 
+@pytest.mark.slow
 def test_class_weights_reach_the_loss(make_cfg, monkeypatch):
     seen = []
 
@@ -66,6 +67,7 @@ def test_normalization_statistics_come_from_training_images_only(make_cfg):
     assert normalization_stats(data, train) == pytest.approx((mean, std))
 
 
+@pytest.mark.slow
 def test_augmentation_changes_training_batches_only(make_cfg, monkeypatch):
     calls = []
     real = loop.random_affine
@@ -88,6 +90,7 @@ def test_augmentation_changes_training_batches_only(make_cfg, monkeypatch):
     assert torch.allclose(same, x, atol=1e-5)  # zero rotation/zoom/shift is the identity
 
 
+@pytest.mark.slow
 def test_one_epoch_run_leaves_a_complete_finished_mlflow_run(make_cfg):
     cfg = make_cfg()
     run_id, results = _train(cfg)
@@ -122,6 +125,7 @@ def test_one_epoch_run_leaves_a_complete_finished_mlflow_run(make_cfg):
     assert "head.4.weight" in state
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_on_cpu(make_cfg):
     cfg = make_cfg("trainer.epochs=2", "tracking.log_checkpoint=false", "device=cpu")
     _, first = _train(cfg)
@@ -160,6 +164,7 @@ def test_a_nan_loss_stops_the_run_with_a_clear_message(make_cfg, monkeypatch):
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_brisque_filter_changes_training_images_but_never_the_test_split(make_cfg, brisque_weights):
     off_id, _ = _train(make_cfg("tracking.log_checkpoint=false"))
     on_id, on = _train(make_cfg("brisque_filter=on", "brisque_filter.iqr_factor=0.1",
@@ -175,6 +180,7 @@ def test_brisque_filter_changes_training_images_but_never_the_test_split(make_cf
     assert trained == int(off.params["n_train"]) + int(off.params["n_val"]) - removed
 
 
+@pytest.mark.slow
 def test_reported_losses_do_not_depend_on_class_weights(make_cfg):
     off_id, off = _train(make_cfg("tracking.log_checkpoint=false", "trainer.lr=1e-12"))
     on_id, on = _train(make_cfg("class_weights=on", "tracking.log_checkpoint=false", "trainer.lr=1e-12"))
@@ -213,6 +219,7 @@ def test_settings_that_cannot_train_are_user_errors(make_cfg, override, message)
     (["trainer.optimizer=sgd", "trainer.momentum=0.5", "trainer.nesterov=true"], "SGD", "constant"),
     (["trainer.optimizer=adamw", "trainer.lr_schedule=cosine"], "AdamW", "CosineAnnealingLR"),
 ])
+@pytest.mark.slow
 def test_the_configured_optimizer_and_schedule_train(make_cfg, monkeypatch, overrides, optimizer_class,
                                                      schedule_class):
     built = []

@@ -14,28 +14,30 @@ from xray_ablate.config.schema import AuditConfig, BackboneConfig
 from xray_ablate.models import build_model
 
 COMMAND = "python -m xray_ablate.bench audit"
-N_IMAGES, SIZE, ROUNDS = 100, 200, 2
+# (images, px, rounds): the benchmark, and the smoke size that only proves it runs
+FULL, SMOKE = (100, 200, 2), (4, 64, 1)
 
 
-def run() -> list[Row]:
+def run(smoke: bool = False) -> list[Row]:
+    n_images, size, rounds = SMOKE if smoke else FULL
     load = os.getloadavg()[0]  # a shared machine: say how busy it was
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (N_IMAGES, SIZE, SIZE), dtype=np.uint8)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    images = rng.integers(0, 256, (n_images, size, size), dtype=np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size] / size
     lungs = np.broadcast_to(((xx - 0.5) / 0.35) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1, images.shape)
-    labels = rng.integers(0, 4, N_IMAGES)
-    probs = rng.dirichlet(np.ones(4), N_IMAGES)
+    labels = rng.integers(0, 4, n_images)
+    probs = rng.dirichlet(np.ones(4), n_images)
     torch.manual_seed(0)
-    model = build_model(BackboneConfig("cnn16"), 4, SIZE, normalize=True, train_stats=(0.5, 0.25))
-    settings = AuditConfig(images=N_IMAGES)
+    model = build_model(BackboneConfig("cnn16"), 4, size, normalize=True, train_stats=(0.5, 0.25))
+    settings = AuditConfig(images=n_images)
     audit_run(model, images[:8], lungs[:8], labels[:8], probs[:8], model.cam_layer(), settings)  # warm-up
     seconds = []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         started = time.perf_counter()
         audit_run(model, images, lungs, labels, probs, model.cam_layer(), settings)
         seconds.append(time.perf_counter() - started)
-    per_100 = min(seconds) * 100 / N_IMAGES
-    return [Row("audit", "saliency audit, cnn16 200 px, CPU", per_100, "s per 100 images", command=COMMAND,
+    per_100 = min(seconds) * 100 / n_images
+    return [Row("audit", f"saliency audit, cnn16 {size} px, CPU", per_100, "s per 100 images", command=COMMAND,
                 notes=f"Grad-CAM + input x gradient for the predicted class, shares, montage; batch "
-                      f"{settings.batch_size}; best of {ROUNDS} (max {max(seconds) * 100 / N_IMAGES:.1f} s); "
+                      f"{settings.batch_size}; best of {rounds} (max {max(seconds) * 100 / n_images:.1f} s); "
                       f"load average {load:.1f} before")]
