@@ -12,7 +12,7 @@ from test_report import Sweep, make_cfg
 
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.report import build_report, stats
-from xray_ablate.report.runs import LEARNED_REASON_TAG, LEARNED_TAG
+from xray_ablate.tracking import schema
 
 N_IMAGES = 200
 LABELS = np.repeat([0, 1, 2, 3], [50, 40, 30, 80])  # healthy is the majority: 40 %
@@ -59,8 +59,8 @@ def report(store, tmp_path_factory):
                                     ("flat", None, {"class_weights": "on"})):
             run_id, correct[key, seed] = _log(sweep, key, seed, _probs(rng, skill), **factors)
             if key == "good" and seed == 2:  # training's own record wins over the derived check
-                sweep.client.set_tag(run_id, LEARNED_TAG, "false")
-                sweep.client.set_tag(run_id, LEARNED_REASON_TAG, "recorded by training")
+                sweep.client.set_tag(run_id, schema.LEARNED, "false")
+                sweep.client.set_tag(run_id, schema.LEARNED_REASON, "recorded by training")
     folder = build_report(make_cfg(store, "images", tmp_path_factory.mktemp("reports"),
                                    "report.log_to_mlflow=false"))
     return folder, correct

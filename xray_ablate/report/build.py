@@ -181,7 +181,7 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
     table = T.run_table(kept, baseline_key, settings, evidence)
     missing = int((~kept["run_id"].map(evidence.has)).sum())
     if missing:
-        notes.append(f"{missing} of {len(kept)} run(s) have no {R.PREDICTIONS} artifact: "
+        notes.append(f"{missing} of {len(kept)} run(s) have no {schema.PREDICTIONS} artifact: "
                      "configurations with such a run get no interval over test images.")
     varied = [f for f in factor_names() if kept[f].nunique() > 1]
     content = Content(

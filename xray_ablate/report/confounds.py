@@ -168,7 +168,7 @@ def render_references(c: Confounds | None) -> list[str]:
            "What trivial models reach on the same test split (Wilson 95 % CI over its images); a "
            "configuration that does not beat them has not shown it learned the disease.", ""]
     if not c.references.empty:
-        out += [_md(display_references(c.references)), ""]
+        out += [T.to_markdown(display_references(c.references)), ""]
     out += [f"**Source probe:** {s} (the same pixel model trained to predict the attribute "
             "instead of the class; well above the majority rate, the images carry it, and a "
             "classifier can use it as a shortcut)." for s in c.probes]
@@ -188,7 +188,7 @@ def render_subgroups(c: Confounds | None) -> list[str]:
                 "(highest − lowest level accuracy, pp, mean over seeds).", ""]
         for config, frame in c.subgroups.groupby("config", sort=False):
             gaps = frame.drop_duplicates("attribute")
-            out += [f"### {config}", "", _md(display_subgroups(frame, with_config=False)), "",
+            out += [f"### {config}", "", T.to_markdown(display_subgroups(frame, with_config=False)), "",
                     "Gap: " + "; ".join(f"{a} {T.fmt(g)} pp" for a, g in zip(gaps["attribute"], gaps["gap"],
                                                                                 strict=True)) + ".", ""]
     if not c.external.empty:
@@ -196,12 +196,8 @@ def render_subgroups(c: Confounds | None) -> list[str]:
                 "Each run's best state on every image of each external set (eval.sets), preprocessed "
                 "like the training data; mean over seeds. Far below the test split's accuracy, the "
                 "model learned something specific to the training data's sources.", "",
-                _md(display_external(c.external)), ""]
+                T.to_markdown(display_external(c.external)), ""]
     return out
-
-
-def _md(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def _variant_rank(refs: References) -> int:

@@ -234,12 +234,10 @@ def markdown(c: Curves, settings: T.Settings, figures: dict[str, str]) -> list[s
                 + f"; mean over seeds with its {level} CI (column 'CI over').", ""]
         if FIGURE in figures:
             out += [f"![{FIGURE}]({figures[FIGURE]})", ""]
-        out += [_md(display_learning_curve(c.learning, settings)), ""]
+        out += [T.to_markdown(display_learning_curve(c.learning, settings)), ""]
     if c.recall is not None:
         out += ["## Per-class recall and balanced accuracy", "", trade_off(c.recall), "",
-                _md(display_per_class(c.recall, settings)), ""]
+                T.to_markdown(display_per_class(c.recall, settings)), ""]
     return out
 
 
-def _md(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, disable_numparse=True)

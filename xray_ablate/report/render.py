@@ -49,10 +49,6 @@ class Content:
     confounds: CF.Confounds | None = None  # references, source probe, subgroups, external sets
 
 
-def _md(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, disable_numparse=True)
-
-
 def summary(c: Content) -> list[str]:
     """Plain-language findings, as Markdown blocks: which differences stand out from seed noise."""
     s, table = c.settings, c.run_table
@@ -267,46 +263,46 @@ def render(c: Content) -> str:
         out += ["## Notes", ""] + [f"- {n}" for n in c.notes] + [""]
     out += CF.render_references(c.confounds)
     out += [f"## Run table ({T.metric_title(s.metric)})", "",
-            _md(T.display_run_table(c.run_table, s, c.references)), ""]
+            T.to_markdown(T.display_run_table(c.run_table, s, c.references)), ""]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
     out += CV.markdown(c.curves, s, c.figures)
     out += CF.render_subgroups(c.confounds)
     if len(c.mcnemar):
         out += ["## Image-level comparisons (exact McNemar, per seed pair)", "",
                 "Each configuration's run against the baseline's run of the same seed, on the same "
-                "test images:", "", _md(T.display_mcnemar(c.mcnemar)), ""]
+                "test images:", "", T.to_markdown(T.display_mcnemar(c.mcnemar)), ""]
     out += A.section(c.audit)
     if c.variance is not None:
         unit = s.unit or "units"
         out += ["## Variance decomposition (baseline)", "",
-                _md(T.display_values(I.variance_table(c.variance, unit))), "",
+                T.to_markdown(T.display_values(I.variance_table(c.variance, unit))), "",
                 f"Power over seeds and test images (seed sd of Δ {c.floor_sd[0]:.2f} {unit}, "
                 f"test-sample SE of Δ {c.floor_sd[1]:.2f} {unit}; α = {s.alpha:g}, "
-                f"{s.power:.0%} power):", "", _md(T.display_floor(c.floor, unit)), ""]
+                f"{s.power:.0%} power):", "", T.to_markdown(T.display_floor(c.floor, unit)), ""]
     if len(c.excluded):
         intro = ("These runs are not comparable with the reference (another dataset or split) "
                  "and appear in no table:")
-        out += ["## Runs left out", "", intro, "", _md(T.display_excluded(c.excluded)), ""]
+        out += ["## Runs left out", "", intro, "", T.to_markdown(T.display_excluded(c.excluded)), ""]
     if c.model is not None:
         out += ["## Backbones", ""] + [f"- {n}" for n in c.model.notes]
-        out += ["", _md(T.display_model_table(c.model)), ""]
+        out += ["", T.to_markdown(T.display_model_table(c.model)), ""]
     out += ["## Factorial analysis", ""]
     if c.factorial is None:
         out += [c.factorial_note, ""]
     else:
         f = c.factorial
         out += [f"- {n}" for n in f.notes] + [""]
-        out += ["### Main effects", "", _md(T.display_effects(f.main, s)), ""]
+        out += ["### Main effects", "", T.to_markdown(T.display_effects(f.main, s)), ""]
         if len(f.interactions):
-            out += ["### Two-way interactions", "", _md(T.display_interactions(f.interactions, s)),
+            out += ["### Two-way interactions", "", T.to_markdown(T.display_interactions(f.interactions, s)),
                     ""]
         out += ["### ANOVA", ""]
         if not f.anova["F"].notna().any():
             out += ["No F or p: without seed replication (one run per factor combination) the "
                     "model has no residual degrees of freedom, so there is no seed-to-seed "
                     "variance to test against; the sums of squares are shown.", ""]
-        out += [_md(T.display_anova(f.anova)), ""]
-    out += ["## Power", "", _md(T.display_power(c.power)), ""]
+        out += [T.to_markdown(T.display_anova(f.anova)), ""]
+    out += ["## Power", "", T.to_markdown(T.display_power(c.power)), ""]
     out += _figure(c, "Learning curves", "##")
     out += ["## Methods", ""] + methods(c) + [""]
     out += ["## Files", ""] + [f"- {title}: [CSV]({csv})" + (f", [LaTeX]({tex})" if tex else "")

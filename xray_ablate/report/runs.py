@@ -30,9 +30,7 @@ TAG_COLUMNS = {
 }
 # "Did it learn?" as training records it (train.metrics.learning_check); until tracking/schema
 # names them, they are named here. Runs without them are checked from predictions.csv.
-LEARNED_TAG, LEARNED_REASON_TAG = schema.LEARNED, schema.LEARNED_REASON
-TAG_COLUMNS |= {LEARNED_TAG: "learned_tag", LEARNED_REASON_TAG: "learned_reason_tag"}
-PREDICTIONS = schema.PREDICTIONS
+TAG_COLUMNS |= {schema.LEARNED: "learned_tag", schema.LEARNED_REASON: "learned_reason_tag"}
 PREDICTION_COLUMNS = ("image_id", "label", *(f"prob_{c}" for c in CLASSES))
 UNKNOWN = "unknown"
 ID_COLUMNS = ("run_id", "status", *TAG_COLUMNS.values(), "split_seed")
@@ -331,9 +329,9 @@ def load_predictions(run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
     a UserError naming the run.
     """
     out = {}
-    for run_id, frame in csv_artifacts(run_ids, PREDICTIONS, dtype={"image_id": str}).items():
+    for run_id, frame in csv_artifacts(run_ids, schema.PREDICTIONS, dtype={"image_id": str}).items():
         missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
         if missing:
-            raise UserError(f"{PREDICTIONS} of run {run_id} lacks column(s) {', '.join(missing)}")
+            raise UserError(f"{schema.PREDICTIONS} of run {run_id} lacks column(s) {', '.join(missing)}")
         out[run_id] = frame.astype({"label": int})
     return out

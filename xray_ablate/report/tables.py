@@ -639,6 +639,11 @@ _LATEX = {"Δ": r"$\Delta$", "±": r"$\pm$", "−": "$-$", "×": r"$\times$", "�
           "α": r"$\alpha$", "≥": r"$\geq$", "<": r"$<$"}
 
 
+def to_markdown(shown: pd.DataFrame) -> str:
+    """A display table as Markdown, values kept as formatted (no re-parsing of numbers)."""
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
 def to_latex(shown: pd.DataFrame) -> str:
     """A display table as a LaTeX tabular (booktabs), with its symbols in math mode."""
     text = shown.to_latex(index=False, escape=True)
