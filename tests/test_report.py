@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
+import os
 import re
+import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -495,3 +499,77 @@ def test_cli_writes_a_report(store, tmp_path, monkeypatch, capsys):
     res = subprocess.run([sys.executable, "-m", "xray_ablate.report", "--help"], check=False,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "report" in res.stdout
+
+
+def _chromium(*args: str, tmp_path) -> str:
+    """Headless Chromium's stdout; skipped without a browser, except under CI=true (.ci/run installs it)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but no chromium on PATH: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("no chromium on PATH (apt-get install chromium): report.html not checked in a browser")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+    res = subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
+    return res.stdout
+
+
+class _Dom(HTMLParser):
+    """The tables (rows of cell texts), image sources and heading ids of a DOM."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.images: list[str] = []
+        self.ids: list[str] = []
+        self.links: list[str] = []
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "a":
+            self.links.append(attrs.get("href", ""))
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_report_html_in_a_browser(tiny, tmp_path):
+    """report.html as Chromium loads it: every table with its cells, figures as data: URIs, the
+    contents linking to the sections."""
+    _, folder = tiny
+    page = folder / "report.html"
+    dom = _Dom(_chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path))
+    numeric = pd.read_csv(folder / "run_table.csv")
+    head, *rows = next(t for t in dom.tables if t and t[0][:2] == ["config", "dataset"])
+    assert [row[0] for row in rows[:len(numeric)]] == numeric["config"].tolist()
+    baseline = dict(zip(head, rows[0], strict=True))
+    assert baseline["test accuracy (%)"] == f"{_values('base').mean():.1f} ± {_values('base').std(ddof=1):.1f}"
+    firsts = {t[0][0] for t in dom.tables if t}
+    assert {"factor", "interaction", "term", "quantity"} <= firsts  # main effects, interactions, ANOVA, power
+    pngs = [src for src in dom.images if src.startswith("data:image/png;base64,")]
+    assert len(pngs) == len(dom.images) == 3  # forest, points, learning curves: nothing fetched
+    assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in pngs)
+    toc = [link[1:] for link in dom.links if link.startswith("#")]
+    assert toc[0] == "summary" and set(toc) <= set(dom.ids)
+    assert {"run-table-test-accuracy", "methods", "power"} <= set(toc)
+    text = page.read_text()
+    assert "<script" not in text and "training-seed variability on that one test set" in text

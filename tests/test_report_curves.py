@@ -19,6 +19,7 @@ from xray_ablate.report import curves as C
 from xray_ablate.report import stats
 from xray_ablate.report import tables as T
 from xray_ablate.report.images import Evidence
+from xray_ablate.report.render.markdown import markdown
 
 SETTINGS = T.Settings(n_resamples=99)
 BASE = {"dataset": "masked", "train_fraction": "1.0", "class_weights": "off",
@@ -76,7 +77,7 @@ def test_no_learning_curve_without_varied_fractions_and_no_recall_table_without_
     table = T.run_table(runs, "k3", SETTINGS)
     assert C.learning_curve_table(runs, table, SETTINGS) is None
     assert C.per_class_table(runs, table, SETTINGS) is None
-    assert C.markdown(C.curves(runs, table, SETTINGS), SETTINGS, {}) == []
+    assert C.section(C.curves(runs, table, SETTINGS), SETTINGS, {}) == []
     assert C.frames(C.Curves(), SETTINGS) == {}
 
 
@@ -109,7 +110,7 @@ def test_learning_curve_plot_and_markdown(tmp_path):
     curves = C.curves(runs, table, SETTINGS)
     path = C.learning_curve_plot(curves.learning, SETTINGS, tmp_path / "learning_curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = "\n".join(C.markdown(curves, SETTINGS, {C.FIGURE: path.name}))
+    text = markdown(C.section(curves, SETTINGS, {C.FIGURE: path.name}))
     assert f"![{C.FIGURE}](learning_curve.png)" in text
     assert "one curve per level of dataset" in text
     assert re.search(r"\| dataset=raw +\| 0\.125 +\| 50 +\| 3 +\| 63\.0 \[", text), text

@@ -19,6 +19,7 @@ import pandas as pd
 
 from xray_ablate.report import stats
 from xray_ablate.report import tables as T
+from xray_ablate.report.render import blocks as B
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.reader import copy_artifact, csv_artifacts
 
@@ -212,20 +213,19 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
     return [text + " No intervals: they need at least 2 audited runs per level."]
 
 
-def section(audit: AuditSummary | None) -> list[str]:
-    """report.md's "Where the models look" section (the summary holds ``summary_blocks``)."""
+def section(audit: AuditSummary | None) -> list[B.Block]:
+    """The report's "Where the models look" section (the summary holds ``summary_blocks``)."""
     if audit is None:
         return []
-    out = ["## Where the models look (saliency audit)", "",
-           f"Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
-           "seeds and audited images].", ""]
-    out += [display(audit.table).to_markdown(index=False, disable_numparse=True), ""]
+    out = [B.Heading("Where the models look (saliency audit)"),
+           B.Text(f"Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
+                  "seeds and audited images]."), B.Table(display(audit.table))]
     if len(audit.levels):
-        out += ["Pooled per dataset level (every audited run of the level; raw − masked in pp):", "",
-                display(audit.levels).to_markdown(index=False, disable_numparse=True), ""]
+        out += [B.Text("Pooled per dataset level (every audited run of the level; raw − masked in pp):"),
+                B.Table(display(audit.levels))]
     for title, name in audit.montages.items():
-        out += [f"### Grad-CAM montage: {title}", "", f"![Grad-CAM montage: {title}]({name})", ""]
-    out += [
+        out += [B.Heading(f"Grad-CAM montage: {title}", 3), B.Figure(f"Grad-CAM montage: {title}", name)]
+    out.append(B.Text(
         "Per run, up to audit.images test images (the same images for every configuration) get "
         "Grad-CAM on the backbone's last convolutional activation (positive part, upsampled) and "
         "|input × gradient| for the predicted class (Captum). Shares are of each map's mass; a "
@@ -233,5 +233,5 @@ def section(audit: AuditSummary | None) -> list[str]:
         "zero outside the lungs, so its input × gradient there is zero by construction; its Grad-CAM "
         "mass there comes from the coarse last convolutional map spreading over the lung edge. "
         "mean ± sd: over seeds of each run's mean share; CI: stats.total_interval over seeds and "
-        "audited images (pooled rows: over runs and images).", ""]
+        "audited images (pooled rows: over runs and images)."))
     return out

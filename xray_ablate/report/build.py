@@ -23,7 +23,9 @@ from xray_ablate.report import images as I
 from xray_ablate.report import plots, stats
 from xray_ablate.report import runs as R
 from xray_ablate.report import tables as T
-from xray_ablate.report.render import Content, render
+from xray_ablate.report.render.content import Content, document
+from xray_ablate.report.render.html import render_html
+from xray_ablate.report.render.markdown import markdown
 from xray_ablate.settings import CONFIG_DIR
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.lifecycle import tracked_run
@@ -277,7 +279,9 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
     curves = plots.learning_curves(history, drawn, chosen, folder / "learning_curves.png")
     if curves is not None:
         c.figures["Learning curves"] = curves.name
-    (folder / "report.md").write_text(render(c))
+    blocks = document(c)
+    (folder / "report.md").write_text(markdown(blocks))
+    (folder / "report.html").write_text(render_html(blocks, folder))
 
 
 def _log_run(sel: R.Selection, folder: Path, c: Content, uri: str) -> str:

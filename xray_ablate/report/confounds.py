@@ -11,6 +11,7 @@ import pandas as pd
 
 from xray_ablate.references import MIN_SUBGROUP_N, References, probe_sentence, wilson
 from xray_ablate.report import tables as T
+from xray_ablate.report.render import blocks as B
 from xray_ablate.report.runs import PREDICTION_COLUMNS
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.names import safe_name
@@ -160,43 +161,43 @@ def table_frames(c: Confounds | None) -> dict[str, tuple[str, pd.DataFrame, pd.D
     return {title: (stem, frame, show(frame)) for title, (stem, frame, show) in tables.items() if not frame.empty}
 
 
-def render_references(c: Confounds | None) -> list[str]:
-    """The 'References a result must beat' section (Markdown lines); empty without references."""
+def references_section(c: Confounds | None) -> list[B.Block]:
+    """The 'References a result must beat' section; empty without references."""
     if c is None or (c.references.empty and not c.probes):
         return []
-    out = ["## References a result must beat", "",
-           "What trivial models reach on the same test split (Wilson 95 % CI over its images); a "
-           "configuration that does not beat them has not shown it learned the disease.", ""]
+    out = [B.Heading("References a result must beat"),
+           B.Text("What trivial models reach on the same test split (Wilson 95 % CI over its images); a "
+                  "configuration that does not beat them has not shown it learned the disease.")]
     if not c.references.empty:
-        out += [T.to_markdown(display_references(c.references)), ""]
-    out += [f"**Source probe:** {s} (the same pixel model trained to predict the attribute "
-            "instead of the class; well above the majority rate, the images carry it, and a "
-            "classifier can use it as a shortcut)." for s in c.probes]
-    return out + ([""] if c.probes else [])
+        out.append(B.Table(display_references(c.references)))
+    out += [B.Text(f"**Source probe:** {s} (the same pixel model trained to predict the attribute "
+                   "instead of the class; well above the majority rate, the images carry it, and a "
+                   "classifier can use it as a shortcut).") for s in c.probes]
+    return out
 
 
-def render_subgroups(c: Confounds | None) -> list[str]:
-    """Per-subgroup and external-set sections (Markdown lines)."""
+def subgroups_section(c: Confounds | None) -> list[B.Block]:
+    """Per-subgroup and external-set sections."""
     if c is None:
         return []
-    out = []
+    out: list[B.Block] = []
     if not c.subgroups.empty:
-        out += ["## Subgroups", "",
-                f"Test accuracy per attribute level, mean over seeds, with the Wilson 95 % CI over "
-                f"the level's test images at that accuracy (the seeds' spread is not in it). "
-                f"{SMALL}: fewer than {MIN_SUBGROUP_N} test images, shown but left out of the gap "
-                "(highest − lowest level accuracy, pp, mean over seeds).", ""]
+        out += [B.Heading("Subgroups"),
+                B.Text(f"Test accuracy per attribute level, mean over seeds, with the Wilson 95 % CI over "
+                       f"the level's test images at that accuracy (the seeds' spread is not in it). "
+                       f"{SMALL}: fewer than {MIN_SUBGROUP_N} test images, shown but left out of the gap "
+                       "(highest − lowest level accuracy, pp, mean over seeds).")]
         for config, frame in c.subgroups.groupby("config", sort=False):
             gaps = frame.drop_duplicates("attribute")
-            out += [f"### {config}", "", T.to_markdown(display_subgroups(frame, with_config=False)), "",
-                    "Gap: " + "; ".join(f"{a} {T.fmt(g)} pp" for a, g in zip(gaps["attribute"], gaps["gap"],
-                                                                                strict=True)) + ".", ""]
+            out += [B.Heading(config, 3), B.Table(display_subgroups(frame, with_config=False)),
+                    B.Text("Gap: " + "; ".join(f"{a} {T.fmt(g)} pp" for a, g in zip(
+                        gaps["attribute"], gaps["gap"], strict=True)) + ".")]
     if not c.external.empty:
-        out += ["## External test sets", "",
-                "Each run's best state on every image of each external set (eval.sets), preprocessed "
-                "like the training data; mean over seeds. Far below the test split's accuracy, the "
-                "model learned something specific to the training data's sources.", "",
-                T.to_markdown(display_external(c.external)), ""]
+        out += [B.Heading("External test sets"),
+                B.Text("Each run's best state on every image of each external set (eval.sets), "
+                       "preprocessed like the training data; mean over seeds. Far below the test split's "
+                       "accuracy, the model learned something specific to the training data's sources."),
+                B.Table(display_external(c.external))]
     return out
 
 

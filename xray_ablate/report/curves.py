@@ -20,6 +20,7 @@ from xray_ablate.data.labels import CLASSES
 from xray_ablate.report import plots, stats
 from xray_ablate.report import tables as T
 from xray_ablate.report.images import Evidence
+from xray_ablate.report.render import blocks as B
 
 FRACTION = "train_fraction"
 BALANCE_FACTORS = ("class_weights", "class_balance")
@@ -221,23 +222,23 @@ def learning_curve_plot(frame: pd.DataFrame, settings: T.Settings, path: Path) -
     return plots._save(fig, path)
 
 
-def markdown(c: Curves, settings: T.Settings, figures: dict[str, str]) -> list[str]:
-    """The report.md sections (empty when neither table applies)."""
-    out = []
+def section(c: Curves, settings: T.Settings, figures: dict[str, str]) -> list[B.Block]:
+    """The learning-curve and per-class sections (empty when neither table applies)."""
+    out: list[B.Block] = []
     level = f"{settings.confidence:.0%}"
     if c.learning is not None:
         curves_by = ", ".join(f for f in c.learning.columns if f in factor_names() and f != FRACTION)
-        out += [f"## {FIGURE}", "",
-                f"{T.metric_title(settings.metric)} against the number of training images "
-                f"(dataset.train_fraction of the training split, the runs' n_train), "
-                + (f"one curve per level of {curves_by}" if curves_by else "one curve")
-                + f"; mean over seeds with its {level} CI (column 'CI over').", ""]
+        out += [B.Heading(FIGURE),
+                B.Text(f"{T.metric_title(settings.metric)} against the number of training images "
+                       f"(dataset.train_fraction of the training split, the runs' n_train), "
+                       + (f"one curve per level of {curves_by}" if curves_by else "one curve")
+                       + f"; mean over seeds with its {level} CI (column 'CI over').")]
         if FIGURE in figures:
-            out += [f"![{FIGURE}]({figures[FIGURE]})", ""]
-        out += [T.to_markdown(display_learning_curve(c.learning, settings)), ""]
+            out.append(B.Figure(FIGURE, figures[FIGURE]))
+        out.append(B.Table(display_learning_curve(c.learning, settings)))
     if c.recall is not None:
-        out += ["## Per-class recall and balanced accuracy", "", trade_off(c.recall), "",
-                T.to_markdown(display_per_class(c.recall, settings)), ""]
+        out += [B.Heading("Per-class recall and balanced accuracy"), B.Text(trade_off(c.recall)),
+                B.Table(display_per_class(c.recall, settings))]
     return out
 
 

@@ -1,4 +1,5 @@
-"""report.md: the plain-language summary, the tables (Markdown) and the embedded figures."""
+"""The report's content: what it computed (Content), the plain-language summary, the methods, and
+the whole document as blocks (render/blocks.py) for every renderer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from xray_ablate.report import confounds as CF
 from xray_ablate.report import curves as CV
 from xray_ablate.report import images as I
 from xray_ablate.report import tables as T
+from xray_ablate.report.render import blocks as B
 from xray_ablate.report.runs import Selection
 from xray_ablate.report.stats import VarianceSplit
 
@@ -246,71 +248,71 @@ def methods(c: Content) -> list[str]:
     ]
 
 
-def render(c: Content) -> str:
+def document(c: Content) -> list[B.Block]:
+    """The whole report as blocks: title, summary first, then every section."""
     s, sel = c.settings, c.selection
     ref = c.reference
-    out = [f"# Ablation report: {sel.name}", ""]
-    out += [f"MLflow experiment `{sel.experiment}`, {sel.by}; {c.n_runs} runs of "
-            f"{len(c.run_table)} configurations. Baseline: **{c.baseline_label}** (requested "
-            f"levels {c.baseline_levels}, from {c.baseline_source}). Dataset "
-            f"fingerprint `{ref['fingerprint']}`, split mode {ref['split_mode']} ("
-            + (f"manifest `{ref['split_hash']}`" if ref["split_mode"] != "per_seed"
-               else f"split seed base {ref['split_seed']}, paired by seed") + ").", ""]
+    out: list[B.Block] = [B.Heading(f"Ablation report: {sel.name}", 1)]
+    out.append(B.Text(
+        f"MLflow experiment `{sel.experiment}`, {sel.by}; {c.n_runs} runs of "
+        f"{len(c.run_table)} configurations. Baseline: **{c.baseline_label}** (requested "
+        f"levels {c.baseline_levels}, from {c.baseline_source}). Dataset "
+        f"fingerprint `{ref['fingerprint']}`, split mode {ref['split_mode']} ("
+        + (f"manifest `{ref['split_hash']}`" if ref["split_mode"] != "per_seed"
+           else f"split seed base {ref['split_seed']}, paired by seed") + ")."))
     if c.warnings:
-        out += ["## Warnings", ""] + [f"- **Warning:** {w}" for w in c.warnings] + [""]
-    out += ["## Summary", ""] + [block + "\n" for block in summary(c)]
+        out += [B.Heading("Warnings"), B.bullets([f"**Warning:** {w}" for w in c.warnings])]
+    out += [B.Heading("Summary")] + [B.Text(block) for block in summary(c)]
     if c.notes:
-        out += ["## Notes", ""] + [f"- {n}" for n in c.notes] + [""]
-    out += CF.render_references(c.confounds)
-    out += [f"## Run table ({T.metric_title(s.metric)})", "",
-            T.to_markdown(T.display_run_table(c.run_table, s, c.references)), ""]
+        out += [B.Heading("Notes"), B.bullets(c.notes)]
+    out += CF.references_section(c.confounds)
+    out += [B.Heading(f"Run table ({T.metric_title(s.metric)})"),
+            B.Table(T.display_run_table(c.run_table, s, c.references))]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
-    out += CV.markdown(c.curves, s, c.figures)
-    out += CF.render_subgroups(c.confounds)
+    out += CV.section(c.curves, s, c.figures)
+    out += CF.subgroups_section(c.confounds)
     if len(c.mcnemar):
-        out += ["## Image-level comparisons (exact McNemar, per seed pair)", "",
-                "Each configuration's run against the baseline's run of the same seed, on the same "
-                "test images:", "", T.to_markdown(T.display_mcnemar(c.mcnemar)), ""]
+        out += [B.Heading("Image-level comparisons (exact McNemar, per seed pair)"),
+                B.Text("Each configuration's run against the baseline's run of the same seed, on the "
+                       "same test images:"), B.Table(T.display_mcnemar(c.mcnemar))]
     out += A.section(c.audit)
     if c.variance is not None:
         unit = s.unit or "units"
-        out += ["## Variance decomposition (baseline)", "",
-                T.to_markdown(T.display_values(I.variance_table(c.variance, unit))), "",
-                f"Power over seeds and test images (seed sd of Δ {c.floor_sd[0]:.2f} {unit}, "
-                f"test-sample SE of Δ {c.floor_sd[1]:.2f} {unit}; α = {s.alpha:g}, "
-                f"{s.power:.0%} power):", "", T.to_markdown(T.display_floor(c.floor, unit)), ""]
+        out += [B.Heading("Variance decomposition (baseline)"),
+                B.Table(T.display_values(I.variance_table(c.variance, unit))),
+                B.Text(f"Power over seeds and test images (seed sd of Δ {c.floor_sd[0]:.2f} {unit}, "
+                       f"test-sample SE of Δ {c.floor_sd[1]:.2f} {unit}; α = {s.alpha:g}, "
+                       f"{s.power:.0%} power):"), B.Table(T.display_floor(c.floor, unit))]
     if len(c.excluded):
-        intro = ("These runs are not comparable with the reference (another dataset or split) "
-                 "and appear in no table:")
-        out += ["## Runs left out", "", intro, "", T.to_markdown(T.display_excluded(c.excluded)), ""]
+        out += [B.Heading("Runs left out"),
+                B.Text("These runs are not comparable with the reference (another dataset or split) "
+                       "and appear in no table:"), B.Table(T.display_excluded(c.excluded))]
     if c.model is not None:
-        out += ["## Backbones", ""] + [f"- {n}" for n in c.model.notes]
-        out += ["", T.to_markdown(T.display_model_table(c.model)), ""]
-    out += ["## Factorial analysis", ""]
+        out += [B.Heading("Backbones"), B.bullets(c.model.notes), B.Table(T.display_model_table(c.model))]
+    out.append(B.Heading("Factorial analysis"))
     if c.factorial is None:
-        out += [c.factorial_note, ""]
+        out.append(B.Text(c.factorial_note))
     else:
         f = c.factorial
-        out += [f"- {n}" for n in f.notes] + [""]
-        out += ["### Main effects", "", T.to_markdown(T.display_effects(f.main, s)), ""]
+        out += [B.bullets(f.notes)] if f.notes else []
+        out += [B.Heading("Main effects", 3), B.Table(T.display_effects(f.main, s))]
         if len(f.interactions):
-            out += ["### Two-way interactions", "", T.to_markdown(T.display_interactions(f.interactions, s)),
-                    ""]
-        out += ["### ANOVA", ""]
+            out += [B.Heading("Two-way interactions", 3), B.Table(T.display_interactions(f.interactions, s))]
+        out.append(B.Heading("ANOVA", 3))
         if not f.anova["F"].notna().any():
-            out += ["No F or p: without seed replication (one run per factor combination) the "
-                    "model has no residual degrees of freedom, so there is no seed-to-seed "
-                    "variance to test against; the sums of squares are shown.", ""]
-        out += [T.to_markdown(T.display_anova(f.anova)), ""]
-    out += ["## Power", "", T.to_markdown(T.display_power(c.power)), ""]
-    out += _figure(c, "Learning curves", "##")
-    out += ["## Methods", ""] + methods(c) + [""]
-    out += ["## Files", ""] + [f"- {title}: [CSV]({csv})" + (f", [LaTeX]({tex})" if tex else "")
-                               for title, (csv, tex) in c.table_files.items()] + [""]
-    return "\n".join(out)
+            out.append(B.Text("No F or p: without seed replication (one run per factor combination) the "
+                              "model has no residual degrees of freedom, so there is no seed-to-seed "
+                              "variance to test against; the sums of squares are shown."))
+        out.append(B.Table(T.display_anova(f.anova)))
+    out += [B.Heading("Power"), B.Table(T.display_power(c.power))]
+    out += _figure(c, "Learning curves", 2)
+    out += [B.Heading("Methods"), B.Text("\n".join(methods(c)))]
+    out += [B.Heading("Files"), B.bullets([f"{title}: [CSV]({csv})" + (f", [LaTeX]({tex})" if tex else "")
+                                           for title, (csv, tex) in c.table_files.items()])]
+    return out
 
 
-def _figure(c: Content, title: str, heading: str = "###") -> list[str]:
+def _figure(c: Content, title: str, level: int = 3) -> list[B.Block]:
     if title not in c.figures:
         return []
-    return [f"{heading} {title}", "", f"![{title}]({c.figures[title]})", ""]
+    return [B.Heading(title, level), B.Figure(title, c.figures[title])]

@@ -1,0 +1,82 @@
+"""report.html from the content blocks: one self-contained page (CSS inline, figures as base64
+PNG, tables from pandas), rendered with Jinja2; no JavaScript."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
+
+from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
+
+TEMPLATE = "report.html.j2"
+_INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+           (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
+           (re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)"), r'<a href="\2">\1</a>')]
+
+
+def render_html(blocks: list[Block], folder: Path) -> str:
+    """The page; figures are read from ``folder`` (the report folder) and embedded."""
+    title = next((b.text for b in blocks if isinstance(b, Heading) and b.level == 1), "Ablation report")
+    sections, anchors = [], {}
+    for block in blocks:
+        if isinstance(block, Heading) and block.level == 1:
+            continue
+        item = {"kind": type(block).__name__.lower(), "html": _html(block, folder)}
+        if isinstance(block, Heading):
+            item |= {"level": block.level, "id": _anchor(block.text, anchors)}
+            item["html"] = Markup(f'<h{block.level} id="{item["id"]}">{html.escape(block.text)}</h{block.level}>')
+        sections.append(item)
+    toc = [s for s in sections if s["kind"] == "heading" and s["level"] == 2]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True)
+    return env.get_template(TEMPLATE).render(title=title, intro=sections[:1], body=sections[1:], toc=[
+        {"id": s["id"], "text": s["html"].striptags()} for s in toc])
+
+
+def _html(block: Block, folder: Path) -> Markup:
+    match block:
+        case Heading():
+            return Markup("")  # rendered with its anchor above
+        case Text(text):
+            return Markup(inline_html(text))
+        case Table(frame):
+            return Markup(frame.to_html(index=False, border=0, classes="data", na_rep="", escape=True))
+        case Figure(title, file):
+            data = base64.b64encode((folder / file).read_bytes()).decode("ascii")
+            # the heading above names it; alt keeps the title for readers without images
+            return Markup(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title)}"></figure>')
+    raise TypeError(f"not a report block: {block!r}")
+
+
+def inline_html(text: str) -> str:
+    """A Text block's Markdown subset as HTML: paragraphs, "- " lists, **bold**, `code`, links."""
+    out, items = [], []
+    for line in text.splitlines():
+        if line.startswith("- "):
+            items.append(f"<li>{_inline(line[2:])}</li>")
+            continue
+        if items:
+            out.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        if line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    if items:
+        out.append("<ul>" + "".join(items) + "</ul>")
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    for pattern, replacement in _INLINE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _anchor(text: str, seen: dict[str, int]) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+    seen[slug] = seen.get(slug, 0) + 1
+    return slug if seen[slug] == 1 else f"{slug}-{seen[slug]}"
