@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import invoke_cli, mlflow_runs
+from mlflow import MlflowClient
 
 from xray_ablate.config import factors
 from xray_ablate.settings import project_root
@@ -83,8 +85,9 @@ def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(monkeypatch, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, synthetic_root):
-    """The README's "Adding a factor" example: trainer.optimizer as a factor, nothing else changed."""
+def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, synthetic_root, capsys):
+    """The README's "Adding a factor" example: trainer.optimizer as a factor, nothing else changed;
+    the sweep's parent run is named by it, and the printed links land on the store's runs."""
     monkeypatch.setattr(factors, "FACTORS", [*factors.FACTORS, factors.Factor("optimizer", "trainer.optimizer",
                                                                              "optimizer", "opt")])
     code = invoke_cli(monkeypatch, tmp_path, "-m", f"dataset.root={synthetic_root}", "image_size=32",
@@ -97,3 +100,18 @@ def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, sy
     table = pd.read_csv(next((tmp_path / "reports").glob("*/run_table.csv")))
     assert sorted(table["optimizer"]) == ["adam", "sgd"]
     assert "optimizer" in next((tmp_path / "reports").glob("*/report.md")).read_text()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("xray-ablate")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "**Ablation:** optimizer, 2 runs" in experiment.tags["mlflow.note.content"]
+    (parent,) = mlflow_runs(tmp_path, "xray-ablate", kind="sweep")
+    assert parent.info.run_name == "xray-ablate: optimizer"
+    out = capsys.readouterr().out
+    ui = "http://127.0.0.1:5000/#/experiments/"
+    assert f"runs in the MLflow UI: {ui}{experiment.experiment_id}/runs\n" in out
+    (report_link,) = re.findall(r"report in the MLflow UI: (\S+)", out)
+    exp_id, run_id, path = re.fullmatch(re.escape(ui) + r"(\w+)/runs/(\w+)/artifacts/(.+)", report_link).groups()
+    report_run = client.get_run(run_id)
+    assert exp_id == experiment.experiment_id == report_run.info.experiment_id
+    assert report_run.data.tags["xray.kind"] == "report" and path == "report.html"
+    assert path in {a.path for a in client.list_artifacts(run_id)}

@@ -51,3 +51,8 @@ def run_name(config) -> str:
     """e.g. masked-tf_1.0-cw_off-cb_natural-norm_on-aug_on-bq_off-cnn16-s0"""
     parts = [f"{f.short}_{level(config, f)}" if f.short else level(config, f) for f in FACTORS]
     return "-".join([*parts, f"s{config.seed}"])
+
+
+def varied_factors(configs) -> list[str]:
+    """The factors whose level differs between the configs, in the factor table's order."""
+    return [f.name for f in FACTORS if len({level(c, f) for c in configs}) > 1]

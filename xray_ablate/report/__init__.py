@@ -5,6 +5,6 @@
 pure rule train.metrics.learning_check, so "did it learn?" is decided in one place.
 """
 
-from xray_ablate.report.build import build_report
+from xray_ablate.report.build import build_report, write_report
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "write_report"]

@@ -14,15 +14,16 @@ from omegaconf import DictConfig
 
 from xray_ablate.config import schema  # noqa: F401  registers config_schema, conf/config.yaml's first default
 from xray_ablate.errors import exit_on_user_error
-from xray_ablate.report.build import build_report
+from xray_ablate.report.build import write_report
 from xray_ablate.settings import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        folder = build_report(cfg)
-    print(folder / "report.md")
+        written = write_report(cfg)
+    print("\n".join(written.links()))
+    print(written.folder / "report.md")
 
 
 if __name__ == "__main__":

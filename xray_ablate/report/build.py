@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,12 +28,13 @@ from xray_ablate.report.render.content import Content, document
 from xray_ablate.report.render.html import render_html
 from xray_ablate.report.render.markdown import markdown
 from xray_ablate.settings import CONFIG_DIR
-from xray_ablate.tracking import schema
+from xray_ablate.tracking import links, schema
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.reader import epoch_history
 from xray_ablate.tracking.store import code_version
 
 log = logging.getLogger(__name__)
+HTML = "report.html"  # beside report.md; the MLflow UI shows it inline in the report run's artifacts
 
 
 def settings_from(cfg: DictConfig) -> T.Settings:
@@ -120,7 +122,32 @@ def safe_name(name: str) -> str:
     return cleaned or "report"
 
 
+@dataclass(frozen=True)
+class Written:
+    """A written report: its folder, and where the MLflow UI shows it."""
+
+    folder: Path
+    uri: str
+    experiment_id: str
+    run_id: str | None  # the report run, None with report.log_to_mlflow=false
+
+    def links(self) -> list[str]:
+        """Lines to print: the experiment's runs page and the report run's report.html."""
+        out = [f"runs in the MLflow UI: {links.runs_page(self.uri, self.experiment_id)}"]
+        if self.run_id:
+            out.append("report in the MLflow UI: "
+                       + links.artifact_page(self.uri, self.experiment_id, self.run_id, HTML))
+        if links.ui_base(self.uri) == links.LOCAL_UI:
+            out.append("(a local store: start the UI with `make ui`)")
+        return out
+
+
 def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
+    """``write_report(cfg, sweep_id=...).folder``."""
+    return write_report(cfg, sweep_id=sweep_id).folder
+
+
+def write_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Written:
     """Write the report of one sweep or experiment to ``paths.reports_dir/<name>/``; return that folder.
 
     Runs are chosen by (first that is set) ``sweep_id``, ``report.sweep_id``,
@@ -150,10 +177,11 @@ def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
         replace_owned_dir(work, out_dir, "a report")  # never over a folder of the user's
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    run_id = None
     if rc.get("log_to_mlflow", True):
-        _log_run(selection, out_dir, content, str(cfg.tracking.uri))
+        run_id = _log_run(selection, out_dir, content, str(cfg.tracking.uri))
     log.info("report written to %s", out_dir)
-    return out_dir
+    return Written(out_dir, str(cfg.tracking.uri), selection.experiment_id, run_id)
 
 
 def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.Settings,
@@ -281,7 +309,7 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
         c.figures["Learning curves"] = curves.name
     blocks = document(c)
     (folder / "report.md").write_text(markdown(blocks))
-    (folder / "report.html").write_text(render_html(blocks, folder))
+    (folder / HTML).write_text(render_html(blocks, folder))
 
 
 def _log_run(sel: R.Selection, folder: Path, c: Content, uri: str) -> str:

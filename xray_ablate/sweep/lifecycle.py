@@ -21,18 +21,19 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from xray_ablate.config.factors import varied_factors
 from xray_ablate.config.load import Plan
 from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import prepare
 from xray_ablate.errors import UserError
-from xray_ablate.settings import data_config, ensure_synthetic
+from xray_ablate.settings import CONFIG_DIR, data_config, ensure_synthetic
 from xray_ablate.sweep.evidence import dataset_references, record_references
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, SKIPPED, read_outcomes, summarize
 from xray_ablate.sweep.state import SweepInfo
-from xray_ablate.tracking import schema
+from xray_ablate.tracking import links, schema
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.resume import fail_dead_runs, process_tags, sweep_parent
-from xray_ablate.tracking.store import code_version
+from xray_ablate.tracking.store import code_version, connect, describe_experiment
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,14 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "")
         references = {}
     sid = sweep_id(first.experiment_name, plan.jobs)
-    earlier = sweep_parent(tracking, sid)
+    earlier = sweep_parent(tracking, sid)  # found by its tags, whatever its name
+    experiment_id = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
+    describe_experiment(tracking.uri, experiment_id, experiment_note(plan))
     tags = {schema.KIND: "sweep", schema.SWEEP_ID: sid, schema.EXPERIMENT: first.experiment_name,
             schema.CODE_VERSION: code_version(), **process_tags()}
     outcome_dir = Path(plan.primary.hydra.sweep.dir) / "outcomes" / f"{os.getpid()}-{time.time_ns()}"
     started, interrupted = time.perf_counter(), False
-    with tracked_run(tracking, f"sweep-{first.experiment_name}-{sid}", tags,
-                     reopen=earlier) as recorder:
+    with tracked_run(tracking, parent_name(plan), tags, reopen=earlier) as recorder:
         if not earlier:
             recorder.params({"planned_jobs": len(plan.jobs),
                              # the baseline this sweep was designed around, for a later `make report`
@@ -96,7 +98,9 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
                 print("failed jobs:\n" + "\n".join(problems))
             recorder.metrics({**{f"jobs_{status}": n for status, n in counts.items()}, "sweep_seconds": wall})
         if first.sweep.report and counts[FINISHED] + counts[SKIPPED]:
-            _report(first, sid)
+            _report(first, sid)  # prints the links, the report's among them
+        else:
+            print(f"runs in the MLflow UI: {links.runs_page(tracking.uri, experiment_id)}")
         if counts[FAILED]:
             raise JobsFailed(f"{counts[FAILED]} of {len(plan.jobs)} jobs failed")
 
@@ -115,6 +119,29 @@ def prepare_shared_work(configs: list[Config]) -> None:
             brisque_filter(prepared[key], config)
 
 
+def parent_name(plan: Plan) -> str:
+    """The parent run's name: what the sweep ablates, e.g. "demo: dataset x class_weights"."""
+    first = plan.configs[0]
+    name = first.experiment_name if first.experiment_name != "none" else first.tracking.experiment
+    return f"{name}: {' x '.join(varied_factors(plan.configs)) or 'seeds only'}"
+
+
+def experiment_note(plan: Plan) -> str:
+    """The MLflow experiment's description (Markdown): what the latest sweep ablates, its
+    baseline, and the experiment config's README."""
+    first = plan.configs[0]
+    varied = varied_factors(plan.configs)
+    baseline = ", ".join(f"{k}={v}" for k, v in first.report.baseline.items() if v is not None)
+    lines = [f"**Ablation:** {' x '.join(varied) or 'no factor varied (seeds only)'}, "
+             f"{len(plan.jobs)} runs (latest sweep).", f"**Baseline:** {baseline or 'any'}."]
+    readme = Path(CONFIG_DIR) / "experiment" / f"{first.experiment_name}.md"
+    if first.experiment_name != "none" and readme.is_file():
+        lines.append(f"**README:** `experiments/{readme.name}` (experiment={first.experiment_name}).")
+    lines.append("Compare runs: group by the `factor.*` tags; the report run (`xray.kind = report`) "
+                 "holds report.html.")
+    return "\n\n".join(lines)
+
+
 def sweep_id(experiment_name: str, jobs: list[list[str]]) -> str:
     """Stable across reruns of the same command, so a resumed sweep keeps its parent run."""
     text = json.dumps([experiment_name, sorted(sorted(j) for j in jobs)])
@@ -122,12 +149,13 @@ def sweep_id(experiment_name: str, jobs: list[list[str]]) -> str:
 
 
 def _report(config: Config, sid: str) -> None:
-    from xray_ablate.report import build_report
+    from xray_ablate.report import write_report
 
     try:
-        folder = build_report(OmegaConf.structured(config), sweep_id=sid)
+        written = write_report(OmegaConf.structured(config), sweep_id=sid)
     except Exception as err:  # the runs are safe in MLflow; `make report` can retry
         log.error("report not built", exc_info=not isinstance(err, UserError))
         print(f"report not built: {err}")
     else:
-        print("\n" + (folder / "report.md").read_text() + f"\nreport and plots: {folder}")
+        print("\n" + (written.folder / "report.md").read_text() + f"\nreport and plots: {written.folder}\n"
+              + "\n".join(written.links()))

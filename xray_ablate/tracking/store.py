@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 import xray_ablate
 from xray_ablate.errors import UserError
@@ -72,3 +73,16 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
     except OSError as err:
         raise UserError(f"tracking.uri={uri} does not answer ({getattr(err, 'reason', err)}): start it "
                         "(make server) or point tracking.uri at a running MLflow server") from None
+
+
+NOTE_TAG = "mlflow.note.content"  # the experiment's description in the UI (Markdown)
+# Marks a model-training experiment, so the MLflow 3 UI opens on its runs, not the GenAI overview
+# (the 3.17 UI reads this tag; its values include custom_model_development).
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def describe_experiment(uri: str, experiment_id: str, note: str) -> None:
+    """Set the experiment's description and mark it as model training."""
+    client = MlflowClient(uri)
+    client.set_experiment_tag(experiment_id, NOTE_TAG, note)
+    client.set_experiment_tag(experiment_id, KIND_TAG, MODEL_TRAINING)
