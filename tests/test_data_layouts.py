@@ -1,8 +1,12 @@
-"""ImageFolder layout (raw only; masked is a clear UserError) and the layout/patient options."""
+"""ImageFolder layout (raw only; masked is a clear UserError), the darwin-py layout, and the
+layout/patient options."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +91,45 @@ def test_forced_layout(synthetic_root, tmp_path):
         prepare(config(synthetic_root, tmp_path / "c", "raw", 32, layout="imagefolder"))
     with pytest.raises(UserError, match="layout must be auto, darwin or imagefolder, not 'coco'"):
         prepare(config(synthetic_root, tmp_path / "c", "raw", 32, layout="coco"))
+
+
+def _darwin_py(flat: Path, dataset: Path) -> Path:
+    """``flat`` as ``darwin dataset pull --folders`` leaves it: images/ in nested remote folders,
+    releases/v2/annotations/ (the JSON naming each image's folder), an older release v1 with
+    the first 5 annotations, and releases/latest -> v2."""
+    files = sorted((flat / "annotations").glob("*.json"))
+    for i, path in enumerate(files):
+        doc = json.loads(path.read_text())
+        folder = ["/", "/ward_a", "/ward_b/2020/march"][i % 3]
+        doc["image"]["path"] = folder
+        target = dataset / "images" / folder.lstrip("/") / doc["image"]["filename"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(flat / "images" / doc["image"]["filename"], target)
+        for release in ("v1", "v2") if i < 5 else ("v2",):
+            out = dataset / "releases" / release / "annotations" / path.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(doc))
+    (dataset / "releases" / "latest").symlink_to("v2")
+    return dataset
+
+
+def test_darwin_py_dataset_and_release_folders_ingest_like_the_flat_export(synthetic_root, tmp_path):
+    dataset = _darwin_py(synthetic_root, tmp_path / "covid-19-chest-x-ray-dataset")
+    flat = prepare(config(synthetic_root, tmp_path / "c", "raw", 32))
+    for i, root in enumerate([dataset, dataset / "releases" / "latest", dataset / "releases" / "v2"]):
+        data = prepare(config(root, tmp_path / f"c{i}", "raw", 32))
+        assert data.layout == "darwin" and data.manifest_hash == flat.manifest_hash, root
+        assert data.table["image_id"].tolist() == flat.table["image_id"].tolist()
+        np.testing.assert_array_equal(np.asarray(data.images), np.asarray(flat.images))
+        assert "ward_b/2020/march" in str(data.table["image_path"].iloc[2])  # found in its nested folder
+    nested = Path(data.table["image_path"].iloc[1])  # pulled without --folders: images/ is flat
+    nested.rename(dataset / "images" / nested.name)
+    assert prepare(config(dataset, tmp_path / "c3", "raw", 32)).manifest_hash == flat.manifest_hash
+    older = config(dataset, tmp_path / "c", "raw", 32)
+    older = replace(older, ingest=replace(older.ingest, release="v1"))
+    assert len(prepare(older).table) + len(prepare(older).excluded) == 5 + 35  # 35 images no v1 JSON names
+    with pytest.raises(UserError, match=r"no release folder .*releases/v9 \(releases there: latest, v1, v2\)"):
+        prepare(replace(older, ingest=replace(older.ingest, release="v9")))
+    shutil.rmtree(dataset / "releases" / "v1" / "annotations")
+    with pytest.raises(UserError, match=r"no annotation folder .*releases/v1/annotations"):
+        prepare(older)

@@ -50,7 +50,7 @@ def data_config(cfg) -> DataConfig:
         root=Path(ds.root),
         cache_dir=Path(cfg.paths.cache_dir),
         ingest=IngestOptions(
-            layout=ds.layout, annotations_dir=ds.annotations_dir, images_dir=ds.images_dir,
+            layout=ds.layout, annotations_dir=ds.annotations_dir, images_dir=ds.images_dir, release=ds.release,
             patient_pattern=ds.patient_pattern, bounds_tolerance=float(ds.bounds_tolerance),
         ),
         preprocess=PreprocessOptions(

@@ -56,6 +56,7 @@ class DatasetConfig:
     layout: str = "auto"
     annotations_dir: str = "annotations"
     images_dir: str = "images"
+    release: str = "latest"  # darwin-py layout: which releases/<name>/ of a dataset folder
     patient_pattern: Optional[str] = None  # noqa: UP045
     bounds_tolerance: float = 2.0
     resize: str = "stretch"

@@ -52,7 +52,10 @@ def _digest(payload: dict) -> str:
 
 
 def inventory_key(fingerprint: str, ingest_opts: IngestOptions) -> str:
-    return _digest({"fingerprint": fingerprint, "ingest": asdict(ingest_opts), "v": INGEST_VERSION})
+    # A located darwin-py release is already in annotations_dir (ingest.locate); leaving the
+    # release name out keeps the keys of every other layout as they were.
+    opts = {k: v for k, v in asdict(ingest_opts).items() if k != "release"}
+    return _digest({"fingerprint": fingerprint, "ingest": opts, "v": INGEST_VERSION})
 
 
 def cache_key(fingerprint: str, ingest_opts: IngestOptions, prep: PreprocessOptions) -> str:

@@ -1,7 +1,10 @@
 """Ingest a dataset folder into one record per source file: usable images and exclusions.
 
 Two layouts: a V7 Darwin export (``annotations/*.json`` + ``images/``) and an ImageFolder
-(``root/<class>/*.png|jpg``, raw only). Every file ends up as a record; a record with a
+(``root/<class>/*.png|jpg``, raw only). A Darwin export may also sit where ``darwin dataset pull``
+puts it (darwin-py): ``<dataset>/images/`` (nested folders with ``--folders``) beside
+``<dataset>/releases/<version>/annotations/``; ``locate`` maps the dataset folder or a release
+folder onto the export's two folders. Every file ends up as a record; a record with a
 ``reason`` is excluded, and the reason names what is wrong with which file.
 """
 
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from PIL import UnidentifiedImageError
 from xray_ablate.data import labels
 from xray_ablate.data.darwin import DarwinFormatError, Shape, read_darwin
 from xray_ablate.data.decode import ImageTooLarge, open_image
+from xray_ablate.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,7 @@ class IngestOptions:
     layout: str = "auto"  # auto | darwin | imagefolder
     annotations_dir: str = "annotations"
     images_dir: str = "images"
+    release: str = "latest"  # darwin-py layout: the folder under releases/ (latest: the newest)
     # Regex with one group, applied to the file name when an image has no PatientID tag.
     patient_pattern: str | None = None
     # Polygon vertices may lie this far outside the image (px) before the polygon is rejected.
@@ -77,6 +82,38 @@ class Inventory:
         return self.layout == "darwin" and any(r.lungs for r in self.records)
 
 
+def locate(root: Path, options: IngestOptions) -> tuple[Path, IngestOptions]:
+    """The folder that holds the export and the options naming its two folders.
+
+    A darwin-py dataset folder (``releases/`` and ``images/``, no ``annotations/``) or one of its
+    release folders (``<dataset>/releases/<name>/annotations/``) becomes the dataset folder with
+    ``annotations_dir`` = ``releases/<version>/annotations`` (``latest``, darwin-py's link to the
+    newest release, resolved to that release's name, so both spellings are the same data).
+    Any other root is returned as it is.
+    """
+    root = Path(root)
+    if options.layout == "imagefolder" or (root / options.annotations_dir).is_dir() and (
+            root / options.images_dir).is_dir():
+        return root, options
+    if (root / "releases").is_dir() and (root / options.images_dir).is_dir():
+        dataset, release = root, options.release
+    elif root.parent.name == "releases" and (root.parent.parent / options.images_dir).is_dir():
+        dataset, release = root.parent.parent, root.name
+    else:
+        return root, options
+    folder = dataset / "releases" / release
+    if not folder.is_dir():
+        found = ", ".join(sorted(p.name for p in (dataset / "releases").iterdir() if p.is_dir())) or "none"
+        raise UserError(f"no release folder {folder} (releases there: {found}): pass dataset.release=NAME")
+    if folder.resolve().parent == (dataset / "releases").resolve():
+        release = folder.resolve().name  # latest -> the version it links to
+    annotations = f"releases/{release}/{options.annotations_dir}"
+    if not (dataset / annotations).is_dir():
+        raise UserError(f"no annotation folder {dataset / annotations} in the darwin-py release "
+                        f"{folder}: pull the release again (darwin dataset pull)")
+    return dataset, replace(options, annotations_dir=annotations, layout="darwin", release=release)
+
+
 def detect_layout(root: Path, options: IngestOptions) -> str:
     if options.layout != "auto":
         return options.layout
@@ -87,6 +124,7 @@ def ingest(root: Path, options: IngestOptions = IngestOptions()) -> Inventory:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder")
+    root, options = locate(root, options)
     layout = detect_layout(root, options)
     if layout == "darwin":
         inventory = _ingest_darwin(root, options)
@@ -132,6 +170,9 @@ def _darwin_record(root: Path, path: Path, options: IngestOptions, inv: Inventor
     image_path = Path(os.path.abspath(images_root / darwin.folder.lstrip("/") / darwin.filename))
     if not image_path.is_relative_to(images_root):
         return rec.exclude("path_escapes_root", f"image {darwin.filename!r} is outside {images_root}")
+    flat = images_root / Path(darwin.filename).name
+    if not image_path.exists() and flat.is_file():  # darwin-py pulled without --folders: images/ is flat
+        image_path = flat
     rec.image_id = Path(darwin.filename).stem
     rec.image_path, rec.width, rec.height = image_path, darwin.width, darwin.height
     rec.tags, rec.lungs, rec.ignores = darwin.tags, darwin.lungs, darwin.ignores

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,14 @@ import pandas as pd
 from xray_ablate.data import cache
 from xray_ablate.data.atomic import write_text_atomic
 from xray_ablate.data.fingerprint import dataset_fingerprint, file_digests
-from xray_ablate.data.ingest import IMAGE_SUFFIXES, IngestOptions, detect_layout, exclude_identical_images, ingest
+from xray_ablate.data.ingest import (
+    IMAGE_SUFFIXES,
+    IngestOptions,
+    detect_layout,
+    exclude_identical_images,
+    ingest,
+    locate,
+)
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.metadata import MetadataReport, attributes_digest, attributes_for
@@ -73,6 +80,8 @@ def prepare(cfg: DataConfig) -> PreparedData:
     root = Path(cfg.root)
     if not root.is_dir():
         raise UserError(f"dataset root {root} does not exist (set dataset.root)")
+    root, located = locate(root, cfg.ingest)  # a darwin-py dataset or release folder
+    cfg = replace(cfg, root=root, ingest=located)
     fingerprint = _fingerprint(root, cfg)
     inv_key = cache.inventory_key(fingerprint, cfg.ingest)
     with cache.lock(cfg.cache_dir, inv_key):

@@ -12,7 +12,8 @@ from xray_ablate.config.schema import Config
 # how a sweep was designed, and evaluation-only settings (subgroups, the audit, attribute CSVs).
 NON_SEMANTIC_TOP = ("paths", "tracking", "num_workers", "cache_verify", "threads", "device", "seed", "repeats",
                     "resume", "report", "sweep", "experiment_name", "full_factorial", "audit", "eval")
-NON_SEMANTIC_NESTED = (("dataset", "root"), ("dataset", "metadata"), ("dataset", "metadata_key"),
+NON_SEMANTIC_NESTED = (("dataset", "root"), ("dataset", "release"), ("dataset", "metadata"),
+                       ("dataset", "metadata_key"),
                        ("quality", "report_dir"), ("quality", "device"), ("quality", "batch_size"),
                        ("backbone", "download"))
 
