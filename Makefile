@@ -39,6 +39,7 @@ weights: install
 	$(PY) -m xray_ablate.models fetch $(BACKBONES)
 
 ui: install
+	$(PY) -m xray_ablate.tracking.ui sqlite:///$(MLRUNS)/mlflow.db http://127.0.0.1:$(PORT)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
 
 server: install
