@@ -4,16 +4,19 @@ PNG, tables from pandas), rendered with Jinja2; no JavaScript."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import re
 from pathlib import Path
 
 import jinja2
+import pandas as pd
 from markupsafe import Markup
 
 from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
 
 TEMPLATE = "report.html.j2"
+_NUMBER = re.compile(r"^(|–|nan|[-+−]?[\d.\[(].*)$")  # a number, an interval, or nothing
 _INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
            (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
            (re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)"), r'<a href="\2">\1</a>')]
@@ -44,12 +47,22 @@ def _html(block: Block, folder: Path) -> Markup:
         case Text(text):
             return Markup(inline_html(text))
         case Table(frame):
-            return Markup(frame.to_html(index=False, border=0, classes="data", na_rep="", escape=True))
+            return Markup(_table(frame))
         case Figure(title, file):
             data = base64.b64encode((folder / file).read_bytes()).decode("ascii")
             # the heading above names it; alt keeps the title for readers without images
             return Markup(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title)}"></figure>')
     raise TypeError(f"not a report block: {block!r}")
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """pandas' HTML table; numbers right-aligned (the CSS default), columns of words left-aligned."""
+    words = [c for c in frame.columns if not frame[c].fillna("").astype(str).str.match(_NUMBER).all()]
+    uuid = hashlib.sha256(frame.to_csv().encode()).hexdigest()[:8]  # ids stable from build to build
+    style = frame.style.set_uuid(uuid).hide(axis="index").set_table_attributes('class="data"')
+    style = style.format(na_rep="", escape="html")
+    left = [{"selector": "th, td", "props": "text-align: left"}]
+    return style.set_table_styles(dict.fromkeys(words, left), overwrite=False).to_html()
 
 
 def inline_html(text: str) -> str:
