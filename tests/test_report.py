@@ -376,7 +376,9 @@ def test_no_seed_replication_and_single_configurations_give_a_report(store, tmp_
     row = next(line for line in text.splitlines() if line.startswith("| baseline"))
     low = st.t.interval(0.95, 2, loc=table.loc[0, "test_accuracy_mean"],
                         scale=st.sem([99.0, 100.0, 97.0]))[0]
-    assert f"[{low:.1f}, 100.0]" in row and "t-CI clipped to [0, 100] %" in row
+    assert f"[{low:.1f}, 100.0]" in row and "CI clipped to [0, 100] %" in row
+    bounds = [float(b) for pair in re.findall(r"\[(-?[\d.]+), (-?[\d.]+)\]", row) for b in pair]
+    assert bounds and all(0 <= b <= 100 for b in bounds)  # every interval of a percentage, shown cut
     assert "**Power (unpaired):** with 3 seeds" in text and "for planning" in text
 
 

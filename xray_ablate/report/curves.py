@@ -159,8 +159,9 @@ def curves(runs: pd.DataFrame, table: pd.DataFrame, settings: T.Settings,
 
 # --- display -------------------------------------------------------------------------------------
 
-def _with_ci(frame: pd.DataFrame, metric: str) -> list[str]:
-    return [T.fmt(v) + ("" if T.fmt_ci(lo, hi) == "–" else f" {T.fmt_ci(lo, hi)}") for v, lo, hi in
+def _with_ci(frame: pd.DataFrame, metric: str, percent: bool = True) -> list[str]:
+    return [T.fmt(v) + ("" if T.fmt_ci(lo, hi) == "–" else f" {T.fmt_ci(lo, hi, percent=percent)}")
+            for v, lo, hi in
             zip(frame[f"{metric}_mean"], frame[f"{metric}_low"], frame[f"{metric}_high"], strict=True)]
 
 
@@ -174,7 +175,7 @@ def display_learning_curve(frame: pd.DataFrame, settings: T.Settings) -> pd.Data
         "curve": frame["curve"], factor_labels()[FRACTION]: frame[FRACTION].map(lambda v: f"{v:g}"),
         "training images": frame["n_train"].map(lambda v: T.fmt(v, 0)), "n": frame["n"],
         f"{T.metric_title(settings.metric)}{' (%)' if settings.unit else ''} [{level} CI]":
-            _with_ci(frame, settings.metric),
+            _with_ci(frame, settings.metric, T.is_fraction(settings.metric)),
         "CI over": frame["interval"]})
 
 

@@ -423,10 +423,19 @@ def fmt_pm(mean, sd, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if np.isfinite(sd) else "")
 
 
-def fmt_ci(low, high, digits: int = 1) -> str:
+def fmt_ci(low, high, digits: int = 1, percent: bool = False) -> str:
+    """``percent``: the interval of a percentage, shown cut to [0, 100] (a t or normal interval
+    over few seeds can overshoot; the CSV files keep the uncut bounds)."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "–"
+    if percent:
+        low, high = max(low, 0.0), min(high, 100.0)
     return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def overshoots(low, high) -> bool:
+    """Whether a percentage's interval reaches outside [0, 100] (and is shown cut)."""
+    return bool(np.isfinite(low) and np.isfinite(high) and (low < 0 or high > 100))
 
 
 def fmt_p(p) -> str:
@@ -435,7 +444,7 @@ def fmt_p(p) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-CLIPPED = "t-CI clipped to [0, 100] %"
+CLIPPED = "CI clipped to [0, 100] %"
 
 
 def is_fraction(metric: str) -> bool:
@@ -450,8 +459,8 @@ FEW_SEEDS = f"bootstrap CI and P(improvement) need ≥ {MIN_SEEDS_RESAMPLED} see
 
 def display_run_table(table: pd.DataFrame, settings: Settings,
                       references: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The run table as text; a fraction's t-interval is shown clipped to [0, 100] % (the CSV
-    keeps the unclipped bounds) and the note says so. Headers say what each interval covers:
+    """The run table as text; a fraction's intervals are shown clipped to [0, 100] % (the CSV
+    keeps the unclipped bounds) and the note says so for the main metric. Headers say what each interval covers:
     seeds only (one fixed test set) or seeds and test images. The bootstrap CI and
     P(improvement) show "–" below MIN_SEEDS_RESAMPLED seeds per side. ``references`` (chance,
     majority class) are appended as rows."""
@@ -467,22 +476,25 @@ def display_run_table(table: pd.DataFrame, settings: Settings,
     out["n"] = table["n"]
     out["runs not learned"] = table["n_not_learned"].map(lambda v: fmt(v, 0))
     out[title] = [fmt_pm(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_sd"], strict=True)]
-    t_low, t_high = table[f"{m}_t_low"].astype(float), table[f"{m}_t_high"].astype(float)
+    fraction = is_fraction(m)
     notes = table["note"].fillna("").astype(str)
-    if is_fraction(m):
-        clipped = (t_low < 0) | (t_high > 100)
-        t_low, t_high = t_low.clip(0, 100), t_high.clip(0, 100)
+    t_low, t_high = table[f"{m}_t_low"].astype(float), table[f"{m}_t_high"].astype(float)
+    total_low, total_high = table["ci_total_low"].astype(float), table["ci_total_high"].astype(float)
+    if fraction:
+        clipped = pd.Series([overshoots(*b) or overshoots(*c) for b, c in zip(
+            zip(t_low, t_high, strict=True), zip(total_low, total_high, strict=True), strict=True)],
+            index=notes.index)
         notes = notes.where(~clipped, [f"{n}; {CLIPPED}" if n else CLIPPED for n in notes])
-    out[f"{level} CI {SEEDS_ONLY} (t)"] = [fmt_ci(a, b) for a, b in zip(t_low, t_high, strict=True)]
-    out[f"{level} CI {SEEDS_AND_IMAGES}"] = [fmt_ci(a, b) for a, b in
-                                              zip(table["ci_total_low"], table["ci_total_high"], strict=True)]
+    out[f"{level} CI {SEEDS_ONLY} (t)"] = [fmt_ci(a, b, percent=fraction) for a, b in zip(t_low, t_high, strict=True)]
+    out[f"{level} CI {SEEDS_AND_IMAGES}"] = [fmt_ci(a, b, percent=fraction)
+                                              for a, b in zip(total_low, total_high, strict=True)]
     out[f"{level} CI {SEEDS_ONLY} (bootstrap)"] = [
         "–" if f else fmt_ci(a, b)
         for f, a, b in zip(few, table[f"{m}_boot_low"], table[f"{m}_boot_high"], strict=True)]
     for metric in SECONDARY:
         if metric != m and f"{metric}_mean" in table:
             out[f"{metric_title(metric)} (%) [{level} CI {SEEDS_AND_IMAGES}]"] = [
-                fmt(v) + ("" if fmt_ci(a, b) == "–" else f" {fmt_ci(a, b)}") for v, a, b in
+                fmt(v) + ("" if fmt_ci(a, b) == "–" else f" {fmt_ci(a, b, percent=True)}") for v, a, b in
                 zip(table[f"{metric}_mean"], table[f"{metric}_ci_total_low"],
                     table[f"{metric}_ci_total_high"], strict=True)]
     for column, label in _f1_columns(settings.prefix):

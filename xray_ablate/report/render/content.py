@@ -243,8 +243,9 @@ def methods(c: Content) -> list[str]:
          "learning_check; the tag xray.learned when training recorded it, else derived from "
          "predictions.csv and train_loss). Reference rows: chance (uniform guesses, 1/classes) "
          "and always predicting the test set's majority class."),
-        ("- The run table's t-interval of a fraction (accuracy, F1, ...) is shown clipped to "
-         "[0, 100] % (the note says where); run_table.csv keeps the unclipped bounds."),
+        ("- Intervals of a percentage (accuracy, recall, F1, AUROC, ...) are shown clipped to "
+         "[0, 100] %: with few seeds a t interval can overshoot (the run table's note says where); "
+         "the CSV files keep the unclipped bounds."),
     ]
 
 
