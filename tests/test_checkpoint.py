@@ -12,7 +12,7 @@ from conftest import invoke_cli, mlflow_runs
 
 from xray_ablate.errors import Stopped
 from xray_ablate.sweep.job import load_data
-from xray_ablate.sweep.signals import stop_on_signals
+from xray_ablate.sweep.signals import hand_over, stop_on_signals
 from xray_ablate.train.checkpoint import Checkpointer
 from xray_ablate.train.fit import fit
 from xray_ablate.train.inputs import prepare_inputs
@@ -65,6 +65,28 @@ def test_stopped_run_resumes_with_the_same_numbers(make_cfg, tmp_path, how):
     _same_result(resumed, uninterrupted)
 
     assert Checkpointer(path, every, {**key, "seed": 1}).resume is None  # another run's file is not used
+
+
+def test_submitits_signal_goes_on_to_submitit_after_the_run_has_ended():
+    """SIGUSR2 (submitit's): Stopped first, then the handler from before (submitit's requeue), whose
+    refusal is the reason returned; SIGTERM is not handed on."""
+    calls = []
+
+    def submitit_handler(signum, frame):
+        calls.append(signum)
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(Stopped) as stopped, stop_on_signals(lambda: None):
+            os.kill(os.getpid(), signal.SIGUSR2)
+        assert str(stopped.value) == "SIGUSR2 (time limit or preemption ahead): no epoch finished, nothing to keep"
+        assert calls == []  # nothing requeued while the run was still open
+        assert hand_over(stopped.value) == "Job not requeued because: timed-out too many times."
+        assert calls == [signal.SIGUSR2]
+        assert hand_over(Stopped(signal.SIGTERM, "x")) == "" and calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 @pytest.mark.slow

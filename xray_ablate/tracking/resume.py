@@ -14,11 +14,16 @@ from xray_ablate.tracking.lifecycle import ERROR_TAG
 from xray_ablate.tracking.store import connect
 
 log = logging.getLogger(__name__)
-HOST_TAG, PID_TAG = "xray.host", "xray.pid"
+HOST_TAG, PID_TAG, SLURM_TAG = "xray.host", "xray.pid", "xray.slurm_job"
 
 
 def process_tags() -> dict[str, str]:
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    """Where the run's process is: host and pid, and the SLURM job (array job_task) running it."""
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    if "SLURM_JOB_ID" in os.environ:
+        array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags[SLURM_TAG] = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
+    return tags
 
 
 def finished_run(tracking, config_key: str, seed: int, fingerprint: str, split_hash: str) -> str | None:
