@@ -4,6 +4,7 @@
 # and munge (installed here if missing). Idempotent: does nothing when `sinfo` already answers.
 # Stop with: slurm-single-node.sh stop (kills the daemons by the PIDs in their pid files).
 # Partition: debug (default), one node with this machine's CPUs and 3/4 of its memory; no accounting.
+# The daemons talk over 127.0.0.1 whatever the host name resolves to.
 set -euo pipefail
 if [ "${1:-}" = stop ]; then
   for f in /run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
@@ -21,7 +22,7 @@ chown -R munge:munge /etc/munge /var/log/munge /run/munge /var/lib/munge; chmod 
 runuser -u munge -- /usr/sbin/munged --force
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
@@ -35,7 +36,7 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 /usr/sbin/slurmctld; /usr/sbin/slurmd

@@ -126,3 +126,12 @@ def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, 
     assert not list((cache_dir / "checkpoints").glob("*.pt"))  # removed once finished
     final = [k for k in straight.data.metrics if k.startswith(("test_", "best_", "val_"))]
     assert final and {k: resumed.data.metrics[k] for k in final} == {k: straight.data.metrics[k] for k in final}
+
+
+def test_checkpoint_every_is_checked_and_does_not_change_the_config_key(make_cfg):
+    from xray_ablate.errors import UserError
+    from xray_ablate.tracking.keys import config_key
+
+    assert config_key(make_cfg("trainer.checkpoint_every=2"), "cpu") == config_key(make_cfg(), "cpu")
+    with pytest.raises(UserError, match=r"trainer.checkpoint_every must be >= 0, not -1"):
+        make_cfg("trainer.checkpoint_every=-1")
