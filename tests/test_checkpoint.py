@@ -91,9 +91,10 @@ def test_submitits_signal_goes_on_to_submitit_after_the_run_has_ended():
 
 @pytest.mark.slow
 def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, capsys, synthetic_root, cache_dir):
-    """A SIGTERM while a sweep job trains: the run ends KILLED with the reason, the summary counts
-    it failed; the rerun continues the same MLflow run from the checkpoint and finishes it with the
-    metrics of an uninterrupted run (another experiment, same config and seed)."""
+    """A SIGTERM to a sweep whose job trains in its process (the basic launcher): the run ends
+    KILLED with the reason and the sweep stops as on Ctrl-C; the rerun continues the same MLflow
+    run from the checkpoint and finishes it with the metrics of an uninterrupted run (another
+    experiment, same config and seed). Jobs in their own processes (SLURM): tests/test_slurm.py."""
     import xray_ablate.sweep.job as job
 
     args = ("-m", f"dataset.root={synthetic_root}", "image_size=32", "backbone=cnn16_gap", "trainer.batch_size=8",
@@ -106,13 +107,13 @@ def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, 
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(job, "record_epoch", term_at_2)
-    assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=stopped") == 1
-    out = capsys.readouterr().out
-    assert "1 jobs: 0 finished, 0 skipped (already finished), 1 failed" in out
-    assert "SIGTERM (cancelled, timed out or preempted): checkpoint after epoch 2" in out
+    assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=stopped") == 130
+    assert "1 jobs: 0 finished, 0 skipped (already finished), 0 failed, 1 interrupted, 0 not started" in \
+        capsys.readouterr().out
     (killed,) = mlflow_runs(tmp_path, "stopped")
     assert killed.info.status == "KILLED"
-    assert killed.data.tags["xray.error"].startswith("Stopped: SIGTERM")
+    assert killed.data.tags["xray.error"] == \
+        "Stopped: SIGTERM (cancelled, timed out or preempted): checkpoint after epoch 2"
     assert list((cache_dir / "checkpoints").glob("stopped-*-0.pt"))
 
     monkeypatch.setattr(job, "record_epoch", record_epoch)

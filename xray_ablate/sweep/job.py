@@ -75,6 +75,9 @@ def run_job(cfg: DictConfig) -> float | None:
         return result.metrics["test_accuracy"]
     except Stopped as stop:  # the run ended KILLED; its checkpoint is saved
         record_failure(outcome, stop)
+        if sweep is not None and sweep.pid == str(os.getpid()):  # the sweep's own process was told to stop
+            outcome.status = INTERRUPTED
+            raise KeyboardInterrupt from stop
         not_requeued = hand_over(stop)  # submitit's requeue exits here
         if not_requeued:
             outcome.error += f"; {not_requeued}"
