@@ -78,45 +78,56 @@ EPOCHS = 80
 
 def test_scancel_and_preemption_on_slurm(tmp_path, synthetic_root, mlflow_server, slurm):  # noqa: F811
     """seed 0 is cancelled while it trains (SIGTERM): its run ends KILLED with the reason and the
-    sweep counts it failed. seed 1 gets submitit's SIGUSR2 (a preemption): it writes its checkpoint, submitit
-    requeues it, and the requeued job finishes the same MLflow run from that epoch. The rerun
-    trains only seed 0, from its checkpoint, in its run."""
-    args = ("seed=0,1,2", f"trainer.epochs={EPOCHS}")
+    sweep counts it failed. seed 1 gets submitit's SIGUSR2 (a preemption): it writes its checkpoint,
+    submitit requeues it, and the requeued job finishes the same MLflow run from that epoch. seed 2
+    is killed hard (SIGKILL: no result, no outcome); trainer.checkpoint_every=1 kept its last epoch.
+    The rerun trains only seeds 0 and 2, each from its checkpoint, in its run."""
+    args = ("seed=0,1,2", f"trainer.epochs={EPOCHS}", "trainer.checkpoint_every=1")
     process = sweep(tmp_path, synthetic_root, mlflow_server, *args, wait=False)
     try:
         jobs = training_jobs(mlflow_server, {"0", "1"})
         subprocess.run(["scancel", jobs["0"]], check=True)
         subprocess.run(["scancel", "--signal=USR2", jobs["1"]], check=True)
         start_when_requeued(jobs["1"])
+        subprocess.run(["scancel", "--signal=KILL", training_jobs(mlflow_server, {"2"}, epochs=2)["2"]], check=True)
         out = process.communicate(timeout=600)[0]
     finally:
         if process.poll() is None:  # the test failed half-way: stop the sweep and its SLURM jobs
             process.kill()
             jobs = {p.name.split("_")[0] for p in tmp_path.glob("multirun/*/*/.submitit/*") if p.name[0].isdigit()}
             subprocess.run(["scancel", *jobs], check=False)
-    assert "3 jobs: 2 finished, 0 skipped (already finished), 1 failed" in out, out[-3000:]
+    assert "3 jobs: 1 finished, 0 skipped (already finished), 2 failed" in out, out[-3000:]
     assert "SIGTERM (cancelled, timed out or preempted): checkpoint after epoch" in out
+    assert re.search(r"SLURM job \d+_2 ended without a result", out)
+    assert "seed=2 " in out.split("failed jobs:")[1] and "no outcome (the job process died or never ran)" in out
     runs = {r.data.tags[schema.SEED]: r for r in train_runs(mlflow_server)}
     assert len(runs) == 3  # the requeued job went on in its run
     assert runs["0"].info.status == "KILLED"
     assert runs["0"].data.tags["xray.error"].startswith("Stopped: SIGTERM (cancelled, timed out or preempted)")
-    assert runs["1"].info.status == runs["2"].info.status == "FINISHED"
+    assert runs["1"].info.status == "FINISHED"
     assert epochs_logged(mlflow_server, runs["1"].info.run_id) == list(range(1, EPOCHS + 1))  # each once
+    assert runs["2"].info.status == "RUNNING"  # SIGKILL: nothing could end it
 
     again = sweep(tmp_path, synthetic_root, mlflow_server, *args)
-    assert "3 jobs: 1 finished, 2 skipped (already finished), 0 failed" in again, again[-3000:]
+    assert "marked 1 runs of dead processes as FAILED" in again
+    assert "3 jobs: 2 finished, 1 skipped (already finished), 0 failed" in again, again[-3000:]
     rerun = {r.data.tags[schema.SEED]: r for r in train_runs(mlflow_server)}
-    assert rerun["0"].info.run_id == runs["0"].info.run_id and rerun["0"].info.status == "FINISHED"
+    assert {seed: r.info.run_id for seed, r in rerun.items()} == {seed: r.info.run_id for seed, r in runs.items()}
+    assert all(r.info.status == "FINISHED" for r in rerun.values())
     assert epochs_logged(mlflow_server, runs["0"].info.run_id) == list(range(1, EPOCHS + 1))
+    # a hard kill between recording an epoch and writing its checkpoint redoes that one epoch
+    assert sorted(set(epochs_logged(mlflow_server, runs["2"].info.run_id))) == list(range(1, EPOCHS + 1))
 
 
-def training_jobs(server: str, seeds: set[str], timeout: float = 300) -> dict[str, str]:
-    """seed -> SLURM job of the runs of ``seeds``, once each has logged an epoch."""
+def training_jobs(server: str, seeds: set[str], epochs: int = 1, timeout: float = 300) -> dict[str, str]:
+    """seed -> SLURM job of the runs of ``seeds``, once each has logged ``epochs`` epochs (with
+    trainer.checkpoint_every=1, epoch n logged means epoch n - 1 is on disk)."""
     client, deadline = MlflowClient(server), time.time() + timeout
     while time.time() < deadline:
         found = client.get_experiment_by_name("xray-ablate")  # the sweep creates it
         runs = [r for r in train_runs(server, "RUNNING") if r.data.tags[schema.SEED] in seeds] if found else []
-        if len(runs) == len(seeds) and all(client.get_metric_history(r.info.run_id, "val_loss") for r in runs):
+        if len(runs) == len(seeds) and all(len(client.get_metric_history(r.info.run_id, "val_loss")) >= epochs
+                                            for r in runs):
             return {r.data.tags[schema.SEED]: r.data.tags[SLURM_TAG] for r in runs}
         time.sleep(0.5)
     raise AssertionError(f"seeds {seeds} not training after {timeout} s")

@@ -70,7 +70,8 @@ class TrainState:
 
 class Checkpointer:
     """One run's checkpoint file. fit() hands it the state after every epoch (``keep``); it writes
-    the state every ``every`` epochs (0: never on its own) and whenever ``save`` is called (a signal).
+    the state every ``every`` epochs (``save_if_due``; 0: never) and whenever ``save`` is called
+    (a signal).
     ``resume`` is the state to continue from, if the file held one of this run (``meta`` matches)."""
 
     def __init__(self, path: str | Path, every: int, meta: dict):
@@ -93,9 +94,14 @@ class Checkpointer:
         return state
 
     def keep(self, state: TrainState) -> None:
+        """The state after an epoch, in memory (what a signal's ``save`` writes)."""
         state.meta = {**self.meta, **state.meta}
         self.latest = state
-        if self.every and state.epoch % self.every == 0:
+
+    def save_if_due(self) -> None:
+        """Every ``every`` epochs: write the kept state. Called once the epoch is recorded, so a
+        hard kill never leaves a checkpoint ahead of the recorded epochs (at worst one is redone)."""
+        if self.every and self.latest is not None and self.latest.epoch % self.every == 0:
             self.save()
 
     def save(self) -> int | None:

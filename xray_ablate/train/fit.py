@@ -94,6 +94,8 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
                                                schedule, generator, progress))
         if on_epoch is not None:
             on_epoch(progress.last)
+        if checkpoint is not None:
+            checkpoint.save_if_due()
     train_seconds = time.perf_counter() - started
 
     model.load_state_dict(progress.best_state)
