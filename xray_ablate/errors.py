@@ -12,9 +12,10 @@ class UserError(Exception):
     """Bad data, configuration or environment; the message says what and where."""
 
 
-class Stopped(Exception):
+class Stopped(BaseException):
     """A job stopped by a signal (a scheduler's cancel, time limit or preemption); its run ends KILLED.
-    ``signum``: the signal."""
+    ``signum``: the signal. A BaseException, like KeyboardInterrupt: the signal may arrive inside a
+    library's ``except Exception`` (MLflow's HTTP calls wrap any Exception into their own error)."""
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
