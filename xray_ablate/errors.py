@@ -1,4 +1,5 @@
-"""Errors caused by the user's input or set-up: shown as one clear message, no traceback."""
+"""Errors caused by the user's input or set-up: shown as one clear message, no traceback; and
+Stopped, a job told to stop from outside."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from contextlib import contextmanager
 
 class UserError(Exception):
     """Bad data, configuration or environment; the message says what and where."""
+
+
+class Stopped(BaseException):
+    """A job stopped by a signal (a scheduler's cancel, time limit or preemption); its run ends KILLED.
+    ``signum``: the signal. A BaseException, like KeyboardInterrupt: the signal may arrive inside a
+    library's ``except Exception`` (MLflow's HTTP calls wrap any Exception into their own error)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
 
 
 @contextmanager

@@ -39,6 +39,7 @@ class PathsConfig:
     cache_dir: str = MISSING
     mlruns_dir: str = MISSING
     reports_dir: str = MISSING
+    checkpoint_dir: str = MISSING
     data_root: Optional[str] = None  # noqa: UP045
 
 
@@ -185,6 +186,7 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None  # noqa: UP045
     amp: bool = True
     deterministic: bool = False
+    checkpoint_every: int = 0  # epochs between checkpoints on disk; 0 = only when a signal stops the run
 
     def __post_init__(self):
         _check(self.epochs >= 1, "trainer.epochs", "at least 1", self.epochs)
@@ -200,6 +202,7 @@ class TrainerConfig:
         _check(0 < self.lr_gamma <= 1, "trainer.lr_gamma", "in (0, 1]", self.lr_gamma)
         _check(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
                "trainer.early_stopping_patience", "null or at least 1", self.early_stopping_patience)
+        _check(self.checkpoint_every >= 0, "trainer.checkpoint_every", ">= 0", self.checkpoint_every)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,17 +21,19 @@ from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import Config
 from xray_ablate.data.metadata import require_attributes
 from xray_ablate.data.prepare import PreparedData, prepare
-from xray_ablate.errors import UserError
+from xray_ablate.errors import Stopped, UserError
 from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, SKIPPED, Outcome
+from xray_ablate.sweep.signals import hand_over, stop_on_signals
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.claims import job_lock
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.results import record_result
-from xray_ablate.tracking.resume import finished_run, mark_member, process_tags
+from xray_ablate.tracking.resume import finished_run, mark_member, process_tags, resumable_run
 from xray_ablate.tracking.run_info import record_config, run_tags
+from xray_ablate.train.checkpoint import Checkpointer
 from xray_ablate.train.device import select_device
 from xray_ablate.train.external import ExternalSet, external_metrics, prepare_external
 from xray_ablate.train.fit import RunResult, fit
@@ -57,13 +60,30 @@ def run_job(cfg: DictConfig) -> float | None:
         with job_lock(config.tracking, tags[schema.CONFIG_KEY], config.seed) if locked else nullcontext():
             if skip_finished(config, data, tags, sweep, outcome):
                 return None
-            with tracked_run(config.tracking, config.tracking.run_name or run_name(config), tags,
-                             parent_run_id=sweep.parent_run_id if sweep else None,
-                             system_metrics=config.tracking.system_metrics) as recorder:
-                outcome.run_id = recorder.run_id
-                result = train_and_record(config, data, device, recorder)
+            checkpoint = job_checkpoint(config, data, tags)
+            reopen = checkpoint.resume and resumable_run(config.tracking, checkpoint.resume.meta["run_id"])
+            if not reopen:
+                checkpoint.resume = None  # none, or its run is gone (deleted): train from the start
+            with stop_on_signals(checkpoint.save), tracked_run(
+                    config.tracking, config.tracking.run_name or run_name(config), tags,
+                    parent_run_id=sweep.parent_run_id if sweep else None,
+                    system_metrics=config.tracking.system_metrics, reopen=reopen or None) as recorder:
+                outcome.run_id = checkpoint.meta["run_id"] = recorder.run_id
+                result = train_and_record(config, data, device, recorder, checkpoint)
+            checkpoint.remove()
         finish(outcome, result)
         return result.metrics["test_accuracy"]
+    except Stopped as stop:  # the run ended KILLED; its checkpoint is saved
+        record_failure(outcome, stop)
+        if sweep is not None and sweep.pid == str(os.getpid()):  # the sweep's own process was told to stop
+            outcome.status = INTERRUPTED
+            raise KeyboardInterrupt from stop
+        not_requeued = hand_over(stop)  # submitit's requeue exits here
+        if not_requeued:
+            outcome.error += f"; {not_requeued}"
+        if sweep is None:
+            sys.exit(1)
+        return None
     except KeyboardInterrupt:
         outcome.status = INTERRUPTED
         raise
@@ -85,6 +105,15 @@ def job_tags(config: Config, device: torch.device, sweep: SweepInfo | None) -> d
     if sweep is not None:
         tags.update({schema.SWEEP_ID: sweep.sweep_id, schema.SWEEP_MEMBER.format(sweep.sweep_id): "1"})
     return tags
+
+
+def job_checkpoint(config: Config, data: PreparedData, tags: dict[str, str]) -> Checkpointer:
+    """The job's checkpoint file, named like its resume key; its state if an earlier attempt of
+    this (config, seed, dataset, split) left one."""
+    key = {"config_key": tags[schema.CONFIG_KEY], "seed": config.seed, "fingerprint": data.fingerprint,
+           "split_hash": data.manifest_hash}
+    name = re.sub(r"[^\w.-]", "_", f"{config.tracking.experiment}-{key['config_key']}-{config.seed}.pt")
+    return Checkpointer(Path(config.paths.checkpoint_dir) / name, config.trainer.checkpoint_every, key)
 
 
 def skip_finished(config: Config, data: PreparedData, tags: dict[str, str], sweep: SweepInfo | None,
@@ -110,7 +139,7 @@ def finish(outcome: Outcome, result: RunResult) -> None:
 def record_failure(outcome: Outcome, err: Exception) -> None:
     """A sweep job's failure: into its outcome and the log; the sweep goes on."""
     outcome.error = f"{type(err).__name__}: {err}".splitlines()[0]
-    log.error("job failed: %s", outcome.error, exc_info=not isinstance(err, UserError))
+    log.error("job failed: %s", outcome.error, exc_info=not isinstance(err, UserError | Stopped))
 
 
 def load_data(config: Config) -> PreparedData:
@@ -119,13 +148,14 @@ def load_data(config: Config) -> PreparedData:
     return prepare(data_cfg)
 
 
-def train_and_record(config: Config, data: PreparedData, device: torch.device, recorder: Recorder) -> RunResult:
-    """The run: its data and inputs, fit(), the evaluations on the best state (test subgroups,
-    external sets), all recorded."""
+def train_and_record(config: Config, data: PreparedData, device: torch.device, recorder: Recorder,
+                     checkpoint: Checkpointer | None = None) -> RunResult:
+    """The run: its data and inputs, fit() (from ``checkpoint``'s state if it has one), the
+    evaluations on the best state (test subgroups, external sets), all recorded."""
     require_attributes(config.eval.subgroups, data.metadata)  # before minutes of training
     inputs = prepare_inputs(config, data)
     external = record_inputs(config, data, inputs, recorder)
-    result = fit(config, data, inputs, device, on_epoch=lambda row: record_epoch(recorder, row))
+    result = fit(config, data, inputs, device, on_epoch=lambda row: record_epoch(recorder, row), checkpoint=checkpoint)
     record_trained(config, data, inputs, result, recorder, external)
     return result
 

@@ -78,7 +78,7 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
             recorder.text("\n".join(" ".join(j) for j in plan.jobs) + "\n", "sweep/jobs.txt")
             recorder.text(OmegaConf.to_yaml(plan.primary, resolve=False), "sweep/multirun.yaml")
         record_references(recorder, references)
-        info = SweepInfo(sid, recorder.run_id, str(outcome_dir))
+        info = SweepInfo(sid, recorder.run_id, str(outcome_dir), str(os.getpid()))
         info.export()
         log.info("sweep %s: %d jobs, parent run %s", sid, len(plan.jobs), recorder.run_id)
         try:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 _ENV = {"sweep_id": "XRAY_ABLATE_SWEEP_ID", "parent_run_id": "XRAY_ABLATE_SWEEP_PARENT_RUN",
-        "outcome_dir": "XRAY_ABLATE_SWEEP_OUTCOMES"}
+        "outcome_dir": "XRAY_ABLATE_SWEEP_OUTCOMES", "pid": "XRAY_ABLATE_SWEEP_PID"}
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class SweepInfo:
     sweep_id: str
     parent_run_id: str
     outcome_dir: str  # one folder per invocation: a rerun must not read the last one's files
+    pid: str  # the sweep's process: a job running in it (the basic launcher) stops the whole sweep
 
     def export(self) -> None:
         # Environment variables reach joblib workers, submitit processes and SLURM jobs alike.

@@ -15,7 +15,7 @@ NON_SEMANTIC_TOP = ("paths", "tracking", "num_workers", "cache_verify", "threads
 NON_SEMANTIC_NESTED = (("dataset", "root"), ("dataset", "release"), ("dataset", "metadata"),
                        ("dataset", "metadata_key"),
                        ("quality", "report_dir"), ("quality", "device"), ("quality", "batch_size"),
-                       ("backbone", "download"))
+                       ("backbone", "download"), ("trainer", "checkpoint_every"))
 
 
 def semantic_config(config: Config, device_type: str) -> dict:

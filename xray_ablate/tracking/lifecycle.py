@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from mlflow.tracking import MlflowClient
 
+from xray_ablate.errors import Stopped
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.names import MAX_TAG_VALUE, safe_tags, safe_value
 from xray_ablate.tracking.recorder import Recorder
@@ -23,7 +24,8 @@ ERROR_TAG = "xray.error"
 @contextmanager
 def tracked_run(tracking, name: str, tags: dict[str, str], parent_run_id: str | None = None,
                 system_metrics: bool = False, reopen: str | None = None) -> Iterator[Recorder]:
-    """A run that ends FINISHED, or FAILED (KILLED on Ctrl-C) with the error tag and traceback.
+    """A run that ends FINISHED, or FAILED (KILLED on Ctrl-C or a stop signal) with the error tag and
+    traceback.
 
     ``tracking``: the tracking config (uri, experiment, artifact_root). ``reopen``: the id of a run
     to continue (a resumed sweep's parent) instead of creating one.
@@ -53,7 +55,7 @@ def tracked_run(tracking, name: str, tags: dict[str, str], parent_run_id: str | 
     except BaseException as err:
         recorder.tags({ERROR_TAG: safe_value(f"{type(err).__name__}: {err}", MAX_TAG_VALUE)})
         recorder.text(traceback.format_exc(), "error/traceback.txt")
-        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt | Stopped) else "FAILED")
         raise
     else:
         client.set_terminated(run_id, "FINISHED")

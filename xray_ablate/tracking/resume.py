@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.tracking import schema
@@ -13,11 +14,16 @@ from xray_ablate.tracking.lifecycle import ERROR_TAG
 from xray_ablate.tracking.store import connect
 
 log = logging.getLogger(__name__)
-HOST_TAG, PID_TAG = "xray.host", "xray.pid"
+HOST_TAG, PID_TAG, SLURM_TAG = "xray.host", "xray.pid", "xray.slurm_job"
 
 
 def process_tags() -> dict[str, str]:
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    """Where the run's process is: host and pid, and the SLURM job (array job_task) running it."""
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    if "SLURM_JOB_ID" in os.environ:
+        array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags[SLURM_TAG] = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
+    return tags
 
 
 def finished_run(tracking, config_key: str, seed: int, fingerprint: str, split_hash: str) -> str | None:
@@ -29,6 +35,15 @@ def finished_run(tracking, config_key: str, seed: int, fingerprint: str, split_h
              f"and tags.`{schema.SPLIT_HASH}` = '{split_hash}' and attributes.status = 'FINISHED'")
     runs = client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
+
+
+def resumable_run(tracking, run_id: str) -> str | None:
+    """``run_id`` when that run still exists and has not finished (a stopped run to continue)."""
+    try:
+        run = MlflowClient(tracking.uri).get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id if run.info.lifecycle_stage == "active" and run.info.status != "FINISHED" else None
 
 
 def mark_member(tracking, run_id: str, sweep_id: str) -> None:

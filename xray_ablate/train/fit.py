@@ -8,6 +8,7 @@ lowest validation loss, which is the one tested.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +25,14 @@ from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
 from xray_ablate.models import build_model
 from xray_ablate.train import metrics
+from xray_ablate.train.checkpoint import Checkpointer, TrainState
 from xray_ablate.train.device import seed_everything
 from xray_ablate.train.inputs import FitInputs
 from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
 from xray_ablate.train.optim import build_optimizer, build_schedule
 from xray_ablate.train.progress import Progress
 
+log = logging.getLogger(__name__)
 # Keep the images on the GPU when they take less than this share of its free memory.
 DEVICE_MEMORY_SHARE = 0.3
 
@@ -46,8 +49,9 @@ class RunResult:
 
 
 def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.device,
-        on_epoch: Callable[[dict], None] | None = None) -> RunResult:
-    """``on_epoch`` receives each epoch's history row as soon as it exists (live curves)."""
+        on_epoch: Callable[[dict], None] | None = None, checkpoint: Checkpointer | None = None) -> RunResult:
+    """``on_epoch`` receives each epoch's history row as soon as it exists (live curves).
+    ``checkpoint``: continue from its ``resume`` state, and hand it the state after every epoch."""
     seed_everything(config.seed, deterministic=config.trainer.deterministic)
     labels = data.table["label"].to_numpy()
     batches = {name: to_batches(data, getattr(inputs, name), device) for name in ("train", "val", "test")}
@@ -66,8 +70,16 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
                         type(schedule).__name__ if schedule else "constant")
 
     progress = Progress(trainer.epochs, trainer.early_stopping_patience)
-    started = time.perf_counter()
-    for epoch in range(1, trainer.epochs + 1):
+    first, stop, earlier_seconds = 1, False, 0.0
+    if checkpoint is not None and checkpoint.resume is not None:
+        state = checkpoint.resume
+        state.restore(model, optimizer, schedule, generator, progress)
+        first, stop, earlier_seconds = state.epoch + 1, state.stopped, state.seconds
+        log.info("resuming after epoch %d of %d", state.epoch, trainer.epochs)
+    started = time.perf_counter() - earlier_seconds
+    for epoch in range(first, trainer.epochs + 1):
+        if stop:
+            break
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(
             model, criterion, optimizer, batches["train"], trainer.batch_size, device, generator, augment,
@@ -77,10 +89,13 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
             schedule.step()
         stop = progress.record(epoch, train_loss, train_acc, val_loss, val_probs, labels[inputs.val], lr,
                                lambda: copy.deepcopy(model.state_dict()))
+        if checkpoint is not None:
+            checkpoint.keep(TrainState.capture(epoch, stop, time.perf_counter() - started, model, optimizer,
+                                               schedule, generator, progress))
         if on_epoch is not None:
             on_epoch(progress.last)
-        if stop:
-            break
+        if checkpoint is not None:
+            checkpoint.save_if_due()
     train_seconds = time.perf_counter() - started
 
     model.load_state_dict(progress.best_state)

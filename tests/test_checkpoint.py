@@ -1,0 +1,138 @@
+"""A stopped run resumes from its checkpoint and ends with the numbers of an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pandas as pd
+import pytest
+import torch
+from conftest import invoke_cli, mlflow_runs
+
+from xray_ablate.errors import Stopped
+from xray_ablate.sweep.job import load_data
+from xray_ablate.sweep.signals import hand_over, stop_on_signals
+from xray_ablate.train.checkpoint import Checkpointer
+from xray_ablate.train.fit import fit
+from xray_ablate.train.inputs import prepare_inputs
+
+TIMINGS = ("train_seconds", "train_images_per_second")
+# the cosine schedule, augmentation (the generator, on by default) and Adam's state all have to come back
+TRAINING = ("trainer.epochs=3", "trainer.lr_schedule=cosine")
+
+
+def _same_result(a, b) -> None:
+    pd.testing.assert_frame_equal(a.history, b.history)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    assert {k: v for k, v in a.metrics.items() if k not in TIMINGS} == \
+        {k: v for k, v in b.metrics.items() if k not in TIMINGS}
+    assert a.best_epoch == b.best_epoch
+
+
+@pytest.mark.parametrize("how", ["signal", "periodic"])
+def test_stopped_run_resumes_with_the_same_numbers(make_cfg, tmp_path, how):
+    """signal: SIGTERM at epoch 2 writes the checkpoint (checkpoint_every=0). periodic: a crash at
+    epoch 3 that writes nothing; checkpoint_every=2 left epoch 2 on disk."""
+    config = make_cfg(*TRAINING)
+    data = load_data(config)
+    inputs = prepare_inputs(config, data)
+    cpu = torch.device("cpu")
+    uninterrupted = fit(config, data, inputs, cpu)
+
+    path, key = tmp_path / "run.pt", {"config_key": "abc", "seed": 0}
+    every, stop_at = (0, 2) if how == "signal" else (2, 3)
+    first = Checkpointer(path, every, key)
+    assert first.resume is None
+
+    def stop(row: dict) -> None:
+        if row["epoch"] == stop_at:
+            if how == "signal":
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler raises Stopped here
+            raise RuntimeError("hard kill")
+
+    with pytest.raises(Stopped if how == "signal" else RuntimeError) as stopped, stop_on_signals(first.save):
+        fit(config, data, inputs, cpu, on_epoch=stop, checkpoint=first)
+    if how == "signal":
+        assert str(stopped.value) == "SIGTERM (cancelled, timed out or preempted): checkpoint after epoch 2"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+    again = Checkpointer(path, every, key)
+    assert again.resume.epoch == 2 and len(again.resume.progress["history"]) == 2
+    epochs_seen = []
+    resumed = fit(config, data, inputs, cpu, on_epoch=lambda row: epochs_seen.append(row["epoch"]), checkpoint=again)
+    assert epochs_seen == [3]  # only the epoch that was lost
+    _same_result(resumed, uninterrupted)
+
+    assert Checkpointer(path, every, {**key, "seed": 1}).resume is None  # another run's file is not used
+
+
+def test_submitits_signal_goes_on_to_submitit_after_the_run_has_ended():
+    """SIGUSR2 (submitit's): Stopped first, then the handler from before (submitit's requeue), whose
+    refusal is the reason returned; SIGTERM is not handed on."""
+    calls = []
+
+    def submitit_handler(signum, frame):
+        calls.append(signum)
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(Stopped) as stopped, stop_on_signals(lambda: None):
+            os.kill(os.getpid(), signal.SIGUSR2)
+        assert str(stopped.value) == "SIGUSR2 (time limit or preemption ahead): no epoch finished, nothing to keep"
+        assert calls == []  # nothing requeued while the run was still open
+        assert hand_over(stopped.value) == "Job not requeued because: timed-out too many times."
+        assert calls == [signal.SIGUSR2]
+        assert hand_over(Stopped(signal.SIGTERM, "x")) == "" and calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+@pytest.mark.slow
+def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, capsys, synthetic_root, cache_dir):
+    """A SIGTERM to a sweep whose job trains in its process (the basic launcher): the run ends
+    KILLED with the reason and the sweep stops as on Ctrl-C; the rerun continues the same MLflow
+    run from the checkpoint and finishes it with the metrics of an uninterrupted run (another
+    experiment, same config and seed). Jobs in their own processes (SLURM): tests/test_slurm.py."""
+    import xray_ablate.sweep.job as job
+
+    args = ("-m", f"dataset.root={synthetic_root}", "image_size=32", "backbone=cnn16_gap", "trainer.batch_size=8",
+            "seed=0", *TRAINING)
+    record_epoch = job.record_epoch
+
+    def term_at_2(recorder, row):
+        record_epoch(recorder, row)
+        if row["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(job, "record_epoch", term_at_2)
+    assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=stopped") == 130
+    assert "1 jobs: 0 finished, 0 skipped (already finished), 0 failed, 1 interrupted, 0 not started" in \
+        capsys.readouterr().out
+    (killed,) = mlflow_runs(tmp_path, "stopped")
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["xray.error"] == \
+        "Stopped: SIGTERM (cancelled, timed out or preempted): checkpoint after epoch 2"
+    assert list((cache_dir / "checkpoints").glob("stopped-*-0.pt"))
+
+    monkeypatch.setattr(job, "record_epoch", record_epoch)
+    assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=stopped") == 0
+    assert "1 jobs: 1 finished, 0 skipped (already finished), 0 failed" in capsys.readouterr().out
+    assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=straight") == 0
+    (resumed,) = mlflow_runs(tmp_path, "stopped")
+    (straight,) = mlflow_runs(tmp_path, "straight")
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert "xray.error" not in resumed.data.tags
+    assert not list((cache_dir / "checkpoints").glob("*.pt"))  # removed once finished
+    final = [k for k in straight.data.metrics if k.startswith(("test_", "best_", "val_"))]
+    assert final and {k: resumed.data.metrics[k] for k in final} == {k: straight.data.metrics[k] for k in final}
+
+
+def test_checkpoint_every_is_checked_and_does_not_change_the_config_key(make_cfg):
+    from xray_ablate.errors import UserError
+    from xray_ablate.tracking.keys import config_key
+
+    assert config_key(make_cfg("trainer.checkpoint_every=2"), "cpu") == config_key(make_cfg(), "cpu")
+    with pytest.raises(UserError, match=r"trainer.checkpoint_every must be >= 0, not -1"):
+        make_cfg("trainer.checkpoint_every=-1")

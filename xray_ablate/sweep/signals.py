@@ -1,0 +1,62 @@
+"""A job's answer to a scheduler's signals while it trains.
+
+SLURM sends SIGTERM on `scancel`, at the time limit and (on most clusters) on preemption, then
+SIGKILL after KillWait (30 s by default). submitit asks SLURM for SIGUSR2 (SUBMITIT_PREEMPT_SIGNAL)
+``signal_delay_s`` before the time limit; clusters set up for checkpointing send SIGUSR1 or SIGUSR2
+on preemption. Each of these writes the run's checkpoint and raises Stopped, so the run ends KILLED
+with the reason instead of staying RUNNING. After the run has ended, ``hand_over`` gives a SIGUSR1
+or SIGUSR2 to the handler from before, submitit's, which requeues the job (the requeued job
+resumes from the checkpoint) or says why not (timed out too often).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from xray_ablate.errors import Stopped
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+AHEAD = "time limit or preemption ahead"
+CAUSES = {signal.SIGTERM: "cancelled, timed out or preempted", signal.SIGUSR1: AHEAD, signal.SIGUSR2: AHEAD}
+
+
+@contextmanager
+def stop_on_signals(save: Callable[[], int | None]) -> Iterator[None]:
+    """Inside: SIGTERM, SIGUSR1 and SIGUSR2 call ``save`` (returns the checkpoint's epoch, or None)
+    and raise Stopped; the handlers from before are back afterwards. Off the main thread nothing changes
+    (Python runs signal handlers there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+
+    def handler(signum: int, frame) -> None:
+        for other in SIGNALS:  # SLURM may follow USR2 with TERM: one stop is enough
+            signal.signal(other, signal.SIG_IGN)
+        epoch = save()
+        kept = f"checkpoint after epoch {epoch}" if epoch else "no epoch finished, nothing to keep"
+        raise Stopped(signum, f"{signal.Signals(signum).name} ({CAUSES[signum]}): {kept}")
+
+    for signum in SIGNALS:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def hand_over(stop: Stopped) -> str:
+    """After the run has ended: pass a SIGUSR1/2 to the handler from before (submitit's requeues
+    the job and exits). The reason the job was not requeued, or '' when there is no such handler."""
+    old = signal.getsignal(stop.signum)
+    if stop.signum == signal.SIGTERM or not callable(old):
+        return ""
+    try:
+        old(stop.signum, None)
+    except Exception as err:  # submitit: "Job not requeued because: timed-out too many times."
+        return str(err).splitlines()[0]
+    return ""
