@@ -13,9 +13,11 @@ ARGS ?=  # extra overrides or flags, e.g. make run ARGS="repeats=5", make bench 
 install: $(STAMP)
 
 # Reinstall when the dependencies change. Pins: torch 2.14.1 / torchvision 0.29.1 (local wheels).
+# --no-compile: Python compiles what it imports on first use; compiling all of torch up front
+# costs the install about half its CPU time.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import torch, torchvision, xray_ablate" || (echo "install failed" >&2; exit 1)
 	@touch $(STAMP)
 

@@ -221,7 +221,7 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
         warnings=R.mixing_warnings(kept), notes=notes, reference=reference, n_runs=len(kept), run_table=table,
         power=T.power_table(table, settings), excluded=excluded,
         model=T.model_table(kept, baseline_key, settings),
-        factorial=T.factorial(kept, baseline_key, settings),
+        factorial=T.factorial(kept, baseline_key, settings, evidence),
         learning_warning=I.not_learned_warning(
             kept, dict(zip(table["config_key"], table["config"], strict=True))),
         references=I.references(I.class_shares(kept, evidence)),

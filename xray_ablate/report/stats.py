@@ -186,25 +186,26 @@ def seeds_needed(diff: float, sd: float, alpha: float = 0.05, power: float = 0.8
 
 # --- factorial designs ---------------------------------------------------------------------------
 
-def _cell_label(row: Sequence[str]) -> str:
+def cell_label(row: Sequence[str]) -> str:
     return " | ".join(map(str, row))
 
 
 def _cell_means_fit(data: pd.DataFrame, factors: Sequence[str], response: str):
     """OLS of the cell-means model (one indicator per factor combination, no intercept)."""
-    cells = data[list(factors)].astype(str).apply(_cell_label, axis=1)
+    cells = data[list(factors)].astype(str).apply(cell_label, axis=1)
     exog = pd.get_dummies(cells).astype(float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # no residual df: scale is NaN
         return OLS(data[response].astype(float).to_numpy(), exog).fit()
 
 
-def _contrast_rows(factors: Sequence[str], levels: Mapping[str, Sequence[str]],
-                   signs: Mapping[str, tuple[str, str]], names: Sequence[str]) -> np.ndarray:
-    """Weights over cells: +-1 per factor in ``signs`` (level, reference), averaged over the rest."""
+def contrast_weights(factors: Sequence[str], levels: Mapping[str, Sequence[str]],
+                     signs: Mapping[str, tuple[str, str]]) -> dict[str, float]:
+    """Weight per cell label: +-1 per factor in ``signs`` (level, reference), averaged over the
+    combinations of the other factors."""
     others = [f for f in factors if f not in signs]
     combos = list(itertools.product(*[levels[f] for f in others]))
-    weights = dict.fromkeys(names, 0.0)
+    weights: dict[str, float] = {}
     for combo in combos:
         fixed = dict(zip(others, combo, strict=True))
         for choice in itertools.product(*[(0, 1) for _ in signs]):
@@ -213,9 +214,15 @@ def _contrast_rows(factors: Sequence[str], levels: Mapping[str, Sequence[str]],
             for (factor, (hi, lo)), pick in zip(signs.items(), choice, strict=True):
                 level[factor] = hi if pick == 0 else lo
                 sign *= 1.0 if pick == 0 else -1.0
-            label = _cell_label([level[f] for f in factors])
-            weights[label] += sign / len(combos)
-    return np.array([[weights[n] for n in names]])
+            label = cell_label([level[f] for f in factors])
+            weights[label] = weights.get(label, 0.0) + sign / len(combos)
+    return weights
+
+
+def _contrast_rows(factors: Sequence[str], levels: Mapping[str, Sequence[str]],
+                   signs: Mapping[str, tuple[str, str]], names: Sequence[str]) -> np.ndarray:
+    weights = contrast_weights(factors, levels, signs)
+    return np.array([[weights.get(n, 0.0) for n in names]])
 
 
 def _contrast_record(fit, weights: np.ndarray, confidence: float) -> dict:
@@ -480,6 +487,25 @@ def total_difference(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95)
     estimate = float(ma.mean() - mb.mean()) if len(ma) and len(mb) else math.nan
     return _record(estimate, parts, float(image_variance(y)), y.shape[1],
                    len(common) if paired else min(len(ma), len(mb)), confidence)
+
+
+def total_contrast(cells: Mapping[str, pd.DataFrame], weights: Mapping[str, float],
+                   confidence: float = 0.95) -> TotalInterval:
+    """CI and p-value of a factorial contrast (a main effect or an interaction: sum over cells of
+    weight x cell mean) over new seeds and new test images.
+
+    ``cells``: cell label -> seeds x image ids of per-image scores. The contrast is taken per seed
+    and per image over the seeds every weighted cell ran (equal seeds share a split), so its
+    seed term is that of the seed-matched contrasts and its image term that of the per-image
+    contrasts, as for a paired difference. NaN bounds with fewer than 2 common seeds.
+    """
+    used = {c: cells[c] for c, w in weights.items() if w != 0}
+    seeds = sorted(set.intersection(*(set(frame.index) for frame in used.values()))) if used else []
+    if len(seeds) < 2:
+        return _record(math.nan, [(math.nan, 1)], math.nan, 0, len(seeds), confidence)
+    columns = sorted(set().union(*(frame.columns for frame in used.values())))
+    y = sum(weights[c] * frame.loc[seeds].reindex(columns=columns) for c, frame in used.items())
+    return total_interval(y, confidence)
 
 
 def _contribution_row(tested: pd.DataFrame, columns: pd.Index) -> np.ndarray:

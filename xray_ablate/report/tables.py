@@ -384,8 +384,11 @@ def crossed_design(runs: pd.DataFrame, baseline_key: str
     return None
 
 
-def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> Factorial | None:
-    """Main effects, two-way interactions and the ANOVA of a crossed design, else None."""
+def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings,
+              evidence: Evidence | None = None) -> Factorial | None:
+    """Main effects, two-way interactions and the ANOVA of a crossed design, else None. With
+    ``evidence`` (per-image predictions) each effect also gets its interval and p over seeds +
+    test images (``add_total_intervals``)."""
     design = crossed_design(runs, baseline_key)
     if design is None:
         return None
@@ -408,7 +411,39 @@ def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings) -> Fact
     anova = stats.anova_table(data, factors, m)
     for frame in (main, inter):
         frame["p_holm"] = stats.holm(frame["p"].to_numpy())
+    cells = _cell_scores(sub, factors, evidence, settings) if evidence is not None else None
+    add_total_intervals(main, inter, factors, cells, settings.confidence)
     return Factorial(factors, data, main, inter, anova, notes)
+
+
+def _cell_scores(sub: pd.DataFrame, factors: list[str], evidence: Evidence,
+                 settings: Settings) -> dict[str, pd.DataFrame] | None:
+    """Cell label -> seeds x images scores of its one configuration; None when a cell pools
+    several configurations or a run lacks predictions (no per-image evidence to add)."""
+    cells = {}
+    for levels, group in sub.groupby(factors):
+        keys = group["config_key"].unique()
+        scores = evidence.scores(group, keys[0], settings.metric, settings.scale) if len(keys) == 1 else None
+        if scores is None:
+            return None
+        cells[stats.cell_label([str(v) for v in levels])] = scores
+    return cells
+
+
+def add_total_intervals(main: pd.DataFrame, inter: pd.DataFrame, factors: list[str],
+                        cells: dict[str, pd.DataFrame] | None, confidence: float) -> None:
+    """total_low/high, p_total and p_total_holm (Holm within each frame) of every effect: the
+    seed-matched, image-matched contrast of stats.total_contrast; NaN without cells."""
+    levels = {f: sorted({label.split(" | ")[i] for label in cells}) for i, f in enumerate(factors)} if cells else {}
+    signs = {"main": lambda r: {r.factor: (r.level, r.reference)},
+             "inter": lambda r: {r.factor_a: (r.level_a, r.reference_a), r.factor_b: (r.level_b, r.reference_b)}}
+    for name, frame in (("main", main), ("inter", inter)):
+        totals = [stats.total_contrast(cells, stats.contrast_weights(factors, levels, signs[name](r)), confidence)
+                  if cells else None for r in frame.itertuples()]
+        frame["total_low"] = [t.low if t else math.nan for t in totals]
+        frame["total_high"] = [t.high if t else math.nan for t in totals]
+        frame["p_total"] = [t.pvalue if t else math.nan for t in totals]
+        frame["p_total_holm"] = stats.holm(frame["p_total"].to_numpy()) if len(frame) else []
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -590,6 +625,20 @@ def display_model_table(model: ModelTable) -> pd.DataFrame:
     return wide.rename_axis("metric (%)").reset_index()
 
 
+def _effect_intervals(frame: pd.DataFrame, level: str) -> dict[str, list[str]]:
+    """The seed-only columns (pooled residual of the cell-means model) and, where per-image
+    predictions exist, the columns over seeds + test images."""
+    out = {f"{level} CI {SEEDS_ONLY} (pooled)": [fmt_ci(a, b) for a, b in
+                                                  zip(frame["low"], frame["high"], strict=True)],
+           f"p {SEEDS_ONLY}": frame["p"].map(fmt_p).tolist(),
+           f"p {SEEDS_ONLY} (Holm)": frame["p_holm"].map(fmt_p).tolist()}
+    if "total_low" in frame and frame["total_low"].notna().any():
+        out |= {f"{level} CI {SEEDS_AND_IMAGES}": [fmt_ci(a, b) for a, b in
+                                                    zip(frame["total_low"], frame["total_high"], strict=True)],
+                f"p {SEEDS_AND_IMAGES} (Holm)": frame["p_total_holm"].map(fmt_p).tolist()}
+    return out
+
+
 def display_effects(main: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     level = f"{settings.confidence:.0%}"
     unit = settings.unit or "units"
@@ -597,8 +646,7 @@ def display_effects(main: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         "factor": main["factor"].map(factor_labels()),
         "effect": main["level"] + " − " + main["reference"],
         f"estimate ({unit})": main["estimate"].map(fmt),
-        f"{level} CI": [fmt_ci(a, b) for a, b in zip(main["low"], main["high"], strict=True)],
-        "p": main["p"].map(fmt_p), "p (Holm)": main["p_holm"].map(fmt_p),
+        **_effect_intervals(main, level),
     })
 
 
@@ -611,8 +659,7 @@ def display_interactions(inter: pd.DataFrame, settings: Settings) -> pd.DataFram
         "contrast": ("(" + inter["level_a"] + " − " + inter["reference_a"] + ") × ("
                      + inter["level_b"] + " − " + inter["reference_b"] + ")"),
         f"difference of differences ({unit})": inter["estimate"].map(fmt),
-        f"{level} CI": [fmt_ci(a, b) for a, b in zip(inter["low"], inter["high"], strict=True)],
-        "p": inter["p"].map(fmt_p), "p (Holm)": inter["p_holm"].map(fmt_p),
+        **_effect_intervals(inter, level),
     })
 
 

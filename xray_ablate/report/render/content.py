@@ -113,13 +113,18 @@ def summary(c: Content) -> list[str]:
     blocks += _power_summary(c, n)
     if c.factorial is not None:
         main = c.factorial.main
-        strong = main[main["p_holm"] < s.alpha]
+        total = "p_total_holm" in main and main["p_total_holm"].notna().any()
+        noise = "seed and test-sample noise" if total else "seed noise"
+        strong = main[main["p_total_holm" if total else "p_holm"] < s.alpha]
         if len(strong):
-            blocks.append("**Main effects distinguishable from seed noise:** " + "; ".join(
-                f"{factor_labels()[r.factor]} {r.level} − {r.reference} = {r.estimate:+.2f} {unit}"
-                for r in strong.itertuples()) + ".")
+            covers = f"; {s.confidence:.0%} CI over seeds and test images" if total else ""
+            blocks.append(f"**Main effects distinguishable from {noise}** (Holm p < {s.alpha:g}{covers}): "
+                          + "; ".join(
+                              f"{factor_labels()[r.factor]} {r.level} − {r.reference} = {r.estimate:+.2f} {unit}"
+                              + (f" {T.fmt_ci(r.total_low, r.total_high, 2)}" if total else "")
+                              for r in strong.itertuples()) + ".")
         elif main["p"].notna().any():
-            blocks.append("**Main effects:** none is distinguishable from seed noise.")
+            blocks.append(f"**Main effects:** none is distinguishable from {noise}.")
         else:
             blocks.append("**Main effects:** not testable, each factor combination has a single "
                           "run (no seed replication).")
@@ -218,7 +223,11 @@ def methods(c: Content) -> list[str]:
          "interaction of the crossed factors), so its residual is the same seed-to-seed variance "
          "and its main-effect p-values equal the contrasts'; rows for main effects and two-way "
          "interactions. Without seed replication (one run per combination) there is no residual: "
-         "effects come without CI or p and the ANOVA without F or p."),
+         "effects come without CI or p and the ANOVA without F or p. Over seeds + test images "
+         "(where every run logged predictions.csv): the same contrast taken per seed and per "
+         "test image over the seeds every cell ran, with the interval of Δ below (its seed term "
+         "from the seed-matched contrasts, df = seeds − 1, so it is wider than the pooled one "
+         "with few seeds); Holm within main effects and within interactions."),
         ("- What the intervals cover. **Over seeds** (t, bootstrap, paired/Welch Δ): with a "
          "fixed split every run is scored on the same test set, so these CIs, tests and power "
          "describe training-seed variability on that one test set; the sampling variability of "
