@@ -72,6 +72,7 @@ def test_the_job_state_poll_is_configurable_and_checked(make_cfg):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")  # one SLURM node: its two sweeps one after the other
 def test_a_slurm_sweep_finishes_and_a_rerun_skips_every_job(tmp_path, synthetic_root, mlflow_server, slurm):  # noqa: F811
     assert mlflow_server.startswith("http://127.0.0.1:")
     out = sweep(tmp_path, synthetic_root, mlflow_server, "seed=0,1", "trainer.epochs=1")
@@ -93,6 +94,7 @@ EPOCHS = 80
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
 def test_scancel_and_preemption_on_slurm(tmp_path, synthetic_root, mlflow_server, slurm):  # noqa: F811
     """seed 0 is cancelled while it trains (SIGTERM): its run ends KILLED with the reason and the
     sweep counts it failed. seed 1 gets submitit's SIGUSR2 (a preemption): it writes its checkpoint,
