@@ -138,7 +138,7 @@ def test_a_resumed_sweep_clears_the_parent_runs_error(monkeypatch, tmp_path, syn
 @pytest.mark.slow
 def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthetic_root):
     sweep_dir = tmp_path / "multirun" / "interrupted"
-    # 8 epochs (about 1 s a job): the SIGINT lands before the last job starts on a busy machine too
+    # 8 epochs a job: the SIGINT lands before the last job starts on a busy machine too
     # (pytest-xdist runs another test beside this one; with 3 epochs the sweep once ended first)
     proc = subprocess.Popen(_sweep_command(tmp_path, synthetic_root, sweep_dir, "dataset.mode=masked,raw",
                                            "seed=0,1", "trainer.epochs=8"),
