@@ -200,6 +200,7 @@ def test_a_renewed_claim_keeps_a_second_process_waiting_past_the_stale_time(make
     assert _claims(tracking) == []  # claims are deleted when let go
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_a_stale_claim_does_not_block(make_cfg):
     tracking = make_cfg().tracking
     experiment = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
