@@ -20,7 +20,7 @@ from xray_ablate.settings import project_root
 pytestmark = pytest.mark.slow
 TINY = ["trainer.epochs=1", "repeats=1", "num_workers=1", "tracking.log_checkpoint=false"]
 # for sweeps whose test asserts nothing of the saliency audit (tests/test_audit*.py, the demo, study_phase2
-# and study_pretrained run it): 32 audits are a third of the full factorial's time
+# and study_pretrained run it)
 NO_AUDIT = ["audit.enabled=false"]
 
 
