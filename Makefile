@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 run: install
 	$(PY) -m xray_ablate -m experiment=demo $(ARGS)
 
+# One pytest-xdist worker per core (TEST_WORKERS=0: all in this process).
+TEST_WORKERS ?= auto
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 bench: install
 	$(PY) -m xray_ablate.bench $(ARGS)

@@ -8,6 +8,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# Under pytest-xdist (make test: one worker per core) each worker's torch gets its share of the
+# cores, as the joblib launcher gives its jobs: oversubscribed OpenMP threads spin and slow all down.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
 import pytest
 
 import xray_ablate.config.schema  # noqa: F401  registers config_schema for every compose() in tests

@@ -19,6 +19,9 @@ from xray_ablate.settings import project_root
 
 pytestmark = pytest.mark.slow
 TINY = ["trainer.epochs=1", "repeats=1", "num_workers=1", "tracking.log_checkpoint=false"]
+# for sweeps whose test asserts nothing of the saliency audit (tests/test_audit*.py, the demo, study_phase2
+# and study_pretrained run it)
+NO_AUDIT = ["audit.enabled=false"]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_study_phase2_on_the_real_fixture(monkeypatch, tmp_path, capsys, fixture
 def test_study_phase2_full_factorial(monkeypatch, tmp_path, capsys, phantoms, brisque_weights):
     code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=study_phase2", "full_factorial=true",
                       f"dataset.root={phantoms}", "image_size=32", "backbone=cnn16_gap",
-                      "trainer.batch_size=16", *TINY)
+                      "trainer.batch_size=16", *TINY, *NO_AUDIT)
     assert code == 0
     check_sweep(tmp_path, capsys.readouterr().out, "study_phase2", 32)
     assert (tmp_path / "reports" / "study_phase2" / "anova.csv").is_file()
@@ -75,7 +78,7 @@ def test_study_phase2_full_factorial(monkeypatch, tmp_path, capsys, phantoms, br
 
 def test_learning_curve_experiment(monkeypatch, tmp_path, capsys, phantoms):
     code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=learning_curve", f"dataset.root={phantoms}",
-                      "image_size=32", "backbone=cnn16_gap", *TINY)
+                      "image_size=32", "backbone=cnn16_gap", *TINY, *NO_AUDIT)
     assert code == 0
     check_sweep(tmp_path, capsys.readouterr().out, "learning_curve", 8)
     fractions = {r.data.tags["factor.train_fraction"]: int(r.data.params["n_train"])
@@ -87,7 +90,7 @@ def test_learning_curve_experiment(monkeypatch, tmp_path, capsys, phantoms):
 
 def test_study_imbalance_experiment(monkeypatch, tmp_path, capsys, phantoms):
     code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=study_imbalance", f"dataset.root={phantoms}",
-                      "image_size=32", "backbone=cnn16_gap", "class_balance.max_per_class=3", *TINY)
+                      "image_size=32", "backbone=cnn16_gap", "class_balance.max_per_class=3", *TINY, *NO_AUDIT)
     assert code == 0
     check_sweep(tmp_path, capsys.readouterr().out, "study_imbalance", 8)
 

@@ -379,6 +379,7 @@ def test_real_fixture_scores_are_finite(fixture_scores):
     assert np.isfinite(scores["score"]).all()
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_jpeg_recompression_scores_worse(fixture_scores, tmp_path):
     data, scores = fixture_scores
     source = Path(data.table["image_path"][0])

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import mlflow_runs
+from filelock import FileLock
 
 from xray_ablate.data.synthetic import generate
 from xray_ablate.settings import project_root
@@ -22,20 +26,20 @@ ROOT = project_root()
 # README command (its first words) -> the test that runs it. A new command in the README fails
 # test_every_readme_command_is_run_by_a_test until it is added here with its test.
 COVERED = {
-    "make run": "test_make_run_report_quality_and_bench",
+    "make run": "test_make_run_and_report",
     "make test": ".ci/run",  # CI itself
     "make ui": "test_make_ui_and_server_answer_on_localhost",
     "make server": "test_make_ui_and_server_answer_on_localhost",
-    "make report": "test_make_run_report_quality_and_bench",
-    "make quality": "test_make_run_report_quality_and_bench",
-    "make bench": "test_make_run_report_quality_and_bench",
+    "make report": "test_make_run_and_report",
+    "make quality": "test_make_quality",
+    "make bench": "test_make_bench_smoke",
     "make weights": "test_fetch_downloads_with_a_progress_bar_and_prints_where_the_file_is",
-    "make install": "test_make_run_report_quality_and_bench",  # the prerequisite of every target
+    "make install": "test_make_run_and_report",  # the prerequisite of every target
     "python -m xray_ablate": "test_a_single_run_without_multirun_trains_seed_zero_once",
     "python -m xray_ablate -m": "test_sweep_runs_every_config_and_seed_once_and_resumes",
-    "python -m xray_ablate.report": "test_make_run_report_quality_and_bench",
+    "python -m xray_ablate.report": "test_make_run_and_report",
     "python -m xray_ablate.data": "test_summary_command_subprocess",
-    "python -m xray_ablate.quality": "test_make_run_report_quality_and_bench",
+    "python -m xray_ablate.quality": "test_make_quality",
     "python -m xray_ablate.models": "test_fetch_downloads_with_a_progress_bar_and_prints_where_the_file_is",
     "mlflow server": "test_joblib_workers_log_through_a_tracking_server",
 }
@@ -67,13 +71,23 @@ def test_every_readme_command_is_run_by_a_test():
             assert f"def {test}(" in tests, f"{test} (for `{command}`) does not exist"
 
 
+def install() -> None:
+    """`make install` once at a time: pytest-xdist workers run the make tests side by side, and two
+    pip installs into one .venv (after pyproject.toml changed) would collide."""
+    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+    lock = Path(tempfile.gettempdir()) / f"xray-ablate-install-{checkout}.lock"
+    with FileLock(str(lock)):
+        subprocess.run(["make", "-s", "-C", str(ROOT), "install"], check=True, capture_output=True, timeout=1800)
+
+
 def make(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    install()
     return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
-def test_make_run_report_quality_and_bench(tmp_path, brisque_weights):
+def test_make_run_and_report(tmp_path, brisque_weights):
     # `make run` at its real size (the demo a newcomer sees), only its files moved under tmp_path.
     done = make("run", f"ARGS=paths.root_dir={tmp_path}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -85,11 +99,18 @@ def test_make_run_report_quality_and_bench(tmp_path, brisque_weights):
     assert done.returncode == 0, done.stderr[-2000:]
     assert report.stat().st_mtime_ns > first  # written again from MLflow alone
 
+
+# make quality and make bench are tests of their own: under pytest-xdist they run beside make run.
+@pytest.mark.slow
+def test_make_quality(tmp_path, brisque_weights):
     phantoms = generate(tmp_path / "phantoms", n=12, seed=0, size=64)
     done = make("quality", f"ARGS=dataset.root={phantoms} paths.root_dir={tmp_path} num_workers=1")
     assert done.returncode == 0, done.stderr[-2000:]
     assert list((tmp_path / "reports" / "quality").rglob("quality.md"))
 
+
+@pytest.mark.slow
+def test_make_bench_smoke(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     done = make("bench", f"ARGS=--smoke --out {out}")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -132,6 +153,7 @@ def free_port() -> int:
 @pytest.mark.parametrize("target", ["ui", "server"])
 def test_make_ui_and_server_answer_on_localhost(tmp_path, target):
     port = free_port()
+    install()
     (tmp_path / "mlruns").mkdir()
     proc = subprocess.Popen(["make", "-s", "-C", str(ROOT), target, f"PORT={port}", f"MLRUNS={tmp_path / 'mlruns'}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -212,6 +212,7 @@ def test_fixture_references_recomputed(fx_refs, mode):
     assert lo < pixel.test.rate < hi
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_fixture_probe_sentence_and_masking(fx_refs):
     raw = {p.attribute: p for p in fx_refs["raw"][1].probes}
     masked = {p.attribute: p for p in fx_refs["masked"][1].probes}

@@ -193,6 +193,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["plain", "guarded"])
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_pool_workers_exit_when_their_parent_is_killed(kind, tmp_path):
     repo = str(Path(__file__).resolve().parents[1])
     out = tmp_path / "out.txt"

@@ -138,10 +138,13 @@ def test_a_resumed_sweep_clears_the_parent_runs_error(monkeypatch, tmp_path, syn
 @pytest.mark.slow
 def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthetic_root):
     sweep_dir = tmp_path / "multirun" / "interrupted"
+    # SIGINT's default action restored in the sweep: a shell starts a background job (pytest run
+    # with &) with SIGINT ignored, and the child would inherit that; a terminal's Ctrl-C is never ignored
     proc = subprocess.Popen(_sweep_command(tmp_path, synthetic_root, sweep_dir, "dataset.mode=masked,raw",
                                            "seed=0,1", "trainer.epochs=3"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "XRAY_ABLATE_CACHE": str(tmp_path / "cache")})
+                            env={**os.environ, "XRAY_ABLATE_CACHE": str(tmp_path / "cache")},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list((sweep_dir / "outcomes").glob("*/*.json")) and time.time() < deadline:
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
@@ -197,6 +200,7 @@ def test_a_renewed_claim_keeps_a_second_process_waiting_past_the_stale_time(make
     assert _claims(tracking) == []  # claims are deleted when let go
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_a_stale_claim_does_not_block(make_cfg):
     tracking = make_cfg().tracking
     experiment = connect(tracking.uri, tracking.experiment, tracking.artifact_root)

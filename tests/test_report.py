@@ -190,6 +190,7 @@ def test_run_table_rows_and_statistics_equal_scipy(tiny):
     assert math.isnan(vgg["p"]) and "n = 1" in vgg["note"]
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_dedup_and_integrity_in_the_report(tiny):
     _, folder = tiny
     runs = pd.read_csv(folder / "runs.csv")
@@ -204,6 +205,7 @@ def test_dedup_and_integrity_in_the_report(tiny):
     assert "oddsplit"[:8] in text and "Runs left out" in text
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_power_model_and_factorial_tables(tiny):
     _, folder = tiny
     power = pd.read_csv(folder / "power.csv").set_index("quantity")
@@ -266,6 +268,7 @@ def test_power_model_and_factorial_tables(tiny):
     assert inter.loc[0, "estimate"] == pytest.approx(dd)
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_every_output_exists_and_is_logged_to_mlflow(tiny):
     sweep, folder = tiny
     expected = {"report.md", "runs.csv", "forest.png", "accuracy_points.png",
@@ -554,6 +557,7 @@ class _Dom(HTMLParser):
             self._cell.append(data)
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_report_html_in_a_browser(tiny, tmp_path):
     """report.html as Chromium loads it: every table with its cells, figures as data: URIs, the
     contents linking to the sections."""

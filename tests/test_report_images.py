@@ -88,6 +88,7 @@ def test_learned_flags_count_and_warn_at_the_top(report):
     assert "class_weights=on seeds 0, 1, 2 (predicts healthy for 100% of test images)" in first
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_total_intervals_equal_the_statistics_on_the_predictions(report):
     folder, correct = report
     table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
@@ -118,6 +119,7 @@ def test_total_intervals_equal_the_statistics_on_the_predictions(report):
     assert "need ≥ 5 seeds per side" in text  # P(improvement) and bootstrap: 3 seeds only
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_mcnemar_variance_and_references(report):
     folder, correct = report
     mc = pd.read_csv(folder / "mcnemar.csv")

@@ -19,11 +19,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_sweep import mlflow_server, train_runs  # noqa: F401
 
+from xray_ablate.errors import UserError
 from xray_ablate.settings import project_root
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.resume import PID_TAG, SLURM_TAG
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +44,12 @@ def slurm() -> None:
 
 def sweep(root: Path, synthetic: Path, server: str, *args: str, wait: bool = True):
     """`python -m xray_ablate -m hydra/launcher=slurm_local ...` as a user types it; the SLURM jobs
-    run this checkout (PYTHONPATH) with this environment (sbatch passes it on)."""
+    run this checkout (PYTHONPATH) with this environment (sbatch passes it on). Job states are
+    polled every 2 s at most (sweep.slurm_poll_s), so a job that died is noticed in seconds."""
     command = [sys.executable, "-m", "xray_ablate", "-m", "hydra/launcher=slurm_local", f"paths.root_dir={root}",
                "dataset=masked", f"dataset.root={synthetic}", "image_size=32", "backbone=cnn16_gap",
                "trainer.batch_size=8", "tracking.system_metrics=false", "tracking.log_checkpoint=false",
-               f"tracking.uri={server}", *args]
+               f"tracking.uri={server}", "sweep.slurm_poll_s=2", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XRAY_ABLATE_CACHE": str(root / "cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -57,6 +57,22 @@ def sweep(root: Path, synthetic: Path, server: str, *args: str, wait: bool = Tru
     return process.communicate(timeout=600)[0] if wait else process
 
 
+def test_the_job_state_poll_is_configurable_and_checked(make_cfg):
+    from submitit.slurm.slurm import SlurmJob
+
+    from xray_ablate.sweep.launchers.slurm import StateWatcher, _quiet_jobs
+
+    default = SlurmJob.watcher
+    with _quiet_jobs(make_cfg("sweep.slurm_poll_s=2").sweep.slurm_poll_s):
+        assert isinstance(SlurmJob.watcher, StateWatcher) and SlurmJob.watcher._delay_s == 2
+    assert SlurmJob.watcher is default
+    assert make_cfg().sweep.slurm_poll_s == 60
+    with pytest.raises(UserError, match=r"sweep.slurm_poll_s must be >= 1, not 0"):
+        make_cfg("sweep.slurm_poll_s=0")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("slurm")  # one SLURM node: its two sweeps one after the other
 def test_a_slurm_sweep_finishes_and_a_rerun_skips_every_job(tmp_path, synthetic_root, mlflow_server, slurm):  # noqa: F811
     assert mlflow_server.startswith("http://127.0.0.1:")
     out = sweep(tmp_path, synthetic_root, mlflow_server, "seed=0,1", "trainer.epochs=1")
@@ -77,6 +93,8 @@ def test_a_slurm_sweep_finishes_and_a_rerun_skips_every_job(tmp_path, synthetic_
 EPOCHS = 80
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
 def test_scancel_and_preemption_on_slurm(tmp_path, synthetic_root, mlflow_server, slurm):  # noqa: F811
     """seed 0 is cancelled while it trains (SIGTERM): its run ends KILLED with the reason and the
     sweep counts it failed. seed 1 gets submitit's SIGUSR2 (a preemption): it writes its checkpoint,

@@ -189,6 +189,7 @@ def test_reported_losses_do_not_depend_on_class_weights(make_cfg):
     assert on["best_val_loss"] == pytest.approx(off["best_val_loss"])
 
 
+@pytest.mark.slow  # over 2.5 s: not in the inner loop
 def test_per_image_test_predictions_are_logged(make_cfg):
     cfg = make_cfg("tracking.log_checkpoint=false")
     run_id, results = _train(cfg)

@@ -306,6 +306,10 @@ class EvalConfig:
 class SweepConfig:
     report: bool = False  # build the report when the sweep ends
     design: Any = None  # experiments: named sweeper params (see experiments/study_phase2.yaml)
+    slurm_poll_s: int = 60  # hydra/launcher=slurm: longest wait between two job-state polls
+
+    def __post_init__(self):
+        _check(self.slurm_poll_s >= 1, "sweep.slurm_poll_s", ">= 1", self.slurm_poll_s)
 
 
 @dataclass

@@ -71,15 +71,16 @@ class StateWatcher(SlurmInfoWatcher):
 
 class SlurmLauncher(SubmititSlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        with _quiet_jobs():
+        with _quiet_jobs(int(self.config.sweep.slurm_poll_s)):
             return super().launch(job_overrides, initial_job_idx)
 
 
 @contextmanager
-def _quiet_jobs() -> Iterator[None]:
-    """submitit's SlurmJob, for this launch: StateWatcher, and a job without a result gives an
-    empty return (logged) instead of raising. Both are class attributes that the launcher's
-    executor uses; hydra-submitit-launcher offers no other way in."""
+def _quiet_jobs(poll_s: int) -> Iterator[None]:
+    """submitit's SlurmJob, for this launch: StateWatcher polling at most ``poll_s`` apart
+    (sweep.slurm_poll_s: how late a job that died without a result is noticed), and a job without
+    a result gives an empty return (logged) instead of raising. Both are class attributes that the
+    launcher's executor uses; hydra-submitit-launcher offers no other way in."""
     watcher, results = SlurmJob.watcher, SlurmJob.results
 
     def results_or_empty(job: SlurmJob) -> list:
@@ -89,7 +90,7 @@ def _quiet_jobs() -> Iterator[None]:
             log.error("SLURM job %s ended without a result (%s)", job.job_id, str(err).splitlines()[1])
             return [JobReturn(status=JobStatus.COMPLETED, _return_value=None)]
 
-    SlurmJob.watcher, SlurmJob.results = StateWatcher(), results_or_empty
+    SlurmJob.watcher, SlurmJob.results = StateWatcher(poll_s), results_or_empty
     try:
         yield
     finally:
