@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import invoke_cli, mlflow_runs
+from mlflow.tracking import MlflowClient
 
 from xray_ablate.errors import Stopped
 from xray_ablate.sweep.job import load_data
@@ -90,11 +91,14 @@ def test_submitits_signal_goes_on_to_submitit_after_the_run_has_ended():
 
 
 @pytest.mark.slow
-def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, capsys, synthetic_root, cache_dir):
+@pytest.mark.parametrize("logged", [True, False], ids=["after-logging", "while-logging"])
+def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, capsys, synthetic_root, cache_dir,
+                                                         logged):
     """A SIGTERM to a sweep whose job trains in its process (the basic launcher): the run ends
     KILLED with the reason and the sweep stops as on Ctrl-C; the rerun continues the same MLflow
     run from the checkpoint and finishes it with the metrics of an uninterrupted run (another
-    experiment, same config and seed). Jobs in their own processes (SLURM): tests/test_slurm.py."""
+    experiment, same config and seed), every epoch logged once, also when the signal landed
+    before epoch 2's metrics reached MLflow. Jobs in their own processes: tests/test_slurm.py."""
     import xray_ablate.sweep.job as job
 
     args = ("-m", f"dataset.root={synthetic_root}", "image_size=32", "backbone=cnn16_gap", "trainer.batch_size=8",
@@ -102,7 +106,8 @@ def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, 
     record_epoch = job.record_epoch
 
     def term_at_2(recorder, row):
-        record_epoch(recorder, row)
+        if logged or row["epoch"] != 2:
+            record_epoch(recorder, row)
         if row["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -127,6 +132,10 @@ def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, 
     assert not list((cache_dir / "checkpoints").glob("*.pt"))  # removed once finished
     final = [k for k in straight.data.metrics if k.startswith(("test_", "best_", "val_"))]
     assert final and {k: resumed.data.metrics[k] for k in final} == {k: straight.data.metrics[k] for k in final}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    curves = [sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train_loss"))
+              for r in (resumed, straight)]
+    assert curves[0] == curves[1] and [step for step, _ in curves[0]] == list(range(1, len(curves[0]) + 1))
 
 
 def test_checkpoint_every_is_checked_and_does_not_change_the_config_key(make_cfg):

@@ -31,7 +31,7 @@ from xray_ablate.tracking.claims import job_lock
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.results import record_result
-from xray_ablate.tracking.resume import finished_run, mark_member, process_tags, resumable_run
+from xray_ablate.tracking.resume import finished_run, logged_steps, mark_member, process_tags, resumable_run
 from xray_ablate.tracking.run_info import record_config, run_tags
 from xray_ablate.train.checkpoint import Checkpointer
 from xray_ablate.train.device import select_device
@@ -155,6 +155,8 @@ def train_and_record(config: Config, data: PreparedData, device: torch.device, r
     require_attributes(config.eval.subgroups, data.metadata)  # before minutes of training
     inputs = prepare_inputs(config, data)
     external = record_inputs(config, data, inputs, recorder)
+    if checkpoint is not None and checkpoint.resume is not None:
+        record_missing_epochs(config, recorder, checkpoint.resume.progress["history"])
     result = fit(config, data, inputs, device, on_epoch=lambda row: record_epoch(recorder, row), checkpoint=checkpoint)
     record_trained(config, data, inputs, result, recorder, external)
     return result
@@ -176,6 +178,15 @@ def record_inputs(config: Config, data: PreparedData, inputs: FitInputs, recorde
 
 def record_epoch(recorder: Recorder, row: dict) -> None:
     recorder.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+
+def record_missing_epochs(config: Config, recorder: Recorder, history: list[dict]) -> None:
+    """Log the checkpoint's epochs that the reopened run lacks: a signal can land after an epoch's
+    state was kept but before its metrics reached MLflow."""
+    logged = logged_steps(config.tracking, recorder.run_id, "train_loss")
+    for row in history:
+        if row["epoch"] not in logged:
+            record_epoch(recorder, row)
 
 
 def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result: RunResult,

@@ -46,6 +46,11 @@ def resumable_run(tracking, run_id: str) -> str | None:
     return run_id if run.info.lifecycle_stage == "active" and run.info.status != "FINISHED" else None
 
 
+def logged_steps(tracking, run_id: str, key: str) -> set[int]:
+    """The steps at which ``run_id`` logged the metric ``key`` (a resumed run's epochs so far)."""
+    return {m.step for m in MlflowClient(tracking.uri).get_metric_history(run_id, key)}
+
+
 def mark_member(tracking, run_id: str, sweep_id: str) -> None:
     """Count an earlier run as a member of this sweep (its report then sees it)."""
     MlflowClient(tracking.uri).set_tag(run_id, schema.SWEEP_MEMBER.format(sweep_id), "1")
