@@ -412,7 +412,8 @@ def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings,
     for frame in (main, inter):
         frame["p_holm"] = stats.holm(frame["p"].to_numpy())
     cells = _cell_scores(sub, factors, evidence, settings) if evidence is not None else None
-    add_total_intervals(main, inter, factors, cells, settings.confidence)
+    levels = {f: sorted(data[f].astype(str).unique()) for f in factors}
+    add_total_intervals(main, inter, factors, levels, cells, settings.confidence)
     return Factorial(factors, data, main, inter, anova, notes)
 
 
@@ -430,11 +431,10 @@ def _cell_scores(sub: pd.DataFrame, factors: list[str], evidence: Evidence,
     return cells
 
 
-def add_total_intervals(main: pd.DataFrame, inter: pd.DataFrame, factors: list[str],
+def add_total_intervals(main: pd.DataFrame, inter: pd.DataFrame, factors: list[str], levels: dict[str, list[str]],
                         cells: dict[str, pd.DataFrame] | None, confidence: float) -> None:
     """total_low/high, p_total and p_total_holm (Holm within each frame) of every effect: the
     seed-matched, image-matched contrast of stats.total_contrast; NaN without cells."""
-    levels = {f: sorted({label.split(" | ")[i] for label in cells}) for i, f in enumerate(factors)} if cells else {}
     signs = {"main": lambda r: {r.factor: (r.level, r.reference)},
              "inter": lambda r: {r.factor_a: (r.level_a, r.reference_a), r.factor_b: (r.level_b, r.reference_b)}}
     for name, frame in (("main", main), ("inter", inter)):
