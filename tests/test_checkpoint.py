@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from xray_ablate.errors import Stopped
 from xray_ablate.sweep.job import load_data
-from xray_ablate.sweep.signals import hand_over, stop_on_signals
+from xray_ablate.sweep.signals import hand_over, raise_pending, remember_ctrl_c, stop_on_signals
 from xray_ablate.train.checkpoint import Checkpointer
 from xray_ablate.train.fit import fit
 from xray_ablate.train.inputs import prepare_inputs
@@ -88,6 +89,33 @@ def test_submitits_signal_goes_on_to_submitit_after_the_run_has_ended():
         assert hand_over(Stopped(signal.SIGTERM, "x")) == "" and calls == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+class _SignalInFinalizer:
+    """Its __del__ runs the handler of ``signum``, as a signal landing in a garbage-collection
+    callback does; Python drops what __del__ raises."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        signal.getsignal(self.signum)(self.signum, None)
+
+
+@pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Stopped)])
+def test_a_stop_dropped_in_a_finalizer_is_raised_at_the_next_check(signum, stop, monkeypatch):
+    """The CI failure this guards: Ctrl-C landed in SQLAlchemy's weakref callback ("Exception ignored
+    in ... KeyboardInterrupt") and the sweep ran on to exit 0."""
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)  # where "Exception ignored" is printed
+    context = remember_ctrl_c() if signum == signal.SIGINT else stop_on_signals(lambda: 2)
+    with context:
+        _SignalInFinalizer(signum)  # garbage at once: its exception goes to the hook, not up here
+        assert [type(d.exc_value) for d in dropped] == [stop]
+        with pytest.raises(stop):
+            raise_pending()
+    raise_pending()  # the context has ended: nothing is pending any more
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.slow

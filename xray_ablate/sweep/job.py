@@ -24,7 +24,7 @@ from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.errors import Stopped, UserError
 from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, SKIPPED, Outcome
-from xray_ablate.sweep.signals import hand_over, stop_on_signals
+from xray_ablate.sweep.signals import hand_over, raise_pending, stop_on_signals
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.claims import job_lock
@@ -44,6 +44,7 @@ log = logging.getLogger("xray_ablate")
 
 def run_job(cfg: DictConfig) -> float | None:
     """Train one configuration. In a sweep, failures are recorded and the sweep goes on."""
+    raise_pending()  # a Ctrl-C dropped during the last job: this one is not started
     hydra_cfg = HydraConfig.get()
     sweep = SweepInfo.current() if hydra_cfg.mode == RunMode.MULTIRUN else None
     outcome = Outcome(job=int(hydra_cfg.job.num) if sweep else 0,  # hydra.job.num exists in sweeps only
@@ -178,6 +179,7 @@ def record_inputs(config: Config, data: PreparedData, inputs: FitInputs, recorde
 
 def record_epoch(recorder: Recorder, row: dict) -> None:
     recorder.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    raise_pending()
 
 
 def record_missing_epochs(config: Config, recorder: Recorder, history: list[dict]) -> None:

@@ -29,6 +29,7 @@ from xray_ablate.errors import UserError
 from xray_ablate.settings import CONFIG_DIR, data_config, ensure_synthetic
 from xray_ablate.sweep.evidence import dataset_references, record_references
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, SKIPPED, read_outcomes, summarize
+from xray_ablate.sweep.signals import raise_pending, remember_ctrl_c
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import links, schema
 from xray_ablate.tracking.lifecycle import tracked_run
@@ -82,7 +83,9 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
         info.export()
         log.info("sweep %s: %d jobs, parent run %s", sid, len(plan.jobs), recorder.run_id)
         try:
-            yield info
+            with remember_ctrl_c():
+                yield info
+                raise_pending()
         except KeyboardInterrupt:
             interrupted = True
             raise

@@ -7,6 +7,11 @@ on preemption. Each of these writes the run's checkpoint and raises Stopped, so 
 with the reason instead of staying RUNNING. After the run has ended, ``hand_over`` gives a SIGUSR1
 or SIGUSR2 to the handler from before, submitit's, which requeues the job (the requeued job
 resumes from the checkpoint) or says why not (timed out too often).
+
+Python drops an exception raised inside a garbage-collection callback or ``__del__`` (it prints
+"Exception ignored in ..." and goes on), and a signal's handler runs wherever the main thread is.
+So each handler here also leaves its exception pending, and ``raise_pending`` raises it again at the
+next epoch or job: a Ctrl-C or SIGTERM that lands in such a place still stops the work.
 """
 
 from __future__ import annotations
@@ -21,6 +26,34 @@ from xray_ablate.errors import Stopped
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 AHEAD = "time limit or preemption ahead"
 CAUSES = {signal.SIGTERM: "cancelled, timed out or preempted", signal.SIGUSR1: AHEAD, signal.SIGUSR2: AHEAD}
+_pending: dict[int, BaseException] = {}  # by signal, while the context that raised it is open
+
+
+def raise_pending() -> None:
+    """Raise again a stop whose handler's exception was dropped (see the module's docstring)."""
+    for stop in _pending.values():
+        raise stop
+
+
+@contextmanager
+def remember_ctrl_c() -> Iterator[None]:
+    """Inside, on the main thread: Ctrl-C raises KeyboardInterrupt as Python's own handler does, and
+    stays pending for ``raise_pending``. Where SIGINT is ignored (a background job) nothing changes."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def handler(signum: int, frame) -> None:
+        _pending[signum] = KeyboardInterrupt()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _pending.pop(signal.SIGINT, None)
 
 
 @contextmanager
@@ -38,7 +71,8 @@ def stop_on_signals(save: Callable[[], int | None]) -> Iterator[None]:
             signal.signal(other, signal.SIG_IGN)
         epoch = save()
         kept = f"checkpoint after epoch {epoch}" if epoch else "no epoch finished, nothing to keep"
-        raise Stopped(signum, f"{signal.Signals(signum).name} ({CAUSES[signum]}): {kept}")
+        _pending[signum] = Stopped(signum, f"{signal.Signals(signum).name} ({CAUSES[signum]}): {kept}")
+        raise _pending[signum]
 
     for signum in SIGNALS:
         signal.signal(signum, handler)
@@ -47,6 +81,7 @@ def stop_on_signals(save: Callable[[], int | None]) -> Iterator[None]:
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+            _pending.pop(signum, None)
 
 
 def hand_over(stop: Stopped) -> str:
