@@ -42,12 +42,15 @@ quality: install
 weights: install
 	$(PY) -m xray_ablate.models fetch $(BACKBONES)
 
+# MLflow's job runner (seven worker processes for its GenAI jobs) is off: this tool queues none.
+NO_JOBS := MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+
 ui: install
 	$(PY) -m xray_ablate.tracking.ui sqlite:///$(MLRUNS)/mlflow.db http://127.0.0.1:$(PORT)
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
+	$(NO_JOBS) $(VENV)/bin/mlflow ui --workers 1 --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
 
 server: install
-	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
+	$(NO_JOBS) $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
 
 lint: install
 	$(VENV)/bin/ruff check xray_ablate tests

@@ -42,6 +42,34 @@ def _isolate_logging():
     root.handlers[:] = root_handlers
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_schema_from_a_template(tmp_path_factory):
+    """MLflow builds each new SQLite store with its Alembic migrations (about 2 s); the tests make
+    hundreds. In this process, a new store gets the tables of one store migrated at the session's
+    start instead (SQLite's backup: the same schema, no rows); MLflow then goes on as with its own."""
+    import sqlite3
+
+    from mlflow.store.db import utils
+    from sqlalchemy import create_engine
+
+    template = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+    migrate = utils._initialize_tables
+    engine = create_engine(f"sqlite:///{template}")
+    migrate(engine)
+    engine.dispose()
+
+    def copy_template(engine) -> None:
+        path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+        if not path or path == ":memory:":
+            return migrate(engine)
+        with sqlite3.connect(template) as source, sqlite3.connect(path) as target:
+            source.backup(target)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(utils, "_initialize_tables", copy_template)
+        yield
+
+
 @pytest.fixture(scope="session")
 def fixture_root() -> Path:
     """The real Darwin fixture from $XRAY_ABLATE_FIXTURE; required under CI=true."""

@@ -42,9 +42,9 @@ def run(smoke: bool = False) -> list[Row]:
         wall, outcomes = _sweep(root, data, *tiny)
         overhead = (wall - sum(o.train_seconds for o in outcomes)) / len(outcomes)
 
-        work = (["image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", "seed=0,1"] if smoke else
-                ["image_size=96", "backbone=cnn16", "trainer.epochs=4", "seed=0,1"])
-        sequential, _ = _sweep(root, data, *work)
+        work = tiny if smoke else ["image_size=96", "backbone=cnn16", "trainer.epochs=4", "seed=0,1"]
+        # the smoke's tiny sweep is already 2 sequential jobs: not run twice
+        sequential = wall if smoke else _sweep(root, data, *work)[0]
         parallel, _ = _sweep(root, data, *work, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     cores = os.cpu_count()
     return [

@@ -9,8 +9,6 @@ quality/weights.py loaded and checked; it gives piq's scores exactly (tests/test
 from __future__ import annotations
 
 import torch
-from piq.brisque import _natural_scene_statistics, _rbf_kernel, _scale_features
-from piq.functional import imresize
 
 from xray_ablate.quality.weights import svm_weights
 
@@ -26,6 +24,11 @@ def brisque(x: torch.Tensor, kernel_size: int = 7, kernel_sigma: float = 7 / 6,
 
     As piq, degenerate images (constant, two flat halves) raise an AssertionError.
     """
+    # here, not at the top: piq imports torchvision (~1.5 s), which every process importing the
+    # config schema (through quality.filter) would pay
+    from piq.brisque import _natural_scene_statistics, _rbf_kernel, _scale_features
+    from piq.functional import imresize
+
     assert x.dim() == 4 and x.size(1) == 1, f"expected (N, 1, H, W) grayscale, got {tuple(x.shape)}"
     assert kernel_size % 2 == 1, f"Kernel size must be odd, got [{kernel_size}]"
     # As piq; not the identity in float32 for data_range 255, kept so that scores equal piq's.
