@@ -1,7 +1,8 @@
 """Every shipped experiment (experiments/*.yaml) runs end to end through the real command line.
 
 Tiny sizes: 64 px phantoms, one epoch, one seed. Each test asserts what a user would check: every
-job FINISHED, the sweep summary line, and a report with one row per configuration.
+job FINISHED, the sweep summary line, and a report with one row per configuration. The demo is run
+at its real size by `make run` (tests/test_readme_commands.py::test_make_run_and_report).
 """
 
 from __future__ import annotations
@@ -40,31 +41,17 @@ def check_sweep(root: Path, out: str, experiment: str, n_jobs: int) -> pd.DataFr
     return table
 
 
-def test_demo_experiment(monkeypatch, tmp_path, capsys):
-    code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=demo", "dataset.synthetic.n=40",
-                      "dataset.synthetic.size=64", *TINY)
-    assert code == 0
-    check_sweep(tmp_path, capsys.readouterr().out, "demo", 4)
-
-
-def test_study_phase2_one_factor_at_a_time(monkeypatch, tmp_path, capsys, phantoms, brisque_weights):
-    code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=study_phase2", f"dataset.root={phantoms}",
+def test_study_phase2_one_factor_at_a_time_on_the_real_fixture(monkeypatch, tmp_path, capsys, fixture_root,
+                                                                brisque_weights):
+    code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=study_phase2", f"dataset.root={fixture_root}",
                       "image_size=64", *TINY)
     assert code == 0
     table = check_sweep(tmp_path, capsys.readouterr().out, "study_phase2", 6)
     # one row per variant: the benchmark and five single-factor changes
-    runs = mlflow_runs(tmp_path, "study_phase2")
-    params = runs[0].data.params
+    params = mlflow_runs(tmp_path, "study_phase2")[0].data.params
     assert not any("+" in name for name in params), "config keys reach MLflow unsanitised"
     assert "sweep.design.one_at_a_time._variant" in params
     assert len(table) == 6
-
-
-def test_study_phase2_on_the_real_fixture(monkeypatch, tmp_path, capsys, fixture_root, brisque_weights):
-    code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=study_phase2", f"dataset.root={fixture_root}",
-                      "image_size=64", *TINY)
-    assert code == 0
-    check_sweep(tmp_path, capsys.readouterr().out, "study_phase2", 6)
 
 
 def test_study_phase2_full_factorial(monkeypatch, tmp_path, capsys, phantoms, brisque_weights):
@@ -134,7 +121,8 @@ def test_study_pretrained_with_standin_weights(monkeypatch, tmp_path, capsys, ph
 
 
 def test_every_shipped_experiment_has_a_test_and_a_readme():
-    here = Path(__file__).read_text()
+    # the demo runs at its real size through `make run` (tests/test_readme_commands.py)
+    here = Path(__file__).read_text() + (project_root() / "Makefile").read_text()
     for path in (project_root() / "experiments").glob("*.yaml"):
         assert f"experiment={path.stem}" in here, f"no test runs experiments/{path.name}"
         assert path.with_suffix(".md").is_file(), f"experiments/{path.stem}.md is missing"
