@@ -63,18 +63,6 @@ def test_study_phase2_full_factorial(monkeypatch, tmp_path, capsys, phantoms, br
     assert (tmp_path / "reports" / "study_phase2" / "anova.csv").is_file()
 
 
-def test_learning_curve_experiment(monkeypatch, tmp_path, capsys, phantoms):
-    code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=learning_curve", f"dataset.root={phantoms}",
-                      "image_size=32", "backbone=cnn16_gap", *TINY, *NO_AUDIT)
-    assert code == 0
-    check_sweep(tmp_path, capsys.readouterr().out, "learning_curve", 8)
-    fractions = {r.data.tags["factor.train_fraction"]: int(r.data.params["n_train"])
-                 for r in mlflow_runs(tmp_path, "learning_curve") if r.data.tags["factor.dataset"] == "masked"}
-    assert sorted(fractions) == ["0.125", "0.25", "0.5", "1.0"]
-    # nested subsets: never fewer images for a larger fraction (tiny data keeps >= 1 patient per class)
-    assert fractions["0.125"] <= fractions["0.25"] <= fractions["0.5"] < fractions["1.0"]
-
-
 def test_study_imbalance_experiment(monkeypatch, tmp_path, capsys, phantoms):
     code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=study_imbalance", f"dataset.root={phantoms}",
                       "image_size=32", "backbone=cnn16_gap", "class_balance.max_per_class=3", *TINY, *NO_AUDIT)
@@ -121,8 +109,10 @@ def test_study_pretrained_with_standin_weights(monkeypatch, tmp_path, capsys, ph
 
 
 def test_every_shipped_experiment_has_a_test_and_a_readme():
-    # the demo runs at its real size through `make run` (tests/test_readme_commands.py)
-    here = Path(__file__).read_text() + (project_root() / "Makefile").read_text()
+    # the demo runs at its real size through `make run` (tests/test_readme_commands.py), the learning
+    # curve on the real fixture in tests/test_report_curves.py
+    tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    here = tests + (project_root() / "Makefile").read_text()
     for path in (project_root() / "experiments").glob("*.yaml"):
         assert f"experiment={path.stem}" in here, f"no test runs experiments/{path.name}"
         assert path.with_suffix(".md").is_file(), f"experiments/{path.stem}.md is missing"

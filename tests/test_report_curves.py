@@ -182,7 +182,7 @@ def test_trade_off_sentence_names_the_leaders():
 @pytest.mark.slow
 def test_learning_curve_experiment_report_on_the_real_fixture(monkeypatch, tmp_path, capsys, fixture_root):
     code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=learning_curve", f"dataset.root={fixture_root}",
-                      "image_size=64", "trainer.epochs=1", "repeats=2", "num_workers=1",
+                      "image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", "repeats=2", "num_workers=1",
                       "tracking.log_checkpoint=false", "audit.enabled=false")  # 16 jobs: the audit is tested elsewhere
     assert code == 0, capsys.readouterr().out[-3000:]
     folder = tmp_path / "reports" / "learning_curve"
