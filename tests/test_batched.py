@@ -186,3 +186,28 @@ def artifacts(root, run) -> set[str]:
 
     client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     return {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_pack_too_wide_for_32_bit_indexing_runs_in_passes(make_cfg, no_dropout, monkeypatch):
+    """cnn16 at 200 px, batch 32: 26 members per pass (64 x 200 x 200 activations per image), so the
+    64-member pack that failed on a GPU runs in 3. Here: a limit small enough for one member per
+    pass, and the three members end as the one-pass pack does."""
+    from xray_ablate.config.schema import BackboneConfig
+    from xray_ablate.models import build_model
+    from xray_ablate.train import batched
+
+    cnn = build_model(BackboneConfig("cnn16"), 4, 200, normalize=True, train_stats=(0.5, 0.25)).to("meta")
+    assert batched._widest_activation(cnn, 200) == 64 * 200 * 200
+    assert batched.INDEX_LIMIT // (32 * 64 * 200 * 200) == 26
+
+    configs = [make_cfg("trainer.epochs=2", f"seed={seed}") for seed in range(3)]
+    _, _, one_pass = train(configs)
+    widest = batched._widest_activation(build_model(configs[0].backbone, 4, 32).to("meta"), 32)
+    monkeypatch.setattr(batched, "INDEX_LIMIT", widest * configs[0].trainer.batch_size)  # one member a pass
+    sizes, backward = [], batched._Stack._backward
+    monkeypatch.setattr(batched._Stack, "_backward", lambda self, live, *a: sizes.append(len(live)) or
+                        backward(self, live, *a))
+    _, _, passes = train(configs)
+    assert set(sizes) == {1} and len(sizes) % 3 == 0
+    for a, b in zip(one_pass, passes, strict=True):
+        assert_same_run(b, a)

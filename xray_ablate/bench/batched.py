@@ -61,11 +61,6 @@ def run(smoke: bool = False) -> list[Row]:
             except torch.OutOfMemoryError:
                 notes[k] = "out of memory"
                 torch.cuda.empty_cache()
-            except RuntimeError as err:  # e.g. a vmapped conv over more than 2**31 elements
-                if "32BitIndexMath" not in str(err):
-                    raise
-                notes[k] = "not runnable: one vmapped conv input exceeds 2**31 elements (32-bit indexing)"
-                torch.cuda.empty_cache()
     where = f"{torch.cuda.get_device_name(device)}, bf16 autocast" if device.type == "cuda" else "CPU"
     setting = (f"cnn16, {size} px, batch 32, {len(inputs.train)} training + {len(inputs.val)} validation "
                f"images ({n_images} synthetic phantoms), {epochs} epoch(s), augmentation on, {where}")

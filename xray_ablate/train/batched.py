@@ -15,6 +15,11 @@ per-tensor state, so that is K independent optimizers in one foreach call), whil
 batch this step (its epoch is shorter, it stopped early or diverged) has no gradient and is skipped
 exactly as torch.optim skips a parameter without one: no moment update, no step count. A member
 whose loss is NaN or infinite at an epoch's end fails alone; the rest go on.
+
+A pack runs in passes of at most ``_Stack.per_pass`` members: vmap makes one tensor of the members'
+activations, and CUDA's convolution kernels index tensors of up to 2**31 elements only (64 members
+of cnn16 at 200 px and batch 32 would need 5.2e9). Each pass accumulates its members' own
+gradients; the optimizers step once after the last pass, so the passes change no number.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from xray_ablate.train.loop import Batches, TrainingDiverged, to_input
 from xray_ablate.train.optim import OPTIMIZERS, SCHEDULES
 from xray_ablate.train.progress import Progress
 from xray_ablate.train.sampling import epoch_rows
+
+INDEX_LIMIT = 2**31 - 1  # elements of one tensor that 32-bit indexing reaches
 
 
 @dataclass
@@ -197,6 +204,8 @@ class _Stack:
 
         self.forward = vmap(forward, randomness="different")  # own inputs per member
         self.forward_shared = vmap(forward, in_dims=(0, 0, None), randomness="different")  # the same inputs
+        batch = max(m.batch_size for m in members)
+        self.per_pass = max(1, INDEX_LIMIT // (batch * _widest_activation(base, members[0].config.image_size)))
 
     def stacked(self, members: list[_Member]) -> tuple[dict, dict]:
         idx = torch.tensor([m.index for m in members], device=self.device)
@@ -210,24 +219,33 @@ class _Stack:
         y and mask (L, B). The summed loss and correct count per member (weighted mean loss as
         nn.CrossEntropyLoss(weight) computes it, times the batch size)."""
         self.base.train()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        sums = [self._backward(live[i:i + self.per_pass], x[i:i + self.per_pass], y[i:i + self.per_pass],
+                               mask[i:i + self.per_pass]) for i in range(0, len(live), self.per_pass)]
+        for optimizer in self.optimizers:  # members without a batch have no gradient: skipped
+            optimizer.step()
+        return torch.cat([loss for loss, _ in sums]), torch.cat([correct for _, correct in sums])
+
+    def _backward(self, live: list[_Member], x: torch.Tensor, y: torch.Tensor,
+                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of train_step: the members' gradients, their summed losses and correct counts."""
         params, buffers = self.stacked(live)
         with autocast(self.device, self.amp):
             logits = self.forward(params, buffers, x)
         nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
         w = torch.stack([m.loss_weights for m in live]).gather(1, y) * mask
         loss = (w * nll).sum(1) / w.sum(1)
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
-        for optimizer in self.optimizers:  # members without a batch have no gradient: skipped
-            optimizer.step()
-        n = mask.sum(1)
-        return loss.detach() * n, ((logits.argmax(-1) == y) & mask).sum(1)
+        return loss.detach() * mask.sum(1), ((logits.argmax(-1) == y) & mask).sum(1)
 
     @torch.no_grad()
     def evaluate(self, members: list[_Member], resident: Batches, split: str) -> dict[int, tuple]:
         """Per member: mean unweighted cross-entropy and class probabilities of its rows of a
         split, as train/loop.py evaluate() computes them."""
+        if len(members) > self.per_pass:
+            return {k: v for i in range(0, len(members), self.per_pass)
+                    for k, v in self.evaluate(members[i:i + self.per_pass], resident, split).items()}
         self.base.eval()
         params, buffers = self.stacked(members)
         rows = [m.positions[split] for m in members]
@@ -254,6 +272,21 @@ class _Stack:
         losses = loss_sum.tolist()
         return {m.index: (losses[i] / max(len(rows[i]), 1), probs[i, :len(rows[i])])
                 for i, m in enumerate(members)}
+
+
+def _widest_activation(base: nn.Module, image_size: int) -> int:
+    """Elements of the model's largest layer output for one image (shapes only: ``base`` is on
+    the meta device)."""
+    widest = [image_size * image_size]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: widest.append(out.numel() if torch.is_tensor(out) else 0))
+             for m in base.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            base.eval()(torch.empty(1, 1, image_size, image_size, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(widest)
 
 
 def _pad(chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
