@@ -1,14 +1,12 @@
 """Training-loop throughput: our loop against a bare PyTorch loop, and the cost of augmentation.
 
-Same cnn16 (channels_last, as fit() places it; and a contiguous NCHW copy, for what that layout
-gains), same in-memory uint8 tensors, same batch size, 200 px, on the CPU, in one process.
+Same cnn16, same in-memory uint8 tensors, same batch size, 200 px, on the CPU, in one process.
 The two loops alternate several times and the best epoch of each counts, which cancels most of
 the drift of a shared machine.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
@@ -17,7 +15,7 @@ from torch import nn
 from xray_ablate.bench.rows import Row
 from xray_ablate.config.schema import AugmentationConfig, BackboneConfig
 from xray_ablate.models import build_model
-from xray_ablate.train.device import autocast, place_model
+from xray_ablate.train.device import autocast
 from xray_ablate.train.loop import Batches, train_one_epoch
 
 COMMAND = "python -m xray_ablate.bench train"
@@ -54,20 +52,15 @@ def _device_rows(device: torch.device, n_images: int, size: int, rounds: int) ->
     images = torch.randint(0, 256, (n_images, 1, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 4, (n_images,), device=device)
     data = Batches(images, labels)
-    model = place_model(build_model(BackboneConfig("cnn16"), 4, size, normalize=True, train_stats=(0.5, 0.25)),
-                        device)  # as fit() places it; the bare loop trains the same model
-    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    model = build_model(BackboneConfig("cnn16"), 4, size, normalize=True, train_stats=(0.5, 0.25)).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    nchw_optimizer = torch.optim.Adam(nchw.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
 
     loops = {
         "bare": lambda: bare_epoch(model, criterion, optimizer, images, labels, generator, amp),
         "ours": lambda: train_one_epoch(model, criterion, optimizer, data, BATCH, device, generator,
                                         None, amp=amp),
-        "ours, NCHW": lambda: train_one_epoch(nchw, criterion, nchw_optimizer, data, BATCH, device, generator,
-                                              None, amp=amp),
         "ours+aug": lambda: train_one_epoch(model, criterion, optimizer, data, BATCH, device, generator,
                                             AugmentationConfig(), amp=amp),
     }
@@ -89,8 +82,6 @@ def _device_rows(device: torch.device, n_images: int, size: int, rounds: int) ->
     return [
         Row("train", "bare PyTorch loop" + tag, rate["bare"], "images/s", notes=setting, command=COMMAND),
         Row("train", "our loop (augmentation off)" + tag, rate["ours"], "images/s", notes=setting, command=COMMAND),
-        Row("train", "channels_last / NCHW model, our loop" + tag, rate["ours"] / rate["ours, NCHW"], "x",
-            command=COMMAND, notes=f"NCHW: {rate['ours, NCHW']:,.1f} images/s; train/device.py place_model"),
         Row("train", "our loop / bare loop" + tag, ratio, "x", ">= 0.97", ratio >= 0.97, COMMAND),
         Row("train", "our loop, augmentation on" + tag, rate["ours+aug"], "images/s", notes=setting,
             command=COMMAND),

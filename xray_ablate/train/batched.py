@@ -41,7 +41,7 @@ from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
 from xray_ablate.models import build_model
 from xray_ablate.train.augment import affine_theta, warp
-from xray_ablate.train.device import autocast, place_model, seed_everything
+from xray_ablate.train.device import autocast, seed_everything
 from xray_ablate.train.fit import RunResult, class_weights, run_params, run_result, to_batches
 from xray_ablate.train.inputs import FitInputs
 from xray_ablate.train.loop import Batches, TrainingDiverged, to_input
@@ -152,8 +152,8 @@ def _member(k: int, config: Config, inputs: FitInputs, labels: np.ndarray,
             rows: np.ndarray, device: torch.device) -> _Member:
     """The member's model, built right after seeding torch with its seed, as fit() does."""
     seed_everything(config.seed, deterministic=config.trainer.deterministic)
-    model = place_model(build_model(config.backbone, len(CLASSES), config.image_size,
-                                    config.normalization.enabled, inputs.norm_stats), device)
+    model = build_model(config.backbone, len(CLASSES), config.image_size, config.normalization.enabled,
+                        inputs.norm_stats).to(device)
     weights = class_weights(config.class_weights.weights, labels[inputs.train])
     loss_weights = torch.ones(len(CLASSES)) if weights is None else torch.tensor(weights, dtype=torch.float32)
     positions = {s: torch.from_numpy(np.searchsorted(rows, getattr(inputs, s))) for s in ("train", "val", "test")}

@@ -1,4 +1,4 @@
-"""Pick the device, place a model on it, and seed every random number generator a run uses."""
+"""Pick the device and seed every random number generator a run uses."""
 
 from __future__ import annotations
 
@@ -26,12 +26,6 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device={name} was asked for, but MPS is not available here")
     return device
-
-
-def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` on ``device`` in channels_last: its convolutions run in NHWC (oneDNN on the CPU, the
-    tensor-core kernels on CUDA); cnn16 trains 1.2-1.7x faster on this project's CPU (BENCHMARKS.md)."""
-    return model.to(device, memory_format=torch.channels_last)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
