@@ -90,7 +90,7 @@ def test_a_slurm_sweep_finishes_and_a_rerun_skips_every_job(tmp_path, synthetic_
     assert len(train_runs(mlflow_server)) == 2
 
 
-EPOCHS = 30  # each job still trains when its signal comes (an epoch takes about 0.3 s)
+EPOCHS = 30  # still training when signalled: each signal goes out once its job has logged an epoch
 
 
 @pytest.mark.slow
