@@ -211,3 +211,25 @@ def test_a_pack_too_wide_for_32_bit_indexing_runs_in_passes(make_cfg, no_dropout
     assert set(sizes) == {1} and len(sizes) % 3 == 0
     for a, b in zip(one_pass, passes, strict=True):
         assert_same_run(b, a)
+
+
+def test_a_step_that_does_not_compile_runs_eagerly_and_says_why(make_cfg, no_dropout, monkeypatch, caplog):
+    """compile=True where torch.compile fails at the first call: the pack trains eagerly, the runs
+    are those of the eager pack, and each run's batched_compile param holds the reason."""
+    from xray_ablate.train import batched
+
+    def broken(fn):
+        def call(*_args):
+            raise RuntimeError("inductor: no C++ compiler\nmore detail")
+        return call
+
+    configs = [make_cfg("trainer.epochs=1", f"seed={seed}") for seed in range(2)]
+    data, inputs, eager = train(configs)
+    monkeypatch.setattr(batched.torch, "compile", broken)
+    with caplog.at_level("WARNING", logger=batched.__name__):
+        compiled = fit_many(configs, data, inputs, CPU, compile=True)
+    reason = "failed, ran eagerly: RuntimeError: inductor: no C++ compiler"
+    assert [r.params.pop("batched_compile") for r in compiled] == [reason, reason]
+    assert caplog.text.count("torch.compile failed, running eagerly") == 1
+    for a, b in zip(eager, compiled, strict=True):
+        assert_same_run(b, a)

@@ -18,13 +18,20 @@ whose loss is NaN or infinite at an epoch's end fails alone; the rest go on.
 
 A pack runs in passes of at most ``_Stack.per_pass`` members: vmap makes one tensor of the members'
 activations, and CUDA's convolution kernels index tensors of up to 2**31 elements only (64 members
-of cnn16 at 200 px and batch 32 would need 5.2e9). Each pass accumulates its members' own
+of cnn16 at 200 px and batch 32 would need 5.2e9); on CUDA a probe step also caps a pass at what
+fits in ``memory_fraction`` of the free GPU memory. Each pass accumulates its members' own
 gradients; the optimizers step once after the last pass, so the passes change no number.
+
+``compile=True`` runs the training step's vmapped forward (and so its backward) through
+``torch.compile``, every batch padded to the full size so that one shape compiles once; evaluation
+stays eager. Where compiling fails, the pack goes on eagerly and says why (a warning, and each
+run's ``batched_compile`` param).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +56,9 @@ from xray_ablate.train.optim import OPTIMIZERS, SCHEDULES
 from xray_ablate.train.progress import Progress
 from xray_ablate.train.sampling import epoch_rows
 
+log = logging.getLogger(__name__)
 INDEX_LIMIT = 2**31 - 1  # elements of one tensor that 32-bit indexing reaches
+MEMORY_FRACTION = 0.8  # of the free GPU memory, for one pass
 
 
 @dataclass
@@ -87,7 +96,8 @@ def pack_key(config: Config) -> tuple:
 
 
 def fit_many(configs: list[Config], data: PreparedData, inputs: list[FitInputs], device: torch.device,
-             on_epoch: Callable[[int, dict], None] | None = None) -> list[RunResult | TrainingDiverged]:
+             on_epoch: Callable[[int, dict], None] | None = None, compile: bool = False,
+             memory_fraction: float = MEMORY_FRACTION) -> list[RunResult | TrainingDiverged]:
     """Train every (config, inputs) pair; one RunResult per member, or the TrainingDiverged that
     ended it. ``on_epoch(member, row)`` receives each epoch's history row."""
     if len(configs) != len(inputs) or not configs:
@@ -104,7 +114,7 @@ def fit_many(configs: list[Config], data: PreparedData, inputs: list[FitInputs],
         raise UserError(f"fit_many: backbone {configs[0].backbone.name} has BatchNorm, whose running "
                         "statistics cannot be vmapped; train it with the basic launcher")
     schedules = _optimizers(members)
-    step = _Stack(base, members, device, configs[0].trainer.amp)
+    step = _Stack(base, members, device, configs[0].trainer.amp, compile, memory_fraction)
 
     started = time.perf_counter()
     for epoch in range(1, max(c.trainer.epochs for c in configs) + 1):
@@ -144,7 +154,8 @@ def fit_many(configs: list[Config], data: PreparedData, inputs: list[FitInputs],
             continue
         losses = {name: scores[name][m.index][0] for name in scores}
         probs = {name: scores[name][m.index][1] for name in scores}
-        results.append(run_result(data, m.inputs, m.params, m.progress, m.train_seconds, losses, probs, m.model))
+        params = {**m.params, "batched_compile": step.compiled_status()} if compile else m.params
+        results.append(run_result(data, m.inputs, params, m.progress, m.train_seconds, losses, probs, m.model))
     return results
 
 
@@ -191,7 +202,8 @@ def _optimizers(members: list[_Member]) -> list:
 class _Stack:
     """The members' shared architecture under vmap over their stacked parameters."""
 
-    def __init__(self, base: nn.Module, members: list[_Member], device: torch.device, amp: bool):
+    def __init__(self, base: nn.Module, members: list[_Member], device: torch.device, amp: bool,
+                 compile: bool = False, memory_fraction: float = MEMORY_FRACTION):
         self.base, self.device, self.amp = base, device, amp
         self.named = {m.index: dict(m.model.named_parameters()) for m in members}
         # Buffers (Classifier's mean and std) never change: stacked once, picked per step.
@@ -204,8 +216,22 @@ class _Stack:
 
         self.forward = vmap(forward, randomness="different")  # own inputs per member
         self.forward_shared = vmap(forward, in_dims=(0, 0, None), randomness="different")  # the same inputs
+        # Evaluation (a tenth of an epoch's work) stays eager: each input shape is one more compile.
+        self.train_forward = _CompiledOrEager(self.forward, compile)
         batch = max(m.batch_size for m in members)
+        # A compiled step pads every batch to the full size: one shape, one compile.
+        self.pad_to = batch if compile else 0
         self.per_pass = max(1, INDEX_LIMIT // (batch * _widest_activation(base, members[0].config.image_size)))
+        if device.type == "cuda":
+            fits = int(memory_fraction * _free_memory(device) // _pass_memory_per_member(self, members[0]))
+            self.per_pass = max(1, min(self.per_pass, fits))
+            log.info("fit_many: %d members a pass (32-bit indexing and %.0f%% of free GPU memory)",
+                     self.per_pass, 100 * memory_fraction)
+
+    def compiled_status(self) -> str:
+        """on, or why torch.compile fell back to eager."""
+        failed = self.train_forward.failed
+        return f"failed, ran eagerly: {failed}" if failed else "on"
 
     def stacked(self, members: list[_Member]) -> tuple[dict, dict]:
         idx = torch.tensor([m.index for m in members], device=self.device)
@@ -232,7 +258,7 @@ class _Stack:
         """One pass of train_step: the members' gradients, their summed losses and correct counts."""
         params, buffers = self.stacked(live)
         with autocast(self.device, self.amp):
-            logits = self.forward(params, buffers, x)
+            logits = self.train_forward(params, buffers, x)
         nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
         w = torch.stack([m.loss_weights for m in live]).gather(1, y) * mask
         loss = (w * nll).sum(1) / w.sum(1)
@@ -274,6 +300,50 @@ class _Stack:
                 for i, m in enumerate(members)}
 
 
+class _CompiledOrEager:
+    """``torch.compile(fn)`` when asked for; the first failure (compiling happens at a call) is
+    logged once and every later call runs ``fn`` eagerly."""
+
+    def __init__(self, fn: Callable, compile: bool):
+        self.fn, self.compiled, self.failed = fn, torch.compile(fn) if compile else None, ""
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as err:  # torch.compile raises many types; eager is the fallback
+                self.compiled, self.failed = None, f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+                log.warning("fit_many: torch.compile failed, running eagerly: %s", self.failed)
+        return self.fn(*args)
+
+
+def _free_memory(device: torch.device) -> int:
+    """Bytes free on the GPU, counting blocks PyTorch's allocator holds but does not use."""
+    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def _pass_memory_per_member(stack: _Stack, member: _Member) -> int:
+    """Peak bytes one member adds to a training pass: one eager forward and backward of a copy of
+    its parameters on a blank batch (the random state is restored: the probe draws no number a
+    member would)."""
+    device = stack.device
+    params = {n: p.detach()[None].clone().requires_grad_(p.requires_grad)
+              for n, p in stack.named[member.index].items()}
+    buffers = {n: b[:1] for n, b in stack.buffers.items()}
+    size = member.config.image_size
+    x = torch.full((1, member.batch_size, 1, size, size), 0.5, device=device)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.random.fork_rng(devices=[device]):
+        stack.base.train()
+        with autocast(device, stack.amp):
+            logits = stack.forward(params, buffers, x)
+        logits.float().sum().backward()
+    del logits, params, x
+    return max(1, torch.cuda.max_memory_allocated(device) - before)
+
+
 def _widest_activation(base: nn.Module, image_size: int) -> int:
     """Elements of the model's largest layer output for one image (shapes only: ``base`` is on
     the meta device)."""
@@ -289,9 +359,9 @@ def _widest_activation(base: nn.Module, image_size: int) -> int:
     return max(widest)
 
 
-def _pad(chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows (L, B) padded with row 0, and which are real."""
-    width = max(len(c) for c in chunks)
+def _pad(chunks: list[torch.Tensor], width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (L, B) padded with row 0 to the longest chunk (or ``width``), and which are real."""
+    width = max(width, *(len(c) for c in chunks))
     idx = torch.zeros(len(chunks), width, dtype=torch.long)
     mask = torch.zeros(len(chunks), width, dtype=torch.bool)
     for i, c in enumerate(chunks):
@@ -318,7 +388,7 @@ def _train_epoch(stack: _Stack, members: list[_Member], resident: Batches) -> No
         live = [i for i, m in enumerate(members) if step < m.steps()]
         batches = [members[i].order[step * members[i].batch_size:(step + 1) * members[i].batch_size]
                    for i in live]
-        idx, mask = _pad([members[i].positions["train"][b] for i, b in zip(live, batches, strict=True)])
+        idx, mask = _pad([members[i].positions["train"][b] for i, b in zip(live, batches, strict=True)], stack.pad_to)
         x, y = _gather(resident, idx, device)
         _augment(x, [members[i] for i in live], [len(b) for b in batches])
         sums = stack.train_step([members[i] for i in live], x, y, mask.to(device))

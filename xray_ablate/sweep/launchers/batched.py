@@ -40,7 +40,7 @@ from xray_ablate.sweep.job import (
 from xray_ablate.sweep.outcomes import FAILED, Outcome
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking.lifecycle import tracked_run
-from xray_ablate.train.batched import fit_many, pack_key
+from xray_ablate.train.batched import MEMORY_FRACTION, fit_many, pack_key
 from xray_ablate.train.device import select_device
 from xray_ablate.train.inputs import FitInputs, prepare_inputs
 
@@ -64,11 +64,14 @@ class Member:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, members: int = 17, force: bool = False) -> None:
+    def __init__(self, members: int = 17, force: bool = False, compile: bool = False,
+                 memory_fraction: float = MEMORY_FRACTION) -> None:
         super().__init__()
         if members < 1:
             raise UserError(f"hydra.launcher.members must be at least 1, got {members}")
-        self.members, self.force = members, force
+        if not 0 < memory_fraction <= 1:
+            raise UserError(f"hydra.launcher.memory_fraction must be in (0, 1], got {memory_fraction}")
+        self.members, self.force, self.compile, self.memory_fraction = members, force, compile, memory_fraction
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
@@ -83,7 +86,7 @@ class BatchedLauncher(Launcher):
             device = select_device(pack[0].config.device)
             if device.type == "cuda" or self.force:
                 log.info("training %d jobs in one pack: %s", len(pack), ", ".join(str(j.idx) for j in pack))
-                returns.update(train_pack(pack, device))
+                returns.update(train_pack(pack, device, compile=self.compile, memory_fraction=self.memory_fraction))
             else:
                 for job in pack:
                     log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
@@ -111,7 +114,8 @@ def packs(jobs: list[Job], size: int) -> list[list[Job]]:
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
-def train_pack(jobs: list[Job], device) -> dict[int, JobReturn]:
+def train_pack(jobs: list[Job], device, compile: bool = False,
+               memory_fraction: float = MEMORY_FRACTION) -> dict[int, JobReturn]:
     """Train the pack's jobs with fit_many and record one run per member; returns per job."""
     sweep = SweepInfo.current()
     data = load_data(jobs[0].config)
@@ -128,8 +132,8 @@ def train_pack(jobs: list[Job], device) -> dict[int, JobReturn]:
             record_failure(outcome, err)
         outcome.write(Path(sweep.outcome_dir))
     try:
-        results = fit_many([m.job.config for m in members], data, [m.inputs for m in members], device) \
-            if members else []
+        results = fit_many([m.job.config for m in members], data, [m.inputs for m in members], device,
+                           compile=compile, memory_fraction=memory_fraction) if members else []
     except Exception as err:  # the whole pack failed (out of memory, say): every member records it
         results = [err] * len(members)
     for member, result in zip(members, results, strict=True):
