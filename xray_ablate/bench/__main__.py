@@ -8,6 +8,8 @@ import importlib
 import re
 from pathlib import Path
 
+import torch
+
 from xray_ablate.bench.rows import machine
 from xray_ablate.settings import project_root
 
@@ -21,23 +23,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=project_root() / "BENCHMARKS.md")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, to prove every suite runs (the figures mean nothing)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="batched: start no further variant after this many seconds (a lent GPU's time)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.suites) - set(SUITES))
     if unknown:
         parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     for suite in args.suites or SUITES:
-        rows = importlib.import_module(f"xray_ablate.bench.{suite}").run(smoke=args.smoke)
+        extra = {"budget_s": args.budget} if suite == "batched" else {}
+        rows = importlib.import_module(f"xray_ablate.bench.{suite}").run(smoke=args.smoke, **extra)
         for row in rows:
             print(row.markdown())
         _write_section(args.out, suite, rows)
 
 
 def _write_section(path: Path, suite: str, rows) -> None:
-    """Replace this suite's section of BENCHMARKS.md, keeping the others."""
+    """Replace this suite's section of BENCHMARKS.md, keeping the others. A run on a GPU machine
+    has its own section (``<suite>-cuda``), so CPU and GPU figures do not replace each other."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by `make bench`.\n"
-    start, end = f"<!-- {suite}:start -->", f"<!-- {suite}:end -->"
+    gpu = torch.cuda.is_available()
+    name, heading = (f"{suite}-cuda", f"{suite} on a GPU") if gpu else (suite, suite)
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     body = "\n".join([
-        start, f"## {suite}", "",
+        start, f"## {heading}", "",
         f"{dt.date.today().isoformat()}, {machine()}.", "",
         "| suite | what | value | target | met | command | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
