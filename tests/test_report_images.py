@@ -160,3 +160,22 @@ def test_report_metric_chooses_the_primary_metric(report, store, tmp_path):
     acc = pd.read_csv(folder / "run_table.csv").set_index("config_key")
     assert table.loc["base", "test_accuracy_ci_total_low"] == pytest.approx(acc.loc["base", "ci_total_low"])
     assert "## Run table (test ece)" in (ece / "report.md").read_text()
+
+
+def test_plots_take_a_degenerate_interval_a_rounding_off_its_centre(tmp_path):
+    """Every seed alike on every image: the interval is one point, computed apart from the mean
+    (predictions against logged metrics) and 1e-14 off it. Both plots draw it (seen in a tiny sweep,
+    where matplotlib refused the negative error-bar length and the report was not built)."""
+    from xray_ablate.report import plots
+    from xray_ablate.report.tables import Settings
+
+    mean = 100 * 2 / 7
+    table = pd.DataFrame({"config": ["baseline", "raw"], "config_key": ["a", "b"], "n_not_learned": [0, 0],
+                          "test_accuracy_mean": [mean, mean], "test_accuracy_sd": [0.0, 0.0],
+                          "ci_total_low": [mean + 1e-14] * 2, "ci_total_high": [mean - 1e-14] * 2,
+                          "test_accuracy_t_low": [mean] * 2, "test_accuracy_t_high": [mean] * 2,
+                          "delta": [0.0, 0.0], "delta_low": [0.0, 0.0], "delta_high": [0.0, 0.0],
+                          "delta_ci_total_low": [1e-14] * 2, "delta_ci_total_high": [-1e-14] * 2})
+    runs = pd.DataFrame({"config_key": ["a", "a", "b", "b"], "test_accuracy": [2 / 7] * 4, "learned": [True] * 4})
+    assert plots.points_plot(runs, table, Settings(), tmp_path / "points.png").stat().st_size > 0
+    assert plots.forest_plot(table, Settings(), tmp_path / "forest.png").stat().st_size > 0

@@ -65,7 +65,7 @@ def forest_plot(table: pd.DataFrame, settings: Settings, path: Path,
         low, high = (rows[c].to_numpy(float) for c in columns)
         ok = np.isfinite(low) & np.isfinite(high)
         if ok.any():
-            ax.errorbar(delta[ok], y[ok], xerr=[delta[ok] - low[ok], high[ok] - delta[ok]], fmt="none",
+            ax.errorbar(delta[ok], y[ok], xerr=_xerr(delta[ok], low[ok], high[ok]), fmt="none",
                         ecolor="C0", capsize=3, label=label, **style)
     bad = rows["n_not_learned"].fillna(0).to_numpy(float) > 0
     ax.plot(delta[~bad], y[~bad], "o", color="C0", label="Δ")
@@ -81,6 +81,13 @@ def forest_plot(table: pd.DataFrame, settings: Settings, path: Path,
     ax.set_title("Difference from the baseline")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small")
     return _save(fig, path)
+
+
+def _xerr(centre: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Error-bar lengths below and above ``centre``. The centre is the interval's own estimate,
+    computed apart (logged metrics against predictions): a degenerate interval (every seed equal,
+    every image alike) can sit 1e-14 off it, which matplotlib refuses as a negative length."""
+    return np.clip(np.stack([centre - low, high - centre]), 0, None)
 
 
 def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, path: Path,
@@ -112,8 +119,8 @@ def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, pat
                                                                                cfg[f"{m}_t_high"])
         label = f"mean, {settings.confidence:.0%} CI over seeds" + (" + test images" if total else "")
         if np.isfinite(low):
-            ax.errorbar([mean], [i + 0.3], xerr=[[mean - low], [high - mean]], fmt="D", color="C1",
-                        capsize=3, ms=5, label=None if label in shown else label)
+            ax.errorbar([mean], [i + 0.3], xerr=_xerr(np.array([mean]), np.array([low]), np.array([high])),
+                        fmt="D", color="C1", capsize=3, ms=5, label=None if label in shown else label)
             shown.add(label)
         else:
             ax.plot([mean], [i + 0.3], "D", color="C1", ms=5)
