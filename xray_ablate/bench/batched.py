@@ -13,6 +13,7 @@ each rate.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 import time
@@ -46,10 +47,10 @@ def run(smoke: bool = False, budget_s: float | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="xray-bench-batched-") as tmp:
         cache = [f"paths.cache_dir={tmp}"] if smoke else []  # the full set is kept in the project cache
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            configs = [to_config(compose("config", overrides=[
+            config = to_config(compose("config", overrides=[
                 "dataset=demo", f"dataset.synthetic.n={n_images}", f"dataset.synthetic.size={source_px}", *cache,
-                f"image_size={size}", "backbone=cnn16", f"trainer.epochs={EPOCHS}", f"seed={seed}"]))
-                for seed in range(max(k for k, _ in variants))]
+                f"image_size={size}", "backbone=cnn16", f"trainer.epochs={EPOCHS}"]))
+        configs = [dataclasses.replace(config, seed=seed) for seed in range(max(k for k, _ in variants))]
         ensure_synthetic(configs[0])
         data = prepare(data_config(configs[0]))
         inputs = prepare_inputs(configs[0], data)  # the seed does not change the rows here
@@ -57,7 +58,7 @@ def run(smoke: bool = False, budget_s: float | None = None) -> list[Row]:
 
         def sequential(clock: _Clock) -> None:
             for c in configs[:n_sequential]:
-                fit(c, data, inputs, device, on_epoch=lambda _row: clock.epoch_done(1))
+                fit(c, data, inputs, device, on_epoch=lambda _row: clock.epoch_done())
 
         measured = {"sequential": _timed(sequential, device)}
         print(f"sequential: {measured['sequential']}", flush=True)  # progress, in case the run is cut short
@@ -67,7 +68,7 @@ def run(smoke: bool = False, budget_s: float | None = None) -> list[Row]:
                 skipped.append((k, compiled))
                 continue
             measured[(k, compiled)] = _timed(lambda clock, k=k, compiled=compiled: fit_many(
-                configs[:k], data, [inputs] * k, device, on_epoch=lambda _m, _row: clock.epoch_done(1),
+                configs[:k], data, [inputs] * k, device, on_epoch=lambda _m, _row: clock.epoch_done(),
                 compile=compiled), device, members=k)
             print(f"K={k} compile={compiled}: {measured[(k, compiled)]}", flush=True)
     return _rows(measured, skipped, n_sequential, size, n_images, len(inputs.train), len(inputs.val), device)
@@ -79,8 +80,8 @@ class _Clock:
     def __init__(self, device: torch.device):
         self.device, self.ends, self.utilisation, self.stop = device, [], [], threading.Event()
 
-    def epoch_done(self, n: int) -> None:
-        self.ends += [time.perf_counter()] * n
+    def epoch_done(self) -> None:
+        self.ends.append(time.perf_counter())
 
     def sample(self) -> None:
         while not self.stop.wait(0.1):
