@@ -233,3 +233,20 @@ def test_a_step_that_does_not_compile_runs_eagerly_and_says_why(make_cfg, no_dro
     assert caplog.text.count("torch.compile failed, running eagerly") == 1
     for a, b in zip(eager, compiled, strict=True):
         assert_same_run(b, a)
+
+
+def test_the_bench_projects_the_table_from_sequential_and_the_best_batched_rate():
+    """9 x 17 runs x 15 epochs = 2,295 member-epochs at each rate; one row when sequential is best."""
+    from xray_ablate.bench import batched as bench
+
+    rate = {"setup": 1.0, "utilisation": None}
+    measured = {"sequential": {**rate, "rate": 2295 / 60 / 20}, (17, False): {**rate, "rate": 2295 / 60 / 30}}
+    rows = bench._rows(measured, [], 4, 200, 6500, 3411, 1138, CPU)
+    projected = [(r.what, r.value) for r in rows if r.what.startswith("projected")]
+    assert projected == [("projected 9 x 17 table, 15 epochs, sequential fit() (cpu)", pytest.approx(20))]
+    measured[(64, False)] = {**rate, "rate": 2295 / 60 / 8}
+    projected = [(r.what, r.value) for r in bench._rows(measured, [], 4, 200, 6500, 3411, 1138, CPU)
+                 if r.what.startswith("projected")]
+    assert projected == [("projected 9 x 17 table, 15 epochs, sequential fit() (cpu)", pytest.approx(20)),
+                         ("projected 9 x 17 table, 15 epochs, fit_many K=64, eager (cpu)", pytest.approx(8))]
+    assert not bench._rows(measured, [], 4, 64, 600, 314, 106, CPU)[-1].what.startswith("projected")

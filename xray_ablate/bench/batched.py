@@ -107,6 +107,8 @@ def _timed(train: Callable[[_Clock], object], device: torch.device, members: int
             torch.cuda.synchronize(device)
         total = time.perf_counter() - begun
         clock.stop.set()
+        if sampler.is_alive():
+            sampler.join()
     if error:
         return {"error": error}
     # fit(): one end per epoch per run; fit_many: one end per member per epoch. Per run (or pack),
@@ -114,7 +116,7 @@ def _timed(train: Callable[[_Clock], object], device: torch.device, members: int
     group = members * EPOCHS
     runs = [clock.ends[i:i + group] for i in range(0, len(clock.ends), group)]
     timed = sum(r[-1] - r[members - 1] for r in runs)
-    return {"rate": len(runs) * members / timed, "setup": (total - timed) / len(runs), "runs": len(runs),
+    return {"rate": len(runs) * members / timed, "setup": (total - timed) / len(runs),
             "utilisation": sum(clock.utilisation) / len(clock.utilisation) if clock.utilisation else None}
 
 
@@ -124,27 +126,32 @@ def _rows(measured: dict, skipped: list, n_sequential: int, size: int, n_images:
     setting = (f"cnn16, {size} px, batch 32, {n_train} training + {n_val} validation images ({n_images} "
                f"synthetic phantoms), augmentation on, {where}; rate of epoch 2 of 2")
     base = measured["sequential"]
-    rows = [_row(f"sequential fit() x {n_sequential}, eager ({device.type})", base, None, setting, 1)]
-    best = ("sequential fit()", base)
+    rows = [_row(f"sequential fit() x {n_sequential}, eager ({device.type})", base, None, setting)]
+    sequential = f"sequential fit() ({device.type})"
+    best = (sequential, base)
     for (k, compiled), m in ((key, m) for key, m in measured.items() if key != "sequential"):
-        what = f"fit_many K={k}, {'torch.compile' if compiled else 'eager'} ({device.type})"
-        rows.append(_row(what, m, base, "", k))
+        what = _variant(k, compiled, device)
+        rows.append(_row(what, m, base, ""))
         if "rate" in m and m["rate"] > best[1]["rate"]:
             best = (what, m)
     for k, compiled in skipped:
-        rows.append(Row("batched", f"fit_many K={k}, {'torch.compile' if compiled else 'eager'} ({device.type})",
-                        float("nan"), "member-epochs/s", command=COMMAND, notes="not run: the --budget was spent"))
+        rows.append(Row("batched", _variant(k, compiled, device), float("nan"), "member-epochs/s", command=COMMAND,
+                        notes="not run: the --budget was spent"))
     if size != FULL[2]:  # the projection holds for the study's image size only
         return rows
-    for name, m in (("sequential fit()", base), best) if best[0] != "sequential fit()" else (best,):
+    for name, m in dict([(sequential, base), best]).items():  # one row when sequential is best
         minutes = TABLE_RUNS * TABLE_EPOCHS / m["rate"] / 60
-        rows.append(Row("batched", f"projected 9 x 17 table, 15 epochs, {name} ({device.type})", minutes, "min",
+        rows.append(Row("batched", f"projected 9 x 17 table, 15 epochs, {name}", minutes, "min",
                         "< 10 min" if device.type == "cuda" else "", minutes < 10 if device.type == "cuda" else None,
                         COMMAND, "training epochs only, at the timed epoch's rate (no set-up, no MLflow)"))
     return rows
 
 
-def _row(what: str, m: dict, base: dict | None, setting: str, members: int) -> Row:
+def _variant(k: int, compiled: bool, device: torch.device) -> str:
+    return f"fit_many K={k}, {'torch.compile' if compiled else 'eager'} ({device.type})"
+
+
+def _row(what: str, m: dict, base: dict | None, setting: str) -> Row:
     if "error" in m:
         return Row("batched", what, float("nan"), "member-epochs/s", command=COMMAND, notes=m["error"])
     notes = [setting] if setting else []
