@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from xray_ablate.errors import Stopped
 from xray_ablate.sweep.job import load_data
 from xray_ablate.sweep.signals import hand_over, raise_pending, remember_ctrl_c, stop_on_signals
-from xray_ablate.train.checkpoint import Checkpointer
+from xray_ablate.train.checkpoint import Checkpointer, _numpy_state_from_tensors
 from xray_ablate.train.fit import fit
 from xray_ablate.train.inputs import prepare_inputs
 
@@ -178,3 +178,61 @@ def test_checkpoint_every_is_checked_and_does_not_change_the_config_key(make_cfg
     assert config_key(make_cfg("trainer.checkpoint_every=2"), "cpu") == config_key(make_cfg(), "cpu")
     with pytest.raises(UserError, match=r"trainer.checkpoint_every must be >= 0, not -1"):
         make_cfg("trainer.checkpoint_every=-1")
+
+
+class _WritesMarker:
+    """Unpickling this creates the marker file: a crafted resume checkpoint (issue 30)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _job_checkpoint_path(make_cfg, cache_dir, experiment: str, *overrides: str):
+    from xray_ablate.tracking.keys import config_key
+
+    return cache_dir / "checkpoints" / f"{experiment}-{config_key(make_cfg(*overrides), 'cpu')}-0.pt"
+
+
+@pytest.mark.parametrize("planted", ["crafted", "older-format"])
+def test_a_planted_checkpoint_is_never_unpickled_and_the_job_trains_from_the_start(
+        monkeypatch, tmp_path, capsys, make_cfg, synthetic_root, cache_dir, planted):
+    """A pickle that runs code, or a state in the format before plain tensors (NumPy arrays in it),
+    at a job's checkpoint path: neither is unpickled, one warning names the file, the run finishes."""
+    import numpy as np
+
+    overrides = ("image_size=32", "backbone=cnn16_gap", "trainer.batch_size=8", "trainer.epochs=1", "seed=0")
+    path = _job_checkpoint_path(make_cfg, cache_dir, "planted", *overrides)
+    path.parent.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    payload = _WritesMarker(marker) if planted == "crafted" else {"epoch": 1, "rng": {"numpy": np.random.get_state()}}
+    torch.save(payload, path)
+    assert invoke_cli(monkeypatch, tmp_path, "-m", f"dataset.root={synthetic_root}", *overrides,
+                      "tracking.experiment=planted") == 0
+    assert not marker.exists()
+    printed = capsys.readouterr()
+    warnings = [line.split(" - ", 1)[1] for line in (printed.out + printed.err).splitlines() if str(path) in line]
+    assert warnings == [f"checkpoint {path} holds objects other than tensors and plain values (an older format or "
+                        "a crafted file); not unpickled: training from the start"]
+    (run,) = mlflow_runs(tmp_path, "planted")
+    assert run.info.status == "FINISHED" and run.data.metrics["epochs_run"] == 1
+
+
+def test_a_written_checkpoint_holds_tensors_and_plain_values_only(make_cfg, tmp_path):
+    """What fit() keeps loads with weights_only=True, NumPy's generator state included."""
+    import numpy as np
+
+    config = make_cfg(*TRAINING)
+    data = load_data(config)
+    first = Checkpointer(tmp_path / "run.pt", 1, {"config_key": "abc", "seed": 0})
+    fit(config, data, prepare_inputs(config, data), torch.device("cpu"), checkpoint=first)
+    first.save()
+    expected = np.random.rand(3)
+    stored = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert stored["format"] == "xray-ablate-train-state/2" and stored["epoch"] == 3
+    resume = Checkpointer(tmp_path / "run.pt", 1, {"config_key": "abc", "seed": 0}).resume
+    assert resume is not None and resume.epoch == 3
+    np.random.set_state(_numpy_state_from_tensors(resume.rng["numpy"]))
+    assert np.array_equal(np.random.rand(3), expected)

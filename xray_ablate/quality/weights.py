@@ -2,7 +2,7 @@
 
 The project loads them itself with ``torch.load(weights_only=True)`` and hands the tensors to
 the score (quality/brisque.py): piq would fetch them through torch.hub, which unpickles with
-``weights_only=False`` and so runs whatever a crafted file holds, and never checks a hash.
+full unpickling and so runs whatever a crafted file holds, and never checks a hash.
 """
 
 from __future__ import annotations

@@ -5,12 +5,18 @@ scheduler's signal, a time limit, a hard kill) resumes where it was. No MLflow h
 A resumed run gives the same numbers as an uninterrupted one on the CPU: the state holds every
 source of randomness a run draws from after model construction (the data-order generator and the
 global torch, NumPy and Python generators), and is taken at an epoch boundary.
+
+Checkpoint folders sit on shared file systems, written by preempted jobs: the file holds tensors,
+plain containers and numbers only (the NumPy generator's state as a tensor), so it loads with
+``torch.load(weights_only=True)`` and a crafted file can never run code. A file in any other form,
+an older format's included, is ignored with a warning naming it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +29,7 @@ from xray_ablate.data.atomic import temp_path_beside
 from xray_ablate.train.progress import Progress
 
 log = logging.getLogger(__name__)
+FORMAT = "xray-ablate-train-state/2"  # written into every file; any other file is not resumed from
 
 
 @dataclass
@@ -42,7 +49,7 @@ class TrainState:
     def capture(epoch: int, stopped: bool, seconds: float, model: nn.Module, optimizer: torch.optim.Optimizer,
                 schedule, generator: torch.Generator, progress: Progress) -> TrainState:
         """A copy (on the CPU) that later training steps do not change."""
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        rng = {"torch": torch.get_rng_state(), "numpy": _numpy_state_as_tensors(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return TrainState(
@@ -59,7 +66,7 @@ class TrainState:
             schedule.load_state_dict(self.schedule)
         generator.set_state(self.generator)
         torch.set_rng_state(self.rng["torch"])
-        np.random.set_state(self.rng["numpy"])
+        np.random.set_state(_numpy_state_from_tensors(self.rng["numpy"]))
         random.setstate(self.rng["python"])
         if "cuda" in self.rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.rng["cuda"])
@@ -83,9 +90,17 @@ class Checkpointer:
         if not self.path.is_file():
             return None
         try:
-            state = TrainState(**torch.load(self.path, map_location="cpu", weights_only=False))
-        except Exception as err:  # a file cut short by a hard kill: start over
-            log.warning("checkpoint %s unreadable (%s): training from the start", self.path, err)
+            stored = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(stored, dict) or stored.pop("format", None) != FORMAT:
+                raise ValueError(f"not a {FORMAT} file")
+            state = TrainState(**stored)
+        except pickle.UnpicklingError:  # torch refused a global: a crafted file or the older format
+            log.warning("checkpoint %s holds objects other than tensors and plain values (an older format "
+                        "or a crafted file); not unpickled: training from the start", self.path)
+            return None
+        except Exception as err:  # cut short by a hard kill, another format, or not ours: start over
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning("checkpoint %s unreadable (%s): training from the start", self.path, reason)
             return None
         mismatch = {k: (state.meta.get(k), v) for k, v in self.meta.items() if state.meta.get(k) != v}
         if mismatch:
@@ -110,7 +125,7 @@ class Checkpointer:
             return None
         tmp = temp_path_beside(self.path)  # a kill while writing leaves the last whole file
         try:
-            torch.save(asdict(self.latest), tmp)
+            torch.save({"format": FORMAT, **asdict(self.latest)}, tmp)
             os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -119,6 +134,18 @@ class Checkpointer:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _numpy_state_as_tensors() -> dict:
+    """NumPy's global generator state with its key array as a tensor (weights_only loads no arrays)."""
+    state = np.random.get_state(legacy=False)
+    return {**state, "state": {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)),
+                               "pos": int(state["state"]["pos"])},
+            "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
+
+
+def _numpy_state_from_tensors(state: dict) -> dict:
+    return {**state, "state": {**state["state"], "key": state["state"]["key"].numpy().astype(np.uint32)}}
 
 
 def _cpu_copy(obj):
