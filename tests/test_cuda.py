@@ -108,3 +108,31 @@ def test_fit_many_on_cuda_compiled_and_in_memory_sized_passes(setup, monkeypatch
         assert result.predictions.filter(like="prob_").sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-3)
     print(f"\nfit_many on {torch.cuda.get_device_name(0)}: {per_member[0] / 2**20:.0f} MiB a member in a pass "
           f"(cnn16 64 px, batch 16)")
+
+
+def test_a_cuda_run_resumes_from_a_weights_only_checkpoint_with_the_same_numbers(setup, tmp_path):
+    """The checkpoint of a CUDA run (the CUDA generators' states among its tensors) loads with
+    weights_only=True, and a deterministic run stopped after epoch 1 ends as an uninterrupted one."""
+    from xray_ablate.train.checkpoint import Checkpointer
+
+    make, data = setup
+    config = make("trainer.deterministic=true", "trainer.epochs=2", "trainer.lr_schedule=cosine")
+    inputs = prepare_inputs(config, data)
+    straight = fit(config, data, inputs, CUDA)
+    key = {"config_key": "cuda", "seed": 0}
+    first = Checkpointer(tmp_path / "run.pt", 1, key)
+
+    def crash(row):
+        if row["epoch"] == 1:
+            first.save()
+            raise RuntimeError("hard kill")
+
+    with pytest.raises(RuntimeError):
+        fit(config, data, inputs, CUDA, on_epoch=crash, checkpoint=first)
+    stored = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert all(isinstance(s, torch.Tensor) for s in stored["rng"]["cuda"])
+    again = Checkpointer(tmp_path / "run.pt", 1, key)
+    assert again.resume is not None and again.resume.epoch == 1
+    resumed = fit(config, data, inputs, CUDA, checkpoint=again)
+    keys = [k for k in straight.metrics if k.startswith(("test_", "val_", "best_val"))]
+    assert {k: resumed.metrics[k] for k in keys} == {k: straight.metrics[k] for k in keys}

@@ -16,10 +16,10 @@ from conftest import invoke_cli
 
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.report import curves as C
-from xray_ablate.report import stats
 from xray_ablate.report import tables as T
 from xray_ablate.report.images import Evidence
 from xray_ablate.report.render.markdown import markdown
+from xray_ablate.stats import intervals
 
 SETTINGS = T.Settings(n_resamples=99)
 BASE = {"dataset": "masked", "train_fraction": "1.0", "class_weights": "off",
@@ -65,7 +65,7 @@ def test_learning_curve_table_one_row_per_fraction_and_curve():
     expected = [80 + 4 * np.log2(float(f)) - 5 * (d == "raw") for d in ("masked", "raw") for f in FRACTIONS]
     np.testing.assert_allclose(curve["test_accuracy_mean"], expected)
     # no predictions: the t-interval over the three seeds (sd 1 pp)
-    low, high = stats.t_interval(np.array([-1.0, 0.0, 1.0]) + 80, 0.95)
+    low, high = intervals.t_interval(np.array([-1.0, 0.0, 1.0]) + 80, 0.95)
     row = curve.iloc[3]
     assert (row["interval"], row["test_accuracy_low"], row["test_accuracy_high"]) == (
         C.OVER_SEEDS, pytest.approx(low), pytest.approx(high))
@@ -137,7 +137,7 @@ def test_per_class_table_from_logged_metrics():
     assert means.loc["k3", "test_accuracy_mean"] == pytest.approx(76)
     assert means.loc["k3", "test_balanced_accuracy_mean"] == pytest.approx(71)
     assert means.loc["k3", "test_recall_healthy_mean"] == pytest.approx(76 - 30)
-    low, high = stats.t_interval(np.array([75.0, 76, 77]) - 20, 0.95)
+    low, high = intervals.t_interval(np.array([75.0, 76, 77]) - 20, 0.95)
     assert (means.loc["k3", "test_recall_covid_low"], means.loc["k3", "test_recall_covid_high"]) == (
         pytest.approx(low), pytest.approx(high))
     shown = C.display_per_class(recall, SETTINGS)

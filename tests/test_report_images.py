@@ -11,7 +11,8 @@ import pytest
 from test_report import Sweep, make_cfg
 
 from xray_ablate.data.labels import CLASSES
-from xray_ablate.report import build_report, stats
+from xray_ablate.report import build_report
+from xray_ablate.stats import intervals
 from xray_ablate.tracking import schema
 
 N_IMAGES = 200
@@ -93,7 +94,7 @@ def test_total_intervals_equal_the_statistics_on_the_predictions(report):
     folder, correct = report
     table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
     base = _matrix(correct, "base")
-    ci = stats.total_interval(base)
+    ci = intervals.total_interval(base)
     assert (table.loc["base", "ci_total_low"], table.loc["base", "ci_total_high"]) == pytest.approx(
         (ci.low, ci.high))
     # Consistent per-image difficulty: the 200 test images add about as much SE as the seeds, and
@@ -102,12 +103,12 @@ def test_total_intervals_equal_the_statistics_on_the_predictions(report):
     assert ci.high - ci.low >= table.loc["base", "test_accuracy_t_high"] - table.loc["base", "test_accuracy_t_low"]
     assert table.loc["base", "se_image"] == pytest.approx(ci.se_image)
     for key in ("good", "flat"):
-        diff = stats.total_difference(_matrix(correct, key), base)
+        diff = intervals.total_difference(_matrix(correct, key), base)
         row = table.loc[key]
         assert (row["delta_ci_total_low"], row["delta_ci_total_high"]) == pytest.approx((diff.low, diff.high))
         assert row["p_total"] == pytest.approx(diff.pvalue)
     assert table["p_total_holm"].iloc[1:].to_numpy() == pytest.approx(
-        stats.holm(table["p_total"].iloc[1:].to_numpy()))
+        intervals.holm(table["p_total"].iloc[1:].to_numpy()))
     for metric in ("test_balanced_accuracy", "test_roc_auc_ovr", "test_ece"):
         assert np.isfinite(table.loc["base", f"{metric}_ci_total_low"]), metric
     columns = list(table.columns)
@@ -125,10 +126,10 @@ def test_mcnemar_variance_and_references(report):
     mc = pd.read_csv(folder / "mcnemar.csv")
     assert len(mc) == 6  # 2 configurations x 3 seeds
     row = mc[(mc["config_key"] == "flat") & (mc["seed"] == 1)].iloc[0]
-    a, b, p = stats.mcnemar_exact(correct["flat", 1].astype(bool), correct["base", 1].astype(bool))
+    a, b, p = intervals.mcnemar_exact(correct["flat", 1].astype(bool), correct["base", 1].astype(bool))
     assert (row["only_config_right"], row["only_baseline_right"], row["p_exact"]) == (a, b, pytest.approx(p))
     variance = pd.read_csv(folder / "variance.csv").set_index("quantity").iloc[:, 0]
-    split = stats.variance_split(_matrix(correct, "base"))
+    split = intervals.variance_split(_matrix(correct, "base"))
     assert variance.iloc[0] == pytest.approx(split.seed_sd)
     assert variance.iloc[1] == pytest.approx(split.test_sample_sd)
     acc = correct["base", 0].mean()

@@ -12,7 +12,7 @@ from scipy import stats as st
 from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
-from xray_ablate.report import stats
+from xray_ablate.stats import intervals
 from xray_ablate.train.metrics import learning_check
 
 # Population: image difficulty on the logit scale (most images nearly always right or wrong,
@@ -38,8 +38,8 @@ def _draw(rng, reps: int, seeds: int, images: int, seed_sd: float):
 
 def _total_arrays(y, confidence=0.95):
     means = y.mean(axis=-1)
-    return stats.welch_satterthwaite_t(means.mean(-1), [stats.seed_variance(means),
-                                                        stats.image_variance(y)],
+    return intervals.welch_satterthwaite_t(means.mean(-1), [intervals.seed_variance(means),
+                                                        intervals.image_variance(y)],
                                        [y.shape[-2] - 1, y.shape[-1] - 1], confidence)
 
 
@@ -68,9 +68,9 @@ def test_total_interval_covers_the_population_value_in_every_regime(capsys):
             low, high = _seed_only(b.mean(-1) - a.mean(-1))
             hits["Δ seed-only"] += np.sum((low <= truth_b - truth_a) & (truth_b - truth_a <= high))
             if chunk == 0:  # the DataFrame functions the report calls give the same interval
-                one = stats.total_interval(pd.DataFrame(a[0]))
+                one = intervals.total_interval(pd.DataFrame(a[0]))
                 assert (one.low, one.high) == pytest.approx(_total_arrays(a[0])[:2])
-                diff = stats.total_difference(pd.DataFrame(b[0]), pd.DataFrame(a[0]))
+                diff = intervals.total_difference(pd.DataFrame(b[0]), pd.DataFrame(a[0]))
                 assert (diff.low, diff.high) == pytest.approx(_total_arrays(b[0] - a[0])[:2])
         rows.append({"seeds": seeds, "images": images, "seed sd (pp)": seed_pp,
                      **{k: v / reps for k, v in hits.items()}})
@@ -89,14 +89,14 @@ def test_total_interval_covers_the_population_value_in_every_regime(capsys):
 def test_factorial_contrasts_over_seeds_and_images_cover_the_population_effects(capsys):
     """A 2 x 2 design (A: shift 0.4 on the logit scale, B: 0.2, AB: -0.3) on one test set per
     replicate: the main effect of A and the interaction, taken per seed and per image
-    (stats.total_contrast), cover the population values about 95 % of the time."""
+    (intervals.total_contrast), cover the population values about 95 % of the time."""
     rng = np.random.default_rng(7)
     shift = {"a0 | b0": 0.0, "a1 | b0": 0.4, "a0 | b1": 0.2, "a1 | b1": 0.3}
     sd, reps = 0.03, 800
     truth = {cell: _truth(v, sd) for cell, v in shift.items()}
     effects = {
-        "A": stats.contrast_weights(["A", "B"], {"A": ["a0", "a1"], "B": ["b0", "b1"]}, {"A": ("a1", "a0")}),
-        "AB": stats.contrast_weights(["A", "B"], {"A": ["a0", "a1"], "B": ["b0", "b1"]},
+        "A": intervals.contrast_weights(["A", "B"], {"A": ["a0", "a1"], "B": ["b0", "b1"]}, {"A": ("a1", "a0")}),
+        "AB": intervals.contrast_weights(["A", "B"], {"A": ["a0", "a1"], "B": ["b0", "b1"]},
                                      {"A": ("a1", "a0"), "B": ("b1", "b0")}),
     }
     assert effects["A"] == {"a1 | b0": 0.5, "a0 | b0": -0.5, "a1 | b1": 0.5, "a0 | b1": -0.5}
@@ -115,7 +115,7 @@ def test_factorial_contrasts_over_seeds_and_images_cover_the_population_effects(
                 low, high, _, _ = _total_arrays(y)
                 hits[name] += np.sum((low <= target) & (target <= high))
                 if chunk == 0:  # the DataFrame function the report calls gives the same interval
-                    one = stats.total_contrast({c: pd.DataFrame(d[0]) for c, d in draws.items()}, weights)
+                    one = intervals.total_contrast({c: pd.DataFrame(d[0]) for c, d in draws.items()}, weights)
                     assert (one.low, one.high) == pytest.approx(_total_arrays(y[0])[:2])
         rows.append({"seeds": seeds, "images": images, **{k: v / reps for k, v in hits.items()}})
     table = pd.DataFrame(rows)
@@ -126,7 +126,7 @@ def test_factorial_contrasts_over_seeds_and_images_cover_the_population_effects(
 
 def test_factorial_contrast_needs_two_common_seeds():
     cells = {"x": pd.DataFrame([[1.0, 0.0]], index=[0]), "y": pd.DataFrame([[1.0, 1.0]], index=[0])}
-    assert math.isnan(stats.total_contrast(cells, {"x": 1.0, "y": -1.0}).low)
+    assert math.isnan(intervals.total_contrast(cells, {"x": 1.0, "y": -1.0}).low)
 
 
 def _predictions(rng, n=80, classes=4, skill=1.5):
@@ -142,23 +142,23 @@ def test_image_scores_average_to_the_metric_and_give_the_jackknife_variance():
 
     labels, probs = _predictions(np.random.default_rng(1))
     pred = probs.argmax(1)
-    assert stats.image_scores(labels, probs, "accuracy").mean() == pytest.approx((pred == labels).mean())
-    assert stats.image_scores(labels, probs, "balanced_accuracy").mean() == pytest.approx(
+    assert intervals.image_scores(labels, probs, "accuracy").mean() == pytest.approx((pred == labels).mean())
+    assert intervals.image_scores(labels, probs, "balanced_accuracy").mean() == pytest.approx(
         balanced_accuracy_score(labels, pred))
-    auc = stats.image_scores(labels, probs, "roc_auc_ovr")
+    auc = intervals.image_scores(labels, probs, "roc_auc_ovr")
     assert auc.mean() == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
     # Brute-force leave-one-out: the scores' variance / N is the jackknife variance.
     n = len(labels)
     keep = ~np.eye(n, dtype=bool)
     loo = np.array([roc_auc_score(labels[k], probs[k], multi_class="ovr") for k in keep])
     assert auc.var(ddof=1) / n == pytest.approx((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
-    ece = stats.image_scores(labels, probs, "ece")
+    ece = intervals.image_scores(labels, probs, "ece")
     conf, correct = probs.max(1), pred == labels
     bins = np.minimum((np.ceil(conf * 10) - 1).astype(int), 9)
     hand = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * np.mean(bins == b)
                for b in np.unique(bins))
-    assert ece.mean() == pytest.approx(hand) == stats.expected_calibration_error(labels, probs)
-    loo = np.array([stats.expected_calibration_error(labels[k], probs[k]) for k in keep])
+    assert ece.mean() == pytest.approx(hand) == intervals.expected_calibration_error(labels, probs)
+    loo = np.array([intervals.expected_calibration_error(labels[k], probs[k]) for k in keep])
     assert ece.var(ddof=1) / n == pytest.approx((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
 
 
@@ -168,13 +168,13 @@ def test_wilson_and_exact_mcnemar():
     p, n = 15 / 58, 58
     centre, half = (p + z**2 / (2 * n)) / (1 + z**2 / n), z / (1 + z**2 / n) * math.sqrt(
         p * (1 - p) / n + z**2 / (4 * n**2))
-    assert stats.wilson_interval(15, 58) == pytest.approx((centre - half, centre + half))
+    assert intervals.wilson_interval(15, 58) == pytest.approx((centre - half, centre + half))
     # Same accuracy, different images right: 30 discordant pairs, split 15/15.
     a = np.r_[np.ones(15), np.zeros(15), np.zeros(28)].astype(bool)
     b = np.r_[np.zeros(15), np.ones(15), np.zeros(28)].astype(bool)
-    assert stats.mcnemar_exact(a, b) == (15, 15, pytest.approx(1.0))
+    assert intervals.mcnemar_exact(a, b) == (15, 15, pytest.approx(1.0))
     a[15:25] = True  # a now right on 10 more of b's images: 15 vs 5 discordant
-    only_a, only_b, pvalue = stats.mcnemar_exact(a, b)
+    only_a, only_b, pvalue = intervals.mcnemar_exact(a, b)
     assert (only_a, only_b) == (15, 5)
     assert pvalue == pytest.approx(2 * st.binom.cdf(5, 20, 0.5))
 
@@ -186,15 +186,15 @@ def test_two_level_bootstrap_agrees_with_the_analytic_standard_errors():
     rng = np.random.default_rng(7)
     a, b = _draw(rng, 1, 20, 300, 0.03)
     frames = {k: pd.DataFrame(y[0]) for k, y in (("a", a), ("b", b))}
-    boot = stats.two_level_bootstrap(frames, n_resamples=2000, seed=1)
+    boot = intervals.two_level_bootstrap(frames, n_resamples=2000, seed=1)
 
     def plain(y):  # var(run means) / n + N var(contributions), no residual correction
-        return math.sqrt(stats.seed_variance(y.mean(1)) + y.shape[1] * np.var(
-            stats.image_contributions(y), ddof=1))
+        return math.sqrt(intervals.seed_variance(y.mean(1)) + y.shape[1] * np.var(
+            intervals.image_contributions(y), ddof=1))
 
-    for boot_se, y, analytic in ((boot["a"].std(), a[0], stats.total_interval(frames["a"])),
+    for boot_se, y, analytic in ((boot["a"].std(), a[0], intervals.total_interval(frames["a"])),
                                  ((boot["b"] - boot["a"]).std(), b[0] - a[0],
-                                  stats.total_difference(frames["b"], frames["a"]))):
+                                  intervals.total_difference(frames["b"], frames["a"]))):
         assert boot_se == pytest.approx(plain(y), rel=0.1)
         assert 0.6 * boot_se < analytic.se <= boot_se * 1.05
     # One image resample per replicate for both configurations: the difference is much tighter
@@ -212,7 +212,7 @@ def test_split_per_seed_counts_each_seeds_images_and_stays_honest():
         for s in range(seeds):
             grid[s, s * images:(s + 1) * images] = y[s]
         frame = pd.DataFrame(grid)
-        ci = stats.total_interval(frame)
+        ci = intervals.total_interval(frame)
         assert ci.n_images == seeds * images
         hits += ci.low <= truth <= ci.high
     assert 0.93 <= hits / reps <= 0.995  # the image term counts each seed's own images
@@ -220,13 +220,13 @@ def test_split_per_seed_counts_each_seeds_images_and_stays_honest():
 
 def test_power_respects_the_test_sample_floor():
     # 58 test images: the image SE of Δ is ~3 pp; no number of seeds detects 1 pp.
-    assert stats.seeds_needed_with_floor(1.0, 1.0, 3.0, 58) == math.inf
-    n = stats.images_needed(1.0, 1.0, 10, 3.0, 58)
+    assert intervals.seeds_needed_with_floor(1.0, 1.0, 3.0, 58) == math.inf
+    n = intervals.images_needed(1.0, 1.0, 10, 3.0, 58)
     z = st.norm.ppf(0.975) + st.norm.ppf(0.8)
     assert n == math.ceil(58 * 9 / ((1 / z) ** 2 - 0.1))
     # A small image term: seeds needed approaches the seed-only answer from above.
-    few = stats.seeds_needed_with_floor(2.0, 1.5, 0.05, 5000)
-    assert stats.seeds_needed(2.0, 1.5, paired=True) <= few <= stats.seeds_needed(2.0, 1.5, paired=True) + 2
+    few = intervals.seeds_needed_with_floor(2.0, 1.5, 0.05, 5000)
+    assert intervals.seeds_needed(2.0, 1.5, paired=True) <= few <= intervals.seeds_needed(2.0, 1.5, paired=True) + 2
 
 
 def test_learning_check_flags_one_class_and_flat_loss():

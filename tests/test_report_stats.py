@@ -15,61 +15,61 @@ from statsmodels.stats.power import TTestIndPower
 
 from xray_ablate.config.factors import factor_names
 from xray_ablate.report import runs as R
-from xray_ablate.report import stats
+from xray_ablate.stats import intervals
 
 
 def test_intervals_match_scipy():
     x = np.array([80.1, 81.7, 79.4, 80.9, 82.0])
-    low, high = stats.t_interval(x, 0.95)
+    low, high = intervals.t_interval(x, 0.95)
     assert (low, high) == pytest.approx(st.t.interval(0.95, 4, loc=x.mean(), scale=st.sem(x)))
     ref = st.bootstrap((x,), np.mean, method="percentile", n_resamples=2000,
                        rng=np.random.default_rng(3)).confidence_interval
-    assert stats.bootstrap_interval(x, 0.95, 2000, 3) == pytest.approx((ref.low, ref.high))
-    assert all(math.isnan(v) for v in stats.t_interval([80.0]) + stats.bootstrap_interval([80.0]))
+    assert intervals.bootstrap_interval(x, 0.95, 2000, 3) == pytest.approx((ref.low, ref.high))
+    assert all(math.isnan(v) for v in intervals.t_interval([80.0]) + intervals.bootstrap_interval([80.0]))
 
 
 def test_comparisons_match_scipy():
     a = pd.Series([81.0, 83.0, 82.5, 80.0], index=[0, 1, 2, 3])
     b = pd.Series([80.0, 81.5, 82.0, 79.0, 78.0], index=[0, 1, 2, 3, 4])
-    paired = stats.compare(a, b, pairable=True)
+    paired = intervals.compare(a, b, pairable=True)
     ref = st.ttest_rel(a.loc[[0, 1, 2, 3]], b.loc[[0, 1, 2, 3]])
     assert paired.test == "paired t" and paired.n_pairs == 4
     assert paired.pvalue == pytest.approx(ref.pvalue)
     assert (paired.low, paired.high) == pytest.approx(tuple(ref.confidence_interval(0.95)))
     assert paired.delta == pytest.approx((a - b.loc[a.index]).mean())
 
-    welch = stats.compare(a, b, pairable=False)
+    welch = intervals.compare(a, b, pairable=False)
     ref = st.ttest_ind(a, b, equal_var=False)
     assert welch.test == "Welch t" and welch.pvalue == pytest.approx(ref.pvalue)
     assert (welch.low, welch.high) == pytest.approx(tuple(ref.confidence_interval(0.95)))
     assert welch.delta == pytest.approx(a.mean() - b.mean())
     # Seeds that do not pair fall back to Welch.
     shifted = pd.Series(a.to_numpy(), index=[10, 11, 12, 13])
-    assert stats.compare(shifted, b).test == "Welch t"
-    single = stats.compare(pd.Series([80.0], index=[0]), b)
+    assert intervals.compare(shifted, b).test == "Welch t"
+    single = intervals.compare(pd.Series([80.0], index=[0]), b)
     assert math.isnan(single.low) and math.isnan(single.pvalue)
 
 
 def test_holm_and_probability_of_improvement():
     p = [0.01, float("nan"), 0.04, 0.03]
-    got = stats.holm(p)
+    got = intervals.holm(p)
     ref = multipletests([0.01, 0.04, 0.03], method="holm")[1]
     assert math.isnan(got[1]) and got[[0, 2, 3]] == pytest.approx(ref)
     a, b = [3.0, 5.0, 7.0], [4.0, 5.0]
     wins = sum((x > y) + 0.5 * (x == y) for x in a for y in b) / 6
-    assert stats.prob_improvement(a, b) == pytest.approx(wins)
-    assert stats.prob_improvement([1, 2], [1, 2]) == pytest.approx(0.5)
+    assert intervals.prob_improvement(a, b) == pytest.approx(wins)
+    assert intervals.prob_improvement([1, 2], [1, 2]) == pytest.approx(0.5)
 
 
 def test_power_numbers_of_the_issue():
     # sd 1 pp: 17 seeds for 1 pp, 6 for 2 pp, 4 for 3 pp (unpaired, two-sided, alpha .05, 80 %).
-    assert [stats.seeds_needed(d, 1.0) for d in (1, 2, 3)] == [17, 6, 4]
-    assert stats.seeds_needed(50, 1.0) == 2
+    assert [intervals.seeds_needed(d, 1.0) for d in (1, 2, 3)] == [17, 6, 4]
+    assert intervals.seeds_needed(50, 1.0) == 2
     d = TTestIndPower().solve_power(nobs1=5, alpha=0.05, power=0.8)
-    assert stats.min_detectable_difference(5, 0.8) == pytest.approx(d * 0.8)
+    assert intervals.min_detectable_difference(5, 0.8) == pytest.approx(d * 0.8)
     # Pairing needs fewer seeds when the paired differences vary less.
-    assert stats.seeds_needed(1, 0.5, paired=True) < stats.seeds_needed(1, 1.0)
-    assert math.isnan(stats.min_detectable_difference(1, 1.0))
+    assert intervals.seeds_needed(1, 0.5, paired=True) < intervals.seeds_needed(1, 1.0)
+    assert math.isnan(intervals.min_detectable_difference(1, 1.0))
 
 
 @pytest.mark.slow
@@ -77,20 +77,20 @@ def test_coverage_of_the_intervals_is_close_to_95_percent():
     rng = np.random.default_rng(0)
     true_mean, sd, n, sims = 80.0, 1.0, 5, 2000
     samples = rng.normal(true_mean, sd, size=(sims, n))
-    t_hits = [lo <= true_mean <= hi for lo, hi in map(stats.t_interval, samples)]
+    t_hits = [lo <= true_mean <= hi for lo, hi in map(intervals.t_interval, samples)]
     assert 0.935 <= np.mean(t_hits) <= 0.965
     # The Δ intervals: paired and Welch, true Δ = 1.
     b = rng.normal(true_mean, sd, size=(sims, n))
     a = b + 1.0 + rng.normal(0, 0.5, size=(sims, n))
-    hits = [(c := stats.paired_comparison(x, y)).low <= 1.0 <= c.high for x, y in zip(a, b, strict=True)]
+    hits = [(c := intervals.paired_comparison(x, y)).low <= 1.0 <= c.high for x, y in zip(a, b, strict=True)]
     assert 0.935 <= np.mean(hits) <= 0.965
     a = rng.normal(true_mean + 1, 2 * sd, size=(sims, n))
-    hits = [(c := stats.welch_comparison(x, y)).low <= 1.0 <= c.high for x, y in zip(a, b, strict=True)]
+    hits = [(c := intervals.welch_comparison(x, y)).low <= 1.0 <= c.high for x, y in zip(a, b, strict=True)]
     assert 0.93 <= np.mean(hits) <= 0.97
     # The percentile bootstrap runs a little narrow with few seeds, close to nominal with 20.
     big = rng.normal(true_mean, sd, size=(300, 20))
     boot = [lo <= true_mean <= hi for lo, hi in
-            (stats.bootstrap_interval(x, 0.95, 999, i) for i, x in enumerate(big))]
+            (intervals.bootstrap_interval(x, 0.95, 999, i) for i, x in enumerate(big))]
     assert 0.88 <= np.mean(boot) <= 0.98
 
 
@@ -112,7 +112,7 @@ def test_main_effects_and_interactions_match_cell_means_and_anova():
     data = _factorial_data()
     factors = ["augmentation", "dataset", "class_weights"]
     refs = {"augmentation": "off", "dataset": "raw", "class_weights": "off"}
-    main = stats.main_effects(data, factors, "y", refs).set_index("factor")
+    main = intervals.main_effects(data, factors, "y", refs).set_index("factor")
     cells = data.groupby(factors)["y"].mean()
     aug = (cells.xs("on", level="augmentation") - cells.xs("off", level="augmentation")).mean()
     assert main.loc["augmentation", "estimate"] == pytest.approx(aug)
@@ -123,7 +123,7 @@ def test_main_effects_and_interactions_match_cell_means_and_anova():
                         data).fit(), typ=2)
     assert main.loc["dataset", "p"] == pytest.approx(full.loc["C(dataset, Sum)", "PR(>F)"])
     assert main.loc["augmentation", "low"] < aug < main.loc["augmentation", "high"]
-    inter = stats.interactions(data, factors, "y", refs)
+    inter = intervals.interactions(data, factors, "y", refs)
     row = inter[(inter.factor_a == "augmentation") & (inter.factor_b == "dataset")].iloc[0]
     m = data.groupby(["augmentation", "dataset"])["y"].mean()
     dd = (m["on", "masked"] - m["off", "masked"]) - (m["on", "raw"] - m["off", "raw"])
@@ -133,7 +133,7 @@ def test_main_effects_and_interactions_match_cell_means_and_anova():
     assert len(inter) == 3
     # The ANOVA: the same saturated model, so the same residual (the three-way interaction is
     # not pooled into it) and the same p-values as the contrasts.
-    table = stats.anova_table(data, factors, "y").set_index("term")
+    table = intervals.anova_table(data, factors, "y").set_index("term")
     assert table.loc["augmentation:dataset", "F"] == pytest.approx(
         full.loc["C(augmentation, Sum):C(dataset, Sum)", "F"])
     assert table.loc["Residual", "df"] == full.loc["Residual", "df"] == 16
@@ -146,9 +146,9 @@ def test_anova_agrees_with_the_main_effects_when_seeds_are_unbalanced():
     data = _factorial_data().drop(index=[0, 1, 5])  # failed seeds: 1 to 3 runs per cell
     factors = ["augmentation", "dataset", "class_weights"]
     refs = {"augmentation": "off", "dataset": "raw", "class_weights": "off"}
-    main = stats.main_effects(data, factors, "y", refs).set_index("factor")
-    inter = stats.interactions(data, factors, "y", refs).set_index(["factor_a", "factor_b"])
-    table = stats.anova_table(data, factors, "y").set_index("term")
+    main = intervals.main_effects(data, factors, "y", refs).set_index("factor")
+    inter = intervals.interactions(data, factors, "y", refs).set_index(["factor_a", "factor_b"])
+    table = intervals.anova_table(data, factors, "y").set_index("term")
     ref = anova_lm(ols("y ~ C(augmentation, Sum) * C(dataset, Sum) * C(class_weights, Sum)",
                        data).fit(), typ=3)
     for factor in factors:
@@ -162,15 +162,15 @@ def test_anova_agrees_with_the_main_effects_when_seeds_are_unbalanced():
 def test_unreplicated_design_gives_estimates_without_ci():
     data = _factorial_data(replicates=1)
     refs = {"augmentation": "off", "dataset": "raw", "class_weights": "off"}
-    main = stats.main_effects(data, ["augmentation", "dataset", "class_weights"], "y", refs)
+    main = intervals.main_effects(data, ["augmentation", "dataset", "class_weights"], "y", refs)
     assert main["estimate"].notna().all() and main["low"].isna().all()
     # Two crossed factors, one run each (`-m experiment=demo repeats=1`): no residual df; the
     # ANOVA used to raise "array must not contain infs or NaNs".
     two = data[data["class_weights"] == "off"]
     for factors in (["augmentation", "dataset"], ["augmentation", "dataset", "class_weights"]):
         sub = two if len(factors) == 2 else data
-        assert stats.residual_df(sub, factors) == 0
-        table = stats.anova_table(sub, factors, "y").set_index("term")
+        assert intervals.residual_df(sub, factors) == 0
+        table = intervals.anova_table(sub, factors, "y").set_index("term")
         assert table["F"].isna().all() and table["p"].isna().all()
         assert table.loc["Residual", "df"] == 0
         cells = sub.groupby("augmentation")["y"].mean()

@@ -1,7 +1,8 @@
 """python -m xray_ablate [overrides]: train one configuration; with -m, a sweep over seeds.
 
 Every job's config is composed and checked before Hydra starts (a bad key or value is one line,
-exit 2, and nothing runs); a sweep's start, jobs and finish wrap Hydra's launcher.
+exit 2, and nothing runs); a sweep's start, jobs and finish wrap Hydra's launcher. With
+sweep.until=resolved, the adaptive rounds launch further seeds the same way.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from xray_ablate.config import load
 from xray_ablate.errors import exit_on_user_error
 from xray_ablate.settings import CONFIG_DIR
+from xray_ablate.sweep.adaptive import run_rounds
 from xray_ablate.sweep.job import run_job
 from xray_ablate.sweep.lifecycle import JobsFailed, sweep_run
 from xray_ablate.tracking.store import check_reachable
@@ -39,13 +42,28 @@ def cli() -> None:
         main()  # a user's mistake found only now (e.g. a missing dataset) exits 2 in run_job
         sys.exit(0)
     try:
-        with exit_on_user_error(), sweep_run(plan):
+        with exit_on_user_error(), sweep_run(plan) as sweep:
             main()
+            if plan.configs[0].sweep.until == "resolved":
+                run_rounds(plan, sweep, lambda overrides: _launch(args, overrides))
     except JobsFailed:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _launch(args: list[str], overrides: list[str]) -> None:
+    """Hydra's launcher once more: the command line with ``overrides`` in place of its values of the
+    same keys (hydra.* ones, e.g. the launcher and the sweep folder, stay)."""
+    keys = {_key(o) for o in overrides}
+    sys.argv = [sys.argv[0], "-m", *[a for a in args if a not in MULTIRUN and _key(a) not in keys], *overrides]
+    GlobalHydra.instance().clear()
+    main()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from xray_ablate.config.metrics import IMAGE_METRICS
 from xray_ablate.data.integrity import VERIFY_MODES
 from xray_ablate.errors import UserError
 from xray_ablate.models import BACKBONES, FREEZE_MODES, MIN_IMAGE_SIZE, SCRATCH_MODELS
@@ -307,9 +308,14 @@ class SweepConfig:
     report: bool = False  # build the report when the sweep ends
     design: Any = None  # experiments: named sweeper params (see experiments/study_phase2.yaml)
     slurm_poll_s: int = 60  # hydra/launcher=slurm: longest wait between two job-state polls
+    until: str = "fixed"  # fixed: `repeats` seeds | resolved: add seeds until every claim has a verdict
+    max_seeds: int = 8  # until=resolved: the most seeds a configuration gets
+    delta: float = 2.0  # the smallest difference that matters, in points of report.metric (pp)
 
     def __post_init__(self):
         _check(self.slurm_poll_s >= 1, "sweep.slurm_poll_s", ">= 1", self.slurm_poll_s)
+        _one_of(self.until, ("fixed", "resolved"), "sweep.until")
+        _check(self.delta > 0, "sweep.delta", "> 0", self.delta)
 
 
 @dataclass
@@ -348,6 +354,12 @@ class Config:
         _check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
         _one_of(self.cache_verify, VERIFY_MODES, "cache_verify")
         _check(self.repeats >= 1, "repeats", "at least 1", self.repeats)
+        if self.sweep.until == "resolved":
+            _check(self.repeats >= 2, "repeats", "at least 2 with sweep.until=resolved (a first look needs a spread)",
+                   self.repeats)
+            _one_of(self.report.metric, [f"test_{m}" for m in IMAGE_METRICS], "report.metric (sweep.until=resolved)")
+            _check(self.sweep.max_seeds >= self.repeats, "sweep.max_seeds", f">= repeats ({self.repeats})",
+                   self.sweep.max_seeds)
         _check(self.threads is None or self.threads >= 1, "threads", "null or at least 1", self.threads)
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
                "auto, cpu, cuda, cuda:N or mps", self.device)

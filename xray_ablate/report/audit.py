@@ -3,7 +3,7 @@
 Reads each run's per-image audit (``audit/audit.csv``, written by xray_ablate.audit after
 training): the share of attribution mass outside the lungs and in the border band, per method.
 Per configuration: mean ± sd over seeds and the interval over seeds + audited images
-(stats.total_interval on seeds x images matrices of the per-image shares); per dataset level
+(intervals.total_interval on seeds x images matrices of the per-image shares); per dataset level
 (masked, raw): the same pooled over every run of that level, and raw − masked; the montages of
 the baseline and of the configuration whose Grad-CAM outside share differs most from it.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xray_ablate.report import stats
 from xray_ablate.report import tables as T
 from xray_ablate.report.render import blocks as B
+from xray_ablate.stats import intervals
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.reader import copy_artifact, csv_artifacts
 
@@ -63,7 +63,7 @@ def _uniform(audits: dict[str, pd.DataFrame], run_ids, border_area: float) -> di
 
 def _interval_columns(scores: pd.DataFrame, column: str, confidence: float) -> dict[str, float]:
     means = scores.mean(axis=1)
-    total = stats.total_interval(scores, confidence)
+    total = intervals.total_interval(scores, confidence)
     return {f"{column}_mean": float(means.mean()),
             f"{column}_sd": float(means.std(ddof=1)) if len(means) > 1 else math.nan,
             f"{column}_low": total.low, f"{column}_high": total.high}
@@ -95,7 +95,7 @@ def level_table(runs: pd.DataFrame, audits: dict[str, pd.DataFrame],
                 confidence: float = 0.95) -> pd.DataFrame:
     """Per level of the dataset factor, the shares pooled over every audited run of that level
     (each run one unit of the seed term); with both masked and raw, a row raw − masked
-    (stats.total_difference, unpaired: different runs, the same audited images)."""
+    (intervals.total_difference, unpaired: different runs, the same audited images)."""
     audited = runs[runs["run_id"].isin(list(audits))]
     rows, matrices = [], {}
     for level, sub in audited.groupby(MASK_FACTOR, sort=True):
@@ -109,7 +109,7 @@ def level_table(runs: pd.DataFrame, audits: dict[str, pd.DataFrame],
     if {"raw", "masked"} <= set(matrices):
         row = {"config": "raw − masked"}
         for column in SHARES:
-            diff = stats.total_difference(matrices["raw"][column], matrices["masked"][column], confidence)
+            diff = intervals.total_difference(matrices["raw"][column], matrices["masked"][column], confidence)
             row |= {f"{column}_mean": diff.estimate, f"{column}_low": diff.low,
                     f"{column}_high": diff.high, f"{column}_p": diff.pvalue}
         rows.append(row)
@@ -232,6 +232,6 @@ def section(audit: AuditSummary | None) -> list[B.Block]:
         "uniform map would put the area shares shown in the last column. A masked model's input is "
         "zero outside the lungs, so its input × gradient there is zero by construction; its Grad-CAM "
         "mass there comes from the coarse last convolutional map spreading over the lung edge. "
-        "mean ± sd: over seeds of each run's mean share; CI: stats.total_interval over seeds and "
+        "mean ± sd: over seeds of each run's mean share; CI: intervals.total_interval over seeds and "
         "audited images (pooled rows: over runs and images)."))
     return out

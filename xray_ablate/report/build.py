@@ -7,7 +7,7 @@ import math
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,17 +21,21 @@ from xray_ablate.report import audit as A
 from xray_ablate.report import confounds as CF
 from xray_ablate.report import curves as CV
 from xray_ablate.report import images as I
-from xray_ablate.report import plots, stats
+from xray_ablate.report import plots
 from xray_ablate.report import runs as R
 from xray_ablate.report import tables as T
 from xray_ablate.report.render.content import Content, document
 from xray_ablate.report.render.html import render_html
 from xray_ablate.report.render.markdown import markdown
 from xray_ablate.settings import CONFIG_DIR
+from xray_ablate.stats import intervals
+from xray_ablate.stats.claims import ablation_claims, verdicts
+from xray_ablate.stats.verdicts import SequentialDesign, Verdict
 from xray_ablate.tracking import links, schema
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.reader import epoch_history
 from xray_ablate.tracking.store import code_version
+from xray_ablate.tracking.verdicts import tag_parent
 
 log = logging.getLogger(__name__)
 HTML = "report.html"  # beside report.md; the MLflow UI shows it inline in the report run's artifacts
@@ -48,6 +52,7 @@ def settings_from(cfg: DictConfig) -> T.Settings:
         metric=str(rc.get("metric", "test_accuracy")), alpha=alpha, power=power,
         detect=tuple(float(v) for v in (rc.get("detect") or (1, 2, 3))),
         n_resamples=int(boot.get("n_resamples", 9999)), bootstrap_seed=int(boot.get("seed", 0)),
+        delta=float((cfg.get("sweep") or {}).get("delta", 2.0)),
     )
 
 
@@ -180,6 +185,8 @@ def write_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Written:
     run_id = None
     if rc.get("log_to_mlflow", True):
         run_id = _log_run(selection, out_dir, content, str(cfg.tracking.uri))
+        if selection.parent_run_id and content.verdicts:
+            tag_parent(str(cfg.tracking.uri), selection.parent_run_id, content.verdicts)
     log.info("report written to %s", out_dir)
     return Written(out_dir, str(cfg.tracking.uri), selection.experiment_id, run_id)
 
@@ -214,11 +221,13 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
         notes.append(f"{missing} of {len(kept)} run(s) have no {schema.PREDICTIONS} artifact: "
                      "configurations with such a run get no interval over test images.")
     varied = [f for f in factor_names() if kept[f].nunique() > 1]
+    judged, design_note = claim_verdicts(kept, evidence, baseline_key, settings, selection, varied)
     content = Content(
         selection=selection, settings=settings,
         baseline_label=", ".join(f"{f}={base_row[f]}" for f in factor_names()),
         baseline_levels=wanted, baseline_source=baseline_source,
-        warnings=R.mixing_warnings(kept), notes=notes, reference=reference, n_runs=len(kept), run_table=table,
+        warnings=R.mixing_warnings(kept), notes=notes, verdicts=judged, verdict_note=design_note,
+        reference=reference, n_runs=len(kept), run_table=table,
         power=T.power_table(table, settings), excluded=excluded,
         model=T.model_table(kept, baseline_key, settings),
         factorial=T.factorial(kept, baseline_key, settings, evidence),
@@ -237,6 +246,32 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
     return content, kept
 
 
+def claim_verdicts(runs: pd.DataFrame, evidence: I.Evidence, baseline_key: str, s: T.Settings,
+                   selection: R.Selection, varied: list[str]) -> tuple[list[Verdict], str]:
+    """Each claim's verdict (stats.claims: the adaptive sweep's own rule) and how it was reached,
+    in words; no verdicts without per-image scores or 2 seeds in every configuration."""
+    keys = list(dict.fromkeys([baseline_key, *runs["config_key"]]))
+    scores = {k: evidence.scores(runs, k, s.metric, 1.0) for k in keys}
+    if len(keys) < 2 or any(v is None or len(v) < 2 for v in scores.values()):
+        return [], ("No verdicts: they need every configuration's predictions.csv, a metric with per-image "
+                    "scores and at least 2 seeds per configuration.")
+    levels = runs.drop_duplicates("config_key").set_index("config_key").loc[keys, varied].astype(str)
+    recorded = selection.parent_sweep
+    if recorded.get("sweep.looks"):
+        looks = tuple(int(n) for n in recorded["sweep.looks"].split(","))
+        delta = float(recorded.get("sweep.delta", s.delta))
+        how = (f"the adaptive sweep's group-sequential design (looks at {', '.join(map(str, looks))} seeds "
+               "per configuration; each claim's verdict is that of the first look that resolves it)")
+    else:
+        looks, delta = (min(len(v) for v in scores.values()),), s.delta
+        how = "one look at the seeds run (a fixed sweep)"
+    design = SequentialDesign(delta=delta / 100, alpha=s.alpha, looks=looks)
+    judged = verdicts(ablation_claims(levels, baseline_key), scores, design, higher_is_better=s.higher_is_better)
+    return judged, (f"Verdicts: better or worse when the interval over seeds and test images excludes 0, "
+                    f"equivalent when the two one-sided tests put the difference within ±{delta:g} pp "
+                    f"(sweep.delta), at α = {s.alpha:g}, by {how}.")
+
+
 def _variance(runs: pd.DataFrame, evidence: I.Evidence, table: pd.DataFrame, baseline_key: str,
               s: T.Settings) -> dict:
     """The baseline's variance decomposition and the power targets with the test-sample floor
@@ -244,7 +279,7 @@ def _variance(runs: pd.DataFrame, evidence: I.Evidence, table: pd.DataFrame, bas
     scores = evidence.scores(runs, baseline_key, s.metric, s.scale)
     if scores is None or len(scores) < 2:
         return {}
-    split = stats.variance_split(scores)
+    split = intervals.variance_split(scores)
     # Δ: the pooled sd of seed-matched differences and the median image SE of the rows' Δ;
     # before any comparison, those of two independent configurations like the baseline.
     pair_sd = T.pooled_paired_sd(table)[0]
@@ -257,8 +292,11 @@ def _variance(runs: pd.DataFrame, evidence: I.Evidence, table: pd.DataFrame, bas
 
 def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> None:
     s = c.settings
-    frames = {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s, c.references)),
-              "Power": ("power", c.power, T.display_power(c.power))}
+    frames = {}
+    if c.verdicts:
+        frames["Verdicts"] = ("verdicts", pd.DataFrame([asdict(v) for v in c.verdicts]), T.display_verdicts(c.verdicts))
+    frames |= {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s, c.references)),
+               "Power": ("power", c.power, T.display_power(c.power))}
     if len(c.references):
         numeric = T.reference_rows(c.references, c.run_table, s)
         frames["References (chance, majority class)"] = ("references", numeric, numeric.map(

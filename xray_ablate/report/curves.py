@@ -3,7 +3,7 @@ per-class recall next to accuracy and balanced accuracy.
 
 Pure builders over the tidy run frame (runs.py) and the run table (tables.run_table); the figure is
 the only I/O. Intervals are those of the run table: over seeds + test images where every run of a
-configuration has predictions.csv (stats.total_interval), else the t-interval over seeds.
+configuration has predictions.csv (intervals.total_interval), else the t-interval over seeds.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import pandas as pd
 
 from xray_ablate.config.factors import factor_labels, factor_names
 from xray_ablate.data.labels import CLASSES
-from xray_ablate.report import plots, stats
+from xray_ablate.report import plots
 from xray_ablate.report import tables as T
 from xray_ablate.report.images import Evidence
 from xray_ablate.report.render import blocks as B
+from xray_ablate.stats import intervals
 
 FRACTION = "train_fraction"
 BALANCE_FACTORS = ("class_weights", "class_balance")
@@ -118,12 +119,12 @@ def per_class_table(runs: pd.DataFrame, table: pd.DataFrame, settings: T.Setting
                "interval": OVER_SEEDS if scores is None else OVER_SEEDS_AND_IMAGES}
         for metric in PER_CLASS:
             if scores is not None and scores[metric].shape[1]:
-                ci = stats.total_interval(scores[metric], conf)
+                ci = intervals.total_interval(scores[metric], conf)
                 mean, low, high = ci.estimate, ci.low, ci.high
             else:
                 values = (sub[metric] * 100).dropna() if metric in sub else pd.Series(dtype=float)
                 mean = values.mean() if len(values) else np.nan
-                low, high = stats.t_interval(values, conf)
+                low, high = intervals.t_interval(values, conf)
             row |= {f"{metric}_mean": mean, f"{metric}_low": low, f"{metric}_high": high}
         rows.append(row)
     return pd.DataFrame(rows)

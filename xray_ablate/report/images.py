@@ -1,7 +1,7 @@
 """Per-image evidence: did each run learn, per-image score matrices, McNemar, variance split, references.
 
 Built from the tidy run frame and each run's predictions.csv (runs.load_predictions); the
-statistics are in stats.py, the "did it learn?" rule in train.metrics.learning_check (one place,
+statistics are in stats/intervals.py, the "did it learn?" rule in train.metrics.learning_check (one place,
 shared with training).
 """
 
@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.data.labels import CLASSES
-from xray_ablate.report import stats
+from xray_ablate.stats import intervals
 from xray_ablate.train.metrics import learning_check
 
 PROB_COLUMNS = [f"prob_{c}" for c in CLASSES]
 # The metrics with per-image scores, as they are named in the run frame (all on the test set).
-IMAGE_METRICS = {f"test_{m}": m for m in stats.IMAGE_METRICS}
+IMAGE_METRICS = {f"test_{m}": m for m in intervals.IMAGE_METRICS}
 ECE = "test_ece"  # computed here from predictions.csv; training does not log it
 LEARNING_NUMBERS = ("top_prediction_share", "loss_ratio", "majority_rate", "p_above_majority")
 
@@ -34,7 +34,7 @@ class Evidence:
         return run_id in self.predictions
 
     def scores(self, runs: pd.DataFrame, key: str, metric: str, scale: float) -> pd.DataFrame | None:
-        """Seeds x image ids of the per-image scores of ``metric`` (stats.image_scores) of the
+        """Seeds x image ids of the per-image scores of ``metric`` (intervals.image_scores) of the
         runs of configuration ``key``, times ``scale``; None when a run lacks predictions or the
         metric has no per-image scores."""
         if metric not in IMAGE_METRICS:
@@ -45,7 +45,7 @@ class Evidence:
         rows = {}
         for run_id, seed in zip(sub["run_id"], sub["seed"].astype(int), strict=True):
             p = self.predictions[run_id]
-            rows[seed] = pd.Series(stats.image_scores(p["label"].to_numpy(), p[PROB_COLUMNS].to_numpy(),
+            rows[seed] = pd.Series(intervals.image_scores(p["label"].to_numpy(), p[PROB_COLUMNS].to_numpy(),
                                                       IMAGE_METRICS[metric]) * scale,
                                    index=p["image_id"].to_numpy())
         return pd.DataFrame(rows).T.sort_index()
@@ -64,8 +64,8 @@ def add_run_evidence(runs: pd.DataFrame, evidence: Evidence) -> pd.DataFrame:
         if p is not None:
             labels, probs = p["label"].to_numpy(), p[PROB_COLUMNS].to_numpy()
             correct = int((probs.argmax(axis=1) == labels).sum())
-            rec[ECE] = stats.expected_calibration_error(labels, probs)
-            rec["test_accuracy_wilson_low"], rec["test_accuracy_wilson_high"] = stats.wilson_interval(
+            rec[ECE] = intervals.expected_calibration_error(labels, probs)
+            rec["test_accuracy_wilson_low"], rec["test_accuracy_wilson_high"] = intervals.wilson_interval(
                 correct, len(labels))
             check = learning_check(labels, probs, getattr(row, "train_loss", math.nan), len(CLASSES))
             rec.update({k: check[k] for k in LEARNING_NUMBERS}, learned=check["learned"],
@@ -168,7 +168,7 @@ def mcnemar_table(runs: pd.DataFrame, evidence: Evidence, configs: pd.DataFrame,
             a, b = a.loc[shared], b.loc[shared]
             pa, pb = a[PROB_COLUMNS].to_numpy().argmax(1), b[PROB_COLUMNS].to_numpy().argmax(1)
             ra, rb = pa == a["label"].to_numpy(), pb == b["label"].to_numpy()
-            only_a, only_b, p = stats.mcnemar_exact(ra, rb)
+            only_a, only_b, p = intervals.mcnemar_exact(ra, rb)
             rows.append({"config": cfg.config, "config_key": cfg.config_key, "seed": seed,
                          "n_images": len(shared), "accuracy": 100 * ra.mean(),
                          "baseline_accuracy": 100 * rb.mean(), "only_config_right": only_a,
@@ -179,7 +179,7 @@ def mcnemar_table(runs: pd.DataFrame, evidence: Evidence, configs: pd.DataFrame,
                                        "only_baseline_right", "predictions_differ", "p_exact"])
 
 
-def variance_table(split: stats.VarianceSplit, unit: str) -> pd.DataFrame:
+def variance_table(split: intervals.VarianceSplit, unit: str) -> pd.DataFrame:
     """The baseline's variance decomposition as rows (quantity, value in the metric's unit)."""
     rows = [
         ("seed sd: one run, another seed (same test images)", split.seed_sd),
@@ -201,8 +201,8 @@ def floor_table(detect: tuple[float, ...], seed_sd: float, se_image: float, n_se
     of seeds reaches it), and test images needed at the current seeds."""
     rows = []
     for diff in detect:
-        seeds = stats.seeds_needed_with_floor(diff, seed_sd, se_image, n_images, alpha, power)
-        images = stats.images_needed(diff, seed_sd, n_seeds, se_image, n_images, alpha, power)
+        seeds = intervals.seeds_needed_with_floor(diff, seed_sd, se_image, n_images, alpha, power)
+        images = intervals.images_needed(diff, seed_sd, n_seeds, se_image, n_images, alpha, power)
         if seeds == math.inf:
             note = (f"no number of seeds reaches it: the test-sample SE of Δ alone "
                     f"({se_image:.2f}) is too large" + (f"; about {int(images)} test images would, "

@@ -52,6 +52,8 @@ class Selection:
     runs: pd.DataFrame  # tidy, every status
     # report.baseline.<factor> params of the sweep's parent run: factor -> level (None = any)
     parent_baseline: dict[str, str | None] = field(default_factory=dict)
+    # sweep.* params of the sweep's parent run (an adaptive sweep's design: until, delta, looks)
+    parent_sweep: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,18 +112,20 @@ def select_runs(uri: str, experiment: str, *, sweep_id: str | None = None,
                f"{'has no such runs' if configured else 'does not exist'})")
     runs = tidy_runs(raw)
     sweep_ids = [sweep_id] if sweep_id else sorted(runs["sweep_id"].dropna().unique().tolist())
-    parent, parent_baseline = None, {}
+    parent, parent_baseline, parent_sweep = None, {}, {}
     if len(sweep_ids) == 1:
         found = search_runs([exp_id], **{schema.KIND: "sweep", schema.SWEEP_ID: sweep_ids[0]})
         if not found.empty:
             parent = str(found["run_id"].iloc[0])
             parent_baseline = recorded_baseline(found.iloc[0])
+            parent_sweep = {str(k).removeprefix("params."): v for k, v in found.iloc[0].items()
+                            if str(k).startswith("params.sweep.") and isinstance(v, str)}
     names = [n for n in runs["experiment_name"].dropna().unique() if n != "none"]
     exp_name = experiment_name or (names[0] if len(names) == 1 else None)
     return Selection(experiment_id=exp_id, experiment=experiments[exp_id], by=by,
                      name=str(exp_name or sweep_id or experiments[exp_id]), sweep_ids=sweep_ids,
                      parent_run_id=parent, experiment_name=exp_name, runs=runs,
-                     parent_baseline=parent_baseline)
+                     parent_baseline=parent_baseline, parent_sweep=parent_sweep)
 
 
 def recorded_baseline(parent: pd.Series) -> dict[str, str | None]:

@@ -1,4 +1,4 @@
-"""The report's tables, computed from the tidy run frame (runs.py) with the statistics (stats.py).
+"""The report's tables, computed from the tidy run frame (runs.py) with the statistics (stats/intervals.py).
 
 Each table comes as a numeric frame (written as CSV) and, via the ``display_*`` functions, as
 formatted text (Markdown and LaTeX). Fractions (accuracy, F1, ...) are shown in percent, so
@@ -17,8 +17,8 @@ import pandas as pd
 
 from xray_ablate.config.factors import factor_labels, factor_names
 from xray_ablate.data.labels import CLASSES
-from xray_ablate.report import stats
 from xray_ablate.report.images import ECE, Evidence
+from xray_ablate.stats import intervals
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Settings:
     detect: tuple[float, ...] = (1.0, 2.0, 3.0)  # differences for the seeds-needed rows
     n_resamples: int = 9999
     bootstrap_seed: int = 0
+    delta: float = 2.0  # sweep.delta: the equivalence margin of the verdicts, in pp of the metric
 
     @property
     def confidence(self) -> float:
@@ -123,11 +124,11 @@ def _total_columns(runs: pd.DataFrame, key: str, base: pd.DataFrame | None, sett
     row = dict.fromkeys((*TOTAL_COLUMNS, *DELTA_TOTAL_COLUMNS), math.nan)
     scores = evidence.scores(runs, key, m, settings.scale) if evidence else None
     if scores is not None:
-        total = stats.total_interval(scores, conf)
+        total = intervals.total_interval(scores, conf)
         row.update(ci_total_low=total.low, ci_total_high=total.high, se_seed=total.se_seed,
                    se_image=total.se_image, df_total=total.df)
         if base is not None:
-            diff = stats.total_difference(scores, base, conf)
+            diff = intervals.total_difference(scores, base, conf)
             row.update(delta_ci_total_low=diff.low, delta_ci_total_high=diff.high,
                        delta_se_seed=diff.se_seed, delta_se_image=diff.se_image, p_total=diff.pvalue)
     sub = runs[runs["config_key"] == key]
@@ -135,7 +136,7 @@ def _total_columns(runs: pd.DataFrame, key: str, base: pd.DataFrame | None, sett
         if metric == m:
             continue
         other = evidence.scores(runs, key, metric, 100.0) if evidence else None
-        ci = stats.total_interval(other, conf) if other is not None else None
+        ci = intervals.total_interval(other, conf) if other is not None else None
         # From predictions.csv when there (the interval's centre), else the logged metric.
         row[f"{metric}_mean"] = (ci.estimate if ci else sub[metric].astype(float).mean() * 100
                                  if metric in sub else math.nan)
@@ -153,7 +154,7 @@ def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings,
     Δ = config - baseline in the metric's unit with its CI and p-value: the paired t-test over the
     seeds both have (runs here always share the split of equal seeds), Welch's test when fewer than
     two seeds pair. p_holm is Holm-corrected over all non-baseline rows. p_improvement is
-    stats.prob_improvement: P that a random run of the config beats a random run of the baseline
+    intervals.prob_improvement: P that a random run of the config beats a random run of the baseline
     (beats = higher, or lower for a loss).
     """
     m, scale, conf = settings.metric, settings.scale, settings.confidence
@@ -166,8 +167,8 @@ def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings,
         values = _by_seed(runs, key, m, scale)
         row: dict = {f"{m}_mean": values.mean(), f"{m}_sd": values.std(ddof=1) if len(values) > 1
                      else math.nan}
-        row[f"{m}_t_low"], row[f"{m}_t_high"] = stats.t_interval(values, conf)
-        row[f"{m}_boot_low"], row[f"{m}_boot_high"] = stats.bootstrap_interval(
+        row[f"{m}_t_low"], row[f"{m}_t_high"] = intervals.t_interval(values, conf)
+        row[f"{m}_boot_low"], row[f"{m}_boot_high"] = intervals.bootstrap_interval(
             values, conf, settings.n_resamples, settings.bootstrap_seed)
         for column, _ in _f1_columns(settings.prefix):
             f1 = _by_seed(runs, key, column, 100.0)
@@ -180,7 +181,7 @@ def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings,
             row.update(delta=math.nan, delta_low=math.nan, delta_high=math.nan, delta_sd=math.nan,
                        test="", n_pairs=0, p=math.nan, p_improvement=math.nan)
         else:
-            comp = stats.compare(values, base, pairable=True, confidence=conf)
+            comp = intervals.compare(values, base, pairable=True, confidence=conf)
             common = values.index.intersection(base.index)
             paired = comp.test == "paired t"
             row.update(delta=comp.delta, delta_low=comp.low, delta_high=comp.high,
@@ -188,8 +189,8 @@ def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings,
                        else math.nan,
                        test=comp.test if np.isfinite(comp.low) else "", n_pairs=comp.n_pairs,
                        p=comp.pvalue,
-                       p_improvement=stats.prob_improvement(values, base)
-                       if settings.higher_is_better else stats.prob_improvement(base, values))
+                       p_improvement=intervals.prob_improvement(values, base)
+                       if settings.higher_is_better else intervals.prob_improvement(base, values))
             if np.isfinite(comp.low) and comp.low == comp.high:
                 notes.append("every seed gives the same difference: no spread, no test")
             if paired and comp.n_pairs < min(len(values), len(base)):
@@ -201,8 +202,8 @@ def run_table(runs: pd.DataFrame, baseline_key: str, settings: Settings,
         row["note"] = "; ".join(notes)
         rows.append(row)
     table = pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1)
-    table["p_holm"] = stats.holm(table["p"].to_numpy())
-    table["p_total_holm"] = stats.holm(table["p_total"].to_numpy())
+    table["p_holm"] = intervals.holm(table["p"].to_numpy())
+    table["p_total_holm"] = intervals.holm(table["p_total"].to_numpy())
     first = ["config", "config_key", *factor_names(), "n", "seeds", "n_not_learned"]
     placed = {"p_holm", "note", "p_total_holm", *TOTAL_COLUMNS, *DELTA_TOTAL_COLUMNS}
     ordered = first + [c for c in table.columns if c not in first and c not in placed]
@@ -275,13 +276,13 @@ def power_table(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         {"quantity": DF_ROW, "unpaired": float(df), "paired": float(pair_df)},
         {"quantity": POOLED_ROW, "unpaired": float(k), "paired": float(pair_k)},
         {"quantity": mdd_row(n, settings),
-         "unpaired": stats.min_detectable_difference(n, sd, **kw),
-         "paired": stats.min_detectable_difference(n, pair_sd, paired=True, **kw)},
+         "unpaired": intervals.min_detectable_difference(n, sd, **kw),
+         "paired": intervals.min_detectable_difference(n, pair_sd, paired=True, **kw)},
     ]
     for diff in settings.detect:
         rows.append({"quantity": f"seeds needed to detect {diff:g} {unit}",
-                     "unpaired": stats.seeds_needed(diff, sd, **kw),
-                     "paired": stats.seeds_needed(diff, pair_sd, paired=True, **kw)})
+                     "unpaired": intervals.seeds_needed(diff, sd, **kw),
+                     "paired": intervals.seeds_needed(diff, pair_sd, paired=True, **kw)})
     return pd.DataFrame(rows)
 
 
@@ -398,7 +399,7 @@ def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings,
     data[m] = sub[m].astype(float) * settings.scale
     refs = reference_levels(runs, baseline_key)
     notes = [note]
-    if stats.residual_df(data, factors) <= 0:
+    if intervals.residual_df(data, factors) <= 0:
         notes.append("No seed replication: each combination of the crossed factors has a single "
                      "run, so there is no seed-to-seed (residual) variance: the effects are "
                      "estimates without CI or p, and the ANOVA shows sums of squares without F "
@@ -406,11 +407,11 @@ def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings,
     if data.groupby(factors)["config_key"].nunique().max() > 1:
         notes.append("Some factor combinations hold several configurations (other settings "
                      "differ); they are pooled.")
-    main = stats.main_effects(data, factors, m, refs, settings.confidence)
-    inter = stats.interactions(data, factors, m, refs, settings.confidence)
-    anova = stats.anova_table(data, factors, m)
+    main = intervals.main_effects(data, factors, m, refs, settings.confidence)
+    inter = intervals.interactions(data, factors, m, refs, settings.confidence)
+    anova = intervals.anova_table(data, factors, m)
     for frame in (main, inter):
-        frame["p_holm"] = stats.holm(frame["p"].to_numpy())
+        frame["p_holm"] = intervals.holm(frame["p"].to_numpy())
     cells = _cell_scores(sub, factors, evidence, settings) if evidence is not None else None
     levels = {f: sorted(data[f].astype(str).unique()) for f in factors}
     add_total_intervals(main, inter, factors, levels, cells, settings.confidence)
@@ -427,23 +428,23 @@ def _cell_scores(sub: pd.DataFrame, factors: list[str], evidence: Evidence,
         scores = evidence.scores(group, keys[0], settings.metric, settings.scale) if len(keys) == 1 else None
         if scores is None:
             return None
-        cells[stats.cell_label([str(v) for v in levels])] = scores
+        cells[intervals.cell_label([str(v) for v in levels])] = scores
     return cells
 
 
 def add_total_intervals(main: pd.DataFrame, inter: pd.DataFrame, factors: list[str], levels: dict[str, list[str]],
                         cells: dict[str, pd.DataFrame] | None, confidence: float) -> None:
     """total_low/high, p_total and p_total_holm (Holm within each frame) of every effect: the
-    seed-matched, image-matched contrast of stats.total_contrast; NaN without cells."""
+    seed-matched, image-matched contrast of intervals.total_contrast; NaN without cells."""
     signs = {"main": lambda r: {r.factor: (r.level, r.reference)},
              "inter": lambda r: {r.factor_a: (r.level_a, r.reference_a), r.factor_b: (r.level_b, r.reference_b)}}
     for name, frame in (("main", main), ("inter", inter)):
-        totals = [stats.total_contrast(cells, stats.contrast_weights(factors, levels, signs[name](r)), confidence)
-                  if cells else None for r in frame.itertuples()]
+        totals = [intervals.total_contrast(cells, intervals.contrast_weights(factors, levels, signs[name](r)),
+                                           confidence) if cells else None for r in frame.itertuples()]
         frame["total_low"] = [t.low if t else math.nan for t in totals]
         frame["total_high"] = [t.high if t else math.nan for t in totals]
         frame["p_total"] = [t.pvalue if t else math.nan for t in totals]
-        frame["p_total_holm"] = stats.holm(frame["p_total"].to_numpy()) if len(frame) else []
+        frame["p_total_holm"] = intervals.holm(frame["p_total"].to_numpy()) if len(frame) else []
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -647,6 +648,21 @@ def display_effects(main: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         "effect": main["level"] + " − " + main["reference"],
         f"estimate ({unit})": main["estimate"].map(fmt),
         **_effect_intervals(main, level),
+    })
+
+
+def display_verdicts(verdicts: list) -> pd.DataFrame:
+    """The report's first table: one row per claim (stats.verdicts.Verdict), in pp."""
+    return pd.DataFrame({
+        "claim": [v.claim for v in verdicts],
+        "verdict": [f"**{v.verdict}**" for v in verdicts],
+        "estimate (pp)": [fmt(100 * v.estimate) for v in verdicts],
+        "interval (pp)": [fmt_ci(100 * v.low, 100 * v.high, 2) for v in verdicts],
+        "covers": [f"{v.confidence:.1%} over seeds + test images" for v in verdicts],
+        "seeds": [v.seeds for v in verdicts],
+        "more seeds to resolve": ["–" if v.more_seeds == 0 or math.isnan(v.more_seeds)
+                                  else "no number (test images limit)" if math.isinf(v.more_seeds)
+                                  else f"{v.more_seeds:.0f}" for v in verdicts],
     })
 
 

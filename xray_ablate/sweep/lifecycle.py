@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -33,6 +34,7 @@ from xray_ablate.sweep.signals import raise_pending, remember_ctrl_c
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import links, schema
 from xray_ablate.tracking.lifecycle import tracked_run
+from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.resume import fail_dead_runs, process_tags, sweep_parent
 from xray_ablate.tracking.store import code_version, connect, describe_experiment
 
@@ -43,8 +45,26 @@ class JobsFailed(Exception):
     """Some jobs of the sweep failed (the others finished; the summary lists them)."""
 
 
+@dataclass
+class Sweep:
+    """An open sweep: what its jobs are told, its parent run, and every job planned so far (the
+    adaptive rounds add theirs). Each launch of Hydra's launcher writes its outcomes to a folder of
+    its own, since Hydra numbers each launch's jobs from 0."""
+
+    info: SweepInfo
+    recorder: Recorder
+    jobs: list[list[str]]
+    launches: int = field(default=0)
+
+    def next_launch(self, jobs: list[list[str]]) -> None:
+        """Before a further launch of ``jobs``: count them and give their outcomes a new folder."""
+        self.launches += 1
+        self.jobs.extend(jobs)
+        replace(self.info, outcome_dir=str(Path(self.info.outcome_dir).parent / f"launch-{self.launches}")).export()
+
+
 @contextmanager
-def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
+def sweep_run(plan: Plan) -> Iterator[Sweep]:
     """The sweep around ``with``: start before, finish after (also on Ctrl-C); raises JobsFailed
     after the summary when any job failed."""
     first = plan.configs[0]
@@ -73,28 +93,30 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
     started, interrupted = time.perf_counter(), False
     with tracked_run(tracking, parent_name(plan), tags, reopen=earlier) as recorder:
         if not earlier:
-            recorder.params({"planned_jobs": len(plan.jobs),
+            recorder.params({"planned_jobs": len(plan.jobs), "sweep.until": first.sweep.until,
+                             "sweep.delta": first.sweep.delta, "sweep.max_seeds": first.sweep.max_seeds,
                              # the baseline this sweep was designed around, for a later `make report`
                              **{f"report.baseline.{k}": v for k, v in first.report.baseline.items()}})
             recorder.text("\n".join(" ".join(j) for j in plan.jobs) + "\n", "sweep/jobs.txt")
             recorder.text(OmegaConf.to_yaml(plan.primary, resolve=False), "sweep/multirun.yaml")
         record_references(recorder, references)
-        info = SweepInfo(sid, recorder.run_id, str(outcome_dir), str(os.getpid()))
-        info.export()
+        sweep = Sweep(SweepInfo(sid, recorder.run_id, str(outcome_dir / "launch-0"), str(os.getpid())),
+                      recorder, list(plan.jobs))
+        sweep.info.export()
         log.info("sweep %s: %d jobs, parent run %s", sid, len(plan.jobs), recorder.run_id)
         try:
             with remember_ctrl_c():
-                yield info
+                yield sweep
                 raise_pending()
         except KeyboardInterrupt:
             interrupted = True
             raise
         finally:
             SweepInfo.clear()
-            counts, problems = summarize(plan.jobs, read_outcomes(outcome_dir), interrupted)
+            counts, problems = summarize(sweep.jobs, read_outcomes(outcome_dir), interrupted)
             wall = time.perf_counter() - started
             stopped = f", {counts[INTERRUPTED]} interrupted, {counts[NOT_STARTED]} not started" if interrupted else ""
-            print(f"\nsweep {sid} (parent run {recorder.run_id}): {len(plan.jobs)} jobs: "
+            print(f"\nsweep {sid} (parent run {recorder.run_id}): {len(sweep.jobs)} jobs: "
                   f"{counts[FINISHED]} finished, {counts[SKIPPED]} skipped (already finished), "
                   f"{counts[FAILED]} failed{stopped}, {wall:.1f} s")
             if problems:
@@ -105,7 +127,7 @@ def sweep_run(plan: Plan) -> Iterator[SweepInfo]:
         else:
             print(f"runs in the MLflow UI: {links.runs_page(tracking.uri, experiment_id)}")
         if counts[FAILED]:
-            raise JobsFailed(f"{counts[FAILED]} of {len(plan.jobs)} jobs failed")
+            raise JobsFailed(f"{counts[FAILED]} of {len(sweep.jobs)} jobs failed")
 
 
 def prepare_shared_work(configs: list[Config]) -> None:

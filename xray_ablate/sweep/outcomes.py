@@ -26,7 +26,8 @@ class Outcome:
 
 
 def read_outcomes(folder: Path) -> list[Outcome]:
-    return [Outcome(**json.loads(p.read_text())) for p in sorted(Path(folder).glob("*.json"))]
+    """Every outcome under ``folder``, in the folders of all its launches."""
+    return [Outcome(**json.loads(p.read_text())) for p in sorted(Path(folder).rglob("*.json"))]
 
 
 def summarize(planned: list[list[str]], outcomes: list[Outcome],

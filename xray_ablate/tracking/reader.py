@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from xray_ablate.errors import UserError
+from xray_ablate.tracking import schema
 
 
 def open_store(uri: str) -> dict[str, str]:
@@ -81,3 +82,17 @@ def copy_artifact(run_id: str, name: str, dest: Path) -> Path | None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         return Path(shutil.copyfile(client.download_artifacts(run_id, name, tmp), dest))
+
+
+def sweep_predictions(uri: str, experiment: str, sweep_id: str) -> dict[tuple[str, int], pd.DataFrame]:
+    """(config key, seed) -> predictions.csv of every FINISHED training run the sweep counts (its
+    own and those it found finished); a (config, seed) run twice counts its newest run."""
+    ids = [i for i, name in open_store(uri).items() if name == experiment]
+    runs = search_runs(ids, **{schema.KIND: "train", schema.SWEEP_MEMBER.format(sweep_id): "1"}) if ids else []
+    if len(runs) == 0:
+        return {}
+    runs = runs[runs["status"] == "FINISHED"].drop_duplicates(
+        [f"tags.{schema.CONFIG_KEY}", f"tags.{schema.SEED}"])  # newest first
+    found = csv_artifacts(runs["run_id"], schema.PREDICTIONS, dtype={"image_id": str})
+    return {(row[f"tags.{schema.CONFIG_KEY}"], int(row[f"tags.{schema.SEED}"])): found[row["run_id"]]
+            for _, row in runs.iterrows() if row["run_id"] in found}

@@ -16,7 +16,7 @@ from xray_ablate.report import images as I
 from xray_ablate.report import tables as T
 from xray_ablate.report.render import blocks as B
 from xray_ablate.report.runs import Selection
-from xray_ablate.report.stats import VarianceSplit
+from xray_ablate.stats.intervals import VarianceSplit
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Content:
     figures: dict[str, str] = field(default_factory=dict)  # title -> png file
     table_files: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (csv, tex)
     confounds: CF.Confounds | None = None  # references, source probe, subgroups, external sets
+    verdicts: list = field(default_factory=list)  # stats.verdicts.Verdict per claim, the report's first table
+    verdict_note: str = ""  # how the verdicts were reached, or why there are none
 
 
 def summary(c: Content) -> list[str]:
@@ -272,6 +274,10 @@ def document(c: Content) -> list[B.Block]:
            else f"split seed base {ref['split_seed']}, paired by seed") + ")."))
     if c.warnings:
         out += [B.Heading("Warnings"), B.bullets([f"**Warning:** {w}" for w in c.warnings])]
+    out += [B.Heading("Verdicts")]
+    if c.verdicts:
+        out.append(B.Table(T.display_verdicts(c.verdicts)))
+    out += [B.Text(c.verdict_note)]
     out += [B.Heading("Summary")] + [B.Text(block) for block in summary(c)]
     if c.notes:
         out += [B.Heading("Notes"), B.bullets(c.notes)]

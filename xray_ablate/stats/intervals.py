@@ -1,4 +1,4 @@
-"""The report's statistics: pure functions over numbers, thin wrappers of scipy and statsmodels.
+"""Intervals and tests over seeds and test images: pure functions, thin wrappers of scipy and statsmodels.
 
 Nothing here reads MLflow or knows about tables; every function takes arrays or a tidy frame and
 returns numbers, so the tests can compare each one with scipy/statsmodels on the same data.
@@ -23,6 +23,8 @@ from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.stats.proportion import proportion_confint
+
+from xray_ablate.config.metrics import IMAGE_METRICS
 
 NAN_PAIR = (math.nan, math.nan)
 
@@ -589,7 +591,6 @@ def _auc_scores(labels: np.ndarray, probs: np.ndarray, classes: int) -> np.ndarr
     return _jackknife_scores(float(np.mean(aucs)), loo / classes)
 
 
-IMAGE_METRICS = ("accuracy", "balanced_accuracy", "roc_auc_ovr", "ece")
 
 
 def image_scores(labels, probs, metric: str) -> np.ndarray:

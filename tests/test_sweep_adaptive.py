@@ -1,0 +1,71 @@
+"""sweep.until=resolved on the real fixture: rounds that add seeds only where a claim is unresolved,
+each round on the parent run, the final verdicts in the report and on the parent, and a resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import invoke_cli, mlflow_runs
+from mlflow import MlflowClient
+
+from xray_ablate.stats.claims import ablation_claims
+
+ARGS = ("-m", "dataset=masked,raw", "class_weights=on,off", "sweep.until=resolved", "sweep.max_seeds=8",
+        "image_size=32", "backbone=cnn16_gap", "trainer.epochs=2", "trainer.batch_size=8", "audit.enabled=false",
+        "sweep.report=true", "tracking.experiment=adaptive")
+
+
+@pytest.mark.slow
+def test_adaptive_sweep_adds_seeds_only_where_a_claim_is_unresolved_and_resumes(monkeypatch, tmp_path, fixture_root,
+                                                                              capsys):
+    assert invoke_cli(monkeypatch, tmp_path, *ARGS, f"dataset.root={fixture_root}") == 0
+    out = capsys.readouterr().out
+    runs = mlflow_runs(tmp_path, "adaptive")
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    (sweep,) = mlflow_runs(tmp_path, "adaptive", kind="sweep")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    looks = [int(n) for n in sweep.data.params["sweep.looks"].split(",")]
+    assert looks[0] == 3 and looks[-1] == 8
+    rounds = sorted(m.step for m in client.get_metric_history(sweep.info.run_id, "round_unresolved"))
+    assert rounds == list(range(1, len(rounds) + 1)) and 1 <= len(rounds) <= len(looks)
+    printed = [line for line in out.splitlines() if line.startswith("round ")]
+    assert [line.split(":")[0] for line in printed] == [f"round {r}" for r in rounds]
+
+    seeds_by_round, tables = [], []
+    for r in rounds:
+        seeds_by_round.append(json.loads(Path(client.download_artifacts(
+            sweep.info.run_id, f"sweep/rounds/round-{r}-seeds.json", str(tmp_path))).read_text()))
+        tables.append(pd.read_csv(client.download_artifacts(sweep.info.run_id, f"sweep/rounds/round-{r}.csv",
+                                                            str(tmp_path))))
+    assert set(seeds_by_round[0].values()) == {3}
+    # the configurations given seeds after a round are exactly those of its unresolved claims that
+    # more seeds can resolve
+    names = sorted(seeds_by_round[0])
+    levels = pd.DataFrame([dict(part.split("=") for part in name.split(", ")) for name in names], index=names)
+    baseline = "dataset=masked, class_weights=off"
+    cells = {c.name: set(c.weights) for c in ablation_claims(levels, baseline)}
+    for before, after, table in zip(seeds_by_round, seeds_by_round[1:], tables, strict=False):
+        open_claims = table[(table["verdict"] == "unresolved") & (table["more_seeds"] < float("inf"))]
+        wanted = set().union(*(cells[c] for c in open_claims["claim"]))
+        assert {k for k in names if after[k] > before[k]} == wanted
+        assert all(after[k] in looks for k in wanted)
+    last = tables[-1]
+    print(last.to_string())  # the verdicts, for the log
+    assert len(last) == 5 and set(last["verdict"]) <= {"better", "worse", "equivalent", "unresolved"}
+    assert len(runs) == sum(seeds_by_round[-1].values())
+
+    # the final verdicts: the report's first table and the parent's tags
+    assert "## Verdicts" in out and out.index("## Verdicts") < out.index("## Summary")
+    tags = client.get_run(sweep.info.run_id).data.tags
+    verdict_tags = {k: v for k, v in tags.items() if k.startswith("verdict.")}
+    assert len(verdict_tags) == 5
+    assert all(v.split(":")[0] in {"better", "worse", "equivalent", "unresolved"} for v in verdict_tags.values())
+
+    # the same command again: every job is found finished, the rounds end where they ended
+    assert invoke_cli(monkeypatch, tmp_path, *ARGS, f"dataset.root={fixture_root}") == 0
+    again = capsys.readouterr().out
+    assert len(mlflow_runs(tmp_path, "adaptive")) == len(runs)
+    assert f"{len(runs)} jobs: 0 finished, {len(runs)} skipped" in again

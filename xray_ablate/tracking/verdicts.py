@@ -1,0 +1,38 @@
+"""The verdicts of a sweep's claims on its parent run: a tag per claim, per-round counts, a table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from xray_ablate.stats.claims import verdict_line
+from xray_ablate.stats.verdicts import BETTER, EQUIVALENT, UNRESOLVED, WORSE, Verdict
+from xray_ablate.tracking.recorder import Recorder
+
+VERDICT_TAG = "verdict.{}"  # one per claim: "better: +13.2 pp [...] (...)"
+
+
+def record_verdicts(recorder: Recorder, verdicts: Sequence[Verdict]) -> None:
+    """The current verdict of each claim as a tag of the parent run, and the table as an artifact."""
+    recorder.tags({VERDICT_TAG.format(v.claim): verdict_line(v) for v in verdicts})
+    recorder.table(pd.DataFrame([asdict(v) for v in verdicts]), "sweep/verdicts.csv")
+
+
+def tag_parent(uri: str, run_id: str, verdicts: Sequence[Verdict]) -> None:
+    """The report's verdicts on the sweep's parent run (it has ended: no lifecycle around it)."""
+    record_verdicts(Recorder(MlflowClient(uri), run_id), verdicts)
+
+
+def record_round(recorder: Recorder, round_number: int, verdicts: Sequence[Verdict],
+                 seeds: Mapping[str, int]) -> None:
+    """One adaptive round: counts as metrics at step = round, its table and the seeds per configuration."""
+    counts = pd.Series([v.verdict for v in verdicts]).value_counts()
+    recorder.metrics({"round_runs": float(sum(seeds.values())),
+                      **{f"round_{name}": float(counts.get(name, 0))
+                         for name in (BETTER, WORSE, EQUIVALENT, UNRESOLVED)}}, step=round_number)
+    recorder.table(pd.DataFrame([asdict(v) for v in verdicts]), f"sweep/rounds/round-{round_number}.csv")
+    recorder.json(dict(seeds), f"sweep/rounds/round-{round_number}-seeds.json")
+    record_verdicts(recorder, verdicts)
