@@ -172,7 +172,9 @@ def _aligned(cells: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def _baseline(levels: pd.DataFrame, references: Mapping[str, str]) -> str | None:
-    at_reference = (levels == pd.Series({f: str(references.get(f)) for f in levels.columns})).all(axis=1)
+    """The first cell at every factor's reference level (factors without one: any level)."""
+    given = [f for f in levels.columns if f in references]
+    at_reference = (levels[given] == pd.Series({f: str(references[f]) for f in given})).all(axis=1)
     return at_reference.index[at_reference][0] if at_reference.any() else None
 
 
