@@ -26,8 +26,8 @@ Estimator: closed-form method of moments (ANOVA estimators), Satterthwaite degre
   This is where the pooling pays: a main effect of a 2 x 2 with 3 seeds per cell has up to 8 df
   (and a floor of t(2) x a quarter of its variance) instead of t(2) on all of it for the
   seed-matched contrasts, and a cell that got more seeds (the adaptive sweep) counts all of them.
-- Measured coverage (tests/test_stats_mixed.py, 2,000 replicates): 94.9-96.7 % with 10 seeds,
-  97.5-98.6 % with 3 seeds per cell (conservative: the floor), 94.5-98.0 % with seed sds of
+- Measured coverage (tests/test_stats_mixed.py, 2,000 replicates): 94.8-96.7 % with 10 seeds,
+  97.3-98.7 % with 3 seeds per cell (conservative: the floor), 94.5-98.0 % with seed sds of
   1 and 8 pp. Without the floor the Δ of the 8 pp cell covers 91-94 % (Welch's df runs high
   when the noisy cell's variance comes out small), so the floor stays.
 
@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -64,45 +65,62 @@ COLUMNS = ["claim_kind", "factor", "level", "reference", "estimate", "low", "hig
            "se_seed", "se_image", "n_runs", "method", "reason"]
 
 
-def contrast_interval(arrays: Sequence[np.ndarray], weights: Sequence[float],
+@dataclass(frozen=True)
+class CellFit:
+    """What a contrast needs of one cell's runs, computed once per cell (arrays over replicates)."""
+
+    mean: np.ndarray  # the mean of the run means
+    seed_term: np.ndarray  # var(run means) / n: the seed variance and the residual's share
+    contributions: np.ndarray  # (..., images): each image's share of the mean
+    overlap: np.ndarray  # the residual both terms hold, MS / (n N); 0 when a seed missed an image
+    n_seeds: int
+
+
+def fit_cell(y: np.ndarray) -> CellFit:
+    """CellFit of scores y (..., seeds, images), NaN where a seed did not test an image; leading
+    axes are independent replicates."""
+    n, n_images = y.shape[-2], y.shape[-1]
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a seed without images: NaN mean
+        means = np.nanmean(y, axis=-1)
+        overlap = np.zeros(y.shape[:-2])
+        if n >= 2 and n_images >= 2:
+            complete = np.isfinite(y).all(axis=(-2, -1))
+            ms = stats.interaction_mean_square(np.where(np.isfinite(y), y, 0.0))
+            overlap = np.where(complete, ms, 0.0) / (n * n_images)
+        return CellFit(means.mean(axis=-1), stats.seed_variance(means), stats.image_contributions(y),
+                       overlap, n)
+
+
+def contrast_interval(fits: Sequence[CellFit], weights: Sequence[float],
                       confidence: float = 0.95) -> dict[str, np.ndarray]:
     """estimate, low, high, p, df, se, se_seed, se_image of sum_c w_c (cell mean) in the crossed
-    model (see the module docstring).
+    model (see the module docstring), the cells fitted by ``fit_cell`` on one image axis.
 
-    ``arrays``: per cell, scores of shape (..., seeds_c, images) on one image axis for all cells
-    (NaN: that seed did not test that image); leading axes are independent replicates. NaN bounds
-    where a cell has fewer than 2 seeds or there are fewer than 2 images.
+    NaN bounds where a cell has fewer than 2 seeds or there are fewer than 2 images.
     """
-    n_images = arrays[0].shape[-1]
-    estimate, contribution, overlap = 0.0, 0.0, 0.0
-    seed_terms, seed_dfs = [], []
+    n_images = fits[0].contributions.shape[-1]
+    estimate = sum(w * f.mean for f, w in zip(fits, weights, strict=True))
+    seed_terms = [w**2 * f.seed_term for f, w in zip(fits, weights, strict=True)]
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        for y, w in zip(arrays, weights, strict=True):
-            n = y.shape[-2]
-            means = np.nanmean(y, axis=-1)
-            estimate = estimate + w * means.mean(axis=-1)
-            seed_terms.append(w**2 * stats.seed_variance(means))
-            seed_dfs.append(n - 1)
-            contribution = contribution + w * stats.image_contributions(y)
-            if n >= 2 and n_images >= 2:  # the residual both terms hold: counted once
-                complete = np.isfinite(y).all(axis=(-2, -1))
-                ms = stats.interaction_mean_square(np.where(np.isfinite(y), y, 0.0))
-                overlap = overlap + w**2 * np.where(complete, ms, 0.0) / (n * n_images)
-        image = (np.maximum(n_images * np.var(contribution, axis=-1, ddof=1) - overlap, 0.0)
-                 if n_images >= 2 else np.full(np.shape(estimate), np.nan))
-        seed = np.sum(seed_terms, axis=0)
         warnings.simplefilter("ignore", RuntimeWarning)  # all terms 0 (flat): its p is NaN
-        low, high, p, df = stats.welch_satterthwaite_t(estimate, [*seed_terms, image],
-                                                       [*seed_dfs, n_images - 1], confidence)
+        if n_images >= 2:
+            contribution = sum(w * f.contributions for f, w in zip(fits, weights, strict=True))
+            overlap = sum(w**2 * f.overlap for f, w in zip(fits, weights, strict=True))
+            image = np.maximum(n_images * np.var(contribution, axis=-1, ddof=1) - overlap, 0.0)
+        else:
+            image = np.full(np.shape(estimate), np.nan)
+        seed = np.sum(seed_terms, axis=0)
+        low, high, p, df = stats.welch_satterthwaite_t(
+            estimate, [*seed_terms, image], [*(f.n_seeds - 1 for f in fits), n_images - 1], confidence)
     usable = np.isfinite(seed) & np.isfinite(image)
     flat = (seed + np.where(usable, image, 0.0)) == 0  # every run and image agree: no spread
-    out = {"estimate": np.asarray(estimate, float),
-           "low": np.where(usable, np.where(flat, estimate, low), np.nan),
-           "high": np.where(usable, np.where(flat, estimate, high), np.nan),
-           "p": np.where(usable & ~flat, p, np.nan), "df": np.where(usable & ~flat, df, np.nan),
-           "se": np.where(usable, np.sqrt(seed + image), np.nan),
-           "se_seed": np.sqrt(seed), "se_image": np.sqrt(image)}
-    return out
+    return {"estimate": np.asarray(estimate, float),
+            "low": np.where(usable, np.where(flat, estimate, low), np.nan),
+            "high": np.where(usable, np.where(flat, estimate, high), np.nan),
+            "p": np.where(usable & ~flat, p, np.nan), "df": np.where(usable & ~flat, df, np.nan),
+            "se": np.where(usable, np.sqrt(seed + image), np.nan),
+            "se_seed": np.sqrt(seed), "se_image": np.sqrt(image)}
 
 
 def variance_components(cells: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -161,7 +179,8 @@ def pooled_effects(cells: Mapping[str, pd.DataFrame], levels: pd.DataFrame,
             if cell != base:
                 differ = [f for f in levels.columns if levels.at[cell, f] != levels.at[base, f]]
                 claims.append(("vs baseline", ", ".join(differ), cell, base, {cell: 1.0, base: -1.0}, ""))
-    rows = [_claim_row(frames, *claim, confidence) for claim in claims]
+    fits = {c: fit_cell(f.to_numpy(float)) for c, f in frames.items()}
+    rows = [_claim_row(frames, fits, *claim, confidence) for claim in claims]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -199,14 +218,15 @@ def _main_effect_claims(levels: pd.DataFrame, factors: list[str], references: Ma
     return claims
 
 
-def _claim_row(frames: dict[str, pd.DataFrame], kind: str, factor: str, level: str, reference: str,
-               weights: dict[str, float], reason: str, confidence: float) -> dict:
+def _claim_row(frames: dict[str, pd.DataFrame], fits: dict[str, CellFit], kind: str, factor: str,
+               level: str, reference: str, weights: dict[str, float], reason: str,
+               confidence: float) -> dict:
     used = {c: w for c, w in weights.items() if w != 0}
     row = {"claim_kind": kind, "factor": factor, "level": level, "reference": reference,
            "n_runs": sum(len(frames[c]) for c in used), "method": METHOD}
     if reason:
         return row | dict.fromkeys(COLUMNS[4:13], math.nan) | {"reason": reason}
-    fit = contrast_interval([frames[c].to_numpy(float) for c in used], list(used.values()), confidence)
+    fit = contrast_interval([fits[c] for c in used], list(used.values()), confidence)
     row |= {k: float(v) for k, v in fit.items()}
     few_seeds = [c for c in used if len(frames[c]) < 2]
     if few_seeds:
