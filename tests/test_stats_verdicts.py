@@ -101,6 +101,9 @@ def test_cells_to_extend_are_those_of_unresolved_claims_seeds_can_help():
     assert v.cells_to_extend(claims, verdicts) == {"y", "w", "n"}  # z has weight 0
     assert v.cells_to_extend(claims, verdicts, ["y", "w"]) == {"y", "w"}
     assert v.cells_to_extend(claims[:2], verdicts) == set()
+    # with 3 seeds left in the budget the 4 that y needs cannot be run: only the unknown claim grows
+    assert v.cells_to_extend(claims, verdicts, seeds_left=3) == {"n", "w"}
+    assert v.cells_to_extend(claims, verdicts, seeds_left=4) == {"y", "w", "n"}
 
 
 def test_run_adaptive_adds_seeds_only_where_a_claim_is_unresolved():
@@ -149,3 +152,15 @@ def test_false_equivalence_at_a_true_effect_of_delta(capsys):
     with capsys.disabled():
         print(f"\ntrue Δ = +-δ, 2,000 replicates: {rates}, {runs:.1f} runs each")
     assert rates[v.EQUIVALENT] <= 0.06
+
+
+def test_verdicts_bench_smoke():
+    """The bench's rows at 8 replicates: the runs ratio is the adaptive runs over 40, between the
+    first look alone (12 runs) and all 10 seeds; agreement is a share."""
+    from xray_ablate.bench import verdicts as bench
+
+    ratio, agree = bench.run(smoke=True)
+    assert 12 / 40 <= ratio.value <= 1 and ratio.met == (ratio.value <= 0.6)
+    assert f"{ratio.value * 40:.1f} runs vs 40" in ratio.notes
+    assert 0 <= agree.value <= 100 and agree.unit == "% of replicates"
+    assert "A: adaptive better" in agree.notes  # the 8 pp effect is found in every replicate

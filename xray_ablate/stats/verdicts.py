@@ -1,11 +1,9 @@
 """Verdicts of claims (contrasts of cells) under repeated looks: better, worse, equivalent, unresolved.
 
-Stopping rule: a group-sequential design with Lan-DeMets Pocock-type alpha spending over the planned
-looks (information fraction = seeds / planned maximum). Pocock rather than O'Brien-Fleming: with
-3-5 seeds the t quantiles at df 2-4 are already large, and O'Brien-Fleming's early levels (z > 4)
-would make the early looks unable to stop anything. Each look's z boundary becomes a nominal level,
-and the look's interval is the seeds + test-images t interval (``total_contrast``) at that level.
-"""
+Stopping rule: group-sequential, Lan-DeMets Pocock-type alpha spending over the planned looks
+(information fraction = seeds / planned most), separately for the difference (two-sided) and the
+TOST. Pocock, not O'Brien-Fleming, whose early levels (z > 4) at df 2-4 would never stop anything.
+Each look's z boundary becomes a nominal level, at which the seeds + test-images t interval is read."""
 
 from __future__ import annotations
 
@@ -70,6 +68,23 @@ def nominal_levels(fractions: tuple[float, ...], alpha: float, grid: int = 801) 
     return tuple(levels)
 
 
+def planned_looks(first: int, most: int) -> tuple[int, ...]:
+    """Seeds per configuration at each look: from ``first``, about x1.5 each round (at least +2),
+    ending at ``most``; a last step of one seed is merged into the previous look.
+
+    Each look costs alpha (a stricter level everywhere) and each extra seed costs a run; x1.5 adds
+    a third of the information per round, so a clear effect stops within a round or two of being
+    clear, with 3-4 looks for the usual budgets (3 -> 10: 3, 5, 8, 10)."""
+    if first < 2 or most < first:
+        raise ValueError(f"need 2 <= first <= most, got first={first}, most={most}")
+    looks = [first]
+    while looks[-1] < most:
+        looks.append(min(most, max(looks[-1] + 2, math.ceil(1.5 * looks[-1]))))
+    if len(looks) > 2 and looks[-1] - looks[-2] < 2:
+        looks.pop(-2)
+    return tuple(looks)
+
+
 @dataclass(frozen=True)
 class SequentialDesign:
     """Planned looks at ``looks`` seeds per configuration; ``delta`` the smallest effect that
@@ -85,6 +100,8 @@ class SequentialDesign:
             raise ValueError(f"looks must increase from at least 2 seeds, got {self.looks}")
         if not (self.delta > 0 and 0 < self.alpha < 1):
             raise ValueError(f"need delta > 0 and 0 < alpha < 1, got {self.delta}, {self.alpha}")
+
+    planned_looks = staticmethod(planned_looks)  # SequentialDesign.planned_looks(3, 10) too
 
     @property
     def fractions(self) -> tuple[float, ...]:
@@ -102,23 +119,6 @@ class SequentialDesign:
         """Level of the TOST interval at ``look``: each one-sided test at the nominal level of
         alpha spent one-sided (one look: the usual 1 - 2 alpha = 90 % interval)."""
         return 1 - 2 * nominal_levels(self.fractions, self.alpha)[look]
-
-
-def planned_looks(first: int, most: int) -> tuple[int, ...]:
-    """Seeds per configuration at each look: from ``first``, about x1.5 each round (at least +2),
-    ending at ``most``; a last step of one seed is merged into the previous look.
-
-    Each look costs alpha (a stricter level everywhere) and each extra seed costs a run; x1.5 adds
-    a third of the information per round, so a clear effect stops within a round or two of being
-    clear, with 3-4 looks for the usual budgets (3 -> 10: 3, 5, 8, 10)."""
-    if first < 2 or most < first:
-        raise ValueError(f"need 2 <= first <= most, got first={first}, most={most}")
-    looks = [first]
-    while looks[-1] < most:
-        looks.append(min(most, max(looks[-1] + 2, math.ceil(1.5 * looks[-1]))))
-    if len(looks) > 2 and looks[-1] - looks[-2] < 2:
-        looks.pop(-2)
-    return tuple(looks)
 
 
 @dataclass(frozen=True)
@@ -207,14 +207,17 @@ def judge(claim: Claim, cells: Mapping[str, pd.DataFrame], design: SequentialDes
 
 
 def cells_to_extend(claims: Iterable[Claim], verdicts: Mapping[str, Verdict],
-                    cells: Iterable[str] | None = None) -> set[str]:
-    """Cells that an unresolved claim needs (nonzero weight), unless seeds cannot help it
-    (more_seeds = inf). NaN (unknown: too few seeds to tell) counts as "may help". ``cells``,
-    when given, limits the answer to the cells that exist."""
+                    cells: Iterable[str] | None = None, seeds_left: float = math.inf) -> set[str]:
+    """Cells that an unresolved claim needs (nonzero weight), when seeds can still help it: its
+    more_seeds is at most ``seeds_left`` (the budget per configuration still unspent; inf: no
+    budget; more_seeds = inf never), NaN (too few seeds to tell) counting as "may help". ``cells``,
+    when given, limits the answer to the cells that exist.
+
+    Leaving a claim that the budget cannot resolve only removes looks, so its error rates hold."""
     wanted = set()
     for claim in claims:
         verdict = verdicts[claim.name]
-        if not verdict.resolved and verdict.more_seeds != math.inf:
+        if not verdict.resolved and verdict.more_seeds != math.inf and not verdict.more_seeds > seeds_left:
             wanted |= claim.cells
     return wanted if cells is None else wanted & set(cells)
 
@@ -235,7 +238,8 @@ Draw = Callable[[str, int, int], pd.DataFrame]  # (cell, first seed, how many) -
 
 def run_adaptive(claims: Iterable[Claim], draw: Draw, design: SequentialDesign) -> AdaptiveResult:
     """The adaptive sweep over ``draw``: every cell at the first look, then at each planned look
-    only the cells of ``cells_to_extend`` grow to that look's seeds. A claim is judged again only
+    only the cells of ``cells_to_extend`` (within the budget of ``design.looks[-1]`` seeds) grow
+    to that look's seeds. A claim is judged again only
     when all its cells reached the look's seeds (same data, no second look); a resolved verdict is
     final (the design stops that claim)."""
     claims = list(claims)
@@ -243,7 +247,7 @@ def run_adaptive(claims: Iterable[Claim], draw: Draw, design: SequentialDesign) 
     verdicts = {claim.name: judge(claim, cells, design, 0) for claim in claims}
     rounds = [dict(verdicts)]
     for look, seeds in enumerate(design.looks[1:], start=1):
-        extend = cells_to_extend(claims, verdicts, cells)
+        extend = cells_to_extend(claims, verdicts, cells, design.looks[-1] - design.looks[look - 1])
         if not extend:
             break
         for c in sorted(extend):
