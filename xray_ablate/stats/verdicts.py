@@ -236,18 +236,21 @@ class AdaptiveResult:
 Draw = Callable[[str, int, int], pd.DataFrame]  # (cell, first seed, how many) -> seeds x images
 
 
-def run_adaptive(claims: Iterable[Claim], draw: Draw, design: SequentialDesign) -> AdaptiveResult:
+def run_adaptive(claims: Iterable[Claim], draw: Draw, design: SequentialDesign,
+                 spend_budget: bool = False) -> AdaptiveResult:
     """The adaptive sweep over ``draw``: every cell at the first look, then at each planned look
     only the cells of ``cells_to_extend`` (within the budget of ``design.looks[-1]`` seeds) grow
-    to that look's seeds. A claim is judged again only
-    when all its cells reached the look's seeds (same data, no second look); a resolved verdict is
-    final (the design stops that claim)."""
+    to that look's seeds (``spend_budget``: every unresolved claim's cells unless more_seeds = inf,
+    even those whose more_seeds exceeds the seeds left: every look happens, the worst case).
+    A claim is judged again only when all its cells reached the look's seeds (same data, no second
+    look); a resolved verdict is final (the design stops that claim)."""
     claims = list(claims)
     cells = {c: draw(c, 0, design.looks[0]) for claim in claims for c in sorted(claim.cells)}
     verdicts = {claim.name: judge(claim, cells, design, 0) for claim in claims}
     rounds = [dict(verdicts)]
     for look, seeds in enumerate(design.looks[1:], start=1):
-        extend = cells_to_extend(claims, verdicts, cells, design.looks[-1] - design.looks[look - 1])
+        left = math.inf if spend_budget else design.looks[-1] - design.looks[look - 1]
+        extend = cells_to_extend(claims, verdicts, cells, left)
         if not extend:
             break
         for c in sorted(extend):
