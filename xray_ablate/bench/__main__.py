@@ -13,7 +13,7 @@ import torch
 from xray_ablate.bench.rows import machine
 from xray_ablate.settings import project_root
 
-SUITES = ("data", "train", "quality", "sweep", "audit", "batched")
+SUITES = ("data", "train", "quality", "sweep", "audit", "batched", "verdicts")
 
 
 def main(argv: list[str] | None = None) -> None:

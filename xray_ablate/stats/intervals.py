@@ -409,10 +409,16 @@ def image_variance(y: np.ndarray) -> np.ndarray:
     term = n * np.var(image_contributions(y), axis=-1, ddof=1)
     if n_seeds < 2 or not np.isfinite(y).all():
         return term
+    return np.maximum(term - interaction_mean_square(y) / (n_seeds * n), 0.0)
+
+
+def interaction_mean_square(y: np.ndarray) -> np.ndarray:
+    """Seed x image residual mean square of y (..., seeds, images), every seed testing every image
+    (two-way ANOVA without replication); its expectation is the per-image noise variance."""
+    n_seeds, n = y.shape[-2], y.shape[-1]
     resid = (y - y.mean(axis=-1, keepdims=True) - y.mean(axis=-2, keepdims=True)
              + y.mean(axis=(-2, -1), keepdims=True))
-    ms = np.sum(resid**2, axis=(-2, -1)) / ((n_seeds - 1) * (n - 1))
-    return np.maximum(term - ms / (n_seeds * n), 0.0)
+    return np.sum(resid**2, axis=(-2, -1)) / ((n_seeds - 1) * (n - 1))
 
 
 def seed_variance(means: np.ndarray) -> np.ndarray:
