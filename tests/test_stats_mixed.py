@@ -13,8 +13,7 @@ import pytest
 from scipy import stats as st
 from scipy.special import ndtr
 
-from xray_ablate.report import stats
-from xray_ablate.stats import mixed, simulate
+from xray_ablate.stats import intervals, mixed, simulate
 
 CELLS = ("a0 | b0", "a1 | b0", "a0 | b1", "a1 | b1")
 LEVELS = pd.DataFrame([c.split(" | ") for c in CELLS], index=list(CELLS), columns=["A", "B"])
@@ -26,8 +25,8 @@ IMAGE_SD = 2.0  # probit scale: most images nearly always right or nearly always
 def _claims() -> list[tuple[str, dict[str, float]]]:
     """The claims of a 2 x 2, in pooled_effects' row order, with their cell weights."""
     grid = {"A": ["a0", "a1"], "B": ["b0", "b1"]}
-    return [("main A", stats.contrast_weights(["A", "B"], grid, {"A": ("a1", "a0")})),
-            ("main B", stats.contrast_weights(["A", "B"], grid, {"B": ("b1", "b0")})),
+    return [("main A", intervals.contrast_weights(["A", "B"], grid, {"A": ("a1", "a0")})),
+            ("main B", intervals.contrast_weights(["A", "B"], grid, {"B": ("b1", "b0")})),
             *((f"{c} - base", {c: 1.0, CELLS[0]: -1.0}) for c in CELLS[1:])]
 
 

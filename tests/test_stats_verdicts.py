@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xray_ablate.report.stats import total_contrast
 from xray_ablate.stats import verdicts as v
+from xray_ablate.stats.intervals import total_contrast
 from xray_ablate.stats.simulate import crossed_population
 
 DELTA = 0.02

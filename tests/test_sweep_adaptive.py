@@ -42,13 +42,14 @@ def test_adaptive_sweep_adds_seeds_only_where_a_claim_is_unresolved_and_resumes(
                                                             str(tmp_path))))
     assert set(seeds_by_round[0].values()) == {3}
     # the configurations given seeds after a round are exactly those of its unresolved claims that
-    # more seeds can resolve
+    # the seeds left in the budget can resolve
     names = sorted(seeds_by_round[0])
     levels = pd.DataFrame([dict(part.split("=") for part in name.split(", ")) for name in names], index=names)
     baseline = "dataset=masked, class_weights=off"
     cells = {c.name: set(c.weights) for c in ablation_claims(levels, baseline)}
-    for before, after, table in zip(seeds_by_round, seeds_by_round[1:], tables, strict=False):
-        open_claims = table[(table["verdict"] == "unresolved") & (table["more_seeds"] < float("inf"))]
+    for look, (before, after, table) in enumerate(zip(seeds_by_round, seeds_by_round[1:], tables, strict=False)):
+        seeds_left = looks[-1] - looks[look]
+        open_claims = table[(table["verdict"] == "unresolved") & ~(table["more_seeds"] > seeds_left)]
         wanted = set().union(*(cells[c] for c in open_claims["claim"]))
         assert {k for k in names if after[k] > before[k]} == wanted
         assert all(after[k] in looks for k in wanted)

@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 
 from xray_ablate.bench.rows import Row
-from xray_ablate.report.stats import cell_label, contrast_weights
 from xray_ablate.stats import verdicts as v
+from xray_ablate.stats.intervals import cell_label, contrast_weights
 from xray_ablate.stats.simulate import crossed_population
 
 COMMAND = "python -m xray_ablate.bench verdicts"

@@ -5,7 +5,7 @@ Model, on the score scale (for accuracy the score is the 0/1 correctness of one 
     y[c, s, i] = mu[c] + u[c, i] + b[c, s] + e[c, s, i]
 
 - ``mu[c]``: a fixed mean per configuration (cell). The factors' main effects and each Δ against
-  the baseline are contrasts sum_c w_c mu[c] (``report.stats.contrast_weights``).
+  the baseline are contrasts sum_c w_c mu[c] (``stats.intervals.contrast_weights``).
 - ``b[c, s]``: the seed, nested in its configuration, with a variance per configuration.
 - ``u[c, i]``: the test image, crossed with the seeds and shared by the configurations; its effect
   may differ between configurations (image x configuration) with any covariance across them.
@@ -18,11 +18,11 @@ Estimator: closed-form method of moments (ANOVA estimators), Satterthwaite degre
   (the design satisfies Zyskind's condition), so no iteration is needed.
 - Variance of a contrast L = sum_c w_c ybar_c: per cell, w_c^2 var(run means) / n_c (df n_c - 1;
   it holds the seed variance and the residual's share), plus the image term N var_i(d_i) with
-  d_i the image's contribution to L (``report.stats.image_contributions``; df N - 1), less the
+  d_i the image's contribution to L (``stats.intervals.image_contributions``; df N - 1), less the
   residual that both terms hold, sum_c w_c^2 MS_c / (n_c N) (MS_c: the seed x image mean square).
   For balanced data these are the ANOVA estimators, equal to REML where non-negative.
 - The t quantile is taken at the Welch-Satterthwaite df of the summed terms, and the interval is
-  never narrower than any one term's own t-interval (``report.stats.welch_satterthwaite_t``).
+  never narrower than any one term's own t-interval (``stats.intervals.welch_satterthwaite_t``).
   This is where the pooling pays: a main effect of a 2 x 2 with 3 seeds per cell has up to 8 df
   (and a floor of t(2) x a quarter of its variance) instead of t(2) on all of it for the
   seed-matched contrasts, and a cell that got more seeds (the adaptive sweep) counts all of them.
@@ -45,7 +45,7 @@ averaging over the image distribution, and its variational posterior has no cove
 
 Seeds are taken as independent across configurations. Where equal seeds share a split, their
 effects correlate across configurations and these intervals are conservative; the seed-matched
-intervals of ``report.stats.total_contrast`` remain the per-cell check.
+intervals of ``stats.intervals.total_contrast`` remain the per-cell check.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from xray_ablate.report import stats
+from xray_ablate.stats import intervals
 
 METHOD = "crossed moments, Satterthwaite df"
 COLUMNS = ["claim_kind", "factor", "level", "reference", "estimate", "low", "high", "p", "df", "se",
@@ -86,9 +86,9 @@ def fit_cell(y: np.ndarray) -> CellFit:
         overlap = np.zeros(y.shape[:-2])
         if n >= 2 and n_images >= 2:
             complete = np.isfinite(y).all(axis=(-2, -1))
-            ms = stats.interaction_mean_square(np.where(np.isfinite(y), y, 0.0))
+            ms = intervals.interaction_mean_square(np.where(np.isfinite(y), y, 0.0))
             overlap = np.where(complete, ms, 0.0) / (n * n_images)
-        return CellFit(means.mean(axis=-1), stats.seed_variance(means), stats.image_contributions(y),
+        return CellFit(means.mean(axis=-1), intervals.seed_variance(means), intervals.image_contributions(y),
                        overlap, n)
 
 
@@ -111,7 +111,7 @@ def contrast_interval(fits: Sequence[CellFit], weights: Sequence[float],
         else:
             image = np.full(np.shape(estimate), np.nan)
         seed = np.sum(seed_terms, axis=0)
-        low, high, p, df = stats.welch_satterthwaite_t(
+        low, high, p, df = intervals.welch_satterthwaite_t(
             estimate, [*seed_terms, image], [*(f.n_seeds - 1 for f in fits), n_images - 1], confidence)
     usable = np.isfinite(seed) & np.isfinite(image)
     flat = (seed + np.where(usable, image, 0.0)) == 0  # every run and image agree: no spread
@@ -137,7 +137,7 @@ def variance_components(cells: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             y = frame.to_numpy(float)
             n, n_images = y.shape
             complete = np.isfinite(y).all() and n >= 2 and n_images >= 2
-            ms = float(stats.interaction_mean_square(y)) if complete else math.nan
+            ms = float(intervals.interaction_mean_square(y)) if complete else math.nan
             means, per_image = np.nanmean(y, axis=1), np.nanmean(y, axis=0)
             seed_var = np.var(means, ddof=1) if n >= 2 else math.nan
             image_var = np.var(per_image, ddof=1) if n_images >= 2 else math.nan
@@ -200,7 +200,7 @@ def _baseline(levels: pd.DataFrame, references: Mapping[str, str]) -> str | None
 def _main_effect_claims(levels: pd.DataFrame, factors: list[str], references: Mapping[str, str]) -> list:
     """(kind, factor, level, reference, weights per cell label, reason) of each main effect."""
     level_sets = {f: sorted(levels[f].unique()) for f in factors}
-    by_combo = {stats.cell_label(row): cell for cell, row in zip(levels.index, levels[factors].to_numpy(),
+    by_combo = {intervals.cell_label(row): cell for cell, row in zip(levels.index, levels[factors].to_numpy(),
                                                                  strict=True)}
     claims = []
     for factor in factors:
@@ -210,7 +210,7 @@ def _main_effect_claims(levels: pd.DataFrame, factors: list[str], references: Ma
         for level in level_sets[factor]:
             if level == ref:
                 continue
-            combos = stats.contrast_weights(factors, level_sets, {factor: (level, ref)})
+            combos = intervals.contrast_weights(factors, level_sets, {factor: (level, ref)})
             absent = [c for c in combos if c not in by_combo]
             weights = {by_combo[c]: w for c, w in combos.items() if c in by_combo}
             reason = f"no run at {' | '.join(factors)} = {absent[0]}" if absent else ""

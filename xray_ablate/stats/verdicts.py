@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from xray_ablate.report.stats import TotalInterval, seeds_needed_with_floor, total_contrast, welch_satterthwaite_t
+from xray_ablate.stats.intervals import TotalInterval, seeds_needed_with_floor, total_contrast, welch_satterthwaite_t
 
 BETTER, WORSE, EQUIVALENT, UNRESOLVED = "better", "worse", "equivalent", "unresolved"
 

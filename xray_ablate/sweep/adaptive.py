@@ -105,7 +105,8 @@ def run_rounds(plan: Plan, sweep: Sweep, launch: Callable[[list[str]], None]) ->
             return []
         judged = verdicts(claims, scores, design, higher_is_better=metric not in LOWER_IS_BETTER)
         last = look + 1 == len(design.looks)
-        extend = [] if last else sorted(cells_to_extend(claims, {v.claim: v for v in judged}, scores))
+        extend = [] if last else sorted(cells_to_extend(claims, {v.claim: v for v in judged}, scores,
+                                                        seeds_left=design.looks[-1] - design.looks[look]))
         record_round(sweep.recorder, look + 1, judged, {names[k]: len(scores[k]) for k in cells})
         open_claims = sum(v.verdict == UNRESOLVED for v in judged)
         print(f"round {look + 1}: {len(judged) - open_claims} of {len(judged)} claims resolved"
