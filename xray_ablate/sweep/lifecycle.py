@@ -36,7 +36,7 @@ from xray_ablate.tracking.keys import config_key
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.resume import fail_dead_runs, process_tags, sweep_parent
 from xray_ablate.tracking.store import code_version, connect, describe_experiment
-from xray_ablate.tracking.view import AblationView, save_view, sweep_filter
+from xray_ablate.tracking.view import VIEW_ID, AblationView, save_view, sweep_filter
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def experiment_note(plan: Plan) -> str:
     readme = Path(CONFIG_DIR) / "experiment" / f"{first.experiment_name}.md"
     if first.experiment_name != "none" and readme.is_file():
         lines.append(f"**README:** `experiments/{readme.name}` (experiment={first.experiment_name}).")
-    lines.append("Compare runs: group by the `factor.*` tags; the report run (`xray.kind = report`) "
-                 "holds report.html.")
+    lines.append(f"Compare runs: the view `{VIEW_ID}` (Views menu) groups them by configuration; the report "
+                 "run (`xray.kind = report`) holds report.html.")
     return "\n\n".join(lines)
 
 
