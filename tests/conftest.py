@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -153,6 +154,20 @@ def brisque_weights() -> Path:
         weights_path().parent.mkdir(parents=True)
         shutil.copy(source, weights_path())
         yield weights_path()
+
+
+def chromium(*args: str, tmp_path: Path) -> str:
+    """Headless Chromium's stdout; skipped without a browser, except under CI=true (.ci/run installs it)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but no chromium on PATH: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("no chromium on PATH (apt-get install chromium): no page checked in a browser")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+    res = subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
+    return res.stdout
 
 
 def invoke_cli(monkeypatch, root: Path, *args: str) -> int:

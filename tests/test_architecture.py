@@ -4,6 +4,7 @@ configs checked before anything runs, and a new factor is one entry in the facto
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -108,7 +109,14 @@ def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, sy
     assert parent.info.run_name == "xray-ablate: optimizer"
     out = capsys.readouterr().out
     ui = "http://127.0.0.1:5000/#/experiments/"
-    assert f"runs in the MLflow UI: {ui}{experiment.experiment_id}/runs\n" in out
+    # The report saved the ablation view of its sweep: grouped by the new factor, sorted by its metric.
+    assert f"runs in the MLflow UI: {ui}{experiment.experiment_id}/runs?viewStateShareKey=xray-ablate\n" in out
+    state = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.xray-ablate"])["state"])
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "factor.optimizer"}]
+    assert state["searchFilter"] == f"tags.`xray.in_sweep.{parent.data.tags['xray.sweep_id']}` = '1'"
+    assert state["orderByKey"] == "metrics.`test_accuracy`"
+    shown = client.search_runs([experiment.experiment_id], state["searchFilter"])
+    assert sorted(r.data.tags["xray.kind"] for r in shown) == ["report", "sweep", "train", "train"]
     (report_link,) = re.findall(r"report in the MLflow UI: (\S+)", out)
     exp_id, run_id, path = re.fullmatch(re.escape(ui) + r"(\w+)/runs/(\w+)/artifacts/(.+)", report_link).groups()
     report_run = client.get_run(run_id)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import math
-import os
 import re
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -15,6 +13,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import chromium
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -506,20 +505,6 @@ def test_cli_writes_a_report(store, tmp_path, monkeypatch, capsys):
     assert res.returncode == 0 and "report" in res.stdout
 
 
-def _chromium(*args: str, tmp_path) -> str:
-    """Headless Chromium's stdout; skipped without a browser, except under CI=true (.ci/run installs it)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but no chromium on PATH: .ci/run installs it (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium): report.html not checked in a browser")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
-    res = subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
-    return res.stdout
-
-
 class _Dom(HTMLParser):
     """The tables (rows of cell texts), image sources and heading ids of a DOM."""
 
@@ -563,7 +548,7 @@ def test_report_html_in_a_browser(tiny, tmp_path):
     contents linking to the sections."""
     _, folder = tiny
     page = folder / "report.html"
-    dom = _Dom(_chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path))
+    dom = _Dom(chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path))
     numeric = pd.read_csv(folder / "run_table.csv")
     head, *rows = next(t for t in dom.tables if t and t[0][:2] == ["config", "dataset"])
     assert [row[0] for row in rows[:len(numeric)]] == numeric["config"].tolist()

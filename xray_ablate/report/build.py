@@ -36,6 +36,7 @@ from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.reader import epoch_history
 from xray_ablate.tracking.store import code_version
 from xray_ablate.tracking.verdicts import tag_parent
+from xray_ablate.tracking.view import AblationView, experiment_filter, save_view, sweep_filter
 
 log = logging.getLogger(__name__)
 HTML = "report.html"  # beside report.md; the MLflow UI shows it inline in the report run's artifacts
@@ -135,10 +136,11 @@ class Written:
     uri: str
     experiment_id: str
     run_id: str | None  # the report run, None with report.log_to_mlflow=false
+    runs_link: str  # the runs page opened on the report's ablation view (tracking/view.py)
 
     def links(self) -> list[str]:
-        """Lines to print: the experiment's runs page and the report run's report.html."""
-        out = [f"runs in the MLflow UI: {links.runs_page(self.uri, self.experiment_id)}"]
+        """Lines to print: the runs page's ablation view and the report run's report.html."""
+        out = [f"runs in the MLflow UI: {self.runs_link}"]
         if self.run_id:
             out.append("report in the MLflow UI: "
                        + links.artifact_page(self.uri, self.experiment_id, self.run_id, HTML))
@@ -182,13 +184,31 @@ def write_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Written:
         replace_owned_dir(work, out_dir, "a report")  # never over a folder of the user's
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    run_id = None
+    uri = str(cfg.tracking.uri)
+    run_id, runs_link = None, links.runs_page(uri, selection.experiment_id)
     if rc.get("log_to_mlflow", True):
-        run_id = _log_run(selection, out_dir, content, str(cfg.tracking.uri))
+        run_id = _log_run(selection, out_dir, content, uri)
         if selection.parent_run_id and content.verdicts:
-            tag_parent(str(cfg.tracking.uri), selection.parent_run_id, content.verdicts)
+            tag_parent(uri, selection.parent_run_id, content.verdicts)
+        by_sweep = sweep is not None or exp_name is None  # as select_runs chose; else every run of exp_name
+        runs_link = save_view(uri, selection.experiment_id, ablation_view(selection, kept, settings.metric, by_sweep))
     log.info("report written to %s", out_dir)
-    return Written(out_dir, str(cfg.tracking.uri), selection.experiment_id, run_id)
+    return Written(out_dir, uri, selection.experiment_id, run_id, runs_link)
+
+
+def ablation_view(selection: R.Selection, runs: pd.DataFrame, metric: str, by_sweep: bool) -> AblationView:
+    """The MLflow runs page's view of the report's runs: grouped by configuration, sorted by ``metric``."""
+    varied = varied_factors(runs)
+    run_filter = (sweep_filter(selection.sweep_ids[0]) if by_sweep
+                  else experiment_filter(str(selection.experiment_name)))
+    n_levels = len(runs[varied].drop_duplicates()) if varied else 1
+    return AblationView(name=f"{selection.name}: {' x '.join(varied) or 'seeds only'}", run_filter=run_filter,
+                        metric=metric, factors=tuple(varied), by_config_key=runs["config_key"].nunique() > n_levels)
+
+
+def varied_factors(runs: pd.DataFrame) -> list[str]:
+    """The factors with more than one level among ``runs`` (the tidy frame)."""
+    return [f for f in factor_names() if runs[f].nunique() > 1]
 
 
 def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.Settings,
@@ -220,7 +240,7 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
     if missing:
         notes.append(f"{missing} of {len(kept)} run(s) have no {schema.PREDICTIONS} artifact: "
                      "configurations with such a run get no interval over test images.")
-    varied = [f for f in factor_names() if kept[f].nunique() > 1]
+    varied = varied_factors(kept)
     judged, design_note = claim_verdicts(kept, evidence, baseline_key, settings, selection, varied)
     content = Content(
         selection=selection, settings=settings,
@@ -353,7 +373,9 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
 def _log_run(sel: R.Selection, folder: Path, c: Content, uri: str) -> str:
     """An MLflow run tagged xray.kind=report holding every output file, under the sweep's parent."""
     tags = {schema.KIND: "report", schema.SWEEP_ID: ",".join(sel.sweep_ids) or "none",
-            schema.EXPERIMENT: sel.experiment_name or "none", schema.CODE_VERSION: code_version()}
+            schema.EXPERIMENT: sel.experiment_name or "none", schema.CODE_VERSION: code_version(),
+            # in the sweeps' ablation views, whose filter is membership
+            **{schema.SWEEP_MEMBER.format(s): "1" for s in sel.sweep_ids}}
     store = SimpleNamespace(uri=uri, experiment=sel.experiment, artifact_root=None)  # it exists already
     with tracked_run(store, f"report-{sel.name}", tags, parent_run_id=sel.parent_run_id) as recorder:
         n, sd = T.baseline_sd(c.run_table, c.settings)

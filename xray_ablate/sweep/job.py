@@ -32,7 +32,7 @@ from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.results import record_result
 from xray_ablate.tracking.resume import finished_run, logged_steps, mark_member, process_tags, resumable_run
-from xray_ablate.tracking.run_info import record_config, run_tags
+from xray_ablate.tracking.run_info import record_config, record_dataset, run_tags
 from xray_ablate.train.checkpoint import Checkpointer
 from xray_ablate.train.device import select_device
 from xray_ablate.train.external import ExternalSet, external_metrics, prepare_external
@@ -169,7 +169,7 @@ def record_inputs(config: Config, data: PreparedData, inputs: FitInputs, recorde
     record_config(recorder, config)
     # Images without a patient id count as their own patient: a leakage risk worth seeing.
     recorder.metrics({"data_patient_fallbacks": data.patient_fallbacks, "data_excluded": len(data.excluded)})
-    recorder.tags({schema.FINGERPRINT: data.fingerprint, schema.SPLIT_HASH: data.manifest_hash})
+    record_dataset(recorder, data, Path(config.dataset.root))
     recorder.file(data.manifest_path, "split")
     recorder.table(data.excluded, "data/excluded.csv")
     recorder.params(inputs.params)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from xray_ablate.config.factors import varied_factors
+from xray_ablate.config.factors import factor_levels, varied_factors
 from xray_ablate.config.load import Plan
 from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import prepare
@@ -32,11 +32,13 @@ from xray_ablate.sweep.evidence import dataset_references, record_references
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, SKIPPED, read_outcomes, summarize
 from xray_ablate.sweep.signals import raise_pending, remember_ctrl_c
 from xray_ablate.sweep.state import SweepInfo
-from xray_ablate.tracking import links, schema
+from xray_ablate.tracking import schema
+from xray_ablate.tracking.keys import config_key
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.resume import fail_dead_runs, process_tags, sweep_parent
 from xray_ablate.tracking.store import code_version, connect, describe_experiment
+from xray_ablate.tracking.view import VIEW_ID, AblationView, save_view, sweep_filter
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ def sweep_run(plan: Plan) -> Iterator[Sweep]:
     experiment_id = connect(tracking.uri, tracking.experiment, tracking.artifact_root)
     describe_experiment(tracking.uri, experiment_id, experiment_note(plan))
     tags = {schema.KIND: "sweep", schema.SWEEP_ID: sid, schema.EXPERIMENT: first.experiment_name,
+            schema.SWEEP_MEMBER.format(sid): "1",  # in the ablation view, whose filter is membership
             schema.CODE_VERSION: code_version(), **process_tags()}
     outcome_dir = Path(plan.primary.hydra.sweep.dir) / "outcomes" / f"{os.getpid()}-{time.time_ns()}"
     started, interrupted = time.perf_counter(), False
@@ -122,10 +125,9 @@ def sweep_run(plan: Plan) -> Iterator[Sweep]:
             if problems:
                 print("failed jobs:\n" + "\n".join(problems))
             recorder.metrics({**{f"jobs_{status}": n for status, n in counts.items()}, "sweep_seconds": wall})
-        if first.sweep.report and counts[FINISHED] + counts[SKIPPED]:
-            _report(first, sid)  # prints the links, the report's among them
-        else:
-            print(f"runs in the MLflow UI: {links.runs_page(tracking.uri, experiment_id)}")
+        reported = bool(first.sweep.report and counts[FINISHED] + counts[SKIPPED]) and _report(first, sid)
+        if not reported:  # the report saves the view and prints the links itself
+            print(f"runs in the MLflow UI: {save_view(tracking.uri, experiment_id, ablation_view(plan, sid))}")
         if counts[FAILED]:
             raise JobsFailed(f"{counts[FAILED]} of {len(sweep.jobs)} jobs failed")
 
@@ -162,9 +164,18 @@ def experiment_note(plan: Plan) -> str:
     readme = Path(CONFIG_DIR) / "experiment" / f"{first.experiment_name}.md"
     if first.experiment_name != "none" and readme.is_file():
         lines.append(f"**README:** `experiments/{readme.name}` (experiment={first.experiment_name}).")
-    lines.append("Compare runs: group by the `factor.*` tags; the report run (`xray.kind = report`) "
-                 "holds report.html.")
+    lines.append(f"Compare runs: the view `{VIEW_ID}` (Views menu) groups them by configuration; the report "
+                 "run (`xray.kind = report`) holds report.html.")
     return "\n\n".join(lines)
+
+
+def ablation_view(plan: Plan, sid: str) -> AblationView:
+    """The MLflow runs page's view of this sweep: its runs grouped by configuration."""
+    varied = varied_factors(plan.configs)
+    levels = {tuple(factor_levels(c)[f] for f in varied) for c in plan.configs}
+    keys = {config_key(c, "") for c in plan.configs}  # one device for all: its type does not split them
+    return AblationView(name=parent_name(plan), run_filter=sweep_filter(sid), metric=plan.configs[0].report.metric,
+                        factors=tuple(varied), by_config_key=len(keys) > len(levels))
 
 
 def sweep_id(experiment_name: str, jobs: list[list[str]]) -> str:
@@ -173,7 +184,8 @@ def sweep_id(experiment_name: str, jobs: list[list[str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def _report(config: Config, sid: str) -> None:
+def _report(config: Config, sid: str) -> bool:
+    """Build the report and print it with its links; whether it was built."""
     from xray_ablate.report import write_report
 
     try:
@@ -181,6 +193,7 @@ def _report(config: Config, sid: str) -> None:
     except Exception as err:  # the runs are safe in MLflow; `make report` can retry
         log.error("report not built", exc_info=not isinstance(err, UserError))
         print(f"report not built: {err}")
-    else:
-        print("\n" + (written.folder / "report.md").read_text() + f"\nreport and plots: {written.folder}\n"
-              + "\n".join(written.links()))
+        return False
+    print("\n" + (written.folder / "report.md").read_text() + f"\nreport and plots: {written.folder}\n"
+          + "\n".join(written.links()))
+    return True

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from xray_ablate.config.factors import factor_levels
 from xray_ablate.config.schema import Config
+from xray_ablate.data.prepare import PreparedData
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.keys import config_key
 from xray_ablate.tracking.recorder import Recorder
@@ -29,6 +31,20 @@ def record_config(recorder: Recorder, config: Config) -> None:
     container = asdict(config)
     recorder.params(_flatten(container))
     recorder.text(OmegaConf.to_yaml(container), "config.yaml")
+
+
+def dataset_name(root: Path, fingerprint: str) -> str:
+    """The run's dataset as MLflow names it: its folder and content fingerprint, e.g. cxr@3f9a2c1b7e4d5a60."""
+    return f"{Path(root).resolve().name}@{fingerprint}"
+
+
+def record_dataset(recorder: Recorder, data: PreparedData, root: Path) -> None:
+    """What data the run saw: the tags the report and resume compare, and the split manifest as its
+    MLflow dataset (named by the dataset, its digest the manifest's hash), so the runs page's
+    Dataset column tells runs on other data or another split apart."""
+    recorder.tags({schema.FINGERPRINT: data.fingerprint, schema.SPLIT_HASH: data.manifest_hash})
+    recorder.dataset(data.manifest, dataset_name(root, data.fingerprint), data.manifest_hash, Path(root).resolve(),
+                     context="train/val/test")
 
 
 def _flatten(obj, prefix: str = "") -> dict:

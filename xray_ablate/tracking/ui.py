@@ -1,5 +1,5 @@
-"""python -m xray_ablate.tracking.ui [TRACKING_URI [UI_ADDRESS]]: what to click in the MLflow UI for an
-ablation view (printed by `make ui` before the UI starts), with each experiment's runs page."""
+"""python -m xray_ablate.tracking.ui [TRACKING_URI [UI_ADDRESS]]: each experiment's link into the MLflow
+UI, which opens its ablation view (printed by `make ui` before the UI starts)."""
 
 from __future__ import annotations
 
@@ -8,32 +8,24 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from xray_ablate.config.factors import factor_names
-from xray_ablate.tracking import links, schema
+from xray_ablate.tracking import links, schema, view
 from xray_ablate.tracking.store import sqlite_path
-
-# The report's primary and secondary metrics: the columns worth adding first.
-KEY_METRICS = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_roc_auc_ovr")
 
 
 def ablation_view() -> str:
-    """The columns, grouping, filter and chart that turn the runs table into an ablation view."""
-    factors = ", ".join(schema.FACTOR_TAG.format(f) for f in factor_names())
+    """What an experiment's link opens, and where the report is."""
+    metrics = f"{view.BASE_METRIC} and report.metric"
     return "\n".join([
-        "Ablation view in the MLflow UI (an experiment's Runs tab):",
-        f"  filter     tags.`{schema.KIND}` = 'train'   (only training runs: no sweep parents, no report run)",
-        f"  columns    metrics {', '.join(KEY_METRICS)}; tags {schema.SEED} and the factors you varied",
-        f"             (factor tags: {factors})",
-        "  group by   the varied factor tags (Group by > tags > factor.dataset, ...): one row per",
-        "             configuration with its seeds inside",
-        "  chart      Chart view > bar chart of test_accuracy, grouped as above: one bar per configuration",
-        f"  report     the run named report-<name> (tags.`{schema.KIND}` = 'report'): Artifacts > report.html",
+        "Open an experiment's link below: its runs page on the ablation view the last sweep or report saved",
+        f"(Views > {view.VIEW_ID}): one group per configuration with its seeds inside (mean of {metrics}),",
+        "the factor.* tags that vary, the Dataset column (data and split), sorted by the report's metric.",
+        f"The report: the run report-<name> (tags.`{schema.KIND}` = 'report'), Artifacts > report.html.",
     ])
 
 
 def experiment_pages(uri: str, ui: str) -> list[str]:
-    """"name: runs page" (on the UI at ``ui``) of every experiment holding a training run; none
-    when the store is new."""
+    """"name: link" (on the UI at ``ui``) of every experiment holding a training run; none when the
+    store is new."""
     database = sqlite_path(uri)
     if database is not None and not database.is_file():
         return []
@@ -41,7 +33,7 @@ def experiment_pages(uri: str, ui: str) -> list[str]:
     pages = []
     for experiment in client.search_experiments():
         if client.search_runs([experiment.experiment_id], f"tags.`{schema.KIND}` = 'train'", max_results=1):
-            pages.append(f"  {experiment.name}: {links.runs_page(ui, experiment.experiment_id)}")
+            pages.append(f"  {experiment.name}: {view.experiment_link(ui, experiment)}")
     return pages
 
 
