@@ -53,6 +53,16 @@ def test_the_view_groups_runs_by_their_varied_factors_and_sorts_by_the_metric():
     assert state["groupsExpanded"] == {"tag.factor.dataset,tag.factor.class_weights": True}
 
 
+def test_the_parent_runs_verdict_tags_are_columns_of_the_view():
+    from xray_ablate.tracking.verdicts import verdict_tag
+
+    tag = verdict_tag("dataset: raw − masked (main effect)")
+    assert tag == "verdict.dataset_ raw _ masked _main effect_"  # MLflow-safe, as it is stored
+    state = view.view_state(view.AblationView("demo", view.sweep_filter("ab12"), "test_accuracy", ("dataset",),
+                                              verdict_tags=(tag,)))
+    assert state["selectedColumns"][-2:] == ["tags.`xray.seed`", f"tags.`{tag}`"]
+
+
 @pytest.mark.parametrize("metric, factors, by_key, columns, groups, ascending", [
     ("test_accuracy", ("backbone",), False, ["test_accuracy"], ["factor.backbone"], False),
     ("test_loss", ("backbone",), False, ["test_accuracy", "test_loss"], ["factor.backbone"], True),

@@ -35,7 +35,7 @@ from xray_ablate.tracking import links, schema
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.reader import epoch_history
 from xray_ablate.tracking.store import code_version
-from xray_ablate.tracking.verdicts import tag_parent
+from xray_ablate.tracking.verdicts import tag_parent, verdict_tag
 from xray_ablate.tracking.view import AblationView, experiment_filter, save_view, sweep_filter
 
 log = logging.getLogger(__name__)
@@ -191,19 +191,23 @@ def write_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Written:
         if selection.parent_run_id and content.verdicts:
             tag_parent(uri, selection.parent_run_id, content.verdicts)
         by_sweep = sweep is not None or exp_name is None  # as select_runs chose; else every run of exp_name
-        runs_link = save_view(uri, selection.experiment_id, ablation_view(selection, kept, settings.metric, by_sweep))
+        view = ablation_view(selection, kept, settings.metric, by_sweep,
+                             tuple(verdict_tag(v.claim) for v in content.verdicts))
+        runs_link = save_view(uri, selection.experiment_id, view)
     log.info("report written to %s", out_dir)
     return Written(out_dir, uri, selection.experiment_id, run_id, runs_link)
 
 
-def ablation_view(selection: R.Selection, runs: pd.DataFrame, metric: str, by_sweep: bool) -> AblationView:
+def ablation_view(selection: R.Selection, runs: pd.DataFrame, metric: str, by_sweep: bool,
+                  verdict_tags: tuple[str, ...] = ()) -> AblationView:
     """The MLflow runs page's view of the report's runs: grouped by configuration, sorted by ``metric``."""
     varied = varied_factors(runs)
     run_filter = (sweep_filter(selection.sweep_ids[0]) if by_sweep
                   else experiment_filter(str(selection.experiment_name)))
     n_levels = len(runs[varied].drop_duplicates()) if varied else 1
     return AblationView(name=f"{selection.name}: {' x '.join(varied) or 'seeds only'}", run_filter=run_filter,
-                        metric=metric, factors=tuple(varied), by_config_key=runs["config_key"].nunique() > n_levels)
+                        metric=metric, factors=tuple(varied), by_config_key=runs["config_key"].nunique() > n_levels,
+                        verdict_tags=verdict_tags if by_sweep else ())
 
 
 def varied_factors(runs: pd.DataFrame) -> list[str]:

@@ -10,14 +10,20 @@ from mlflow.tracking import MlflowClient
 
 from xray_ablate.stats.claims import verdict_line
 from xray_ablate.stats.verdicts import BETTER, EQUIVALENT, UNRESOLVED, WORSE, Verdict
+from xray_ablate.tracking.names import safe_name
 from xray_ablate.tracking.recorder import Recorder
 
 VERDICT_TAG = "verdict.{}"  # one per claim: "better: +13.2 pp [...] (...)"
 
 
+def verdict_tag(claim: str) -> str:
+    """The tag a claim's verdict is logged under, as MLflow stores it."""
+    return safe_name(VERDICT_TAG.format(claim))
+
+
 def record_verdicts(recorder: Recorder, verdicts: Sequence[Verdict]) -> None:
     """The current verdict of each claim as a tag of the parent run, and the table as an artifact."""
-    recorder.tags({VERDICT_TAG.format(v.claim): verdict_line(v) for v in verdicts})
+    recorder.tags({verdict_tag(v.claim): verdict_line(v) for v in verdicts})
     recorder.table(pd.DataFrame([asdict(v) for v in verdicts]), "sweep/verdicts.csv")
 
 

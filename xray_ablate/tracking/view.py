@@ -42,6 +42,7 @@ class AblationView:
     metric: str  # the report's metric: a column, the sort key
     factors: tuple[str, ...]  # the factors that vary: their tag columns and the grouping
     by_config_key: bool = False  # the configurations differ in more than those factors
+    verdict_tags: tuple[str, ...] = ()  # the parent run's verdict tags: the parent row reads as the answer
 
 
 def sweep_filter(sweep_id: str) -> str:
@@ -63,7 +64,7 @@ def view_state(view: AblationView) -> dict:
     groups = group_tags(view)
     metrics = dict.fromkeys([BASE_METRIC, view.metric])
     columns = [DATASET_COLUMN, *(f"metrics.`{m}`" for m in metrics),
-               *(f"tags.`{t}`" for t in [*groups, schema.SEED])]
+               *(f"tags.`{t}`" for t in [*groups, schema.SEED, *view.verdict_tags])]
     return {
         "searchFilter": view.run_filter,
         "orderByKey": f"metrics.`{view.metric}`",
