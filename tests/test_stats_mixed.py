@@ -14,16 +14,17 @@ from scipy import stats as st
 from scipy.special import ndtr
 
 from xray_ablate.stats import intervals, mixed, simulate
+from xray_ablate.stats.claims import ablation_claims
+from xray_ablate.stats.verdicts import Claim
 
 CELLS = ("a0 | b0", "a1 | b0", "a0 | b1", "a1 | b1")
 LEVELS = pd.DataFrame([c.split(" | ") for c in CELLS], index=list(CELLS), columns=["A", "B"])
-REFS = {"A": "a0", "B": "b0"}
 MEANS = dict(zip(CELLS, (0.75, 0.80, 0.77, 0.79), strict=True))
 IMAGE_SD = 2.0  # probit scale: most images nearly always right or nearly always wrong
 
 
 def _claims() -> list[tuple[str, dict[str, float]]]:
-    """The claims of a 2 x 2, in pooled_effects' row order, with their cell weights."""
+    """The claims of a 2 x 2 with their cell weights."""
     grid = {"A": ["a0", "a1"], "B": ["b0", "b1"]}
     return [("main A", intervals.contrast_weights(["A", "B"], grid, {"A": ("a1", "a0")})),
             ("main B", intervals.contrast_weights(["A", "B"], grid, {"B": ("b1", "b0")})),
@@ -56,7 +57,7 @@ def _coverage(rng, seeds: dict[str, int], images: int, seed_sd: dict[str, float]
             hits[name] = hits.get(name, 0) + int(np.sum((fit["low"] <= truth) & (truth <= fit["high"])))
         if start == 0:  # the DataFrame function the report calls gives the same intervals
             frames = {c: pd.DataFrame(d[0]) for c, d in draws.items()}
-            table = mixed.pooled_effects(frames, LEVELS, REFS)
+            table = mixed.pooled_intervals(frames, [Claim(name, weights) for name, weights in claims])
             for (_, weights), row in zip(claims, table.itertuples(), strict=True):
                 fit = mixed.contrast_interval([mixed.fit_cell(draws[c][0]) for c in weights],
                                               list(weights.values()))
@@ -131,16 +132,12 @@ def test_balanced_design_estimates_are_the_cell_mean_contrasts():
     y = {"a0 | b0": [[1, 0, 1], [1, 1, 1]], "a1 | b0": [[1, 1, 1], [0, 1, 1]],
          "a0 | b1": [[0, 0, 1], [1, 0, 1]], "a1 | b1": [[1, 1, 0], [1, 1, 1]]}
     cells = {c: pd.DataFrame(v, dtype=float, index=[0, 1], columns=["i1", "i2", "i3"]) for c, v in y.items()}
-    # A factor held at one level needs no reference and makes no claim.
-    table = mixed.pooled_effects(cells, LEVELS.assign(C="c0"), REFS).set_index("level")
+    table = mixed.pooled_intervals(cells, ablation_claims(LEVELS, "a0 | b0")).set_index("claim")
     mean = {c: np.mean(v) for c, v in y.items()}  # 5/6, 5/6, 1/2, 5/6
-    assert table.loc["a1", "estimate"] == pytest.approx(((5 / 6 - 5 / 6) + (5 / 6 - 1 / 2)) / 2)
-    assert table.loc["b1", "estimate"] == pytest.approx(((1 / 2 - 5 / 6) + (5 / 6 - 5 / 6)) / 2)
-    for cell in CELLS[1:]:
-        assert table.loc[cell, "estimate"] == pytest.approx(mean[cell] - mean["a0 | b0"])
-    assert list(table["claim_kind"]) == ["main effect"] * 2 + ["vs baseline"] * 3
-    assert list(table["factor"]) == ["A", "B", "A", "B", "A, B"]
-    assert (table["reference"].iloc[2:] == "a0 | b0").all()
+    assert table.loc["A: a1 − a0 (main effect)", "estimate"] == pytest.approx(((5 / 6 - 5 / 6) + (5 / 6 - 1 / 2)) / 2)
+    assert table.loc["B: b1 − b0 (main effect)", "estimate"] == pytest.approx(((1 / 2 - 5 / 6) + (5 / 6 - 5 / 6)) / 2)
+    for cell, name in zip(CELLS[1:], ("A=a1 − baseline", "B=b1 − baseline", "A=a1, B=b1 − baseline"), strict=True):
+        assert table.loc[name, "estimate"] == pytest.approx(mean[cell] - mean["a0 | b0"])
     # Δ(a0 | b1 - base) by hand. Run means: base 2/3, 1; a0 | b1 1/3, 2/3: each var 1/18, / 2 seeds.
     seed_var = 1 / 36 + 1 / 36
     # Per-image Δ of seed-averaged scores: (-1/2, -1/2, 0), contributions / 3; image term
@@ -148,7 +145,7 @@ def test_balanced_design_estimates_are_the_cell_mean_contrasts():
     # seed x image mean square (base: 1/3, a0 | b1: 1/3) / (2 seeds x 3 images).
     image_var = 3 * np.var([-1 / 6, -1 / 6, 0], ddof=1) - (1 / 3 + 1 / 3) / 6
     assert image_var < 0  # floored at 0: the image term drops out, df = Welch's of two seed terms
-    row = table.loc["a0 | b1"]
+    row = table.loc["B=b1 − baseline"]
     assert row["se"] == pytest.approx(math.sqrt(seed_var))
     assert row["df"] == pytest.approx(seed_var**2 / ((1 / 36) ** 2 + (1 / 36) ** 2))
     # Never narrower than one term's own t-interval (welch_satterthwaite_t's floor): here each
@@ -175,27 +172,22 @@ def test_too_little_data_gives_nan_intervals_with_a_reason():
     rng = np.random.default_rng(5)
     cells = {c: pd.DataFrame(rng.integers(0, 2, (3, 20)).astype(float)) for c in CELLS}
     cells["a1 | b1"] = cells["a1 | b1"].iloc[:1]  # one seed
-    table = mixed.pooled_effects(cells, LEVELS, REFS)
-    one_seed = table["level"].isin(["a1", "b1", "a1 | b1"])
+    table = mixed.pooled_intervals(cells, ablation_claims(LEVELS, "a0 | b0")).set_index("claim")
+    one_seed = ["A=a1, B=b1 − baseline", "A: a1 − a0 (main effect)", "B: b1 − b0 (main effect)"]
+    others = table.index.difference(one_seed)
     assert table.loc[one_seed, ["low", "high", "p", "df"]].isna().all().all()
     assert (table.loc[one_seed, "reason"] == "'a1 | b1' has 1 seed: no seed-to-seed variance").all()
     assert table.loc[one_seed, "estimate"].notna().all()  # the estimate itself exists
-    assert table.loc[~one_seed, ["low", "high"]].notna().all().all()
+    assert table.loc[others, ["low", "high"]].notna().all().all()
 
     one_image = {c: f.iloc[:, :1] for c, f in cells.items() if c != "a1 | b1"}
-    table = mixed.pooled_effects(one_image, LEVELS.drop("a1 | b1"), REFS)
-    vs_base = table[table["claim_kind"] == "vs baseline"]
-    assert vs_base[["low", "high", "p"]].isna().all().all()
-    assert (vs_base["reason"] == "fewer than 2 test images: no image-to-image variance").all()
-    # Without a1 | b1 the factors are not crossed: no main effects, said so.
-    mains = table[table["claim_kind"] == "main effect"]
-    assert mains["estimate"].isna().all()
-    assert (mains["reason"] == "no run at A | B = a1 | b1").all()
+    table = mixed.pooled_intervals(one_image, ablation_claims(LEVELS.drop("a1 | b1"), "a0 | b0"))
+    assert table[["low", "high", "p"]].isna().all().all()
+    assert (table["reason"] == "fewer than 2 test images: no image-to-image variance").all()
 
 
-def test_images_a_seed_did_not_test_and_a_missing_baseline():
-    """A split per seed (NaN where a seed did not test an image) runs; without a cell at every
-    reference level there are no "vs baseline" rows."""
+def test_images_a_seed_did_not_test():
+    """A split per seed (NaN where a seed did not test an image) runs."""
     rng = np.random.default_rng(6)
     cells = {}
     for c in CELLS:
@@ -203,8 +195,5 @@ def test_images_a_seed_did_not_test_and_a_missing_baseline():
         for s in range(3):
             grid[s, 20 * s:20 * s + 20] = rng.integers(0, 2, 20)
         cells[c] = pd.DataFrame(grid)
-    table = mixed.pooled_effects(cells, LEVELS, REFS)
-    assert table[["low", "high", "se"]].notna().all().all() and (table["n_runs"].iloc[:2] == 12).all()
-    table = mixed.pooled_effects(cells, LEVELS, {"A": "a1", "B": "b2"})
-    assert list(table["claim_kind"]) == ["main effect"] * 3
-    assert list(table["reason"]) == ["", "no run at A | B = a0 | b2", "no run at A | B = a0 | b2"]
+    table = mixed.pooled_intervals(cells, ablation_claims(LEVELS, "a0 | b0"))
+    assert table[["low", "high", "se"]].notna().all().all() and (table["n_runs"].iloc[-2:] == 12).all()

@@ -30,6 +30,7 @@ from xray_ablate.report.render.markdown import markdown
 from xray_ablate.settings import CONFIG_DIR
 from xray_ablate.stats import intervals
 from xray_ablate.stats.claims import ablation_claims, verdicts
+from xray_ablate.stats.mixed import pooled_intervals
 from xray_ablate.stats.verdicts import SequentialDesign, Verdict
 from xray_ablate.tracking import links, schema
 from xray_ablate.tracking.lifecycle import tracked_run
@@ -245,12 +246,12 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
         notes.append(f"{missing} of {len(kept)} run(s) have no {schema.PREDICTIONS} artifact: "
                      "configurations with such a run get no interval over test images.")
     varied = varied_factors(kept)
-    judged, design_note = claim_verdicts(kept, evidence, baseline_key, settings, selection, varied)
+    judged, pooled, design_note = claim_verdicts(kept, evidence, baseline_key, settings, selection, varied)
     content = Content(
         selection=selection, settings=settings,
         baseline_label=", ".join(f"{f}={base_row[f]}" for f in factor_names()),
         baseline_levels=wanted, baseline_source=baseline_source,
-        warnings=R.mixing_warnings(kept), notes=notes, verdicts=judged, verdict_note=design_note,
+        warnings=R.mixing_warnings(kept), notes=notes, verdicts=judged, pooled=pooled, verdict_note=design_note,
         reference=reference, n_runs=len(kept), run_table=table,
         power=T.power_table(table, settings), excluded=excluded,
         model=T.model_table(kept, baseline_key, settings),
@@ -271,14 +272,15 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
 
 
 def claim_verdicts(runs: pd.DataFrame, evidence: I.Evidence, baseline_key: str, s: T.Settings,
-                   selection: R.Selection, varied: list[str]) -> tuple[list[Verdict], str]:
-    """Each claim's verdict (stats.claims: the adaptive sweep's own rule) and how it was reached,
-    in words; no verdicts without per-image scores or 2 seeds in every configuration."""
+                   selection: R.Selection, varied: list[str]) -> tuple[list[Verdict], pd.DataFrame, str]:
+    """Each claim's verdict (stats.claims: the adaptive sweep's own rule), its pooled interval
+    (stats.mixed, every run of every configuration: the check beside it), and how the verdicts
+    were reached, in words; none without per-image scores or 2 seeds in every configuration."""
     keys = list(dict.fromkeys([baseline_key, *runs["config_key"]]))
     scores = {k: evidence.scores(runs, k, s.metric, 1.0) for k in keys}
     if len(keys) < 2 or any(v is None or len(v) < 2 for v in scores.values()):
-        return [], ("No verdicts: they need every configuration's predictions.csv, a metric with per-image "
-                    "scores and at least 2 seeds per configuration.")
+        return [], pd.DataFrame(), ("No verdicts: they need every configuration's predictions.csv, a metric "
+                                    "with per-image scores and at least 2 seeds per configuration.")
     levels = runs.drop_duplicates("config_key").set_index("config_key").loc[keys, varied].astype(str)
     recorded = selection.parent_sweep
     if recorded.get("sweep.looks"):
@@ -290,10 +292,16 @@ def claim_verdicts(runs: pd.DataFrame, evidence: I.Evidence, baseline_key: str, 
         looks, delta = (min(len(v) for v in scores.values()),), s.delta
         how = "one look at the seeds run (a fixed sweep)"
     design = SequentialDesign(delta=delta / 100, alpha=s.alpha, looks=looks)
-    judged = verdicts(ablation_claims(levels, baseline_key), scores, design, higher_is_better=s.higher_is_better)
-    return judged, (f"Verdicts: better or worse when the interval over seeds and test images excludes 0, "
-                    f"equivalent when the two one-sided tests put the difference within ±{delta:g} pp "
-                    f"(sweep.delta), at α = {s.alpha:g}, by {how}.")
+    claims = ablation_claims(levels, baseline_key)
+    judged = verdicts(claims, scores, design, higher_is_better=s.higher_is_better)
+    pooled = pooled_intervals(scores, claims, s.confidence)
+    return judged, pooled, (
+        f"These intervals decide: each claim's seed-matched interval over seeds and test images, read at the "
+        f"level its look allows; better or worse when it excludes 0, equivalent when the two one-sided tests "
+        f"put the difference within ±{delta:g} pp (sweep.delta), at α = {s.alpha:g}, by {how}. The pooled "
+        f"column is the check: one crossed random-effects fit of every run's per-image scores (stats/mixed.py, "
+        f"{s.confidence:.0%}, all seeds of every configuration, seeds taken as independent), conservative "
+        "where equal seeds share a split.")
 
 
 def _variance(runs: pd.DataFrame, evidence: I.Evidence, table: pd.DataFrame, baseline_key: str,
@@ -318,7 +326,9 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
     s = c.settings
     frames = {}
     if c.verdicts:
-        frames["Verdicts"] = ("verdicts", pd.DataFrame([asdict(v) for v in c.verdicts]), T.display_verdicts(c.verdicts))
+        numeric = pd.DataFrame([asdict(v) for v in c.verdicts]).merge(
+            c.pooled.add_prefix("pooled_").rename(columns={"pooled_claim": "claim"}), on="claim", how="left")
+        frames["Verdicts"] = ("verdicts", numeric, T.display_verdicts(c.verdicts, c.pooled))
     frames |= {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s, c.references)),
                "Power": ("power", c.power, T.display_power(c.power))}
     if len(c.references):

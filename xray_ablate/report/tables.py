@@ -651,8 +651,10 @@ def display_effects(main: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     })
 
 
-def display_verdicts(verdicts: list) -> pd.DataFrame:
-    """The report's first table: one row per claim (stats.verdicts.Verdict), in pp."""
+def display_verdicts(verdicts: list, pooled: pd.DataFrame) -> pd.DataFrame:
+    """The report's first table: one row per claim (stats.verdicts.Verdict), in pp, with the
+    pooled interval of the same claim (stats.mixed.pooled_intervals) as the check."""
+    check = pooled.set_index("claim") if len(pooled) else pd.DataFrame(columns=["low", "high"])
     return pd.DataFrame({
         "claim": [v.claim for v in verdicts],
         "verdict": [f"**{v.verdict}**" for v in verdicts],
@@ -663,6 +665,8 @@ def display_verdicts(verdicts: list) -> pd.DataFrame:
         "more seeds to resolve": ["–" if v.more_seeds == 0 or math.isnan(v.more_seeds)
                                   else "no number (test images limit)" if math.isinf(v.more_seeds)
                                   else f"{v.more_seeds:.0f}" for v in verdicts],
+        "pooled check (pp)": [fmt_ci(100 * check.at[v.claim, "low"], 100 * check.at[v.claim, "high"], 2)
+                              if v.claim in check.index else "–" for v in verdicts],
     })
 
 

@@ -59,10 +59,10 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.stats import intervals
+from xray_ablate.stats.verdicts import Claim
 
 METHOD = "crossed moments, Satterthwaite df"
-COLUMNS = ["claim_kind", "factor", "level", "reference", "estimate", "low", "high", "p", "df", "se",
-           "se_seed", "se_image", "n_runs", "method", "reason"]
+COLUMNS = ["claim", "estimate", "low", "high", "p", "df", "se", "se_seed", "se_image", "n_runs", "method", "reason"]
 
 
 @dataclass(frozen=True)
@@ -150,38 +150,17 @@ def variance_components(cells: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("cell")
 
 
-def pooled_effects(cells: Mapping[str, pd.DataFrame], levels: pd.DataFrame,
-                   references: Mapping[str, str], confidence: float = 0.95,
-                   baseline: str | None = None) -> pd.DataFrame:
-    """One row per claim, each from the crossed model fitted to every run (module docstring).
+def pooled_intervals(cells: Mapping[str, pd.DataFrame], claims: Sequence[Claim],
+                     confidence: float = 0.95) -> pd.DataFrame:
+    """One row per claim (stats.claims.ablation_claims: each Δ vs the baseline, each main effect),
+    each from the crossed model fitted to every run of every cell (module docstring).
 
-    ``cells``: cell label -> seeds x image ids of per-image scores (NaN: not tested).
-    ``levels``: index = cell label, columns = factors, the cell's level of each. ``references``:
-    factor -> the level its effects are measured against. ``baseline``: the cell the "vs baseline"
-    rows compare with; default the cell at every reference level (none: no such rows).
-
-    "main effect" rows: each non-reference level of each factor that varies, against its
-    reference, averaged over the combinations of the other factors (``contrast_weights``).
-    "vs baseline" rows: each other cell minus the baseline; ``factor`` names the factors that
-    differ, ``level`` is the cell and ``reference`` the baseline cell. NaN bounds with the reason
-    in ``reason``: a cell with one seed, one test image, or a factor combination no cell ran.
+    ``cells``: cell label -> seeds x image ids of per-image scores (NaN: not tested). NaN bounds
+    with the reason in ``reason``: a cell with one seed, or one test image.
     """
     frames = _aligned(cells)
-    missing = set(frames) - set(levels.index)
-    if missing:
-        raise ValueError(f"cells without factor levels: {', '.join(sorted(missing))}")
-    levels = levels.loc[list(frames)].astype(str)
-    factors = [f for f in levels.columns if levels[f].nunique() > 1]
-    claims = _main_effect_claims(levels, factors, references)
-    base = baseline if baseline is not None else _baseline(levels, references)
-    if base is not None:
-        for cell in frames:
-            if cell != base:
-                differ = [f for f in levels.columns if levels.at[cell, f] != levels.at[base, f]]
-                claims.append(("vs baseline", ", ".join(differ), cell, base, {cell: 1.0, base: -1.0}, ""))
     fits = {c: fit_cell(f.to_numpy(float)) for c, f in frames.items()}
-    rows = [_claim_row(frames, fits, *claim, confidence) for claim in claims]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame([_claim_row(frames, fits, claim, confidence) for claim in claims], columns=COLUMNS)
 
 
 def _aligned(cells: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -190,44 +169,13 @@ def _aligned(cells: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return {c: f.reindex(columns=images).dropna(how="all") for c, f in cells.items()}
 
 
-def _baseline(levels: pd.DataFrame, references: Mapping[str, str]) -> str | None:
-    """The first cell at every factor's reference level (factors without one: any level)."""
-    given = [f for f in levels.columns if f in references]
-    at_reference = (levels[given] == pd.Series({f: str(references[f]) for f in given})).all(axis=1)
-    return at_reference.index[at_reference][0] if at_reference.any() else None
-
-
-def _main_effect_claims(levels: pd.DataFrame, factors: list[str], references: Mapping[str, str]) -> list:
-    """(kind, factor, level, reference, weights per cell label, reason) of each main effect."""
-    level_sets = {f: sorted(levels[f].unique()) for f in factors}
-    by_combo = {intervals.cell_label(row): cell for cell, row in zip(levels.index, levels[factors].to_numpy(),
-                                                                 strict=True)}
-    claims = []
-    for factor in factors:
-        if factor not in references:
-            raise ValueError(f"no reference level for factor {factor!r}")
-        ref = str(references[factor])
-        for level in level_sets[factor]:
-            if level == ref:
-                continue
-            combos = intervals.contrast_weights(factors, level_sets, {factor: (level, ref)})
-            absent = [c for c in combos if c not in by_combo]
-            weights = {by_combo[c]: w for c, w in combos.items() if c in by_combo}
-            reason = f"no run at {' | '.join(factors)} = {absent[0]}" if absent else ""
-            claims.append(("main effect", factor, level, ref, weights, reason))
-    return claims
-
-
-def _claim_row(frames: dict[str, pd.DataFrame], fits: dict[str, CellFit], kind: str, factor: str,
-               level: str, reference: str, weights: dict[str, float], reason: str,
+def _claim_row(frames: dict[str, pd.DataFrame], fits: dict[str, CellFit], claim: Claim,
                confidence: float) -> dict:
-    used = {c: w for c, w in weights.items() if w != 0}
-    row = {"claim_kind": kind, "factor": factor, "level": level, "reference": reference,
-           "n_runs": sum(len(frames[c]) for c in used), "method": METHOD}
-    if reason:
-        return row | dict.fromkeys(COLUMNS[4:13], math.nan) | {"reason": reason}
+    used = {c: w for c, w in claim.weights.items() if w != 0}
+    row = {"claim": claim.name, "n_runs": sum(len(frames[c]) for c in used), "method": METHOD}
     fit = contrast_interval([fits[c] for c in used], list(used.values()), confidence)
     row |= {k: float(v) for k, v in fit.items()}
+    reason = ""
     few_seeds = [c for c in used if len(frames[c]) < 2]
     if few_seeds:
         reason = f"{few_seeds[0]!r} has {len(frames[few_seeds[0]])} seed: no seed-to-seed variance"

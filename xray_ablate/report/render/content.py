@@ -50,6 +50,7 @@ class Content:
     table_files: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (csv, tex)
     confounds: CF.Confounds | None = None  # references, source probe, subgroups, external sets
     verdicts: list = field(default_factory=list)  # stats.verdicts.Verdict per claim, the report's first table
+    pooled: pd.DataFrame = field(default_factory=pd.DataFrame)  # stats.mixed.pooled_intervals: the check
     verdict_note: str = ""  # how the verdicts were reached, or why there are none
 
 
@@ -276,7 +277,7 @@ def document(c: Content) -> list[B.Block]:
         out += [B.Heading("Warnings"), B.bullets([f"**Warning:** {w}" for w in c.warnings])]
     out += [B.Heading("Verdicts")]
     if c.verdicts:
-        out.append(B.Table(T.display_verdicts(c.verdicts)))
+        out.append(B.Table(T.display_verdicts(c.verdicts, c.pooled)))
     out += [B.Text(c.verdict_note)]
     out += [B.Heading("Summary")] + [B.Text(block) for block in summary(c)]
     if c.notes:
