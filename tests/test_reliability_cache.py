@@ -24,6 +24,7 @@ from test_data_helpers import config, copy_dataset
 from xray_ablate.config.load import to_config
 from xray_ablate.data import integrity
 from xray_ablate.data.__main__ import main
+from xray_ablate.data.pool import pool_map
 from xray_ablate.data.prepare import prepare
 from xray_ablate.errors import UserError
 from xray_ablate.settings import CONFIG_DIR
@@ -272,6 +273,20 @@ def test_a_read_only_dataset_with_the_cache_defaulting_inside_it_is_one_line(
             (root / ".cache").mkdir()
 
 
+ONE_PROCESS = "num_workers=1 (--workers 1 for the summary) works without worker processes"
+
+
+def test_worker_processes_that_cannot_start_are_one_line_at_once(monkeypatch):
+    """The issue's unprivileged user could not run the Python under root's home folder: each
+    worker died at its start."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: path != sys.executable and real(path, mode, **kw))
+    with pytest.raises(UserError) as err:
+        pool_map(abs, [-1, -2], 2, "scoring 2 numbers")
+    assert str(err.value) == (f"worker processes cannot start for scoring 2 numbers: {sys.executable} is "
+                              f"not executable for this user; {ONE_PROCESS}")
+
+
 def _pool_workers(parent: int) -> list[int]:
     """The pids of the spawned pool workers of ``parent`` (not its resource tracker)."""
     found = []
@@ -307,8 +322,8 @@ def test_a_pool_worker_killed_mid_build_is_an_error_within_seconds(fixture_root,
             seconds = time.monotonic() - killed
         finally:
             summary.kill()
-    last = (tmp_path / "err.txt").read_text().splitlines()[-1]
+    # One error line (Python's resource tracker may add its own warnings after a SIGKILL).
+    [last] = [line for line in (tmp_path / "err.txt").read_text().splitlines() if line.startswith("error: ")]
     assert re.fullmatch(r"error: a worker process died while preprocessing \d+ images \(raw, 32px\) "
-                        r"\(killed, out of memory, or unable to start .+\); num_workers=1 works "
-                        r"without worker processes", last), last
+                        r"\(killed, out of memory, or unable to start .+\); " + re.escape(ONE_PROCESS), last), last
     assert seconds < 60, seconds  # measured: about 1 s

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from xray_ablate.errors import UserError
 
 _POLL_SECONDS = 0.5
+_ONE_PROCESS = "num_workers=1 (--workers 1 for the summary) works without worker processes"
 
 
 def spawn_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
@@ -42,7 +43,10 @@ def spawn_pool(workers: int, initializer: Callable | None = None, initargs: tupl
 def pool_map(work: Callable, jobs: Sequence, workers: int, desc: str,
              initializer: Callable | None = None, initargs: tuple = ()) -> list:
     """``[work(job) for job in jobs]`` in a spawned pool, with a progress bar; a UserError when a
-    worker process dies."""
+    worker process dies, or at once when none could start."""
+    if not os.access(sys.executable, os.X_OK):  # e.g. a Python under another user's home folder
+        raise UserError(f"worker processes cannot start for {desc}: {sys.executable} is not executable "
+                        f"for this user; {_ONE_PROCESS}")
     chunk = max(1, len(jobs) // (workers * 8))
     try:
         with spawn_pool(workers, initializer, initargs) as pool:
@@ -50,7 +54,7 @@ def pool_map(work: Callable, jobs: Sequence, workers: int, desc: str,
                              desc=desc, leave=False, disable=None))
     except BrokenProcessPool:
         raise UserError(f"a worker process died while {desc} (killed, out of memory, or unable to "
-                        f"start {sys.executable}); num_workers=1 works without worker processes") from None
+                        f"start {sys.executable}); {_ONE_PROCESS}") from None
 
 
 def _init_worker(parent: int, initializer: Callable | None, initargs: tuple) -> None:
