@@ -5,6 +5,9 @@ the maps (Adebayo et al. 2018)."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from torch import nn
 
 from xray_ablate.audit import audit_run, audit_split, choose_images
 from xray_ablate.audit.montage import montage_rows
+from xray_ablate.audit.run import METHODS
 from xray_ablate.audit.shares import border_band, mass_shares
 from xray_ablate.config.schema import AuditConfig, BackboneConfig
 from xray_ablate.data.masks import PreprocessOptions
@@ -123,6 +127,30 @@ def test_audit_leaves_weights_and_mode_alone():
     cam = result.per_image["outside_lung_gradcam"]
     assert cam.dropna().to_numpy() == pytest.approx(1 - 16 * 24 / 32**2)
     assert result.metrics["audit_empty_maps_gradcam"] == cam.isna().sum()
+
+
+def test_an_audit_of_only_empty_maps_logs_no_nan_and_says_why(caplog):
+    """Issue 28: a model with no attribution mass anywhere (here: all weights zero) left NaN
+    share metrics and numpy's 'Mean of empty slice'."""
+    model = build_model(BackboneConfig("cnn16_gap"), 4, 32)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    rng = np.random.default_rng(0)
+    lungs = np.zeros((3, 32, 32), bool)
+    lungs[:, 8:24, 4:28] = True
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="xray_ablate"):
+        warnings.simplefilter("error", RuntimeWarning)
+        result = audit_run(model, rng.integers(0, 256, (3, 32, 32), dtype=np.uint8), lungs,
+                           np.zeros(3, int), rng.dirichlet(np.ones(4), 3), model.cam_layer(), AuditConfig())
+    assert not any(np.isnan(value) for value in result.metrics.values())
+    for method in METHODS:
+        assert result.metrics[f"audit_empty_maps_{method}"] == 3
+        assert f"audit_outside_lung_{method}" not in result.metrics
+        assert f"audit_border_{method}" not in result.metrics
+    assert caplog.messages == [
+        f"saliency audit: all 3 {m} maps are empty (no attribution mass), so audit_outside_lung_{m} "
+        f"and audit_border_{m} are not logged" for m in METHODS]
 
 
 def test_cache_keeps_lung_masks_for_raw_and_masked(synthetic_root, tmp_path):

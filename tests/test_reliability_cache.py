@@ -1,12 +1,15 @@
 """Issue 15 items 3 and 7 (cache): a damaged cache entry is rebuilt with a one-line warning,
 temporary files of a killed build are removed, pool workers exit with their parent, and cache
-files are as readable as the umask allows."""
+files are as readable as the umask allows. Issue 28: a cache folder this user cannot write is
+one line at once, and a pool worker killed mid-build is an error within seconds."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,11 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 from test_data_helpers import config, copy_dataset
 
+from xray_ablate.config.load import to_config
 from xray_ablate.data import integrity
+from xray_ablate.data.__main__ import main
+from xray_ablate.data.pool import pool_map
 from xray_ablate.data.prepare import prepare
 from xray_ablate.errors import UserError
+from xray_ablate.settings import CONFIG_DIR
+from xray_ablate.sweep.job import load_data
 
 
 @pytest.fixture
@@ -214,3 +223,107 @@ def test_pool_workers_exit_when_their_parent_is_killed(kind, tmp_path):
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _read_only(root: Path) -> Path:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            os.chmod(Path(folder) / name, 0o444)
+        os.chmod(folder, 0o555)
+    return root
+
+
+@pytest.fixture
+def unprivileged(monkeypatch):
+    """This user as an unprivileged one. Root (as in CI) may write into a read-only folder: the
+    check asks os.access, so there it answers from the owner's mode bits, as it would for an
+    unprivileged owner; as any other user the permissions themselves refuse."""
+    if os.geteuid() == 0:
+        real = os.access
+
+        def access(path, mode, **kwargs):
+            if mode & os.W_OK and not os.stat(path).st_mode & stat.S_IWUSR:
+                return False
+            return real(path, mode, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+
+
+def test_a_read_only_dataset_with_the_cache_defaulting_inside_it_is_one_line(
+        synthetic_root, tmp_path, monkeypatch, capsys, unprivileged):
+    root = _read_only(copy_dataset(synthetic_root, tmp_path / "data"))
+    before = sorted(os.listdir(root))
+    monkeypatch.delenv("XRAY_ABLATE_CACHE", raising=False)
+    monkeypatch.setenv("XRAY_ABLATE_HOME", str(root))  # the project (and its .cache) is the dataset
+    message = (f"cannot write the cache folder {root / '.cache'}: not writable for this user ({root} is); "
+               "point paths.cache_dir or XRAY_ABLATE_CACHE (--cache-dir for the summary) at a writable folder")
+    assert main(["summary", str(root)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = to_config(compose(config_name="config", overrides=[
+            f"dataset.root={root}", f"paths.root_dir={root}", "image_size=32", "backbone=cnn16_gap"]))
+    assert cfg.paths.cache_dir == str(root / ".cache")  # the default, inside the dataset
+    with pytest.raises(UserError) as err:
+        load_data(cfg)
+    assert str(err.value) == message
+    assert sorted(os.listdir(root)) == before  # nothing written there
+    if os.geteuid() != 0:  # and permissions, not the check alone, stop a write
+        with pytest.raises(PermissionError):
+            (root / ".cache").mkdir()
+
+
+ONE_PROCESS = "num_workers=1 (--workers 1 for the summary) works without worker processes"
+
+
+def test_worker_processes_that_cannot_start_are_one_line_at_once(monkeypatch):
+    """The issue's unprivileged user could not run the Python under root's home folder: each
+    worker died at its start."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: path != sys.executable and real(path, mode, **kw))
+    with pytest.raises(UserError) as err:
+        pool_map(abs, [-1, -2], 2, "scoring 2 numbers")
+    assert str(err.value) == (f"worker processes cannot start for scoring 2 numbers: {sys.executable} is "
+                              f"not executable for this user; {ONE_PROCESS}")
+
+
+def _pool_workers(parent: int) -> list[int]:
+    """The pids of the spawned pool workers of ``parent`` (not its resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: the cache is built without workers")
+@pytest.mark.slow  # a summary of the 200-image fixture in a subprocess
+def test_a_pool_worker_killed_mid_build_is_an_error_within_seconds(fixture_root, tmp_path):
+    """CPython 3.11 waited forever for a broken pool's queue (the issue's 11 minutes)."""
+    root = copy_dataset(fixture_root, tmp_path / "data")
+    repo = str(Path(__file__).resolve().parents[1])
+    with open(tmp_path / "err.txt", "w") as err:  # a file: orphans holding a pipe would block
+        summary = subprocess.Popen(
+            [sys.executable, "-m", "xray_ablate.data", "summary", str(root), "--cache-dir",
+             str(tmp_path / "cache"), "--image-size", "32"], stdout=subprocess.DEVNULL, stderr=err,
+            env={**os.environ, "PYTHONPATH": repo})
+        try:
+            while summary.poll() is None and not (workers := _pool_workers(summary.pid)):
+                time.sleep(0.01)
+            assert summary.poll() is None, "the summary ended before it started a worker"
+            os.kill(workers[0], signal.SIGKILL)  # while it starts: before it can finish its share
+            killed = time.monotonic()
+            assert summary.wait(timeout=120) == 2
+            seconds = time.monotonic() - killed
+        finally:
+            summary.kill()
+    # One error line (Python's resource tracker may add its own warnings after a SIGKILL).
+    [last] = [line for line in (tmp_path / "err.txt").read_text().splitlines() if line.startswith("error: ")]
+    assert re.fullmatch(r"error: a worker process died while preprocessing \d+ images \(raw, 32px\) "
+                        r"\(killed, out of memory, or unable to start .+\); " + re.escape(ONE_PROCESS), last), last
+    assert seconds < 60, seconds  # measured: about 1 s

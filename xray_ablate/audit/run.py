@@ -83,9 +83,15 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
     for method, values in maps.items():
         per_image[f"outside_lung_{method}"] = 1 - mass_shares(values, lung_masks)
         per_image[f"border_{method}"] = mass_shares(values, band)
+        empty = int(np.isnan(per_image[f"border_{method}"]).sum())
+        metrics[f"audit_empty_maps_{method}"] = float(empty)
+        if empty == len(images):  # no share to average: say why instead of logging NaN
+            log.warning("saliency audit: all %d %s maps are empty (no attribution mass), so "
+                        "audit_outside_lung_%s and audit_border_%s are not logged",
+                        empty, method, method, method)
+            continue
         for share in ("outside_lung", "border"):
             metrics[f"audit_{share}_{method}"] = float(np.nanmean(per_image[f"{share}_{method}"]))
-        metrics[f"audit_empty_maps_{method}"] = float(np.isnan(per_image[f"border_{method}"]).sum())
     metrics.update({
         "audit_lung_area": float(per_image["lung_area"].mean()),  # a uniform map's inside share
         "audit_border_area": float(band.mean()),

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--cache-dir", type=Path, default=None,
                          help="default: $XRAY_ABLATE_CACHE or .cache in the project")
     summary.add_argument("--image-size", type=int, default=200)
+    summary.add_argument("--workers", type=int, default=0,
+                         help="processes that preprocess the images (default 0: one per core)")
     summary.add_argument("--patient-pattern", default=None)
     summary.add_argument("--metadata", type=Path, default=None,
                          help="CSV of attributes per image, joined on the image file name")
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         root=args.root, cache_dir=cache_dir,
         ingest=IngestOptions(patient_pattern=args.patient_pattern),
         preprocess=PreprocessOptions(mode="raw", image_size=args.image_size),
-        metadata=args.metadata, metadata_key=args.metadata_key,
+        metadata=args.metadata, metadata_key=args.metadata_key, workers=args.workers,
     )
     try:
         result = summarize(prepare(config))

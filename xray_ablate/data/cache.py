@@ -33,7 +33,7 @@ from xray_ablate.data import integrity
 from xray_ablate.data.atomic import temp_path_beside, write_text_atomic
 from xray_ablate.data.ingest import ImageRecord, IngestOptions, Inventory, one_line
 from xray_ablate.data.masks import PreprocessOptions, lung_region, preprocess
-from xray_ablate.data.pool import spawn_pool
+from xray_ablate.data.pool import pool_map
 from xray_ablate.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,7 @@ def build_images(
             results = [_work(job) for job in tqdm(jobs, desc=desc, leave=False, disable=None)]
             _worker_state.clear()
         else:
-            chunk = max(1, len(jobs) // (workers * 8))
-            with spawn_pool(workers, _init_worker, initargs) as pool:
-                results = list(tqdm(pool.map(_work, jobs, chunksize=chunk), total=len(jobs),
-                                    desc=desc, leave=False, disable=None))
+            results = pool_map(_work, jobs, workers, desc, _init_worker, initargs)
         reasons, errors = [r for r, _ in results], [e for _, e in results]
         index = pd.DataFrame({
             "image_id": [r.image_id for r in records],

@@ -3,7 +3,8 @@
 The fingerprint hashes the relative path and content of every source file (those under
 ``subdirs`` whose suffix is in ``suffixes``), so the same data on two machines has the same
 fingerprint (runs stay comparable), any edited, added or removed source file changes it, and a
-README or notes beside the data do not. File digests are remembered by (size, mtime): a warm
+README or notes beside the data do not. Links that loop and links to nothing are not read; their
+paths are hashed, as ingest counts them. File digests are remembered by (size, mtime): a warm
 call only stats the files.
 """
 
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from xray_ablate.data.atomic import write_text_atomic
+from xray_ablate.data.walk import list_files
 
 _CHUNK = 1 << 20
 
@@ -41,9 +43,13 @@ def dataset_fingerprint(root: Path, cache_dir: Path, subdirs: tuple[str, ...] = 
     except (OSError, ValueError):
         memo = {}
     fresh, total = {}, hashlib.sha256()
-    files = sorted((rel, stat) for sub in subdirs if (root / sub).is_dir()
-                   for rel, stat in _walk(root, root / sub)
-                   if suffixes is None or Path(rel).suffix.lower() in suffixes)
+    listings = [list_files(root / sub) for sub in subdirs if (root / sub).is_dir()]
+    wanted = [(path.relative_to(root).as_posix(), stat) for listing in listings
+              for path, stat in listing.files.items()
+              if suffixes is None or path.suffix.lower() in suffixes]
+    files = sorted((rel, stat) for rel, stat in wanted if stat is not None)
+    unread = sorted([rel for rel, stat in wanted if stat is None]
+                    + [path.relative_to(root).as_posix() for listing in listings for path in listing.loops])
     todo = [rel for rel, stat in files
             if (memo.get(rel) or [None, None])[:2] != [stat.st_size, stat.st_mtime_ns]]
     # Hash new and changed files in threads: file reads and blake2b release the GIL.
@@ -53,22 +59,11 @@ def dataset_fingerprint(root: Path, cache_dir: Path, subdirs: tuple[str, ...] = 
         digest = digests[rel] if rel in digests else memo[rel][2]
         fresh[rel] = [stat.st_size, stat.st_mtime_ns, digest]
         total.update(f"{rel}\0{digest}\n".encode())
+    for rel in unread:  # a loop added or removed changes what ingest counts
+        total.update(f"{rel}\0unread\n".encode())
     if todo or len(fresh) != len(memo):
         write_text_atomic(memo_path, json.dumps(fresh))
     return total.hexdigest()[:16]
-
-
-def _walk(root: Path, start: Path):
-    stack = [start]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=True):
-                    yield Path(entry.path).relative_to(root).as_posix(), entry.stat()
 
 
 def _file_digest(path: Path) -> str:

@@ -5,7 +5,8 @@ Two layouts: a V7 Darwin export (``annotations/*.json`` + ``images/``) and an Im
 puts it (darwin-py): ``<dataset>/images/`` (nested folders with ``--folders``) beside
 ``<dataset>/releases/<version>/annotations/``; ``locate`` maps the dataset folder or a release
 folder onto the export's two folders. Every file ends up as a record; a record with a
-``reason`` is excluded, and the reason names what is wrong with which file.
+``reason`` is excluded, and the reason names what is wrong with which file. Folders are read
+with walk.list_files, so a symbolic link loop is one record too, and never walked around.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import UnidentifiedImageError
 from xray_ablate.data import labels
 from xray_ablate.data.darwin import DarwinFormatError, Shape, read_darwin
 from xray_ablate.data.decode import ImageTooLarge, open_image
+from xray_ablate.data.walk import Listing, list_files, never_resolves
 from xray_ablate.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -145,10 +147,11 @@ def ingest(root: Path, options: IngestOptions = IngestOptions()) -> Inventory:
 
 def _ingest_darwin(root: Path, options: IngestOptions) -> Inventory:
     ann_dir = root / options.annotations_dir
-    files = sorted(ann_dir.rglob("*.json"))
+    listing = list_files(ann_dir)
+    files = sorted(path for path in listing.files if path.suffix == ".json")
     if not files:
         raise FileNotFoundError(f"no Darwin JSON files under {ann_dir}")
-    inventory = Inventory("darwin", [])
+    inventory = Inventory("darwin", _loop_records(listing))
     for path in files:
         inventory.records.append(_per_file(path, _darwin_record, root, path, options, inventory))
     inventory.records += _unannotated_images(root, options, inventory.records, files)
@@ -192,13 +195,15 @@ def _darwin_record(root: Path, path: Path, options: IngestOptions, inv: Inventor
 
 
 def _ingest_imagefolder(root: Path, options: IngestOptions) -> Inventory:
+    listing = list_files(root)
     inventory = Inventory("imagefolder", [])
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in sorted(p for p in listing.files if p.suffix.lower() in IMAGE_SUFFIXES):
         inventory.records.append(_per_file(path, _imagefolder_record, root, path, options, inventory))
-    if not inventory.records:
+    if not inventory.records and not listing.loops:
         raise FileNotFoundError(
             f"{root} has neither an 'annotations' folder (Darwin) nor class folders with images"
         )
+    inventory.records += _loop_records(listing)
     return inventory
 
 
@@ -238,15 +243,22 @@ def _unannotated_images(root: Path, options: IngestOptions, records: list[ImageR
     images_root = root / options.images_dir
     if not images_root.is_dir():
         return []
+    listing = list_files(images_root)
     used = {os.path.abspath(r.image_path) for r in records if r.image_path is not None}
     stems = {p.stem for p in annotation_files}
     return [
         ImageRecord(image_id=path.stem, source=path, image_path=path).exclude(
             "no_annotation", f"no JSON in {options.annotations_dir}/ refers to {path.name}")
-        for path in sorted(images_root.rglob("*"))
+        for path in sorted(listing.files)
         if path.suffix.lower() in IMAGE_SUFFIXES and path.stem not in stems
         and os.path.abspath(path) not in used
-    ]
+    ] + [loop for loop in _loop_records(listing) if os.path.abspath(loop.source) not in used]
+
+
+def _loop_records(listing: Listing) -> list[ImageRecord]:
+    """One exclusion per link that loops (a file or a folder link: its files are never read)."""
+    return [ImageRecord(image_id=path.stem, source=path).exclude("symlink_loop", detail)
+            for path, detail in sorted(listing.loops.items())]
 
 
 def _fallback_patient(rec: ImageRecord, filename: str, options: IngestOptions, inv: Inventory) -> str:
@@ -261,6 +273,9 @@ def _fallback_patient(rec: ImageRecord, filename: str, options: IngestOptions, i
 
 def _check_image_file(rec: ImageRecord, annotated_size: tuple[int, int] | None) -> bool:
     """Header-only check: the file exists, is an image, and has the annotated size."""
+    if never_resolves(rec.image_path):
+        rec.exclude("symlink_loop", f"image file {rec.image_path} is a link that never resolves")
+        return False
     if not rec.image_path.is_file():
         rec.exclude("image_missing", f"image file {rec.image_path} not found")
         return False

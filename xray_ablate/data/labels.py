@@ -29,7 +29,7 @@ EXCLUSION_REASONS: tuple[str, ...] = (
     "size_mismatch", "duplicate_id", "duplicate_image", "fungal", "lipoid", "no_class_tag", "conflicting_classes",
     "ct", "lateral", "non_frontal_view", "polygon_non_finite", "polygon_too_few_points",
     "polygon_out_of_bounds", "polygon_self_intersecting", "no_lung_polygon", "empty_mask",
-    "unexpected_error",
+    "symlink_loop", "unexpected_error",
 )
 
 # Tags that carry metadata rather than a diagnosis (V7's COVID-19 export uses all of these).

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.data import cache
-from xray_ablate.data.atomic import write_text_atomic
+from xray_ablate.data.atomic import check_writable, write_text_atomic
 from xray_ablate.data.fingerprint import dataset_fingerprint, file_digests
 from xray_ablate.data.ingest import (
     IMAGE_SUFFIXES,
@@ -25,6 +25,7 @@ from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.metadata import MetadataReport, attributes_digest, attributes_for
 from xray_ablate.data.splits import SplitOptions, make_split, manifest_hash
+from xray_ablate.data.walk import never_resolves
 from xray_ablate.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ class PreparedData:
 def prepare(cfg: DataConfig) -> PreparedData:
     root = Path(cfg.root)
     if not root.is_dir():
-        raise UserError(f"dataset root {root} does not exist (set dataset.root)")
+        raise UserError(_not_a_folder(root))
+    check_writable(cfg.cache_dir, "the cache folder",
+                   "point paths.cache_dir or XRAY_ABLATE_CACHE (--cache-dir for the summary) at a writable folder")
     root, located = locate(root, cfg.ingest)  # a darwin-py dataset or release folder
     cfg = replace(cfg, root=root, ingest=located)
     fingerprint = _fingerprint(root, cfg)
@@ -156,6 +159,14 @@ def prepare(cfg: DataConfig) -> PreparedData:
         manifest_path=manifest_path, layout=meta["layout"], unknown_tags=meta["unknown_tags"],
         patient_fallbacks=int(meta["patient_fallbacks"]), decoded_now=decoded_now, metadata=report,
     )
+
+
+def _not_a_folder(root: Path) -> str:
+    if root.exists():
+        return f"dataset root {root} is a file; a folder is expected (set dataset.root)"
+    if never_resolves(root):
+        return f"dataset root {root} is a symbolic link loop; a folder is expected (set dataset.root)"
+    return f"dataset root {root} does not exist (set dataset.root)"
 
 
 def _fingerprint(root: Path, cfg: DataConfig) -> str:

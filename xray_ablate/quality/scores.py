@@ -33,7 +33,7 @@ from tqdm import tqdm
 from xray_ablate.data.atomic import write_text_atomic
 from xray_ablate.data.cache import lock
 from xray_ablate.data.decode import decode_grayscale
-from xray_ablate.data.pool import spawn_pool
+from xray_ablate.data.pool import pool_map
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
 from xray_ablate.quality.brisque import brisque
@@ -92,11 +92,8 @@ def score_files(paths: list[str | Path], settings: QualityConfig, workers: int) 
     if device.type == "cuda":
         results = _score_on_device(paths, settings, device, workers, desc)
     elif workers > 1 and len(paths) >= _POOL_MIN_IMAGES:
-        chunk = max(1, len(paths) // (workers * 8))
         jobs = [(str(p), settings) for p in paths]
-        with spawn_pool(workers, torch.set_num_threads, (1,)) as pool:
-            results = list(tqdm(pool.map(_score_job, jobs, chunksize=chunk), total=len(jobs),
-                                desc=desc, leave=False, disable=None))
+        results = pool_map(_score_job, jobs, workers, desc, torch.set_num_threads, (1,))
     else:
         with _one_thread():
             bar = tqdm(paths, desc=desc, leave=False, disable=None)
