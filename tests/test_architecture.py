@@ -115,3 +115,17 @@ def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, sy
     assert exp_id == experiment.experiment_id == report_run.info.experiment_id
     assert report_run.data.tags["xray.kind"] == "report" and path == "report.html"
     assert path in {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_the_batched_path_is_retired():
+    """Issue 26: batched training never paid (BENCHMARKS.md). Its launcher is gone from conf/ (the
+    plugin folder of another checkout may still be on the namespace path, so conf/ is what counts),
+    and neither the package nor the bench names it."""
+    root = project_root()
+    assert not (root / "conf" / "hydra" / "launcher" / "batched.yaml").exists()
+    assert not (PACKAGE / "train" / "batched.py").exists()
+    for path in [*(root / "conf").rglob("*.yaml"), *PACKAGE.rglob("*.py")]:
+        assert not re.search(r"fit_many|hydra/launcher=batched|xray_ablate_batched", path.read_text()), path
+    from xray_ablate.bench.__main__ import SUITES
+
+    assert "batched" not in SUITES
