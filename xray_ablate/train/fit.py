@@ -19,7 +19,7 @@ import torch
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
-from xray_ablate.config.schema import Config
+from xray_ablate.config.schema import ClassWeightsConfig, Config
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
@@ -58,7 +58,7 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
 
     model = build_model(config.backbone, len(CLASSES), config.image_size, config.normalization.enabled,
                         inputs.norm_stats).to(device)
-    weights = class_weights(config.class_weights.weights, labels[inputs.train])
+    weights = class_weights(config.class_weights, labels[inputs.train])
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(
         weights, dtype=torch.float32, device=device))
     trainer = config.trainer
@@ -142,17 +142,17 @@ def run_result(data: PreparedData, inputs: FitInputs, params: dict, progress: Pr
     return RunResult(params, pd.DataFrame(history), progress.best_epoch, results, predictions, model, learned)
 
 
-def class_weights(setting, train_labels: np.ndarray) -> np.ndarray | None:
-    """None (off), inverse frequency scaled so the largest class has weight 1, or a list."""
-    if setting is None:
+def class_weights(setting: ClassWeightsConfig, train_labels: np.ndarray) -> np.ndarray | None:
+    """None (class_weights=off), inverse frequency scaled so the largest class has weight 1, or a list."""
+    if not setting.enabled:
         return None
-    if setting == "inverse_frequency":
+    if setting.weights == "inverse_frequency":
         counts = np.bincount(train_labels, minlength=len(CLASSES)).astype(float)
         if (counts == 0).any():
             missing = [c for c, n in zip(CLASSES, counts, strict=True) if n == 0]
             raise UserError(f"class weights: no training image of {', '.join(missing)}")
         return counts.max() / counts
-    return np.asarray(list(setting), dtype=float)  # checked by the config schema
+    return np.asarray(list(setting.weights), dtype=float)  # checked by the config schema
 
 
 def to_batches(data: PreparedData, rows: np.ndarray, device: torch.device) -> Batches:
