@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from xray_ablate import evaluation
 from xray_ablate.data.labels import CLASSES
-from xray_ablate.train import metrics
 
 log = logging.getLogger(__name__)
 FLAT_LOSS_EPOCHS = 3  # warn when the training loss is still at ln(classes) after this many epochs
@@ -32,7 +32,7 @@ class Progress:
         log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", epoch,
                  self.epochs, train_loss, train_acc, val_loss, row["val_acc"])
         chance = math.log(len(CLASSES))
-        if epoch == FLAT_LOSS_EPOCHS and train_loss >= metrics.FLAT_LOSS_SHARE * chance:
+        if epoch == FLAT_LOSS_EPOCHS and train_loss >= evaluation.FLAT_LOSS_SHARE * chance:
             log.warning("training loss %.3f has not moved off ln(%d) = %.3f after %d epochs: the model may "
                         "not learn (try another trainer.lr)", train_loss, len(CLASSES), chance,
                         epoch)
