@@ -1,23 +1,34 @@
 """The architecture's promises: fit() without MLflow, MLflow only in tracking/, no private Hydra API,
-configs checked before anything runs, and a new factor is one entry in the factor table."""
+configs checked before anything runs, a factor's label never disagrees with what ran, and a new
+factor is one entry in the factor table."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import invoke_cli, mlflow_runs
+from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from xray_ablate.config import factors
-from xray_ablate.settings import project_root
+from xray_ablate.config.load import to_config
+from xray_ablate.config.schema import Config, SwitchConfig
+from xray_ablate.errors import UserError
+from xray_ablate.settings import CONFIG_DIR, data_config, project_root
+from xray_ablate.train.fit import class_weights
 
 PACKAGE = project_root() / "xray_ablate"
 
@@ -123,3 +134,107 @@ def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, sy
     assert exp_id == experiment.experiment_id == report_run.info.experiment_id
     assert report_run.data.tags["xray.kind"] == "report" and path == "report.html"
     assert path in {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_only_the_launchers_and_bench_suites_that_pay_remain():
+    """Issue 26 retired vmap training over many seeds (it trained at 0.6-0.83x sequential, see
+    BENCHMARKS.md): its launcher is gone from conf/ (the plugin folder of another checkout may still
+    be on Hydra's namespace path, so conf/ is what counts), and so is its bench suite: the suites
+    are exactly bench/'s modules."""
+    from xray_ablate.bench.__main__ import SUITES
+
+    launchers = project_root() / "conf" / "hydra" / "launcher"
+    assert sorted(p.stem for p in launchers.glob("*.yaml")) == ["slurm", "slurm_local"]
+    suites = {p.stem for p in (PACKAGE / "bench").glob("*.py")} - {"__init__", "__main__", "rows"}
+    assert set(SUITES) == suites  # a suite is a module of bench/ with run(): none named without one
+
+
+# What a run does for each factor, read where the code that does it reads it: the preprocessing's
+# mode, the training subset's share, the loss's weights, the sampler's policy, the model's input
+# standardisation, the batch augmentation, the BRISQUE filter, and what build_model() builds.
+BEHAVIOUR = {
+    "dataset": lambda c: data_config(c).preprocess.mode,
+    "train_fraction": lambda c: c.dataset.train_fraction,
+    "class_weights": lambda c: class_weights(c.class_weights, np.arange(4)) is not None,
+    "class_balance": lambda c: c.class_balance.name,  # train/sampling.py dispatches on it
+    "normalization": lambda c: c.normalization.enabled,
+    "augmentation": lambda c: c.augmentation.enabled,
+    "brisque_filter": lambda c: c.brisque_filter.enabled,
+    "backbone": lambda c: (c.backbone.name, c.backbone.pretrained, c.backbone.freeze,
+                           c.backbone.unfreeze_last if c.backbone.freeze == "last_n" else None),
+}
+EXTRA_VALUES = {bool: [True, False], int: [0, 1, 2], float: [0.0, 0.5, 1.0], str: ["x"]}
+
+
+@pytest.fixture(scope="module")
+def composed_choices() -> dict[str, dict]:
+    """Each factor group's choices (conf/<group>/*.yaml), composed once: group -> choice -> config."""
+    groups = {f.key.split(".")[0] for f in factors.FACTORS}
+    base = ["dataset.root=/nonexistent", "paths.cache_dir=/nonexistent", "image_size=299"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return {group: {p.stem: compose("config", overrides=[*base, f"{group}={p.stem}"])
+                        for p in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))} for group in groups}
+
+
+def _values(cls, group: str, key: str, composed: list) -> list:
+    """What to set ``key`` of a group to: every value its choices give it, and a few of its type."""
+    hint = typing.get_type_hints(cls)[key]
+    types = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+    values = [None] + [v for t in types for v in EXTRA_VALUES.get(t, [])]
+    values += [OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+               for v in (OmegaConf.select(c, f"{group}.{key}") for c in composed)]
+    return list({repr(v): v for v in values}.values())
+
+
+def test_no_override_of_a_factor_group_makes_its_label_disagree_with_what_ran(composed_choices):
+    """Issue 26. Every key of each factor's group (from the schema, so a new key is covered) is set
+    to each value its choices use and a few of its type, under each choice of the group: the config
+    is refused, or one label always means one behaviour, and a switch labelled "on" ran on."""
+    assert set(BEHAVIOUR) == set(factors.factor_names()), "a new factor needs its behaviour here"
+    for factor in factors.FACTORS:
+        group = factor.key.split(".")[0]
+        cls = typing.get_type_hints(Config)[group]
+        composed = list(composed_choices[group].values())
+        seen: dict[str, set] = {}
+        for cfg in composed:
+            typed, values = to_config(cfg), OmegaConf.to_container(cfg[group], resolve=True)
+            for key in (f.name for f in dataclasses.fields(cls)):
+                for value in _values(cls, group, key, composed):
+                    try:  # the group typed and checked as to_config() does, then the whole config
+                        node = OmegaConf.merge(OmegaConf.structured(cls), {**values, key: value})
+                        config = dataclasses.replace(typed, **{group: OmegaConf.to_object(node)})
+                        seen.setdefault(factors.level(config, factor), set()).add(BEHAVIOUR[factor.name](config))
+                    except (UserError, OmegaConfBaseException):
+                        continue  # refused before anything runs
+        mixed = {label: ran for label, ran in seen.items() if len(ran) > 1}
+        assert not mixed, f"{factor.name}: one label, several behaviours: {mixed}"
+        if issubclass(cls, SwitchConfig):
+            assert seen == {"off": {False}, "on": {True}}, (factor.name, seen)
+
+
+def test_each_factor_level_is_its_hydra_choice(composed_choices):
+    """backbone=resnet50_ft is labelled resnet50_ft, normalization=off "off", and so on; the
+    training fraction is a number, not a choice, and dataset=demo is a data source (masked)."""
+    for factor in factors.FACTORS:
+        if factor.name == "train_fraction":
+            continue
+        for choice, cfg in composed_choices[factor.key.split(".")[0]].items():
+            assert factors.level(to_config(cfg), factor) == {"demo": "masked"}.get(choice, choice), choice
+
+
+@pytest.mark.parametrize("override, message", [
+    ("normalization.enabled=false", "Could not override 'normalization.enabled'"),
+    ("backbone.label=vgg16", "Could not override 'backbone.label'"),
+    ("class_weights.weights=inverse_frequency",
+     "class_weights.weights must be null with class_weights=off (class_weights=on weights the loss), "
+     "not 'inverse_frequency'"),
+])
+def test_a_run_cannot_be_labelled_other_than_it_ran(monkeypatch, tmp_path, synthetic_root, capsys, override,
+                                                    message):
+    """The mislabel of issue 26 (normalization.enabled=false trained unnormalised runs tagged "on"),
+    and its kin, through the CLI: one line naming the key, exit status 2, no MLflow run."""
+    code = invoke_cli(monkeypatch, tmp_path, f"dataset.root={synthetic_root}", override)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert message in captured.err and len((captured.out + captured.err).strip().splitlines()) == 1
+    assert not (tmp_path / "mlruns").exists()

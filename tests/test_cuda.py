@@ -81,35 +81,6 @@ def test_brisque_scores_on_cuda_match_the_cpu(brisque_weights):
     assert [s for s, _ in gpu] == pytest.approx([s for s, _ in cpu], rel=1e-3, abs=1e-2)
 
 
-def test_fit_many_on_cuda_compiled_and_in_memory_sized_passes(setup, monkeypatch):
-    """The batched step through torch.compile on a GPU, and the probe step that sizes passes by
-    free memory: with a memory_fraction that fits one member, every pass holds one member. Both
-    packs end with finite losses and probabilities (whether 3 epochs on 120 phantoms learn is left
-    to the fit() test: on the H100 they stayed near ln 4, compiled and eager alike)."""
-    from xray_ablate.train import batched
-
-    make, data = setup
-    configs = [make("trainer.epochs=3", f"seed={seed}") for seed in range(3)]
-    inputs = [prepare_inputs(c, data) for c in configs]
-    per_member = []
-    probe = batched._pass_memory_per_member
-    monkeypatch.setattr(batched, "_pass_memory_per_member", lambda *a: per_member.append(probe(*a)) or per_member[-1])
-    compiled = batched.fit_many(configs, data, inputs, CUDA, compile=True)
-    assert [r.params["batched_compile"] for r in compiled] == ["on"] * 3
-    assert per_member and per_member[0] > 0
-    sizes, backward = [], batched._Stack._backward
-    monkeypatch.setattr(batched._Stack, "_backward", lambda self, live, *a: sizes.append(len(live)) or
-                        backward(self, live, *a))
-    fraction = 1.5 * per_member[0] / batched._free_memory(CUDA)
-    small = batched.fit_many(configs, data, inputs, CUDA, memory_fraction=fraction)
-    assert set(sizes) == {1}
-    for result in (*compiled, *small):
-        assert np.isfinite(result.history[["train_loss", "val_loss"]].to_numpy()).all()
-        assert result.predictions.filter(like="prob_").sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-3)
-    print(f"\nfit_many on {torch.cuda.get_device_name(0)}: {per_member[0] / 2**20:.0f} MiB a member in a pass "
-          f"(cnn16 64 px, batch 16)")
-
-
 def test_a_cuda_run_resumes_from_a_weights_only_checkpoint_with_the_same_numbers(setup, tmp_path):
     """The checkpoint of a CUDA run (the CUDA generators' states among its tensors) loads with
     weights_only=True, and a deterministic run stopped after epoch 1 ends as an uninterrupted one."""

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from xray_ablate.evaluation import classification_metrics
 from xray_ablate.tracking.keys import config_key
-from xray_ablate.train.metrics import classification_metrics
 
 
 def test_a_class_absent_from_the_test_split_does_not_count_as_zero():

@@ -125,7 +125,7 @@ def test_process_pool_gives_the_same_scores(synthetic, brisque_weights, monkeypa
     pd.testing.assert_frame_equal(alone, pooled)
 
 
-def test_batched_device_path_matches_one_by_one(tmp_path, brisque_weights):
+def test_device_path_in_batches_matches_one_by_one(tmp_path, brisque_weights):
     """The GPU path (shape groups, batches, decode threads) run on the CPU."""
     rng = np.random.default_rng(2)
     paths = []
@@ -138,9 +138,9 @@ def test_batched_device_path_matches_one_by_one(tmp_path, brisque_weights):
     paths[6].write_bytes(b"not an image")
     settings = QualityConfig(analysis_size=64, batch_size=2)
     alone = score_files(paths, settings, workers=1)
-    batched = scores_module._score_on_device(paths, settings, torch.device("cpu"), 2, "test")
-    batched = pd.DataFrame(batched, columns=["score", "status"])
-    pd.testing.assert_frame_equal(alone, batched, rtol=1e-4)
+    in_batches = scores_module._score_on_device(paths, settings, torch.device("cpu"), 2, "test")
+    in_batches = pd.DataFrame(in_batches, columns=["score", "status"])
+    pd.testing.assert_frame_equal(alone, in_batches, rtol=1e-4)
     assert alone["status"][3].startswith("unscorable: ")
     assert alone["status"][6].startswith("unreadable: ")
     assert (alone["status"].drop([3, 6]) == "ok").all()

@@ -183,25 +183,25 @@ def test_bench_without_suites_runs_every_suite(monkeypatch, tmp_path):
         def __init__(self, name):
             self.name = name
 
-        def run(self, smoke=False, **budget):
-            ran.append((self.name, smoke, budget))
+        def run(self, smoke=False):
+            ran.append((self.name, smoke))
             return [Row(self.name, "x", 1.0, "s", command=f"python -m xray_ablate.bench {self.name}")]
 
     monkeypatch.setattr(bench.importlib, "import_module", lambda name: Suite(name.rsplit(".", 1)[1]))
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
     out = tmp_path / "B.md"
     bench.main(["--out", str(out)])
-    assert ran == [(s, False, {"budget_s": None} if s == "batched" else {}) for s in bench.SUITES]
+    assert ran == [(s, False) for s in bench.SUITES]
     with pytest.raises(SystemExit) as exit_:
         bench.main(["nosuch"])
     assert exit_.value.code == 2
 
-    # --budget reaches the batched suite; a GPU machine writes its own section beside the CPU one
+    # a GPU machine writes its own section beside the CPU one
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench, "machine", lambda: "a GPU machine")
     ran.clear()
-    bench.main(["batched", "--budget", "60", "--out", str(out)])
-    assert ran == [("batched", False, {"budget_s": 60.0})]
+    bench.main(["train", "--out", str(out)])
+    assert ran == [("train", False)]
     text = out.read_text()
-    assert "<!-- batched:start -->\n## batched\n" in text
-    assert "<!-- batched-cuda:start -->\n## batched on a GPU\n" in text and "a GPU machine" in text
+    assert "<!-- train:start -->\n## train\n" in text
+    assert "<!-- train-cuda:start -->\n## train on a GPU\n" in text and "a GPU machine" in text

@@ -5,7 +5,6 @@ the real fixture (masked and raw) recomputed here with pandas and scikit-learn."
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pandas as pd
@@ -25,35 +24,12 @@ from xray_ablate.references import (
     compute_references,
     probe_sentence,
     subgroup_scores,
-    wilson,
 )
 from xray_ablate.references import baselines as baselines_module
 from xray_ablate.references.baselines import attribute_rule, majority_class, source_probe
 from xray_ablate.references.pixels import C_GRID, downscale
 
 # --- intervals -----------------------------------------------------------------------------
-
-
-def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
-
-
-@pytest.mark.parametrize("k, n", [(0, 10), (8, 10), (37, 59), (59, 59)])
-def test_wilson_matches_the_formula(k, n):
-    assert wilson(k, n) == pytest.approx(_wilson_by_hand(k, n), abs=1e-12)
-    assert wilson(0, 0) == (0.0, 1.0)
-
-
-def test_wilson_covers_the_true_rate_95_percent_of_the_time():
-    rng = np.random.default_rng(0)
-    for p, n in ((0.3, 50), (0.9, 40)):
-        ks = rng.binomial(n, p, size=20000)
-        covers = np.array([lo <= p <= hi for lo, hi in (wilson(k, n) for k in range(n + 1))])
-        covered = covers[ks].mean()
-        assert 0.93 <= covered <= 0.975, (p, n, covered)
 
 
 def test_cramers_v_known_tables():

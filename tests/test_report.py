@@ -49,6 +49,9 @@ def make_cfg(store, experiment: str, reports_dir, *overrides: str):
             f"tracking.artifact_root={artifacts}", f"paths.reports_dir={reports_dir}", *overrides])
 
 
+TRAIN_COUNTS = (20, 20, 40, 10)  # training images per class: covid is the training majority
+
+
 class Sweep:
     """Writes runs the way the training and sweep code log them."""
 
@@ -67,7 +70,8 @@ class Sweep:
 
     def run(self, key: str, seed: int, acc: float, *, status="FINISHED", split_hash="h1",
             fingerprint="f1", split_mode="fixed", start_time=None, code_version="test",
-            device: str | None = None, fallbacks: int | None = None, **factors) -> str:
+            device: str | None = None, fallbacks: int | None = None, train_counts=TRAIN_COUNTS,
+            **factors) -> str:
         levels = {**BASE, **factors}
         tags = {schema.KIND: "train", schema.SEED: str(seed), schema.CONFIG_KEY: key,
                 schema.SWEEP_ID: self.sweep_id, schema.SWEEP_MEMBER.format(self.sweep_id): "1",
@@ -96,7 +100,8 @@ class Sweep:
                         Metric("val_loss", 2.0 / epoch, now, epoch),
                         Metric("train_acc", acc, now, epoch), Metric("train_loss", 1.0, now, epoch)]
         params = [Param("seed", str(seed)), Param("split.seed", "0"),
-                  Param("dataset.mode", levels["dataset"])]
+                  Param("dataset.mode", levels["dataset"]),
+                  *(Param(f"n_train_{c}", str(n)) for c, n in zip(CLASSES, train_counts, strict=True))]
         self.client.log_batch(run_id, metrics=metrics, params=params)
         if status != "RUNNING":
             self.client.set_terminated(run_id, status)
@@ -139,10 +144,11 @@ def _values(key):
 @pytest.mark.slow
 def test_run_table_rows_and_statistics_equal_scipy(tiny):
     _, folder = tiny
-    # Reference rows: chance and the majority class (supports 10 each: a tie, the first wins).
+    # Reference rows: chance and always predicting the training split's majority class (covid,
+    # TRAIN_COUNTS), right on its 10 of the 40 test images.
     refs = pd.read_csv(folder / "references.csv").set_index("config")["test_accuracy_mean"]
     assert refs.to_dict() == {"reference: chance (1/4)": 25.0,
-                              "reference: majority class (bacterial)": 25.0}
+                              "reference: majority class (covid)": 25.0}
     table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
     assert table.index.tolist() == ["base", "augoff", "vgg", "cw", "raw", "rawoff"]
     assert table.loc["base", "config"] == "baseline"

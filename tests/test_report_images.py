@@ -36,7 +36,8 @@ def _probs(rng, shift: float | None) -> np.ndarray:
 
 def _log(sweep: Sweep, key: str, seed: int, probs: np.ndarray, **factors) -> tuple[str, np.ndarray]:
     correct = (probs.argmax(1) == LABELS).astype(float)
-    run_id = sweep.run(key, seed, float(correct.mean()), **factors)
+    # A stratified split: the training classes in the test set's proportions (healthy the majority).
+    run_id = sweep.run(key, seed, float(correct.mean()), train_counts=3 * np.bincount(LABELS), **factors)
     frame = pd.DataFrame({"image_id": IDS, "label": LABELS})
     for i, cls in enumerate(CLASSES):
         frame[f"prob_{cls}"] = probs[:, i]

@@ -26,11 +26,12 @@ def _train(cfg):
 
 def test_inverse_frequency_weights_scale_the_largest_class_to_one():
     labels = np.repeat([0, 1, 2, 3], [12, 6, 4, 3])
-    assert class_weights("inverse_frequency", labels) == pytest.approx([1.0, 2.0, 3.0, 4.0])
-    assert class_weights(None, labels) is None
-    assert class_weights([1, 1.75, 6.4, 1.94], labels) == pytest.approx([1, 1.75, 6.4, 1.94])
+    on = ClassWeightsConfig("on", "inverse_frequency")
+    assert class_weights(on, labels) == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert class_weights(ClassWeightsConfig("off"), labels) is None
+    assert class_weights(ClassWeightsConfig("on", [1, 1.75, 6.4, 1.94]), labels) == pytest.approx([1, 1.75, 6.4, 1.94])
     with pytest.raises(UserError, match="4 non-negative numbers"):
-        ClassWeightsConfig(weights=[1, 2])
+        ClassWeightsConfig("on", [1, 2])
 
 
 @pytest.mark.slow

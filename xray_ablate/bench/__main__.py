@@ -13,7 +13,7 @@ import torch
 from xray_ablate.bench.rows import machine
 from xray_ablate.settings import project_root
 
-SUITES = ("data", "train", "quality", "sweep", "audit", "batched", "verdicts")
+SUITES = ("data", "train", "quality", "sweep", "audit", "verdicts")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,15 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=project_root() / "BENCHMARKS.md")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, to prove every suite runs (the figures mean nothing)")
-    parser.add_argument("--budget", type=float, metavar="SECONDS",
-                        help="batched: start no further variant after this many seconds (a lent GPU's time)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.suites) - set(SUITES))
     if unknown:
         parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     for suite in args.suites or SUITES:
-        extra = {"budget_s": args.budget} if suite == "batched" else {}
-        rows = importlib.import_module(f"xray_ablate.bench.{suite}").run(smoke=args.smoke, **extra)
+        rows = importlib.import_module(f"xray_ablate.bench.{suite}").run(smoke=args.smoke)
         for row in rows:
             print(row.markdown())
         _write_section(args.out, suite, rows)

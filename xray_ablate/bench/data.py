@@ -87,7 +87,7 @@ def run(smoke: bool = False) -> list[Row]:
     ours, ours_note = _ours_images_per_s(data, scale)
     folder, folder_rates = _imagefolder_images_per_s(_imagefolder_view(bench_dir, data, scale), scale)
     rows.append(Row(
-        "data", f"augmented batches, ours: cached uint8 -> float -> batched affine (bs {BATCH})",
+        "data", f"augmented batches, ours: cached uint8 -> float -> affine per batch (bs {BATCH})",
         ours, "images/s", command=COMMAND, notes=ours_note,
     ))
     rows.append(Row(

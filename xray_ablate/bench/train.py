@@ -86,7 +86,7 @@ def _device_rows(device: torch.device, n_images: int, size: int, rounds: int) ->
         Row("train", "our loop, augmentation on" + tag, rate["ours+aug"], "images/s", notes=setting,
             command=COMMAND),
         Row("train", "cost of augmentation" + tag, 100 * aug_cost, "% of throughput", command=COMMAND,
-            notes="batched affine_grid/grid_sample on the device"),
+            notes="affine_grid/grid_sample per batch on the device"),
     ]
 
 

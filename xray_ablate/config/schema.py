@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -89,21 +89,46 @@ class SplitConfig:
             _check(0 < value < 1, f"split.{key}", "in (0, 1)", value)
 
 
+SWITCH_LEVELS = ("off", "on")  # the choices of a switch group: conf/<group>/off.yaml and on.yaml
+
+
 @dataclass
-class ClassWeightsConfig:
+class SwitchConfig:
+    """A factor group that is off or on. ``name`` is the level (its Hydra choice), and ``enabled``
+    is read from it, never set: a run labelled "on" cannot have run "off"."""
+
+    GROUP: ClassVar[str]  # the config group, for error messages
     name: str = "off"
-    weights: Any = None  # null | inverse_frequency | one non-negative number per class
 
     def __post_init__(self):
-        if self.weights is None or self.weights == "inverse_frequency":
+        _one_of(self.name, SWITCH_LEVELS, f"{self.GROUP}.name")
+
+    @property
+    def enabled(self) -> bool:
+        return self.name == "on"
+
+
+@dataclass
+class ClassWeightsConfig(SwitchConfig):
+    GROUP: ClassVar[str] = "class_weights"
+    weights: Any = None  # on: inverse_frequency | one non-negative number per class; off: null
+
+    def __post_init__(self):
+        super().__post_init__()
+        # A weighted loss labelled "off" (or an unweighted one labelled "on") is refused.
+        if not self.enabled:
+            _check(self.weights is None, "class_weights.weights", "null with class_weights=off "
+                   "(class_weights=on weights the loss)", self.weights)
+            return
+        if self.weights == "inverse_frequency":
             return
         from xray_ablate.data.labels import CLASSES
 
         values = list(self.weights) if isinstance(self.weights, list | tuple) else None
         ok = values is not None and len(values) == len(CLASSES) and all(
             isinstance(v, int | float) and v >= 0 for v in values)
-        _check(ok, "class_weights.weights", f"null, inverse_frequency or {len(CLASSES)} non-negative numbers "
-               f"in the order {', '.join(CLASSES)}", self.weights)
+        _check(ok, "class_weights.weights", f"inverse_frequency or {len(CLASSES)} non-negative numbers "
+               f"in the order {', '.join(CLASSES)} with class_weights=on", self.weights)
 
 
 @dataclass
@@ -119,36 +144,37 @@ class ClassBalanceConfig:
 
 
 @dataclass
-class NormalizationConfig:
+class NormalizationConfig(SwitchConfig):
+    GROUP: ClassVar[str] = "normalization"
     name: str = "on"
-    enabled: bool = True
 
 
 @dataclass
-class AugmentationConfig:
+class AugmentationConfig(SwitchConfig):
     """The study's Keras augmentation: RandomRotation(0.1), RandomZoom(0.1), RandomTranslation(0.1)."""
 
+    GROUP: ClassVar[str] = "augmentation"
     name: str = "on"
-    enabled: bool = True
     rotation_turns: float = 0.1  # up to +-0.1 of a full turn
     zoom: float = 0.1  # scale in [1 - zoom, 1 + zoom]
     translate: float = 0.1  # up to +-10 % of the side
     fill: float = 0.0  # value of pixels that come from outside the image
 
     def __post_init__(self):
+        super().__post_init__()
         for key in ("rotation_turns", "zoom", "translate"):
             value = getattr(self, key)
             _check(0 <= value < 1, f"augmentation.{key}", "in [0, 1)", value)
 
 
 @dataclass
-class BrisqueFilterConfig:
-    name: str = "off"
-    enabled: bool = False
+class BrisqueFilterConfig(SwitchConfig):
+    GROUP: ClassVar[str] = "brisque_filter"
     fences: str = "both"
     iqr_factor: float = 1.5
 
     def __post_init__(self):
+        super().__post_init__()
         _one_of(self.fences, FENCES, "brisque_filter.fences")
         _check(self.iqr_factor > 0, "brisque_filter.iqr_factor", "> 0", self.iqr_factor)
 
@@ -160,7 +186,6 @@ class BackboneConfig:
     freeze: str = "none"  # none | all | last_n (train only the last `unfreeze_last` blocks)
     unfreeze_last: int = 0
     download: bool = False  # fetch a missing pretrained checkpoint (hash-verified) before building
-    label: str = ""  # the factor level in reports; empty = name
 
     def __post_init__(self):
         _one_of(self.name, BACKBONES, "backbone.name")
@@ -169,7 +194,21 @@ class BackboneConfig:
             _check(not self.pretrained and self.freeze == "none", "backbone.pretrained/freeze",
                    f"false/none for {self.name} (it has no pretrained weights)", (self.pretrained, self.freeze))
         _check(self.unfreeze_last >= 0, "backbone.unfreeze_last", ">= 0", self.unfreeze_last)
-        self.label = self.label or self.name
+
+    @property
+    def label(self) -> str:
+        """The factor level, derived from what is built, never set: the architecture, then how its
+        weights start and train where that differs from its usual regime (scratch models train from
+        random weights; the others start from ImageNet's, frozen): ``_scratch`` random weights,
+        ``_ft`` the last block trained (the study's resnet50_ft), ``_ft<k>`` the last k blocks,
+        ``_ftall`` every block. So backbone=<choice> is labelled <choice>."""
+        if self.name in SCRATCH_MODELS:
+            return self.name
+        start = "" if self.pretrained else "_scratch"
+        trained = {"all": "", "none": "_ftall"}.get(self.freeze)
+        if trained is None:  # last_n
+            trained = "_ft" if self.unfreeze_last == 1 else f"_ft{self.unfreeze_last}"
+        return self.name + start + trained
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xray_ablate.data.labels import CLASSES
+from xray_ablate.evaluation import majority
 from xray_ablate.references.intervals import Proportion
 from xray_ablate.references.pixels import fit_pixel_model
 
@@ -39,14 +40,8 @@ class Probe:
     detail: dict = field(default_factory=dict)
 
 
-def most_common(values: np.ndarray, order: list[str]) -> str:
-    """The most frequent value; a tie goes to the one earliest in ``order``."""
-    counts = {v: int(np.sum(values == v)) for v in order}
-    return str(max(order, key=lambda v: (counts[v], -order.index(v))))
-
-
 def majority_class(cls_train: np.ndarray, cls_test: np.ndarray) -> Reference:
-    predicted = most_common(cls_train, list(CLASSES))
+    predicted = majority(cls_train, CLASSES)
     return Reference("majority", Proportion.of(cls_test == predicted), detail={"predicts": predicted})
 
 
@@ -54,8 +49,8 @@ def attribute_rule(attribute: str, cls_train: np.ndarray, level_train: np.ndarra
                    level_test: np.ndarray) -> Reference:
     """Predict the training set's most common class of the image's attribute level (a level
     absent from training: the overall majority class)."""
-    fallback = most_common(cls_train, list(CLASSES))
-    rule = {str(lv): most_common(cls_train[level_train == lv], list(CLASSES)) for lv in sorted(set(level_train))}
+    fallback = majority(cls_train, CLASSES)
+    rule = {str(lv): majority(cls_train[level_train == lv], CLASSES) for lv in sorted(set(level_train))}
     predicted = np.array([rule.get(lv, fallback) for lv in level_test])
     return Reference("attribute_rule", Proportion.of(predicted == cls_test), attribute=attribute,
                      detail={"rule": rule, "fallback": fallback})
@@ -80,9 +75,9 @@ def source_probe(attribute: str, x: dict[str, np.ndarray], levels: dict[str, np.
     if len(train_levels) < 2:
         return None
     test, detail = pixel_logreg(x, levels)
-    majority = most_common(levels["train"], train_levels)
-    return Probe(attribute, test, Proportion.of(levels["test"] == majority), variant,
-                 {**detail, "majority_level": majority})
+    majority_level = str(majority(levels["train"], train_levels))
+    return Probe(attribute, test, Proportion.of(levels["test"] == majority_level), variant,
+                 {**detail, "majority_level": majority_level})
 
 
 def probe_sentence(probes: list[Probe]) -> str:

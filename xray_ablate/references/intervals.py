@@ -5,17 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from statsmodels.stats.proportion import proportion_confint
 
-CONFIDENCE = 0.95
-
-
-def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The Wilson interval of k/n; (0, 1) when n is 0 (nothing is known)."""
-    if n == 0:
-        return 0.0, 1.0
-    low, high = proportion_confint(k, n, alpha=1 - confidence, method="wilson")
-    return float(low), float(high)
+from xray_ablate.evaluation import wilson
 
 
 @dataclass(frozen=True)

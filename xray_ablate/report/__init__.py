@@ -2,7 +2,7 @@
 
 ``python -m xray_ablate.report [report.sweep_id=ID | report.experiment_name=NAME]`` or, from code,
 ``build_report(cfg, sweep_id=...)``. Reads MLflow only; of the training code it imports only the
-pure rule train.metrics.learning_check, so "did it learn?" is decided in one place.
+pure rule evaluation.learning_check, so "did it learn?" is decided in one place.
 """
 
 from xray_ablate.report.build import build_report, write_report

@@ -258,7 +258,7 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
         factorial=T.factorial(kept, baseline_key, settings, evidence),
         learning_warning=I.not_learned_warning(
             kept, dict(zip(table["config_key"], table["config"], strict=True))),
-        references=I.references(I.class_shares(kept, evidence)),
+        references=I.references(I.class_shares(kept, evidence), kept),
         mcnemar=I.mcnemar_table(kept, evidence, table, baseline_key),
         confounds=CF.confounds(selection.parent_run_id, kept, dict(zip(table["config_key"], table["config"],
                                                                       strict=True)), evidence.predictions),

@@ -1,8 +1,8 @@
 """Per-image evidence: did each run learn, per-image score matrices, McNemar, variance split, references.
 
 Built from the tidy run frame and each run's predictions.csv (runs.load_predictions); the
-statistics are in stats/intervals.py, the "did it learn?" rule in train.metrics.learning_check (one place,
-shared with training).
+statistics are in stats/intervals.py, the "did it learn?" rule, the Wilson interval and the majority class
+in evaluation.py (one place, shared with training).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.data.labels import CLASSES
+from xray_ablate.evaluation import PROB_COLUMNS, learning_check, majority_index, wilson
 from xray_ablate.stats import intervals
-from xray_ablate.train.metrics import learning_check
 
-PROB_COLUMNS = [f"prob_{c}" for c in CLASSES]
 # The metrics with per-image scores, as they are named in the run frame (all on the test set).
 IMAGE_METRICS = {f"test_{m}": m for m in intervals.IMAGE_METRICS}
 ECE = "test_ece"  # computed here from predictions.csv; training does not log it
@@ -65,9 +64,8 @@ def add_run_evidence(runs: pd.DataFrame, evidence: Evidence) -> pd.DataFrame:
             labels, probs = p["label"].to_numpy(), p[PROB_COLUMNS].to_numpy()
             correct = int((probs.argmax(axis=1) == labels).sum())
             rec[ECE] = intervals.expected_calibration_error(labels, probs)
-            rec["test_accuracy_wilson_low"], rec["test_accuracy_wilson_high"] = intervals.wilson_interval(
-                correct, len(labels))
-            check = learning_check(labels, probs, getattr(row, "train_loss", math.nan), len(CLASSES))
+            rec["test_accuracy_wilson_low"], rec["test_accuracy_wilson_high"] = wilson(correct, len(labels))
+            check = learning_check(labels, probs, getattr(row, "train_loss", math.nan), train_majority(row))
             rec.update({k: check[k] for k in LEARNING_NUMBERS}, learned=check["learned"],
                        learned_reason=check["reason"], learned_source="derived")
         tag = getattr(row, "learned_tag", None)
@@ -104,6 +102,12 @@ def not_learned_warning(runs: pd.DataFrame, labels: dict[str, str]) -> str | Non
 
 # --- references ----------------------------------------------------------------------------------
 
+def train_majority(row) -> int | None:
+    """The run's training majority class (from its n_train_<class> params); None when not logged."""
+    counts = np.array([getattr(row, f"n_train_{c}", math.nan) for c in CLASSES], float)
+    return majority_index(counts) if np.isfinite(counts).all() and counts.sum() > 0 else None
+
+
 def class_shares(runs: pd.DataFrame, evidence: Evidence) -> pd.Series | None:
     """Share of each class in the test set, averaged over the runs (per-seed splits differ):
     from predictions.csv, else the test_support_<class> metrics; None when neither is there."""
@@ -119,22 +123,25 @@ def class_shares(runs: pd.DataFrame, evidence: Evidence) -> pd.Series | None:
     return pd.Series(np.mean(shares, axis=0), index=list(CLASSES)) if shares else None
 
 
-def references(shares: pd.Series | None) -> pd.DataFrame:
-    """Reference rows: chance (uniform random guesses, 1/K) and always predicting the test set's
-    majority class, for each metric the run table shows (fractions; NaN where undefined)."""
+def references(shares: pd.Series | None, runs: pd.DataFrame) -> pd.DataFrame:
+    """Reference rows: chance (uniform random guesses, 1/K) and always predicting the training
+    split's majority class (evaluation.majority; from the runs' n_train_<class>, summed; no such row
+    when they were not logged), for each metric the run table shows (fractions; NaN where undefined)."""
     k = len(CLASSES)
     if shares is None:
         return pd.DataFrame()
     present = shares[shares > 0]
     kp = len(present)
-    top = str(shares.idxmax())
-    r = float(shares.max())
+    counts = np.array([runs[f"n_train_{c}"].sum() if f"n_train_{c}" in runs else math.nan for c in CLASSES])
+    top = CLASSES[majority_index(counts)] if np.isfinite(counts).all() and counts.sum() > 0 else None
     chance_f1 = {c: 2 * s / k / (s + 1 / k) if s > 0 else math.nan for c, s in shares.items()}
-    majority_f1 = {c: (2 * r / (1 + r) if c == top else 0.0) if shares[c] > 0 else math.nan
-                   for c in CLASSES}
+    kinds = [(f"chance (1/{k})", 1 / k, chance_f1)]
+    if top is not None:
+        r = float(shares[top])
+        kinds.append((f"majority class ({top})", r, {c: (2 * r / (1 + r) if c == top else 0.0)
+                                                     if shares[c] > 0 else math.nan for c in CLASSES}))
     rows = []
-    for name, acc, f1 in ((f"chance (1/{k})", 1 / k, chance_f1),
-                          (f"majority class ({top})", r, majority_f1)):
+    for name, acc, f1 in kinds:
         row = {"config": f"reference: {name}", "test_accuracy": acc,
                "test_balanced_accuracy": 1 / kp, "test_roc_auc_ovr": 0.5, ECE: math.nan,
                "test_macro_f1": float(np.nanmean([f1[c] for c in present.index]))}

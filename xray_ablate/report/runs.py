@@ -16,6 +16,7 @@ import pandas as pd
 from xray_ablate.config.factors import factor_names
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.errors import UserError
+from xray_ablate.evaluation import PREDICTION_COLUMNS
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.reader import csv_artifacts, open_store, search_runs
 
@@ -28,10 +29,9 @@ TAG_COLUMNS = {
     schema.CODE_VERSION: "code_version", schema.PARENT_RUN: "parent_run_id",
     schema.DEVICE: "device",
 }
-# "Did it learn?" as training records it (train.metrics.learning_check); until tracking/schema
+# "Did it learn?" as training records it (evaluation.learning_check); until tracking/schema
 # names them, they are named here. Runs without them are checked from predictions.csv.
 TAG_COLUMNS |= {schema.LEARNED: "learned_tag", schema.LEARNED_REASON: "learned_reason_tag"}
-PREDICTION_COLUMNS = ("image_id", "label", *(f"prob_{c}" for c in CLASSES))
 UNKNOWN = "unknown"
 ID_COLUMNS = ("run_id", "status", *TAG_COLUMNS.values(), "split_seed")
 # Params read as numbers: the images each run trained, validated and tested on.

@@ -22,7 +22,6 @@ from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
-from statsmodels.stats.proportion import proportion_confint
 
 from xray_ablate.config.metrics import IMAGE_METRICS
 
@@ -521,14 +520,6 @@ def _contribution_row(tested: pd.DataFrame, columns: pd.Index) -> np.ndarray:
     a one-seed row whose image term is that of the contributions."""
     c = pd.Series(image_contributions(tested.to_numpy(float)), index=tested.columns)
     return c.reindex(columns, fill_value=0.0).to_numpy() * len(columns)
-
-
-def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of one run's accuracy over its test images (statsmodels)."""
-    if total < 1:
-        return NAN_PAIR
-    low, high = proportion_confint(correct, total, alpha=1 - confidence, method="wilson")
-    return float(low), float(high)
 
 
 def mcnemar_exact(correct_a, correct_b) -> tuple[int, int, float]:

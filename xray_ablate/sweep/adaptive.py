@@ -20,6 +20,7 @@ from xray_ablate.config.factors import FACTORS, level, varied_factors
 from xray_ablate.config.load import Plan
 from xray_ablate.config.metrics import LOWER_IS_BETTER
 from xray_ablate.config.schema import Config
+from xray_ablate.evaluation import PROB_COLUMNS
 from xray_ablate.stats.claims import ablation_claims, verdicts
 from xray_ablate.stats.intervals import image_scores
 from xray_ablate.stats.verdicts import UNRESOLVED, SequentialDesign, Verdict, cells_to_extend, planned_looks
@@ -30,7 +31,6 @@ from xray_ablate.tracking.verdicts import record_round
 from xray_ablate.train.device import select_device
 
 log = logging.getLogger(__name__)
-PROB_PREFIX = "prob_"
 
 
 @dataclass
@@ -71,7 +71,7 @@ def scores_by_cell(predictions: dict[tuple[str, int], pd.DataFrame], metric: str
     """Cell -> seeds x image ids of per-image scores of report.metric (accuracy: correctness)."""
     rows: dict[str, dict[int, pd.Series]] = {}
     for (key, seed), p in predictions.items():
-        probs = p[[c for c in p.columns if c.startswith(PROB_PREFIX)]].to_numpy()
+        probs = p[PROB_COLUMNS].to_numpy()
         rows.setdefault(key, {})[seed] = pd.Series(image_scores(p["label"].to_numpy(), probs, metric),
                                                   index=p["image_id"].to_numpy())
     return {key: pd.DataFrame(by_seed).T.sort_index() for key, by_seed in rows.items()}

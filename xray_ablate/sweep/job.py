@@ -22,6 +22,7 @@ from xray_ablate.config.schema import Config
 from xray_ablate.data.metadata import require_attributes
 from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.errors import Stopped, UserError
+from xray_ablate.evaluation import PROB_COLUMNS
 from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, SKIPPED, Outcome
 from xray_ablate.sweep.signals import hand_over, raise_pending, stop_on_signals
@@ -198,7 +199,7 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
     result.metrics.update(external_metrics(result.model, external, config, next(result.model.parameters()).device))
     record_result(recorder, result, config.tracking.log_checkpoint)
     if config.audit.enabled:
-        audit = audit_split(result.model, data, inputs.test, result.predictions.filter(like="prob_").to_numpy(),
+        audit = audit_split(result.model, data, inputs.test, result.predictions[PROB_COLUMNS].to_numpy(),
                             config.audit)
         if audit is not None:
             recorder.metrics(audit.metrics)
@@ -211,7 +212,7 @@ def evaluate_subgroups(config: Config, data: PreparedData, test_rows, result: Ru
     if data.attributes:
         attributes = data.table.iloc[test_rows][["image_id", *data.attributes]].reset_index(drop=True)
         result.predictions = result.predictions.merge(attributes, on="image_id", how="left", validate="1:1")
-    probs = result.predictions.filter(like="prob_").to_numpy()
+    probs = result.predictions[PROB_COLUMNS].to_numpy()
     for attribute in config.eval.subgroups:
         scores = subgroup_scores(result.predictions["label"].to_numpy(), probs,
                                  result.predictions[attribute].to_numpy())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from xray_ablate import evaluation
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.recorder import Recorder
-from xray_ablate.train import figures, metrics
+from xray_ablate.train import figures
 from xray_ablate.train.fit import RunResult
 
 
@@ -18,11 +19,11 @@ def record_result(recorder: Recorder, result: RunResult, log_checkpoint: bool) -
                    schema.LEARNED_REASON: result.learned["reason"]})
     recorder.table(result.predictions, schema.PREDICTIONS)
     y_test = result.predictions["label"].to_numpy()
-    probs = result.predictions.filter(like="prob_").to_numpy()
-    text, as_dict = metrics.report(y_test, probs)
+    probs = result.predictions[evaluation.PROB_COLUMNS].to_numpy()
+    text, as_dict = evaluation.report(y_test, probs)
     recorder.text(text, "classification_report.txt")
     recorder.json(as_dict, "classification_report.json")
-    recorder.figure(figures.confusion_figure(metrics.confusion(y_test, probs), "test"), "confusion_matrix.png")
+    recorder.figure(figures.confusion_figure(evaluation.confusion(y_test, probs), "test"), "confusion_matrix.png")
     recorder.figure(figures.learning_curve_figure(result.history, result.best_epoch), "learning_curve.png")
     recorder.table(result.history, "history.csv")
     if log_checkpoint:

@@ -18,7 +18,7 @@ FINGERPRINT = "xray.dataset_fingerprint"
 CODE_VERSION = "xray.code_version"
 DEVICE = "xray.device"  # cpu | cuda | mps: part of the config key
 PARENT_RUN = "mlflow.parentRunId"
-LEARNED = "xray.learned"  # "true" | "false": train.metrics.learning_check's verdict
+LEARNED = "xray.learned"  # "true" | "false": evaluation.learning_check's verdict
 LEARNED_REASON = "xray.learned_reason"  # why not, e.g. "predicts covid for 100% of test images"
 # Folder of a sweep's parent run: one JSON per dataset variant (raw.json, masked.json), each
 # references.References.as_dict(): trivial baselines and source probes on the test split.

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from xray_ablate import evaluation
 from xray_ablate.config.schema import Config
 from xray_ablate.data.fingerprint import file_digests
 from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.errors import UserError
 from xray_ablate.settings import data_config
-from xray_ablate.train import metrics
 from xray_ablate.train.fit import to_batches
 from xray_ablate.train.loop import evaluate
 
@@ -73,6 +73,6 @@ def external_metrics(model: nn.Module, sets: list[ExternalSet], config: Config,
         loss, probs = evaluate(model, to_batches(ext.data, rows, device), config.trainer.batch_size, device,
                                config.trainer.amp)
         prefix = f"ext_{ext.name}"
-        out.update(metrics.classification_metrics(ext.data.table["label"].to_numpy(), probs, prefix))
+        out.update(evaluation.classification_metrics(ext.data.table["label"].to_numpy(), probs, prefix))
         out.update({f"{prefix}_loss": loss, f"{prefix}_n": float(len(rows))})
     return out

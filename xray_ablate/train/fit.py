@@ -16,15 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
-from xray_ablate.config.schema import Config
+from xray_ablate import evaluation
+from xray_ablate.config.schema import ClassWeightsConfig, Config
 from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
 from xray_ablate.models import build_model
-from xray_ablate.train import metrics
 from xray_ablate.train.checkpoint import Checkpointer, TrainState
 from xray_ablate.train.device import seed_everything
 from xray_ablate.train.inputs import FitInputs
@@ -45,7 +44,7 @@ class RunResult:
     metrics: dict[str, float]  # final val_* and test_* metrics of the best state, timings
     predictions: pd.DataFrame  # per test image: image_id, label, prob_<class>
     model: nn.Module  # with the best state loaded, in eval mode
-    learned: dict  # train.metrics.learning_check: did the run learn, and if not, why
+    learned: dict  # evaluation.learning_check: did the run learn, and if not, why
 
 
 def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.device,
@@ -58,7 +57,7 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
 
     model = build_model(config.backbone, len(CLASSES), config.image_size, config.normalization.enabled,
                         inputs.norm_stats).to(device)
-    weights = class_weights(config.class_weights.weights, labels[inputs.train])
+    weights = class_weights(config.class_weights, labels[inputs.train])
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(
         weights, dtype=torch.float32, device=device))
     trainer = config.trainer
@@ -123,36 +122,34 @@ def run_result(data: PreparedData, inputs: FitInputs, params: dict, progress: Pr
                "train_seconds": train_seconds,
                "train_images_per_second": len(inputs.train) * len(history) / train_seconds}
     for name in ("val", "test"):
-        results.update(metrics.classification_metrics(labels[getattr(inputs, name)], probs[name], name))
+        results.update(evaluation.classification_metrics(labels[getattr(inputs, name)], probs[name], name))
         results["test_loss" if name == "test" else "best_val_loss"] = losses[name]
     if inputs.test_outlier is not None and (~inputs.test_outlier).any():
         keep = ~inputs.test_outlier
-        sub = metrics.classification_metrics(labels[inputs.test][keep], probs["test"][keep], "test_filtered")
+        sub = evaluation.classification_metrics(labels[inputs.test][keep], probs["test"][keep], "test_filtered")
         results["test_filtered_accuracy"] = sub["test_filtered_accuracy"]
     y_test = labels[inputs.test]
-    learned = metrics.learning_check(y_test, probs["test"], history[-1]["train_loss"], len(CLASSES))
+    majority = evaluation.majority(labels[inputs.train], evaluation.LABELS)
+    learned = evaluation.learning_check(y_test, probs["test"], history[-1]["train_loss"], majority)
     results.update({k: learned[k] for k in ("top_prediction_share", "loss_ratio", "majority_rate",
                                             "p_above_majority")})
-    low, high = proportion_confint(int((probs["test"].argmax(1) == y_test).sum()), len(y_test), method="wilson")
-    results.update({"test_accuracy_wilson_low": float(low), "test_accuracy_wilson_high": float(high)})
-    predictions = pd.DataFrame({"image_id": data.table["image_id"].to_numpy()[inputs.test],
-                                "label": labels[inputs.test]})
-    for i, cls in enumerate(CLASSES):
-        predictions[f"prob_{cls}"] = probs["test"][:, i]
+    low, high = evaluation.wilson(int((probs["test"].argmax(1) == y_test).sum()), len(y_test))
+    results.update({"test_accuracy_wilson_low": low, "test_accuracy_wilson_high": high})
+    predictions = evaluation.predictions_frame(data.table["image_id"].to_numpy()[inputs.test], y_test, probs["test"])
     return RunResult(params, pd.DataFrame(history), progress.best_epoch, results, predictions, model, learned)
 
 
-def class_weights(setting, train_labels: np.ndarray) -> np.ndarray | None:
-    """None (off), inverse frequency scaled so the largest class has weight 1, or a list."""
-    if setting is None:
+def class_weights(setting: ClassWeightsConfig, train_labels: np.ndarray) -> np.ndarray | None:
+    """None (class_weights=off), inverse frequency scaled so the largest class has weight 1, or a list."""
+    if not setting.enabled:
         return None
-    if setting == "inverse_frequency":
+    if setting.weights == "inverse_frequency":
         counts = np.bincount(train_labels, minlength=len(CLASSES)).astype(float)
         if (counts == 0).any():
             missing = [c for c, n in zip(CLASSES, counts, strict=True) if n == 0]
             raise UserError(f"class weights: no training image of {', '.join(missing)}")
         return counts.max() / counts
-    return np.asarray(list(setting), dtype=float)  # checked by the config schema
+    return np.asarray(list(setting.weights), dtype=float)  # checked by the config schema
 
 
 def to_batches(data: PreparedData, rows: np.ndarray, device: torch.device) -> Batches:

@@ -1,5 +1,5 @@
 """One run's epochs as they finish: the history, the best validation loss and its state, early
-stopping, and the epoch log lines. Shared by fit() and fit_many()."""
+stopping, and the epoch log lines."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from xray_ablate import evaluation
 from xray_ablate.data.labels import CLASSES
-from xray_ablate.train import metrics
 
 log = logging.getLogger(__name__)
 FLAT_LOSS_EPOCHS = 3  # warn when the training loss is still at ln(classes) after this many epochs
 
 
 class Progress:
-    def __init__(self, epochs: int, patience: int | None, name: str = ""):
-        self.epochs, self.patience, self.prefix = epochs, patience, f"{name}: " if name else ""
+    def __init__(self, epochs: int, patience: int | None):
+        self.epochs, self.patience = epochs, patience
         self.history: list[dict] = []
         self.best_loss, self.best_epoch, self.best_state = float("inf"), 0, None
 
@@ -29,18 +29,18 @@ class Progress:
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                "val_acc": float((val_probs.argmax(1) == val_labels).mean()), "lr": lr}
         self.history.append(row)
-        log.info("%sepoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", self.prefix, epoch,
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", epoch,
                  self.epochs, train_loss, train_acc, val_loss, row["val_acc"])
         chance = math.log(len(CLASSES))
-        if epoch == FLAT_LOSS_EPOCHS and train_loss >= metrics.FLAT_LOSS_SHARE * chance:
-            log.warning("%straining loss %.3f has not moved off ln(%d) = %.3f after %d epochs: the model may "
-                        "not learn (try another trainer.lr)", self.prefix, train_loss, len(CLASSES), chance,
+        if epoch == FLAT_LOSS_EPOCHS and train_loss >= evaluation.FLAT_LOSS_SHARE * chance:
+            log.warning("training loss %.3f has not moved off ln(%d) = %.3f after %d epochs: the model may "
+                        "not learn (try another trainer.lr)", train_loss, len(CLASSES), chance,
                         epoch)
         if val_loss < self.best_loss:
             self.best_loss, self.best_epoch, self.best_state = val_loss, epoch, state()
             return False
         if self.patience is not None and epoch - self.best_epoch >= self.patience:
-            log.info("%searly stop: no better validation loss for %d epochs", self.prefix, self.patience)
+            log.info("early stop: no better validation loss for %d epochs", self.patience)
             return True
         return False
 

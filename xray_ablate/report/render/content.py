@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.config.factors import factor_labels
+from xray_ablate.evaluation import PREDICTION_COLUMNS
 from xray_ablate.report import audit as A
 from xray_ablate.report import confounds as CF
 from xray_ablate.report import curves as CV
@@ -243,18 +244,18 @@ def methods(c: Content) -> list[str]:
          "narrower than the seed-only interval. Δ: the same on seed-matched run differences and "
          "per-image differences. Balanced accuracy is a weighted mean of per-image correctness; "
          "macro AUROC and ECE (10 equal-width bins) use jackknife pseudo-values per image. "
-         "Each run logs its per-image predictions as the artifact `predictions.csv` (image_id, "
-         "label, prob_bacterial, prob_viral, prob_covid, prob_healthy); runs without it get "
+         f"Each run logs its per-image predictions as the artifact `predictions.csv` "
+         f"({', '.join(PREDICTION_COLUMNS)}); runs without it get "
          "seed-only intervals. An interval of zero width means every seed gave the same value "
          "(no seed-to-seed spread was observed), not that the value is exact."),
         ("- McNemar: per seed, the configuration's and the baseline's runs on the same test "
          "images; exact two-sided binomial test of the discordant images (right in one, wrong in "
          "the other). Equal accuracy can hide many images predicted differently."),
         ("- Did it learn? A run that gives one class to ≥ 95 % of test images, or whose final "
-         "training loss is ≥ 0.95 ln(classes), did not learn (xray_ablate.train.metrics."
+         "training loss is ≥ 0.95 ln(classes), did not learn (xray_ablate.evaluation."
          "learning_check; the tag xray.learned when training recorded it, else derived from "
          "predictions.csv and train_loss). Reference rows: chance (uniform guesses, 1/classes) "
-         "and always predicting the test set's majority class."),
+         "and always predicting the training split's majority class."),
         ("- Intervals of a percentage (accuracy, recall, F1, AUROC, ...) are shown clipped to "
          "[0, 100] %: with few seeds a t interval can overshoot (the run table's note says where); "
          "the CSV files keep the unclipped bounds."),

@@ -1,11 +1,16 @@
-"""Test and validation metrics from predicted probabilities (scikit-learn does the work)."""
+"""How a run's predictions score, each rule defined once and without torch: the predictions.csv
+columns, the classification metrics (scikit-learn does the work), the Wilson interval, the
+majority-class rule and the "did it learn?" check. Training records them, the trivial baselines
+(references/) use them, and the report derives them for runs that did not record them."""
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from scipy.stats import binomtest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
@@ -16,10 +21,46 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+from statsmodels.stats.proportion import proportion_confint
 
 from xray_ablate.data.labels import CLASSES
 
 LABELS = list(range(len(CLASSES)))
+PROB_COLUMNS = [f"prob_{c}" for c in CLASSES]
+# predictions.csv: one row per test image (attribute columns may follow).
+PREDICTION_COLUMNS = ["image_id", "label", *PROB_COLUMNS]
+CONFIDENCE = 0.95
+
+
+def predictions_frame(image_ids, labels, probs: np.ndarray) -> pd.DataFrame:
+    """A run's predictions: image_id, label (class index), prob_<class> per test image."""
+    frame = pd.DataFrame({"image_id": image_ids, "label": labels})
+    frame[PROB_COLUMNS] = probs
+    return frame
+
+
+def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Wilson score interval of k successes in n; (NaN, NaN) when n is 0: with no images there
+    is no interval (a table shows "–"), rather than a [0, 1] that would read as a measurement."""
+    if n < 1:
+        return math.nan, math.nan
+    low, high = proportion_confint(k, n, alpha=1 - confidence, method="wilson")
+    return float(low), float(high)
+
+
+def majority(values, order: Sequence):
+    """The element of ``order`` most frequent in ``values``; a tie goes to the earliest in ``order``.
+
+    The majority-class rule everywhere (the trivial baseline, the learning check, the report's
+    reference row) counts the TRAINING split: that is the rule a model could learn without
+    seeing the test set; the test set's own majority is knowledge no model has."""
+    counts = [int(np.sum(np.asarray(values) == v)) for v in order]
+    return order[majority_index(counts)]
+
+
+def majority_index(counts: Sequence[float]) -> int:
+    """The position of the largest count; a tie goes to the earliest (the rule of ``majority``)."""
+    return int(np.argmax(counts))
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, prefix: str) -> dict[str, float]:
@@ -74,23 +115,23 @@ FLAT_LOSS_SHARE = 0.95
 
 
 def learning_check(test_labels: np.ndarray, test_probs: np.ndarray, final_train_loss: float,
-                   n_classes: int = len(CLASSES)) -> dict:
+                   majority_label: int | None, n_classes: int = len(CLASSES)) -> dict:
     """Did the run learn? Numbers and the verdict, from its test predictions and final train loss.
 
     top_prediction_share: share of test images given the most frequent prediction;
-    loss_ratio: final train loss / ln(n_classes); majority_rate: share of the test set's most
-    frequent class (majority_class); p_above_majority: one-sided exact binomial p of the test
-    accuracy exceeding majority_rate; learned (bool) and reason ("" when learned).
+    loss_ratio: final train loss / ln(n_classes); majority_rate: test accuracy of always
+    predicting ``majority_label`` (the training split's majority class, ``majority``; None when
+    unknown: NaN); p_above_majority: one-sided exact binomial p of the test accuracy exceeding
+    majority_rate; learned (bool) and reason ("" when learned).
     """
     labels = np.asarray(test_labels, int)
     pred = np.asarray(test_probs, float).argmax(axis=1)
     counts = np.bincount(pred, minlength=n_classes)
     share = float(counts.max() / len(pred))
-    label_counts = np.bincount(labels, minlength=n_classes)
-    majority = int(label_counts.argmax())
-    rate = float(label_counts[majority] / len(labels))
+    rate = math.nan if majority_label is None else float(np.mean(labels == majority_label))
     correct = int((pred == labels).sum())
-    p = float(binomtest(correct, len(labels), rate, alternative="greater").pvalue) if rate < 1 else 1.0
+    p = (math.nan if majority_label is None else 1.0 if rate == 1
+         else float(binomtest(correct, len(labels), rate, alternative="greater").pvalue))
     ratio = float(final_train_loss) / math.log(n_classes)
     names = CLASSES if n_classes == len(CLASSES) else tuple(map(str, range(n_classes)))
     reasons = []
@@ -99,5 +140,5 @@ def learning_check(test_labels: np.ndarray, test_probs: np.ndarray, final_train_
     if ratio >= FLAT_LOSS_SHARE:
         reasons.append(f"final training loss {final_train_loss:.3f} is {ratio:.0%} of ln({n_classes})")
     return {"top_prediction_share": share, "loss_ratio": ratio, "majority_rate": rate,
-            "majority_class": names[majority],
+            "majority_class": None if majority_label is None else names[majority_label],
             "p_above_majority": p, "learned": not reasons, "reason": "; ".join(reasons)}
