@@ -146,7 +146,7 @@ def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthet
                             env={**os.environ, "XRAY_ABLATE_CACHE": str(tmp_path / "cache")},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
-    while not list((sweep_dir / "outcomes").glob("*/*.json")) and time.time() < deadline:
+    while not list((sweep_dir / "outcomes").rglob("*.json")) and time.time() < deadline:
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
         time.sleep(0.2)
     time.sleep(1.0)  # into the second job

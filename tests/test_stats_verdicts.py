@@ -169,7 +169,8 @@ def test_verdicts_bench_smoke():
     first look alone (12 runs) and all 10 seeds; agreement is a share."""
     from xray_ablate.bench import verdicts as bench
 
-    ratio, agree = bench.run(smoke=True)
+    ratio, agree, *at_study_size = bench.run(smoke=True)
+    assert len(at_study_size) == 2 and at_study_size[0].what.endswith("1600 test images")
     assert 12 / 40 <= ratio.value <= 1 and ratio.met == (ratio.value <= 0.6)
     assert f"{ratio.value * 40:.1f} runs vs 40" in ratio.notes
     assert 0 <= agree.value <= 100 and agree.unit == "% of replicates"

@@ -110,7 +110,7 @@ def test_a_killed_sweep_completes_on_rerun_without_duplicates(monkeypatch, tmp_p
          f"paths.root_dir={tmp_path}", "tracking.system_metrics=false", f"hydra.sweep.dir={sweep_dir}", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not list((sweep_dir / "outcomes").glob("*/*.json")) and time.time() < deadline:
+    while not list((sweep_dir / "outcomes").rglob("*.json")) and time.time() < deadline:
         assert proc.poll() is None, "the sweep ended before it could be killed"
         time.sleep(0.2)
     time.sleep(1.0)  # let the second job start its run

@@ -222,3 +222,40 @@ def test_the_printed_link_opens_the_ablation_view_in_a_browser(monkeypatch, tmp_
         assert cells["attributes.`Run Name`"].endswith(f"Group: {level} 2")  # after its colour's name
         assert cells["metrics.`test_accuracy`"].endswith("(average)")
         assert float(cells["metrics.`test_accuracy`"].split()[0]) == pytest.approx(mean)
+
+
+def test_two_jobs_logging_one_dataset_at_once_both_log_it(tmp_path, monkeypatch):
+    """MLflow's store looks a dataset up, then inserts it: of two jobs logging the same split at once
+    (a SLURM sweep did), the second insert broke the unique key and failed its job. The loser
+    retries, finds the winner's row and logs it; any other error still surfaces."""
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = connect(uri, "demo", tmp_path / "artifacts")
+    manifest = pd.DataFrame({"image_id": ["a"], "cls": ["covid"], "patient_id": ["p1"], "split": ["train"]})
+    data = SimpleNamespace(fingerprint="3f9a2c1b7e4d5a60", manifest_hash="0123456789abcdef", manifest=manifest)
+    winner, loser = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    real = MlflowClient.log_inputs
+    raced = []
+
+    def lose_the_race_once(self, run_id, datasets=None, models=None):
+        if run_id == loser and not raced:
+            raced.append(run_id)
+            record_dataset(Recorder(client, winner), data, tmp_path)  # the winner inserts meanwhile
+            raise MlflowException("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", lose_the_race_once)
+    record_dataset(Recorder(client, loser), data, tmp_path)
+    assert raced == [loser]
+    digests = {r: [d.dataset.digest for d in client.get_run(r).inputs.dataset_inputs] for r in (winner, loser)}
+    assert digests == {winner: ["0123456789abcdef"], loser: ["0123456789abcdef"]}
+
+    def refuse(self, run_id, datasets=None, models=None):
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run gone")
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", refuse)
+    with pytest.raises(MlflowException, match="run gone"):
+        record_dataset(Recorder(client, loser), data, tmp_path)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.tracking.names import safe_name, safe_params, safe_tags
@@ -64,7 +65,16 @@ class Recorder:
         data = mlflow.data.from_pandas(frame, source=where, name=name, digest=digest)
         # _to_mlflow_entity is how mlflow.log_input turns a Dataset into what the client logs.
         entry = DatasetInput(data._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        self.client.log_inputs(self.run_id, datasets=[entry])
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=[entry])
+                return
+            except MlflowException as err:
+                # MLflow's store looks the dataset up, then inserts it: jobs of one sweep logging the
+                # same dataset at once race, and the loser's insert breaks the unique key. Once the
+                # winner's row is there, the lookup finds it.
+                if attempt == 2 or "UNIQUE constraint failed: datasets" not in str(err):
+                    raise
 
     def torch_state(self, state: dict, artifact_file: str) -> None:
         import torch
