@@ -25,7 +25,7 @@ from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
 from xray_ablate.models import build_model
 from xray_ablate.train.checkpoint import Checkpointer, TrainState
-from xray_ablate.train.device import seed_everything
+from xray_ablate.train.device import place_model, seed_everything
 from xray_ablate.train.inputs import FitInputs
 from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
 from xray_ablate.train.optim import build_optimizer, build_schedule
@@ -55,8 +55,8 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
     labels = data.table["label"].to_numpy()
     batches = {name: to_batches(data, getattr(inputs, name), device) for name in ("train", "val", "test")}
 
-    model = build_model(config.backbone, len(CLASSES), config.image_size, config.normalization.enabled,
-                        inputs.norm_stats).to(device)
+    model = place_model(build_model(config.backbone, len(CLASSES), config.image_size,
+                                    config.normalization.enabled, inputs.norm_stats), device)
     weights = class_weights(config.class_weights, labels[inputs.train])
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(
         weights, dtype=torch.float32, device=device))
