@@ -13,11 +13,14 @@ ARGS ?=  # extra overrides or flags, e.g. make run ARGS="repeats=5", make bench 
 install: $(STAMP)
 
 # Reinstall when the dependencies change. Pins: torch 2.14.1 / torchvision 0.29.1 (local wheels).
-# --no-compile: Python compiles what it imports on first use; compiling all of torch up front
-# costs the install about half its CPU time.
+# Bytecode is compiled here, on every core (pip's own pass is serial): where PYTHONDONTWRITEBYTECODE
+# is set, Python never caches what it compiles, and every process (each test, each SLURM job)
+# compiled torch, MLflow and Hydra again, 10-15 s of CPU each. Files that do not parse under this
+# Python (templates, other versions' code in some packages) are skipped silently (-qq).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -m compileall -qq -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') xray_ablate hydra_plugins || true
 	@$(PY) -c "import torch, torchvision, xray_ablate" || (echo "install failed" >&2; exit 1)
 	@touch $(STAMP)
 

@@ -22,6 +22,21 @@ from xray_ablate.data.synthetic import generate
 from xray_ablate.quality.weights import WEIGHTS_NAME, weights_path
 from xray_ablate.settings import project_root
 
+# The longest tests first (measured with --durations): pytest-xdist hands tests out in collection
+# order, and the demo at two threads, collected late, ran alone for the last minutes of make test
+# while the other worker sat idle. (The SLURM group goes first anyway: xdist puts groups of several
+# tests before single ones.)
+LONGEST_FIRST = ("test_demo_verdict_holds_at_two_threads", "test_make_run_and_report",
+                 "test_adaptive_sweep_adds_seeds_only_where_a_claim_is_unresolved_and_resumes",
+                 "test_study_phase2_full_factorial", "test_study_pretrained_with_standin_weights",
+                 "test_make_bench_smoke", "test_type_one_error_at_every_look",
+                 "test_learning_curve_experiment_report_on_the_real_fixture")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(getattr(item, "originalname", item.name), len(rank)))
+
 
 @pytest.fixture(autouse=True)
 def _isolate_logging():

@@ -91,7 +91,7 @@ def test_make_run_and_report(tmp_path, brisque_weights):
     # `make run` at its real size (the demo a newcomer sees), only its files moved under tmp_path.
     done = make("run", f"ARGS=paths.root_dir={tmp_path}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    check_demo(tmp_path, done.stdout)
+    check_demo(tmp_path, done.stdout + done.stderr)
     report = tmp_path / "reports" / "demo" / "report.md"
     first = report.stat().st_mtime_ns
     verdicts = pd.read_csv(tmp_path / "reports" / "demo" / "verdicts.csv")
@@ -133,7 +133,11 @@ def check_demo(root, out: str) -> None:
     beating raw: raw − masked "worse", its interval over seeds and test images below 0."""
     jobs = re.search(r"(\d+) jobs: (\d+) finished, 0 skipped \(already finished\), 0 failed", out)
     assert jobs and jobs[1] == jobs[2] and 12 <= int(jobs[1]) <= 20, out[-3000:]
-    assert re.search(r"^round 1: \d of 5 claims resolved", out, re.M), out[-3000:]
+    round_1 = re.search(r"^round 1: (\d) of 5 claims resolved(.*)$", out, re.M)
+    assert round_1, out[-3000:]
+    if round_1[1] != "5" and "adding seeds" not in round_1[2]:  # the rounds stop with claims open: say why
+        assert "no further round" in round_1[2], round_1[0]
+    assert "Downloading artifacts" not in out  # MLflow's per-artifact progress bars are off
     runs = mlflow_runs(root, "demo")
     assert len(runs) == int(jobs[1]) and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags[schema.LEARNED] for r in runs} == {"true"}, [
@@ -151,13 +155,16 @@ def check_demo(root, out: str) -> None:
 @pytest.mark.slow
 def test_demo_verdict_holds_at_two_threads(tmp_path):
     """The demo's verdict under the other numerics: `make run` above trains at one thread (the
-    tests' OMP_NUM_THREADS), this at two, which rounds differently and moves every number."""
+    tests' OMP_NUM_THREADS), this at two, which rounds differently and moves every number.
+    OMP_WAIT_POLICY=PASSIVE: beside the other pytest-xdist worker, two OpenMP threads that spin
+    while they wait made a training step 182 ms instead of 99 (the numbers are the same either way:
+    the policy changes how a thread waits, not how the work is split)."""
     install()
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "xray_ablate", "-m", "experiment=demo",
                            "threads=2", f"paths.root_dir={tmp_path}"], capture_output=True, text=True, timeout=1800,
-                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    check_demo(tmp_path, done.stdout)
+    check_demo(tmp_path, done.stdout + done.stderr)
 
 
 def free_port() -> int:

@@ -109,9 +109,15 @@ def run_rounds(plan: Plan, sweep: Sweep, launch: Callable[[list[str]], None]) ->
                                                         seeds_left=design.looks[-1] - design.looks[look]))
         record_round(sweep.recorder, look + 1, judged, {names[k]: len(scores[k]) for k in cells})
         open_claims = sum(v.verdict == UNRESOLVED for v in judged)
-        print(f"round {look + 1}: {len(judged) - open_claims} of {len(judged)} claims resolved"
-              + (f"; adding seeds to {len(extend)} configuration(s): {'; '.join(names[k] for k in extend)}"
-                 if extend else ""))
+        if extend:
+            plan_note = f"; adding seeds to {len(extend)} configuration(s): {'; '.join(names[k] for k in extend)}"
+        elif open_claims and not last:  # say why the rounds stop with claims open
+            plan_note = (f"; the {open_claims} open claim(s) need more seeds than the "
+                         f"{design.looks[-1] - design.looks[look]} per configuration that sweep.max_seeds="
+                         f"{config.sweep.max_seeds} leaves: no further round")
+        else:
+            plan_note = ""
+        print(f"round {look + 1}: {len(judged) - open_claims} of {len(judged)} claims resolved{plan_note}")
         if not extend:
             return judged
         for key in extend:

@@ -6,6 +6,7 @@ The report reads runs through these functions only.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import shutil
 import tempfile
@@ -18,6 +19,10 @@ from mlflow import MlflowClient
 
 from xray_ablate.errors import UserError
 from xray_ablate.tracking import schema
+
+# MLflow draws a progress bar per downloaded artifact: a report reads one or more per run, and the
+# bars buried the printed report (set the variable to true to see them).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def open_store(uri: str) -> dict[str, str]:
