@@ -19,8 +19,8 @@ import pytest
 
 import xray_ablate.config.schema  # noqa: F401  registers config_schema for every compose() in tests
 from xray_ablate.data.synthetic import generate
+from xray_ablate.paths import project_root
 from xray_ablate.quality.weights import WEIGHTS_NAME, weights_path
-from xray_ablate.settings import project_root
 
 # The longest tests first (measured with --durations): pytest-xdist hands tests out in collection
 # order, and the demo at two threads, collected late, ran alone for the last minutes of make test
@@ -118,7 +118,7 @@ def make_cfg(tmp_path, synthetic_root):
     from hydra import compose, initialize_config_dir
 
     from xray_ablate.config.load import to_config
-    from xray_ablate.settings import CONFIG_DIR
+    from xray_ablate.paths import CONFIG_DIR
 
     def _make(*overrides: str):
         base = [

@@ -26,8 +26,9 @@ from omegaconf.errors import OmegaConfBaseException
 from xray_ablate.config import factors
 from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import Config, SwitchConfig
+from xray_ablate.data.settings import data_config
 from xray_ablate.errors import UserError
-from xray_ablate.settings import CONFIG_DIR, data_config, project_root
+from xray_ablate.paths import CONFIG_DIR, project_root
 from xray_ablate.train.fit import class_weights
 
 PACKAGE = project_root() / "xray_ablate"
@@ -41,6 +42,8 @@ def imported_modules(path: Path) -> set[str]:
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            if node.module == "xray_ablate":  # from xray_ablate import settings: the module settings
+                names |= {f"xray_ablate.{a.name}" for a in node.names}
     return names
 
 
@@ -53,6 +56,53 @@ def test_mlflow_is_imported_by_tracking_only_and_no_private_hydra_api():
         assert not {m for m in modules if m.startswith("hydra._internal")}, where
 
 
+# The import order (DESIGN.md): a unit may import only units on lower lines. Units are the
+# top-level modules and packages of xray_ablate; any __main__.py is a command line, on the top line
+# (bench/'s is the benchmarks').
+LAYERS = (
+    ("errors",), ("checksums",), ("paths",),
+    ("config",), ("data",), ("evaluation",), ("stats",),
+    ("quality", "models", "references"),  # side by side: none imports another
+    ("train",), ("audit",), ("tracking",), ("sweep",), ("report",),
+    ("cli", "bench"),  # command lines: every __main__.py, and the benchmarks
+)
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+
+
+def unit_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return "cli" if parts[-1] == "__main__" and parts[0] != "bench" else parts[0]
+
+
+def import_arrows() -> set[tuple[str, str, str]]:
+    """(importing unit, imported unit, file) for every import of another unit of the package,
+    at module level or inside a function."""
+    arrows = set()
+    for path in PACKAGE.rglob("*.py"):
+        source = unit_of(path)
+        for module in imported_modules(path):
+            if module.startswith("xray_ablate."):
+                target = module.split(".")[1]
+                if target != source:
+                    arrows.add((source, target, str(path.relative_to(PACKAGE.parent))))
+    return arrows
+
+
+def test_no_upward_import_and_no_cycle_between_packages():
+    assert set(RANK) - {"cli"} == {unit_of(p) for p in PACKAGE.glob("*") if p.suffix == ".py" or (
+        p / "__init__.py").is_file()} - {"cli", "__init__"}, "a unit is missing from LAYERS (or LAYERS names one gone)"
+    upward = sorted(f"{file}: {source} imports {target}" for source, target, file in import_arrows()
+                    if RANK[target] >= RANK[source])
+    assert not upward, "imports against the order of LAYERS (which also rules out cycles):\n" + "\n".join(upward)
+
+
+def test_the_config_schema_loads_without_torch_or_the_data_code():
+    code = ("import sys; import xray_ablate.config.load; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('xray_ablate.data')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 FIT_WITHOUT_MLFLOW = """
 import sys
 sys.modules["mlflow"] = None  # any import of mlflow now fails
@@ -61,7 +111,8 @@ from hydra import compose, initialize_config_dir
 from xray_ablate.config.load import to_config
 from xray_ablate.data.prepare import prepare
 from xray_ablate.data.synthetic import generate
-from xray_ablate.settings import CONFIG_DIR, data_config
+from xray_ablate.paths import CONFIG_DIR
+from xray_ablate.data.settings import data_config
 from xray_ablate.train.fit import fit
 from xray_ablate.train.inputs import prepare_inputs
 import torch
@@ -238,3 +289,14 @@ def test_a_run_cannot_be_labelled_other_than_it_ran(monkeypatch, tmp_path, synth
     assert code == 2
     assert message in captured.err and len((captured.out + captured.err).strip().splitlines()) == 1
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_each_registry_holds_exactly_the_names_a_config_may_choose():
+    from xray_ablate.config import choices
+    from xray_ablate.models import FEATURE_BUILDERS, SCRATCH_MODELS
+    from xray_ablate.train.optim import OPTIMIZERS, SCHEDULES
+
+    assert tuple(SCRATCH_MODELS) + tuple(FEATURE_BUILDERS) == choices.BACKBONES
+    assert (tuple(OPTIMIZERS), tuple(SCHEDULES)) == (choices.OPTIMIZERS, choices.SCHEDULES)
+    with pytest.raises(RuntimeError, match=r"optimizers: registry keys \('adam',\) differ from config.choices"):
+        choices.check_registry("optimizers", {"adam": None}, choices.OPTIMIZERS)

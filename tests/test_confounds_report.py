@@ -15,7 +15,7 @@ import pytest
 from conftest import invoke_cli, mlflow_runs, train_once
 from mlflow.tracking import MlflowClient
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.data.synthetic import generate
 from xray_ablate.errors import UserError
 from xray_ablate.references import wilson

@@ -14,9 +14,10 @@ from xray_ablate.audit import audit_split
 from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import QualityConfig
 from xray_ablate.data.prepare import prepare
+from xray_ablate.data.settings import data_config
 from xray_ablate.data.synthetic import generate
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.quality.scores import score_images
-from xray_ablate.settings import CONFIG_DIR, data_config
 from xray_ablate.train.fit import fit
 from xray_ablate.train.inputs import prepare_inputs
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from test_data_helpers import config, expected_mask, output_to_image, shapes_contain
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.data.darwin import read_darwin
 from xray_ablate.data.ingest import ImageRecord
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions, preprocess
 from xray_ablate.data.prepare import prepare
 from xray_ablate.data.summary import summarize

@@ -9,10 +9,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from test_data_helpers import config
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.data.prepare import prepare
+from xray_ablate.data.settings import data_config
 from xray_ablate.data.splits import SplitOptions, make_split, manifest_hash
-from xray_ablate.settings import CONFIG_DIR, data_config
+from xray_ablate.paths import CONFIG_DIR
 
 
 def _table(n_patients: int, seed: int = 0) -> pd.DataFrame:

@@ -9,8 +9,8 @@ import shutil
 import pytest
 from test_data_helpers import config
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.data.__main__ import main
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.prepare import prepare
 
 

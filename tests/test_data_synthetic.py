@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_data_helpers import config
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.data.prepare import prepare
 from xray_ablate.data.synthetic import generate
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.evaluation import PREDICTION_COLUMNS, learning_check, majority, predictions_frame, wilson
 
 

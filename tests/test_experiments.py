@@ -16,7 +16,7 @@ import torch
 from conftest import invoke_cli, mlflow_runs
 
 from xray_ablate.data.synthetic import generate
-from xray_ablate.settings import project_root
+from xray_ablate.paths import project_root
 
 pytestmark = pytest.mark.slow
 TINY = ["trainer.epochs=1", "repeats=1", "num_workers=1", "tracking.log_checkpoint=false"]

@@ -16,8 +16,8 @@ import pytest
 from scipy.stats import chi2_contingency
 from test_data_helpers import config
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.data.__main__ import main
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.metadata import MISSING, age_band, attributes_for, require_attributes, tag_attributes
 from xray_ablate.data.prepare import prepare
 from xray_ablate.data.splits import SPLITS

@@ -19,12 +19,14 @@ from PIL import Image
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import QualityConfig
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
+from xray_ablate.data.settings import data_config
 from xray_ablate.errors import UserError
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.quality import __main__ as quality_cli
 from xray_ablate.quality import filter as quality_filter
 from xray_ablate.quality import scores as scores_module
@@ -39,7 +41,6 @@ from xray_ablate.quality.scores import (
 )
 from xray_ablate.quality.stats import compare_classes
 from xray_ablate.quality.weights import WEIGHTS_NAME
-from xray_ablate.settings import CONFIG_DIR, data_config
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.recorder import Recorder
 

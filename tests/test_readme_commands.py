@@ -19,7 +19,7 @@ from conftest import mlflow_runs
 from filelock import FileLock
 
 from xray_ablate.data.synthetic import generate
-from xray_ablate.settings import project_root
+from xray_ablate.paths import project_root
 from xray_ablate.tracking import schema
 
 ROOT = project_root()

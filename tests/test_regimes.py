@@ -12,12 +12,13 @@ import torch
 from omegaconf import OmegaConf
 from scipy import stats
 
+from xray_ablate.config.choices import BALANCE_POLICIES as POLICIES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.schema import ClassBalanceConfig
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.splits import SplitOptions, class_counts, make_split, manifest_hash, train_subset
 from xray_ablate.errors import UserError
-from xray_ablate.settings import project_root
-from xray_ablate.train.sampling import POLICIES, epoch_counts, epoch_rows
+from xray_ablate.paths import project_root
+from xray_ablate.train.sampling import epoch_counts, epoch_rows
 
 CONF = project_root() / "conf"
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)

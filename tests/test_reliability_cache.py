@@ -27,7 +27,7 @@ from xray_ablate.data.__main__ import main
 from xray_ablate.data.pool import pool_map
 from xray_ablate.data.prepare import prepare
 from xray_ablate.errors import UserError
-from xray_ablate.settings import CONFIG_DIR
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.sweep.job import load_data
 
 

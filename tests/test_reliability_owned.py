@@ -11,9 +11,9 @@ from test_report import Sweep, make_cfg
 
 from xray_ablate.data import synthetic
 from xray_ablate.data.owned import MARKER
+from xray_ablate.data.settings import ensure_synthetic
 from xray_ablate.errors import UserError
 from xray_ablate.report import build_report
-from xray_ablate.settings import ensure_synthetic
 
 
 def _users_dataset(root):

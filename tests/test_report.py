@@ -23,10 +23,10 @@ from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.errors import UserError
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.report import build_report
-from xray_ablate.settings import CONFIG_DIR
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.store import connect
 

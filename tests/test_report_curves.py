@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import invoke_cli
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.report import curves as C
 from xray_ablate.report import tables as T
 from xray_ablate.report.images import Evidence

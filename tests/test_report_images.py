@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_report import Sweep, make_cfg
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.report import build_report
 from xray_ablate.stats import intervals
 from xray_ablate.tracking import schema

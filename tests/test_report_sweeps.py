@@ -10,8 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow import MlflowClient
 from test_sweep import run_sweep, sqlite_uri
 
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.report import build_report
-from xray_ablate.settings import CONFIG_DIR
 from xray_ablate.tracking import schema
 
 

@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from xray_ablate.data import synthetic
+from xray_ablate.data.settings import data_config, ensure_synthetic
 from xray_ablate.errors import UserError
-from xray_ablate.settings import data_config, ensure_synthetic
 
 
 def _cfg(root, n=6):

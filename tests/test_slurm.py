@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from test_sweep import mlflow_server, train_runs  # noqa: F401
 
 from xray_ablate.errors import UserError
-from xray_ablate.settings import project_root
+from xray_ablate.paths import project_root
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.resume import PID_TAG, SLURM_TAG
 

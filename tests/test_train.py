@@ -7,8 +7,8 @@ import torch
 from conftest import train_once
 from mlflow.tracking import MlflowClient
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.schema import AugmentationConfig, ClassWeightsConfig
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.errors import UserError
 from xray_ablate.sweep.job import load_data
 from xray_ablate.tracking import schema

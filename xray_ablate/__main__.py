@@ -7,21 +7,24 @@ sweep.until=resolved, the adaptive rounds launch further seeds the same way.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xray_ablate.config import load
-from xray_ablate.errors import exit_on_user_error
-from xray_ablate.settings import CONFIG_DIR
+from xray_ablate.config.schema import Config
+from xray_ablate.errors import UserError, exit_on_user_error
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.sweep.adaptive import run_rounds
 from xray_ablate.sweep.job import run_job
 from xray_ablate.sweep.lifecycle import JobsFailed, sweep_run
 from xray_ablate.tracking.store import check_reachable
 
 MULTIRUN = ("-m", "--multirun")
+log = logging.getLogger("xray_ablate")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -42,7 +45,7 @@ def cli() -> None:
         main()  # a user's mistake found only now (e.g. a missing dataset) exits 2 in run_job
         sys.exit(0)
     try:
-        with exit_on_user_error(), sweep_run(plan) as sweep:
+        with exit_on_user_error(), sweep_run(plan, report=print_report) as sweep:
             main()
             if plan.configs[0].sweep.until == "resolved":
                 run_rounds(plan, sweep, lambda overrides: _launch(args, overrides))
@@ -51,6 +54,22 @@ def cli() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
+
+
+def print_report(config: Config, sweep_id: str) -> bool:
+    """Build the sweep's report and print it with its links; whether it was built. (Imported when
+    a sweep ends: a job's process never loads the report code.)"""
+    from xray_ablate.report import write_report
+
+    try:
+        written = write_report(OmegaConf.structured(config), sweep_id=sweep_id)
+    except Exception as err:  # the runs are safe in MLflow; `make report` can retry
+        log.error("report not built", exc_info=not isinstance(err, UserError))
+        print(f"report not built: {err}")
+        return False
+    print("\n" + (written.folder / "report.md").read_text() + f"\nreport and plots: {written.folder}\n"
+          + "\n".join(written.links()))
+    return True
 
 
 def _key(override: str) -> str:

@@ -23,7 +23,7 @@ from sklearn.metrics import (
 )
 from statsmodels.stats.proportion import proportion_confint
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 
 LABELS = list(range(len(CLASSES)))
 PROB_COLUMNS = [f"prob_{c}" for c in CLASSES]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 
 PER_KIND = 4  # correct and wrong predictions shown
 

@@ -10,7 +10,6 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,11 +20,9 @@ from torch import nn
 from xray_ablate.audit import attribution
 from xray_ablate.audit.montage import montage_figure
 from xray_ablate.audit.shares import border_band, mass_shares
+from xray_ablate.config.schema import AuditConfig
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.train.loop import to_input
-
-if TYPE_CHECKING:  # the config schema imports this module's registries
-    from xray_ablate.config.schema import AuditConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from xray_ablate.bench.rows import machine
-from xray_ablate.settings import project_root
+from xray_ablate.paths import project_root
 
 SUITES = ("data", "train", "quality", "sweep", "audit", "verdicts")
 

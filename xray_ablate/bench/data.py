@@ -23,7 +23,7 @@ from xray_ablate.data.ingest import ingest
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, PreparedData, prepare
 from xray_ablate.data.synthetic import generate
-from xray_ablate.settings import project_root
+from xray_ablate.paths import project_root
 
 COMMAND = "python -m xray_ablate.bench data"
 SEED, IMAGE_SIZE, BATCH = 0, 200, 32

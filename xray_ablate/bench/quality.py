@@ -18,9 +18,9 @@ from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
 from xray_ablate.data.synthetic import generate
 from xray_ablate.errors import UserError
+from xray_ablate.paths import project_root
 from xray_ablate.quality import weights
 from xray_ablate.quality.scores import brisque_scores
-from xray_ablate.settings import project_root
 
 COMMAND = "python -m xray_ablate.bench quality"
 

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xray_ablate.config.schema import Config
 from xray_ablate.errors import UserError
-from xray_ablate.settings import CONFIG_DIR
+from xray_ablate.paths import CONFIG_DIR
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -16,13 +16,20 @@ from typing import Any, ClassVar, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from xray_ablate.config.choices import (
+    BACKBONES,
+    BALANCE_POLICIES,
+    CLASSES,
+    FENCES,
+    FREEZE_MODES,
+    MIN_IMAGE_SIZE,
+    OPTIMIZERS,
+    SCHEDULES,
+    SCRATCH_MODELS,
+    VERIFY_MODES,
+)
 from xray_ablate.config.metrics import IMAGE_METRICS
-from xray_ablate.data.integrity import VERIFY_MODES
 from xray_ablate.errors import UserError
-from xray_ablate.models import BACKBONES, FREEZE_MODES, MIN_IMAGE_SIZE, SCRATCH_MODELS
-from xray_ablate.quality.filter import FENCES
-from xray_ablate.train.optim import OPTIMIZERS, SCHEDULES
-from xray_ablate.train.sampling import POLICIES
 
 
 def _check(ok: bool, key: str, rule: str, value) -> None:
@@ -122,8 +129,6 @@ class ClassWeightsConfig(SwitchConfig):
             return
         if self.weights == "inverse_frequency":
             return
-        from xray_ablate.data.labels import CLASSES
-
         values = list(self.weights) if isinstance(self.weights, list | tuple) else None
         ok = values is not None and len(values) == len(CLASSES) and all(
             isinstance(v, int | float) and v >= 0 for v in values)
@@ -137,7 +142,7 @@ class ClassBalanceConfig:
     max_per_class: Optional[int] = None  # noqa: UP045  (cap only)
 
     def __post_init__(self):
-        _one_of(self.name, POLICIES, "class_balance.name")
+        _one_of(self.name, BALANCE_POLICIES, "class_balance.name")
         if self.name == "cap":
             _check(self.max_per_class is not None and self.max_per_class >= 1, "class_balance.max_per_class",
                    "a positive integer for cap", self.max_per_class)
@@ -234,8 +239,8 @@ class TrainerConfig:
         _check(self.lr > 0, "trainer.lr", "> 0", self.lr)
         _check(self.weight_decay >= 0, "trainer.weight_decay", ">= 0", self.weight_decay)
         _check(0 <= self.momentum < 1, "trainer.momentum", "in [0, 1)", self.momentum)
-        _one_of(self.optimizer, tuple(OPTIMIZERS), "trainer.optimizer")
-        _one_of(self.lr_schedule, tuple(SCHEDULES), "trainer.lr_schedule")
+        _one_of(self.optimizer, OPTIMIZERS, "trainer.optimizer")
+        _one_of(self.lr_schedule, SCHEDULES, "trainer.lr_schedule")
         _check(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "trainer.nesterov",
                "false unless trainer.optimizer=sgd and trainer.momentum > 0", self.nesterov)
         _check(self.lr_step_epochs >= 1, "trainer.lr_step_epochs", "at least 1", self.lr_step_epochs)

@@ -15,7 +15,7 @@ from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
 from xray_ablate.data.summary import format_summary, summarize
 from xray_ablate.errors import UserError
-from xray_ablate.settings import project_root
+from xray_ablate.paths import project_root
 
 
 def main(argv: list[str] | None = None) -> int:

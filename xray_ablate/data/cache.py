@@ -29,6 +29,7 @@ import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
+from xray_ablate.config.choices import VERIFY_MODES
 from xray_ablate.data import integrity
 from xray_ablate.data.atomic import temp_path_beside, write_text_atomic
 from xray_ablate.data.ingest import ImageRecord, IngestOptions, Inventory, one_line
@@ -155,9 +156,9 @@ class CachedImages:
 
 def load_images(cache_dir: Path, key: str, verify: str = "auto") -> CachedImages | None:
     """The cached arrays (memmap) and their index; None when missing or damaged (then with a
-    warning). ``verify``: how much of each array to hash (integrity.VERIFY_MODES)."""
-    if verify not in integrity.VERIFY_MODES:
-        raise UserError(f"cache_verify must be one of {integrity.VERIFY_MODES}, not {verify!r}")
+    warning). ``verify``: how much of each array to hash (config.choices.VERIFY_MODES)."""
+    if verify not in VERIFY_MODES:
+        raise UserError(f"cache_verify must be one of {VERIFY_MODES}, not {verify!r}")
     base = Path(cache_dir) / "images" / key
     lungs_path = _lungs_path(base)
     integrity.remove_stale_temps(base.parent, key)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from xray_ablate.checksums import sha256_file
 
-VERIFY_MODES = ("auto", "full", "sample")
 FULL_HASH_MAX_BYTES = 256 * 2**20  # a full SHA-256 of this takes ~0.2-1 s
 _SAMPLES, _BLOCK = 1024, 4096
 

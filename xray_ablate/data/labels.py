@@ -1,12 +1,10 @@
-"""The class list and the label rules: the one place that maps Darwin tags to classes."""
+"""The label rules: the one place that maps Darwin tags to classes (the class list itself is
+config.choices.CLASSES, so the config schema can check per-class settings without the data code)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-# Order fixes the integer label of each class everywhere (models, metrics, reports).
-CLASSES: tuple[str, ...] = ("bacterial", "viral", "covid", "healthy")
 
 COVID_TAG = "COVID-19"
 VIRAL_TAG = "Viral Pneumonia"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.data import cache
 from xray_ablate.data.atomic import check_writable, write_text_atomic
 from xray_ablate.data.fingerprint import dataset_fingerprint, file_digests
@@ -21,7 +22,6 @@ from xray_ablate.data.ingest import (
     ingest,
     locate,
 )
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.metadata import MetadataReport, attributes_digest, attributes_for
 from xray_ablate.data.splits import SplitOptions, make_split, manifest_hash

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats.contingency import association
 
-from xray_ablate.data.labels import CLASSES, EXCLUSION_REASONS
+from xray_ablate.config.choices import CLASSES
+from xray_ablate.data.labels import EXCLUSION_REASONS
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.data.splits import SPLITS
 

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from xray_ablate.config.choices import BACKBONES, FREEZE_MODES, MIN_IMAGE_SIZE, check_registry
+from xray_ablate.config.choices import PRETRAINED_BACKBONES as PRETRAINED_NAMES
+from xray_ablate.config.choices import SCRATCH_MODELS as SCRATCH_NAMES
+from xray_ablate.config.schema import BackboneConfig
 from xray_ablate.errors import UserError
 from xray_ablate.models import pretrained
 from xray_ablate.models.cnn16 import CNN16, CNN16GAP, POOLS, _head
-
-if TYPE_CHECKING:  # the schema imports this registry to validate names; models only read its fields
-    from xray_ablate.config.schema import BackboneConfig
-
-FREEZE_MODES = ("none", "all", "last_n")
-
 
 # Pretrained backbones: feature extractor builders. cnn16 variants are whole models.
 # Builders take (pretrained, download).
@@ -29,11 +26,10 @@ FEATURE_BUILDERS: dict[str, Callable[[bool, bool], pretrained.Features]] = {
     "xception": pretrained.xception,
 }
 SCRATCH_MODELS: dict[str, type[nn.Module]] = {"cnn16": CNN16, "cnn16_gap": CNN16GAP}
-BACKBONES = tuple(SCRATCH_MODELS) + tuple(FEATURE_BUILDERS)
-# The smallest input each backbone takes: cnn16 halves the side six times (cnn16_gap rounds up);
-# Inception and Xception have unpadded stems.
-MIN_IMAGE_SIZE: dict[str, int] = {"cnn16": 2**POOLS, "cnn16_gap": 1, "vgg16": 32, "vgg19": 32,
-                                  "resnet50": 32, "inception_v3": 75, "xception": 71}
+check_registry("scratch models", SCRATCH_MODELS, SCRATCH_NAMES)
+check_registry("pretrained backbones", FEATURE_BUILDERS, PRETRAINED_NAMES)
+if MIN_IMAGE_SIZE["cnn16"] != 2**POOLS:
+    raise RuntimeError(f"config.choices.MIN_IMAGE_SIZE['cnn16'] must be 2**{POOLS}, cnn16's pooling")
 
 
 class Classifier(nn.Module):

@@ -14,12 +14,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-# settings registers the project_root resolver the config uses, and names CONFIG_DIR.
-from xray_ablate import settings
 from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import prepare
+from xray_ablate.data.settings import data_config, ensure_synthetic
 from xray_ablate.errors import exit_on_user_error
+
+# settings registers the project_root resolver the config uses, and names CONFIG_DIR.
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.quality.filter import apply_fences
 from xray_ablate.quality.report import write_report
 from xray_ablate.quality.scores import brisque_scores, scores_key
@@ -30,7 +32,7 @@ from xray_ablate.tracking.store import code_version
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path=settings.CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         path = run(to_config(cfg))
@@ -39,9 +41,9 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: Config) -> Path:
     """Score, write the report, log it; returns the path of quality.md."""
-    data_cfg = settings.data_config(cfg)  # first: says clearly when dataset.root is not set
+    data_cfg = data_config(cfg)  # first: says clearly when dataset.root is not set
     fences, factor = cfg.brisque_filter.fences, cfg.brisque_filter.iqr_factor
-    settings.ensure_synthetic(cfg)
+    ensure_synthetic(cfg)
     data = prepare(data_cfg)
     quality = cfg.quality
     workers = cfg.num_workers or os.cpu_count() or 1

@@ -13,22 +13,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES, FENCES
+from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
 from xray_ablate.quality.scores import brisque_scores
 
-if TYPE_CHECKING:  # the config schema imports FENCES from here
-    from xray_ablate.config.schema import Config
-
 log = logging.getLogger(__name__)
 
-FENCES = ("both", "upper")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.quality.filter import FilterResult, iqr_fences
 from xray_ablate.quality.stats import ClassComparison, compare_classes
 

@@ -19,17 +19,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-
-if TYPE_CHECKING:  # the config schema imports this module's registries
-    from xray_ablate.config.schema import QualityConfig
 from tqdm import tqdm
 
+from xray_ablate.config.schema import QualityConfig
 from xray_ablate.data.atomic import write_text_atomic
 from xray_ablate.data.cache import lock
 from xray_ablate.data.decode import decode_grayscale

@@ -14,7 +14,7 @@ import torch
 
 from xray_ablate.checksums import verify_sha256
 from xray_ablate.errors import UserError
-from xray_ablate.settings import project_root
+from xray_ablate.paths import project_root
 
 WEIGHTS_NAME = "brisque_svm_weights.pt"
 # shared/models/README.md: the LIVE BRISQUE model rebuilt as (sv_coef [774], sv [774, 36]).

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.evaluation import majority
 from xray_ablate.references.intervals import Proportion
 from xray_ablate.references.pixels import fit_pixel_model

@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 from xray_ablate.config import schema  # noqa: F401  registers config_schema, conf/config.yaml's first default
 from xray_ablate.errors import exit_on_user_error
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.report.build import write_report
-from xray_ablate.settings import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

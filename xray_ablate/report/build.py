@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from xray_ablate.config.factors import factor_names
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.report import audit as A
 from xray_ablate.report import confounds as CF
 from xray_ablate.report import curves as CV
@@ -27,7 +28,6 @@ from xray_ablate.report import tables as T
 from xray_ablate.report.render.content import Content, document
 from xray_ablate.report.render.html import render_html
 from xray_ablate.report.render.markdown import markdown
-from xray_ablate.settings import CONFIG_DIR
 from xray_ablate.stats import intervals
 from xray_ablate.stats.claims import ablation_claims, verdicts
 from xray_ablate.stats.mixed import pooled_intervals

@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.factors import factor_labels, factor_names
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.report import plots
 from xray_ablate.report import tables as T
 from xray_ablate.report.images import Evidence

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.evaluation import PROB_COLUMNS, learning_check, majority_index, wilson
 from xray_ablate.stats import intervals
 

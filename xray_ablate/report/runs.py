@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.factors import factor_names
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.errors import UserError
 from xray_ablate.evaluation import PREDICTION_COLUMNS
 from xray_ablate.tracking import schema

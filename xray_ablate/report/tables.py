@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.factors import factor_labels, factor_names
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.report.images import ECE, Evidence
 from xray_ablate.stats import intervals
 

@@ -7,8 +7,8 @@ import dataclasses
 
 from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import DataConfig, prepare
+from xray_ablate.data.settings import data_config
 from xray_ablate.references import References, compute_references
-from xray_ablate.settings import data_config
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.recorder import Recorder
 

@@ -14,13 +14,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from xray_ablate import settings
 from xray_ablate.audit import audit_split
 from xray_ablate.config.factors import run_name
 from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import Config
 from xray_ablate.data.metadata import require_attributes
 from xray_ablate.data.prepare import PreparedData, prepare
+from xray_ablate.data.settings import data_config, ensure_synthetic
 from xray_ablate.errors import Stopped, UserError
 from xray_ablate.evaluation import PROB_COLUMNS
 from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
@@ -145,8 +145,8 @@ def record_failure(outcome: Outcome, err: Exception) -> None:
 
 
 def load_data(config: Config) -> PreparedData:
-    data_cfg = settings.data_config(config)  # first: a missing dataset.root is a clear error
-    settings.ensure_synthetic(config)
+    data_cfg = data_config(config)  # first: a missing dataset.root is a clear error
+    ensure_synthetic(config)
     return prepare(data_cfg)
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,8 +26,9 @@ from xray_ablate.config.factors import factor_levels, varied_factors
 from xray_ablate.config.load import Plan
 from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import prepare
+from xray_ablate.data.settings import data_config, ensure_synthetic
 from xray_ablate.errors import UserError
-from xray_ablate.settings import CONFIG_DIR, data_config, ensure_synthetic
+from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.sweep.evidence import dataset_references, record_references
 from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, SKIPPED, read_outcomes, summarize
 from xray_ablate.sweep.signals import raise_pending, remember_ctrl_c
@@ -66,9 +67,11 @@ class Sweep:
 
 
 @contextmanager
-def sweep_run(plan: Plan) -> Iterator[Sweep]:
+def sweep_run(plan: Plan, report: Callable[[Config, str], bool] | None = None) -> Iterator[Sweep]:
     """The sweep around ``with``: start before, finish after (also on Ctrl-C); raises JobsFailed
-    after the summary when any job failed."""
+    after the summary when any job failed. ``report(config, sweep id)``, with sweep.report=true,
+    builds and prints the report once runs finished and says whether it did (the command line
+    passes it: the report sits above the sweep in the import order)."""
     first = plan.configs[0]
     tracking = first.tracking
     launcher = plan.primary.hydra.launcher
@@ -125,7 +128,7 @@ def sweep_run(plan: Plan) -> Iterator[Sweep]:
             if problems:
                 print("failed jobs:\n" + "\n".join(problems))
             recorder.metrics({**{f"jobs_{status}": n for status, n in counts.items()}, "sweep_seconds": wall})
-        reported = bool(first.sweep.report and counts[FINISHED] + counts[SKIPPED]) and _report(first, sid)
+        reported = bool(report and first.sweep.report and counts[FINISHED] + counts[SKIPPED]) and report(first, sid)
         if not reported:  # the report saves the view and prints the links itself
             print(f"runs in the MLflow UI: {save_view(tracking.uri, experiment_id, ablation_view(plan, sid))}")
         if counts[FAILED]:
@@ -182,18 +185,3 @@ def sweep_id(experiment_name: str, jobs: list[list[str]]) -> str:
     """Stable across reruns of the same command, so a resumed sweep keeps its parent run."""
     text = json.dumps([experiment_name, sorted(sorted(j) for j in jobs)])
     return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def _report(config: Config, sid: str) -> bool:
-    """Build the report and print it with its links; whether it was built."""
-    from xray_ablate.report import write_report
-
-    try:
-        written = write_report(OmegaConf.structured(config), sweep_id=sid)
-    except Exception as err:  # the runs are safe in MLflow; `make report` can retry
-        log.error("report not built", exc_info=not isinstance(err, UserError))
-        print(f"report not built: {err}")
-        return False
-    print("\n" + (written.folder / "report.md").read_text() + f"\nreport and plots: {written.folder}\n"
-          + "\n".join(written.links()))
-    return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 
 FACTOR_TAG = "factor.{}"  # e.g. factor.dataset = masked; the factors: xray_ablate.config.factors
 

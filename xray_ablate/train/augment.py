@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # the config schema imports this module's registries
-    from xray_ablate.config.schema import AugmentationConfig
+from xray_ablate.config.schema import AugmentationConfig
 
 
 def random_affine(x: torch.Tensor, opts: AugmentationConfig, generator: torch.Generator) -> torch.Tensor:

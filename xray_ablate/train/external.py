@@ -15,8 +15,8 @@ from xray_ablate import evaluation
 from xray_ablate.config.schema import Config
 from xray_ablate.data.fingerprint import file_digests
 from xray_ablate.data.prepare import PreparedData, prepare
+from xray_ablate.data.settings import data_config
 from xray_ablate.errors import UserError
-from xray_ablate.settings import data_config
 from xray_ablate.train.fit import to_batches
 from xray_ablate.train.loop import evaluate
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 
 
 def confusion_figure(matrix, title: str):

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from xray_ablate import evaluation
+from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.schema import ClassWeightsConfig, Config
-from xray_ablate.data.labels import CLASSES
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.errors import UserError
 from xray_ablate.models import build_model

@@ -9,10 +9,10 @@ import numpy as np
 
 from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import PreparedData
+from xray_ablate.data.settings import split_seed
 from xray_ablate.data.splits import class_counts, train_subset
 from xray_ablate.models import uses_training_stats
 from xray_ablate.quality.filter import brisque_filter
-from xray_ablate.settings import split_seed
 
 
 @dataclass

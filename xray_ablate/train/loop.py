@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,12 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from xray_ablate.config.schema import AugmentationConfig, ClassBalanceConfig
 from xray_ablate.train.augment import random_affine
 from xray_ablate.train.device import autocast
 from xray_ablate.train.sampling import epoch_rows
-
-if TYPE_CHECKING:  # the config schema imports this module's registries
-    from xray_ablate.config.schema import AugmentationConfig, ClassBalanceConfig
 
 
 class TrainingDiverged(RuntimeError):

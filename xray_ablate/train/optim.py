@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from xray_ablate.config import choices
+
 # name -> builder(parameters, trainer settings). Adam is the study's.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda params, t: torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay),
@@ -21,6 +23,9 @@ SCHEDULES: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler | None]]
     "cosine": lambda opt, t: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs),
     "step": lambda opt, t: torch.optim.lr_scheduler.StepLR(opt, step_size=t.lr_step_epochs, gamma=t.lr_gamma),
 }
+
+choices.check_registry("optimizers", OPTIMIZERS, choices.OPTIMIZERS)
+choices.check_registry("lr schedules", SCHEDULES, choices.SCHEDULES)
 
 
 def build_optimizer(model: nn.Module, trainer) -> torch.optim.Optimizer:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from xray_ablate import evaluation
-from xray_ablate.data.labels import CLASSES
+from xray_ablate.config.choices import CLASSES
 
 log = logging.getLogger(__name__)
 FLAT_LOSS_EPOCHS = 3  # warn when the training loss is still at ln(classes) after this many epochs

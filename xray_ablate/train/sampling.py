@@ -15,15 +15,10 @@ Absent classes stay absent. Orthogonal to class weights, which change the loss, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # the config schema imports this module's registries
-    from xray_ablate.config.schema import ClassBalanceConfig
-
-POLICIES = ("natural", "undersample", "oversample", "cap")
+from xray_ablate.config.schema import ClassBalanceConfig
 
 
 def epoch_counts(class_sizes: np.ndarray, balance: ClassBalanceConfig) -> np.ndarray:

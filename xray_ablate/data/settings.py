@@ -1,13 +1,12 @@
-"""Where the project lives and how a composed Hydra config becomes typed settings."""
+"""The data layer's settings from a composed config: the split seed, the DataConfig, and the
+synthetic dataset generated on first use."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from filelock import FileLock
-from omegaconf import OmegaConf
 
 from xray_ablate.data import synthetic
 from xray_ablate.data.ingest import IngestOptions
@@ -16,20 +15,6 @@ from xray_ablate.data.owned import check_replaceable
 from xray_ablate.data.prepare import DataConfig
 from xray_ablate.data.splits import SplitOptions
 from xray_ablate.errors import UserError
-
-
-def project_root() -> Path:
-    """$XRAY_ABLATE_HOME, else the checkout this package was installed from, else the cwd."""
-    if os.environ.get("XRAY_ABLATE_HOME"):
-        return Path(os.environ["XRAY_ABLATE_HOME"]).resolve()
-    checkout = Path(__file__).resolve().parents[1]
-    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
-
-
-CONFIG_DIR = str(project_root() / "conf")
-OmegaConf.register_new_resolver("project_root", lambda: str(project_root()), replace=True)
-# ${pick:cond,a,b} = a if cond else b; experiments use it to choose a sweep design.
-OmegaConf.register_new_resolver("pick", lambda cond, a, b: a if cond else b, replace=True)
 
 
 def split_seed(cfg) -> int:
