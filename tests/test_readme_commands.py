@@ -149,6 +149,15 @@ def check_demo(root, out: str) -> None:
     line = next(x for x in out.splitlines() if x.startswith(f"| {DEMO_CLAIM}"))
     assert "**worse**" in line and f"{100 * dataset['estimate']:.1f}" in line
     text = (root / "reports" / "demo" / "report.md").read_text()
+    # the run table's first columns: configuration, runs, accuracy, its interval, its verdict
+    header = next(x for x in text.splitlines() if x.startswith("| config ") and "verdict vs baseline" in x)
+    names = [c.strip() for c in header.strip("|").split("|")]
+    assert names[:6] == ["config", "n", "runs not learned", "test accuracy (%)", "95% CI over seeds + test images",
+                         "verdict vs baseline"], names
+    lines = text.split(header, 1)[1].splitlines()[2:]
+    rows = [[c.strip() for c in x.strip("|").split("|")] for x in lines[:lines.index("")]]
+    claims = {c.removesuffix(" − baseline"): v for c, v in verdicts["verdict"].items() if c.endswith(" − baseline")}
+    assert {r[0]: r[5] for r in rows if r[0] in claims} == claims
     assert "did not learn" not in text.split("## Summary", 1)[1].split("\n## ", 1)[0]
 
 

@@ -556,8 +556,15 @@ def test_report_html_in_a_browser(tiny, tmp_path):
     page = folder / "report.html"
     dom = _Dom(chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path))
     numeric = pd.read_csv(folder / "run_table.csv")
-    head, *rows = next(t for t in dom.tables if t and t[0][:2] == ["config", "dataset"])
+    head, *rows = next(t for t in dom.tables if t and t[0][:2] == ["config", "n"])
+    # the first screen: the configuration, its runs, the result with its interval, its verdict, Δ
+    assert head[:7] == ["config", "n", "runs not learned", "test accuracy (%)", "95% CI over seeds + test images",
+                        "verdict vs baseline", "Δ (pp)"] and "dataset" in head[7:]
     assert [row[0] for row in rows[:len(numeric)]] == numeric["config"].tolist()
+    written = folder / "verdicts.csv"  # none here (the demo's test checks real ones): every row "–"
+    verdicts = pd.read_csv(written).set_index("claim")["verdict"] if written.is_file() else {}
+    for row in rows[1:len(numeric)]:
+        assert row[5] == verdicts.get(f"{row[0]} − baseline", "–")
     baseline = dict(zip(head, rows[0], strict=True))
     assert baseline["test accuracy (%)"] == f"{_values('base').mean():.1f} ± {_values('base').std(ddof=1):.1f}"
     firsts = {t[0][0] for t in dom.tables if t}

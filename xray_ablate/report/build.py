@@ -329,7 +329,7 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
         numeric = pd.DataFrame([asdict(v) for v in c.verdicts]).merge(
             c.pooled.add_prefix("pooled_").rename(columns={"pooled_claim": "claim"}), on="claim", how="left")
         frames["Verdicts"] = ("verdicts", numeric, T.display_verdicts(c.verdicts, c.pooled))
-    frames |= {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s, c.references)),
+    frames |= {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s, c.references, c.verdicts)),
                "Power": ("power", c.power, T.display_power(c.power))}
     if len(c.references):
         numeric = T.reference_rows(c.references, c.run_table, s)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,7 @@ from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.factors import factor_labels, factor_names
 from xray_ablate.report.images import ECE, Evidence
 from xray_ablate.stats import intervals
+from xray_ablate.stats.verdicts import Verdict
 
 
 @dataclass(frozen=True)
@@ -494,12 +495,13 @@ FEW_SEEDS = f"bootstrap CI and P(improvement) need ≥ {MIN_SEEDS_RESAMPLED} see
 
 
 def display_run_table(table: pd.DataFrame, settings: Settings,
-                      references: pd.DataFrame | None = None) -> pd.DataFrame:
+                      references: pd.DataFrame | None = None, verdicts: Sequence[Verdict] = ()) -> pd.DataFrame:
     """The run table as text; a fraction's intervals are shown clipped to [0, 100] % (the CSV
     keeps the unclipped bounds) and the note says so for the main metric. Headers say what each interval covers:
     seeds only (one fixed test set) or seeds and test images. The bootstrap CI and
     P(improvement) show "–" below MIN_SEEDS_RESAMPLED seeds per side. ``references`` (chance,
-    majority class) are appended as rows."""
+    majority class) are appended as rows; ``verdicts`` give each configuration's verdict against the
+    baseline (its claim "<config> − baseline")."""
     m, unit = settings.metric, settings.unit
     title = metric_title(m) + (" (%)" if unit else "")
     level = f"{settings.confidence:.0%}"
@@ -554,6 +556,14 @@ def display_run_table(table: pd.DataFrame, settings: Settings,
         notes = pd.Series([f"{n}; {FEW_SEEDS}" if n else FEW_SEEDS for n in notes], index=notes.index
                           ).where(few_pair | few, notes)
     out["note"] = notes
+    by_claim = {v.claim: v.verdict for v in verdicts}
+    out["verdict vs baseline"] = ["" if not k else by_claim.get(f"{c} − baseline", "–")
+                                  for k, c in zip(rows, table["config"], strict=True)]
+    # The first screen: what ran, how often, the result with its interval, its verdict, and Δ with
+    # its interval; the factor levels (the config label already names the changed ones) follow.
+    lead = ["config", "n", "runs not learned", title, f"{level} CI {SEEDS_AND_IMAGES}", "verdict vs baseline",
+            f"Δ ({unit or 'units'})", f"Δ {level} CI {SEEDS_AND_IMAGES}", f"p {SEEDS_AND_IMAGES} (Holm)"]
+    out = out[lead + [c for c in out.columns if c not in lead]]
     if references is not None and len(references):
         ref = pd.DataFrame({"config": references["config"]})
         ref[title] = (references[m] * settings.scale).map(fmt) if m in references else "–"

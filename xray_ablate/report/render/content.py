@@ -285,7 +285,7 @@ def document(c: Content) -> list[B.Block]:
         out += [B.Heading("Notes"), B.bullets(c.notes)]
     out += CF.references_section(c.confounds)
     out += [B.Heading(f"Run table ({T.metric_title(s.metric)})"),
-            B.Table(T.display_run_table(c.run_table, s, c.references))]
+            B.Table(T.display_run_table(c.run_table, s, c.references, c.verdicts))]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
     out += CV.section(c.curves, s, c.figures)
     out += CF.subgroups_section(c.confounds)
