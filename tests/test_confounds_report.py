@@ -99,7 +99,8 @@ def test_sweep_report_shows_references_probe_subgroups_and_external_set(monkeypa
     pixel = baselines[baselines.index.str.startswith("pixel logistic regression")]
     assert len(pixel) == 2 and set(pixel["n"]) == {len(test)}
     assert "## References a result must beat" in text
-    assert text.index("## References a result must beat") < text.index("## Run table")
+    # high up, beside the results they qualify: right after the run table, before the summary
+    assert text.index("## Run table") < text.index("## References a result must beat") < text.index("## Summary")
 
     # --- the probe sentence, from the parent run's references JSON ----------------------------
     docs = {v: json.loads(_artifact(client, parent.info.run_id, f"references/{v}.json", tmp_path / v).read_text())

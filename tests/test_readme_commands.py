@@ -158,6 +158,8 @@ def check_demo(root, out: str) -> None:
     rows = [[c.strip() for c in x.strip("|").split("|")] for x in lines[:lines.index("")]]
     claims = {c.removesuffix(" − baseline"): v for c, v in verdicts["verdict"].items() if c.endswith(" − baseline")}
     assert {r[0]: r[5] for r in rows if r[0] in claims} == claims
+    page = (root / "reports" / "demo" / "report.html").read_text()
+    assert "<strong>worse</strong>" in page and "**" not in page  # the verdicts bold in HTML, not asterisks
     assert "did not learn" not in text.split("## Summary", 1)[1].split("\n## ", 1)[0]
 
 

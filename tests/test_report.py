@@ -573,7 +573,9 @@ def test_report_html_in_a_browser(tiny, tmp_path):
     assert len(pngs) == len(dom.images) == 3  # forest, points, learning curves: nothing fetched
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in pngs)
     toc = [link[1:] for link in dom.links if link.startswith("#")]
-    assert toc[:2] == ["verdicts", "summary"] and set(toc) <= set(dom.ids)  # the answer first
+    # the answer first: the verdicts, then each configuration's result, interval and verdict
+    assert toc[:2] == ["verdicts", "run-table-test-accuracy"] and set(toc) <= set(dom.ids)
+    assert toc.index("run-table-test-accuracy") < toc.index("summary")
     assert {"run-table-test-accuracy", "methods", "power"} <= set(toc)
     text = page.read_text()
     assert "<script" not in text and "training-seed variability on that one test set" in text

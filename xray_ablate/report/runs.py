@@ -108,8 +108,8 @@ def select_runs(uri: str, experiment: str, *, sweep_id: str | None = None,
     exp_id = str(raw["experiment_id"].iloc[0])  # the newest run's experiment
     raw = raw[raw["experiment_id"] == exp_id]
     if experiments[exp_id] != experiment:
-        by += (f" (MLflow experiment {experiments[exp_id]!r}: {experiment!r} "
-               f"{'has no such runs' if configured else 'does not exist'})")
+        by += (f" of MLflow experiment {experiments[exp_id]!r}, the newest with runs (tracking.experiment="
+               f"{experiment!r} {'has no such runs' if configured else 'does not exist'})")
     runs = tidy_runs(raw)
     sweep_ids = [sweep_id] if sweep_id else sorted(runs["sweep_id"].dropna().unique().tolist())
     parent, parent_baseline, parent_sweep = None, {}, {}

@@ -263,7 +263,7 @@ def methods(c: Content) -> list[str]:
 
 
 def document(c: Content) -> list[B.Block]:
-    """The whole report as blocks: title, summary first, then every section."""
+    """The whole report as blocks: title, warnings, verdicts and the run table first, then every section."""
     s, sel = c.settings, c.selection
     ref = c.reference
     out: list[B.Block] = [B.Heading(f"Ablation report: {sel.name}", 1)]
@@ -280,12 +280,13 @@ def document(c: Content) -> list[B.Block]:
     if c.verdicts:
         out.append(B.Table(T.display_verdicts(c.verdicts, c.pooled)))
     out += [B.Text(c.verdict_note)]
+    # the first screen: the verdicts, then each configuration's result, interval and verdict
+    out += [B.Heading(f"Run table ({T.metric_title(s.metric)})"),
+            B.Table(T.display_run_table(c.run_table, s, c.references, c.verdicts))]
+    out += CF.references_section(c.confounds)  # what the run table's results must beat, next to them
     out += [B.Heading("Summary")] + [B.Text(block) for block in summary(c)]
     if c.notes:
         out += [B.Heading("Notes"), B.bullets(c.notes)]
-    out += CF.references_section(c.confounds)
-    out += [B.Heading(f"Run table ({T.metric_title(s.metric)})"),
-            B.Table(T.display_run_table(c.run_table, s, c.references, c.verdicts))]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
     out += CV.section(c.curves, s, c.figures)
     out += CF.subgroups_section(c.confounds)

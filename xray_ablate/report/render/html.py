@@ -17,8 +17,8 @@ from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
 
 TEMPLATE = "report.html.j2"
 _NUMBER = re.compile(r"^(|–|nan|[-+−]?[\d.\[(].*)$")  # a number, an interval, or nothing
-_INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
-           (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
+_BOLD = (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>")
+_INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"), _BOLD,
            (re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)"), r'<a href="\2">\1</a>')]
 
 
@@ -62,7 +62,8 @@ def _table(frame: pd.DataFrame) -> str:
     style = frame.style.set_uuid(uuid).hide(axis="index").set_table_attributes('class="data"')
     style = style.format(na_rep="", escape="html")
     left = [{"selector": "th, td", "props": "text-align: left"}]
-    return style.set_table_styles(dict.fromkeys(words, left), overwrite=False).to_html()
+    table = style.set_table_styles(dict.fromkeys(words, left), overwrite=False).to_html()
+    return _BOLD[0].sub(_BOLD[1], table)  # the cells' **bold** (the verdicts), as the Markdown report shows it
 
 
 def inline_html(text: str) -> str:
