@@ -561,10 +561,9 @@ def test_report_html_in_a_browser(tiny, tmp_path):
     assert head[:7] == ["config", "n", "runs not learned", "test accuracy (%)", "95% CI over seeds + test images",
                         "verdict vs baseline", "Δ (pp)"] and "dataset" in head[7:]
     assert [row[0] for row in rows[:len(numeric)]] == numeric["config"].tolist()
-    written = folder / "verdicts.csv"  # none here (the demo's test checks real ones): every row "–"
-    verdicts = pd.read_csv(written).set_index("claim")["verdict"] if written.is_file() else {}
-    for row in rows[1:len(numeric)]:
-        assert row[5] == verdicts.get(f"{row[0]} − baseline", "–")
+    # this sweep has no verdicts (no predictions.csv): every row says "–" (the demo's test checks real ones)
+    assert not (folder / "verdicts.csv").exists()
+    assert [row[5] for row in rows[1:len(numeric)]] == ["–"] * (len(numeric) - 1)
     baseline = dict(zip(head, rows[0], strict=True))
     assert baseline["test accuracy (%)"] == f"{_values('base').mean():.1f} ± {_values('base').std(ddof=1):.1f}"
     firsts = {t[0][0] for t in dom.tables if t}

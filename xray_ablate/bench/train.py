@@ -52,8 +52,10 @@ def _device_rows(device: torch.device, n_images: int, size: int, rounds: int) ->
     images = torch.randint(0, 256, (n_images, 1, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 4, (n_images,), device=device)
     data = Batches(images, labels)
-    model = place_model(build_model(BackboneConfig("cnn16"), 4, size, normalize=True, train_stats=(0.5, 0.25)),
-                        device)
+    def cnn16() -> nn.Module:
+        return build_model(BackboneConfig("cnn16"), 4, size, normalize=True, train_stats=(0.5, 0.25))
+
+    model = place_model(cnn16(), device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
@@ -66,7 +68,7 @@ def _device_rows(device: torch.device, n_images: int, size: int, rounds: int) ->
                                             AugmentationConfig(), amp=amp),
     }
     if device.type == "cpu":  # the layout place_model chose, against PyTorch's default
-        nchw = build_model(BackboneConfig("cnn16"), 4, size, normalize=True, train_stats=(0.5, 0.25))
+        nchw = cnn16()
         nchw_optimizer = torch.optim.Adam(nchw.parameters(), lr=1e-4)
         loops["bare, NCHW"] = lambda: bare_epoch(nchw, criterion, nchw_optimizer, images, labels, generator)
     for epoch in loops.values():  # warm-up

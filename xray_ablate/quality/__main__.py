@@ -19,9 +19,7 @@ from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import prepare
 from xray_ablate.data.settings import data_config, ensure_synthetic
 from xray_ablate.errors import exit_on_user_error
-
-# settings registers the project_root resolver the config uses, and names CONFIG_DIR.
-from xray_ablate.paths import CONFIG_DIR
+from xray_ablate.paths import CONFIG_DIR  # also registers the project_root resolver the config uses
 from xray_ablate.quality.filter import apply_fences
 from xray_ablate.quality.report import write_report
 from xray_ablate.quality.scores import brisque_scores, scores_key
