@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 from conftest import invoke_cli, mlflow_runs
 
-from xray_ablate.report import audit as A
+from xray_ablate.report.audit import (
+    SHARES,
+    AuditSummary,
+    audit_table,
+    display_audit,
+    level_table,
+    most_different,
+    summary_blocks,
+)
 
 IMAGES = [f"img{i:03d}" for i in range(60)]
 
@@ -42,7 +50,7 @@ def audited():
 
 def test_table_means_sds_and_intervals(audited):
     runs, configs, audits = audited
-    table = A.audit_table(runs, configs, audits).set_index("config_key")
+    table = audit_table(runs, configs, audits).set_index("config_key")
     for key, truth in (("k_masked", 30), ("k_raw", 60)):
         ids = runs.loc[runs["config_key"] == key, "run_id"]
         run_means = [audits[r]["outside_lung_gradcam"].mean() * 100 for r in ids]
@@ -53,7 +61,7 @@ def test_table_means_sds_and_intervals(audited):
         assert row["outside_lung_gradcam_high"] - row["outside_lung_gradcam_low"] < 15
         assert row["n"] == 3 and row["images"] == len(IMAGES)
         assert row["uniform_outside"] == pytest.approx(70) and row["uniform_border"] == pytest.approx(29)
-    assert A.most_different(table.reset_index(), "k_masked") == "k_raw"
+    assert most_different(table.reset_index(), "k_masked") == "k_raw"
 
 
 def test_intervals_cover_the_truth_in_simulation():
@@ -68,11 +76,11 @@ def test_intervals_cover_the_truth_in_simulation():
         for seed in range(3):
             frame = pd.DataFrame({"image_id": IMAGES, "lung_area": 0.3})
             value = np.clip(image_truth + rng.normal(0, 0.03) + rng.normal(0, 0.05, len(IMAGES)), 0, 1)
-            for column in A.SHARES:
+            for column in SHARES:
                 frame[column] = value
             audits[f"r{seed}"] = frame
             rows.append({"run_id": f"r{seed}", "config_key": "k", "seed": seed, "dataset": "raw"})
-        row = A.audit_table(pd.DataFrame(rows), configs, audits).iloc[0]
+        row = audit_table(pd.DataFrame(rows), configs, audits).iloc[0]
         # the population mean of the clipped image shares is 40 % (symmetric clipping far away)
         hits += row["outside_lung_gradcam_low"] < 40 < row["outside_lung_gradcam_high"]
     assert hits / trials >= 0.85  # nominal 95 %; P(<= 51 of 60 | 95 %) < 1 %
@@ -80,22 +88,22 @@ def test_intervals_cover_the_truth_in_simulation():
 
 def test_levels_paragraph_and_difference(audited):
     runs, configs, audits = audited
-    levels = A.level_table(runs, audits).set_index("config")
+    levels = level_table(runs, audits).set_index("config")
     assert list(levels.index) == ["masked models", "raw models", "raw − masked"]
     diff = levels.loc["raw − masked"]
     means = levels["outside_lung_gradcam_mean"]
     assert diff["outside_lung_gradcam_mean"] == pytest.approx(means["raw models"] - means["masked models"])
     assert diff["outside_lung_gradcam_low"] < 30 < diff["outside_lung_gradcam_high"]
     assert diff["outside_lung_gradcam_p"] < 0.01
-    summary = A.AuditSummary(A.audit_table(runs, configs, audits), levels.reset_index(), {})
-    (text,) = A.summary_blocks(summary)
+    summary = AuditSummary(audit_table(runs, configs, audits), levels.reset_index(), {})
+    (text,) = summary_blocks(summary)
     raw = levels.loc["raw models"]
     assert (f"raw models (3 runs) put {raw['outside_lung_gradcam_mean']:.0f} % "
             f"[{raw['outside_lung_gradcam_low']:.0f}, {raw['outside_lung_gradcam_high']:.0f}] of their "
             "Grad-CAM mass outside the lungs, where a uniform map would put 70 %") in text
     assert (f"Raw − masked, Grad-CAM outside the lungs: {diff['outside_lung_gradcam_mean']:+.0f} pp "
             f"[{diff['outside_lung_gradcam_low']:.0f}, {diff['outside_lung_gradcam_high']:.0f}] (p = ") in text
-    shown = A.display(summary.table)
+    shown = display_audit(summary.table)
     base = summary.table.iloc[0]
     assert shown["outside lungs, Grad-CAM"].iloc[0] == (
         f"{base['outside_lung_gradcam_mean']:.1f} ± {base['outside_lung_gradcam_sd']:.1f} "

@@ -15,13 +15,27 @@ import pytest
 from conftest import invoke_cli
 
 from xray_ablate.config.choices import CLASSES
-from xray_ablate.report import curves as C
-from xray_ablate.report import tables as T
+from xray_ablate.report.curves import (
+    FIGURE,
+    LEARNING_TITLE,
+    OVER_SEEDS,
+    OVER_SEEDS_AND_IMAGES,
+    Curves,
+    compute_curves,
+    curve_frames,
+    curve_section,
+    display_per_class,
+    learning_curve_plot,
+    learning_curve_table,
+    per_class_table,
+    trade_off,
+)
 from xray_ablate.report.images import Evidence
 from xray_ablate.report.render.markdown import markdown
+from xray_ablate.report.tables import Settings, run_table
 from xray_ablate.stats import intervals
 
-SETTINGS = T.Settings(n_resamples=99)
+SETTINGS = Settings(n_resamples=99)
 BASE = {"dataset": "masked", "train_fraction": "1.0", "class_weights": "off",
         "class_balance": "natural", "normalization": "on", "augmentation": "on",
         "brisque_filter": "off", "backbone": "cnn16"}
@@ -57,8 +71,8 @@ def _learning_runs() -> pd.DataFrame:
 
 def test_learning_curve_table_one_row_per_fraction_and_curve():
     runs = _learning_runs()
-    table = T.run_table(runs, "k3", SETTINGS)
-    curve = C.learning_curve_table(runs, table, SETTINGS)
+    table = run_table(runs, "k3", SETTINGS)
+    curve = learning_curve_table(runs, table, SETTINGS)
     assert list(curve["curve"]) == [f"dataset={d}" for d in ("masked", "raw") for _ in FRACTIONS]
     assert list(curve["train_fraction"]) == [0.125, 0.25, 0.5, 1.0] * 2
     assert list(curve["n_train"]) == [50, 100, 200, 400] * 2
@@ -68,17 +82,17 @@ def test_learning_curve_table_one_row_per_fraction_and_curve():
     low, high = intervals.t_interval(np.array([-1.0, 0.0, 1.0]) + 80, 0.95)
     row = curve.iloc[3]
     assert (row["interval"], row["test_accuracy_low"], row["test_accuracy_high"]) == (
-        C.OVER_SEEDS, pytest.approx(low), pytest.approx(high))
+        OVER_SEEDS, pytest.approx(low), pytest.approx(high))
 
 
 def test_no_learning_curve_without_varied_fractions_and_no_recall_table_without_rebalancing():
     runs = _learning_runs()
     runs = runs[runs["train_fraction"] == "1.0"]
-    table = T.run_table(runs, "k3", SETTINGS)
-    assert C.learning_curve_table(runs, table, SETTINGS) is None
-    assert C.per_class_table(runs, table, SETTINGS) is None
-    assert C.section(C.curves(runs, table, SETTINGS), SETTINGS, {}) == []
-    assert C.frames(C.Curves(), SETTINGS) == {}
+    table = run_table(runs, "k3", SETTINGS)
+    assert learning_curve_table(runs, table, SETTINGS) is None
+    assert per_class_table(runs, table, SETTINGS) is None
+    assert curve_section(compute_curves(runs, table, SETTINGS), SETTINGS, {}) == []
+    assert curve_frames(Curves(), SETTINGS) == {}
 
 
 def _predictions(rng, correct_by_class: list[float], per_class: int = 50) -> pd.DataFrame:
@@ -96,9 +110,9 @@ def test_learning_curve_uses_the_interval_over_seeds_and_test_images_when_predic
     runs = _learning_runs()
     rng = np.random.default_rng(0)
     evidence = Evidence({r: _predictions(rng, [0.8, 0.6, 0.4, 0.9]) for r in runs["run_id"]})
-    table = T.run_table(runs, "k3", SETTINGS, evidence)
-    curve = C.learning_curve_table(runs, table, SETTINGS)
-    assert set(curve["interval"]) == {C.OVER_SEEDS_AND_IMAGES}
+    table = run_table(runs, "k3", SETTINGS, evidence)
+    curve = learning_curve_table(runs, table, SETTINGS)
+    assert set(curve["interval"]) == {OVER_SEEDS_AND_IMAGES}
     merged = curve.merge(table, on="config_key")
     np.testing.assert_allclose(merged["test_accuracy_low"], merged["ci_total_low"])
     np.testing.assert_allclose(merged["test_accuracy_high"], merged["ci_total_high"])
@@ -106,15 +120,15 @@ def test_learning_curve_uses_the_interval_over_seeds_and_test_images_when_predic
 
 def test_learning_curve_plot_and_markdown(tmp_path):
     runs = _learning_runs()
-    table = T.run_table(runs, "k3", SETTINGS)
-    curves = C.curves(runs, table, SETTINGS)
-    path = C.learning_curve_plot(curves.learning, SETTINGS, tmp_path / "learning_curve.png")
+    table = run_table(runs, "k3", SETTINGS)
+    curves = compute_curves(runs, table, SETTINGS)
+    path = learning_curve_plot(curves.learning, SETTINGS, tmp_path / "learning_curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = markdown(C.section(curves, SETTINGS, {C.FIGURE: path.name}))
-    assert f"![{C.FIGURE}](learning_curve.png)" in text
+    text = markdown(curve_section(curves, SETTINGS, {FIGURE: path.name}))
+    assert f"![{FIGURE}](learning_curve.png)" in text
     assert "one curve per level of dataset" in text
     assert re.search(r"\| dataset=raw +\| 0\.125 +\| 50 +\| 3 +\| 63\.0 \[", text), text
-    stem, numeric, shown = C.frames(curves, SETTINGS)[C.LEARNING_TITLE]
+    stem, numeric, shown = curve_frames(curves, SETTINGS)[LEARNING_TITLE]
     assert stem == "learning_curve" and len(numeric) == len(shown) == 8
 
 
@@ -129,8 +143,8 @@ def _imbalance_runs() -> pd.DataFrame:
 
 def test_per_class_table_from_logged_metrics():
     runs = _imbalance_runs()
-    table = T.run_table(runs, "k0", SETTINGS)
-    recall = C.per_class_table(runs, table, SETTINGS)
+    table = run_table(runs, "k0", SETTINGS)
+    recall = per_class_table(runs, table, SETTINGS)
     assert list(recall["config"]) == list(table["config"])
     assert {"class_weights", "class_balance"} <= set(recall.columns)
     means = recall.set_index("config_key")
@@ -140,7 +154,7 @@ def test_per_class_table_from_logged_metrics():
     low, high = intervals.t_interval(np.array([75.0, 76, 77]) - 20, 0.95)
     assert (means.loc["k3", "test_recall_covid_low"], means.loc["k3", "test_recall_covid_high"]) == (
         pytest.approx(low), pytest.approx(high))
-    shown = C.display_per_class(recall, SETTINGS)
+    shown = display_per_class(recall, SETTINGS)
     assert shown.loc[3, "recall healthy (%) [95% CI]"].startswith("46.0 [")
 
 
@@ -151,9 +165,9 @@ def test_per_class_recall_from_predictions_is_each_class_s_accuracy():
     predictions = {r.run_id: _predictions(rng, rates[r.class_balance], per_class=200)
                    for r in runs.itertuples()}
     evidence = Evidence(predictions)
-    table = T.run_table(runs, "k0", SETTINGS, evidence)
-    recall = C.per_class_table(runs, table, SETTINGS, evidence).set_index("config_key")
-    assert set(recall["interval"]) == {C.OVER_SEEDS_AND_IMAGES}
+    table = run_table(runs, "k0", SETTINGS, evidence)
+    recall = per_class_table(runs, table, SETTINGS, evidence).set_index("config_key")
+    assert set(recall["interval"]) == {OVER_SEEDS_AND_IMAGES}
     for key, balance in (("k0", "natural"), ("k1", "undersample")):
         seeds = runs[runs["config_key"] == key]["run_id"]
         for j, c in enumerate(CLASSES):
@@ -171,12 +185,12 @@ def test_per_class_recall_from_predictions_is_each_class_s_accuracy():
 def test_trade_off_sentence_names_the_leaders():
     frame = pd.DataFrame({"config": ["baseline", "class_balance=undersample"], "config_key": ["a", "b"],
                           "test_accuracy_mean": [80.0, 76.0], "test_balanced_accuracy_mean": [60.0, 70.0]})
-    text = C.trade_off(frame)
+    text = trade_off(frame)
     assert "trades one for the other" in text
     assert "highest accuracy is **baseline**'s (accuracy 80.0 %, balanced accuracy 60.0 %)" in text
     assert "highest balanced accuracy **class_balance=undersample**'s (accuracy 76.0 %" in text
     frame.loc[1, "test_balanced_accuracy_mean"] = 50.0
-    assert "**baseline** leads on both" in C.trade_off(frame)
+    assert "**baseline** leads on both" in trade_off(frame)
 
 
 @pytest.mark.slow
@@ -195,5 +209,5 @@ def test_learning_curve_experiment_report_on_the_real_fixture(monkeypatch, tmp_p
         sizes = curve.sort_values("train_fraction")["n_train"].to_numpy()
         assert (np.diff(sizes) > 0).all(), sizes
     report = (folder / "report.md").read_text()
-    assert f"![{C.FIGURE}](learning_curve.png)" in report
+    assert f"![{FIGURE}](learning_curve.png)" in report
     assert "[CSV](learning_curve.csv)" in report

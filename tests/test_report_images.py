@@ -168,7 +168,7 @@ def test_plots_take_a_degenerate_interval_a_rounding_off_its_centre(tmp_path):
     """Every seed alike on every image: the interval is one point, computed apart from the mean
     (predictions against logged metrics) and 1e-14 off it. Both plots draw it (seen in a tiny sweep,
     where matplotlib refused the negative error-bar length and the report was not built)."""
-    from xray_ablate.report import plots
+    from xray_ablate.report.render import plots
     from xray_ablate.report.tables import Settings
 
     mean = 100 * 2 / 7

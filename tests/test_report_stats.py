@@ -14,7 +14,14 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 
 from xray_ablate.config.factors import factor_names
-from xray_ablate.report import runs as R
+from xray_ablate.report.runs import (
+    UserError,
+    clean_runs,
+    fallback_baseline,
+    integrity_filter,
+    matching_configs,
+    mixing_warnings,
+)
 from xray_ablate.stats import intervals
 
 
@@ -197,13 +204,13 @@ def test_clean_runs_keeps_latest_finished_run_per_config_and_seed():
         {"run_id": "nometric", "config_key": "k", "seed": 4, "start_time": 6,
          "test_accuracy": float("nan")},
     ])
-    cleaned = R.clean_runs(runs, "test_accuracy")
+    cleaned = clean_runs(runs, "test_accuracy")
     assert cleaned.runs["run_id"].tolist() == ["new", "s1"]
     text = " ".join(cleaned.notes)
     assert "1 FAILED" in text and "1 RUNNING" in text and "1 older duplicate" in text
     assert "nometric"[:8] in text
-    with pytest.raises(R.UserError, match="no FINISHED"):
-        R.clean_runs(runs[runs.status != "FINISHED"], "test_accuracy")
+    with pytest.raises(UserError, match="no FINISHED"):
+        clean_runs(runs[runs.status != "FINISHED"], "test_accuracy")
 
 
 def test_a_rerun_on_another_dataset_does_not_hide_the_older_comparable_run():
@@ -217,8 +224,8 @@ def test_a_rerun_on_another_dataset_does_not_hide_the_older_comparable_run():
         {"run_id": "k0-new", "config_key": "k", "seed": 0, "start_time": 20, "fingerprint": "f2"},
         {"run_id": "k1-dup", "config_key": "k", "seed": 1, "start_time": 21},
     ])
-    cleaned = R.clean_runs(runs, "test_accuracy")
-    kept, left, _ = R.integrity_filter(cleaned.runs, "base")
+    cleaned = clean_runs(runs, "test_accuracy")
+    kept, left, _ = integrity_filter(cleaned.runs, "base")
     assert sorted(kept["run_id"]) == ["b0", "b1", "b2", "k0", "k1-dup", "k2"]
     assert not kept.duplicated(["config_key", "seed"]).any()
     assert left["config_key"].tolist() == ["k"] and left["seeds"].tolist() == ["0"]
@@ -228,11 +235,11 @@ def test_a_rerun_on_another_dataset_does_not_hide_the_older_comparable_run():
 def test_mixing_warnings():
     runs = _tidy([{"run_id": "a", "config_key": "k", "seed": 0, "start_time": 1}])
     runs["code_version"], runs["device"] = "abc", "cpu"
-    assert R.mixing_warnings(runs) == []
+    assert mixing_warnings(runs) == []
     dirty = runs.assign(code_version="abc+dirty", data_patient_fallbacks=0.0)
-    assert "uncommitted changes (+dirty): abc+dirty (1 run)" in R.mixing_warnings(dirty)[0]
+    assert "uncommitted changes (+dirty): abc+dirty (1 run)" in mixing_warnings(dirty)[0]
     mixed = pd.concat([runs, runs.assign(run_id="b", device="cuda", data_patient_fallbacks=2.0)])
-    text = " ".join(R.mixing_warnings(mixed))
+    text = " ".join(mixing_warnings(mixed))
     assert "cpu (1 run), cuda (1 run)" in text and "patient leakage" in text
     assert "code version" not in text
 
@@ -247,14 +254,14 @@ def test_integrity_fixed_split_keeps_the_baseline_group():
         {"run_id": "fp", "config_key": "base2", "seed": 0, "start_time": 9, "fingerprint": "f9"},
         {"run_id": "ok", "config_key": "base2", "seed": 1, "start_time": 9},
     ])
-    kept, left, ref = R.integrity_filter(runs, "base")
+    kept, left, ref = integrity_filter(runs, "base")
     assert sorted(kept["run_id"]) == ["b0", "b1", "ok"]  # the baseline's group, not the majority
     assert ref["split_hash"] == "h1" and ref["fingerprint"] == "f1"
     reasons = left.set_index("config_key")["reason"]
     assert "split manifest h2" in reasons["other"] and "fingerprint f9" in reasons["base2"]
     assert left.set_index("config_key").loc["other", "n_runs"] == 4
     # Without a baseline, the majority group is the reference.
-    kept, _, ref = R.integrity_filter(runs, None)
+    kept, _, ref = integrity_filter(runs, None)
     assert ref["split_hash"] == "h2" and set(kept["config_key"]) == {"other"}
 
 
@@ -269,7 +276,7 @@ def test_integrity_per_seed_split_groups_by_fingerprint_and_split_seed():
          "split_hash": "hx", "split_seed": "100"},
         {"run_id": "c0", "config_key": "c", "seed": 0, "start_time": 5, "split_hash": "h0"},
     ])
-    kept, left, _ = R.integrity_filter(runs, "a")
+    kept, left, _ = integrity_filter(runs, "a")
     assert sorted(kept["run_id"]) == ["a0", "a1", "a2", "b0"]
     reasons = dict(zip(left["config_key"], left["reason"], strict=True))
     assert "split seed base 100" in reasons["b"] and "split mode fixed" in reasons["c"]
@@ -282,7 +289,7 @@ def test_fallback_baseline_prefers_most_seeds_then_closest_levels():
             for s in range(seeds)]
     runs = _tidy(rows)
     levels = {"augmentation": "on", "dataset": "masked"}
-    assert R.matching_configs(runs, levels) == ["few"]
-    assert R.fallback_baseline(runs[runs.config_key != "few"], levels) == "near"
-    assert R.fallback_baseline(runs, {"augmentation": "off", "dataset": "masked"}) == "near"
-    assert R.fallback_baseline(runs, {}) == "far"  # a tie on seeds and levels: the newest
+    assert matching_configs(runs, levels) == ["few"]
+    assert fallback_baseline(runs[runs.config_key != "few"], levels) == "near"
+    assert fallback_baseline(runs, {"augmentation": "off", "dataset": "masked"}) == "near"
+    assert fallback_baseline(runs, {}) == "far"  # a tie on seeds and levels: the newest

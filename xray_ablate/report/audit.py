@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xray_ablate.report import tables as T
-from xray_ablate.report.render import blocks as B
+from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
+from xray_ablate.report.render.tables import fmt, fmt_ci, fmt_p, fmt_pm, to_latex
 from xray_ablate.stats import intervals
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.reader import copy_artifact, csv_artifacts
@@ -126,7 +126,7 @@ def most_different(table: pd.DataFrame, baseline_key: str) -> str | None:
     return None if gap.isna().all() else str(others.loc[gap.idxmax(), "config_key"])
 
 
-def summarise(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str,
+def summarise_audit(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str,
               confidence: float = 0.95) -> AuditSummary | None:
     """The audit of the report's runs (``configs``: the run table); None when no run was audited."""
     audits = load_audits(runs["run_id"])
@@ -145,11 +145,11 @@ def summarise(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str,
 
 # --- the report folder and report.md ---------------------------------------------------------
 
-def write(folder: Path, audit: AuditSummary) -> dict[str, tuple[str, str]]:
+def write_audit(folder: Path, audit: AuditSummary) -> dict[str, tuple[str, str]]:
     """audit.csv/.tex and the montages into ``folder``; the table files (title -> (csv, tex))."""
     numeric = pd.concat([audit.table, audit.levels], ignore_index=True)
     numeric.to_csv(folder / "audit.csv", index=False)
-    (folder / "audit.tex").write_text(T.to_latex(display(audit.table)))
+    (folder / "audit.tex").write_text(to_latex(display_audit(audit.table)))
     for i, (title, run_id) in enumerate(audit.montage_runs.items()):
         name = f"audit_montage_{i}.png"
         if copy_artifact(run_id, schema.AUDIT_MONTAGE, folder / name) is not None:
@@ -157,26 +157,26 @@ def write(folder: Path, audit: AuditSummary) -> dict[str, tuple[str, str]]:
     return {"Saliency audit": ("audit.csv", "audit.tex")}
 
 
-def display(table: pd.DataFrame) -> pd.DataFrame:
+def display_audit(table: pd.DataFrame) -> pd.DataFrame:
     """The shown table, in %: per share "mean ± sd [interval over seeds + audited images]"."""
     out = pd.DataFrame({"configuration": table["config"]})
     if "n" in table:
-        out["runs"] = table["n"].map(lambda v: T.fmt(v, 0))
+        out["runs"] = table["n"].map(lambda v: fmt(v, 0))
     if "images" in table:
-        out["audited images"] = table["images"].map(lambda v: T.fmt(v, 0))
+        out["audited images"] = table["images"].map(lambda v: fmt(v, 0))
     for column, label in SHARES.items():
         sd = table.get(f"{column}_sd", pd.Series(math.nan, index=table.index))
-        out[label] = [f"{T.fmt_pm(m, s)} {T.fmt_ci(lo, hi)}".removesuffix(" –") for m, s, lo, hi in
+        out[label] = [f"{fmt_pm(m, s)} {fmt_ci(lo, hi)}".removesuffix(" –") for m, s, lo, hi in
                       zip(table[f"{column}_mean"], sd, table[f"{column}_low"], table[f"{column}_high"],
                           strict=True)]
     out["uniform map: outside lungs / border"] = [
-        f"{T.fmt(o)} / {T.fmt(b)}" for o, b in zip(table["uniform_outside"], table["uniform_border"], strict=True)]
+        f"{fmt(o)} / {fmt(b)}" for o, b in zip(table["uniform_outside"], table["uniform_border"], strict=True)]
     return out
 
 
 def _share_text(row: pd.Series, column: str, unit: str = "%") -> str:
     """"41 % [35, 47]"; a difference: "+12 pp [4, 20]"; without an interval the value alone."""
-    ci = T.fmt_ci(row[f"{column}_low"], row[f"{column}_high"], 0)
+    ci = fmt_ci(row[f"{column}_low"], row[f"{column}_high"], 0)
     sign = "+" if unit == "pp" else ""
     return f"{row[f'{column}_mean']:{sign}.0f} {unit}" + ("" if ci == "–" else f" {ci}")
 
@@ -206,26 +206,26 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
         row = levels.loc["raw − masked"]
         p = row["outside_lung_gradcam_p"]
         text += (f" Raw − masked, Grad-CAM outside the lungs: {_share_text(row, 'outside_lung_gradcam', 'pp')}"
-                 + (f" (p = {T.fmt_p(p)})" if np.isfinite(p) else "")
+                 + (f" (p = {fmt_p(p)})" if np.isfinite(p) else "")
                  + f"; in the border band: {_share_text(row, 'border_gradcam', 'pp')}.")
     if levels["outside_lung_gradcam_low"].notna().any():
         return [text + f" Intervals: {audit.confidence:.0%} over seeds and audited images."]
     return [text + " No intervals: they need at least 2 audited runs per level."]
 
 
-def section(audit: AuditSummary | None) -> list[B.Block]:
+def audit_section(audit: AuditSummary | None) -> list[Block]:
     """The report's "Where the models look" section (the summary holds ``summary_blocks``)."""
     if audit is None:
         return []
-    out = [B.Heading("Where the models look (saliency audit)"),
-           B.Text(f"Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
-                  "seeds and audited images]."), B.Table(display(audit.table))]
+    out = [Heading("Where the models look (saliency audit)"),
+           Text(f"Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
+                  "seeds and audited images]."), Table(display_audit(audit.table))]
     if len(audit.levels):
-        out += [B.Text("Pooled per dataset level (every audited run of the level; raw − masked in pp):"),
-                B.Table(display(audit.levels))]
+        out += [Text("Pooled per dataset level (every audited run of the level; raw − masked in pp):"),
+                Table(display_audit(audit.levels))]
     for title, name in audit.montages.items():
-        out += [B.Heading(f"Grad-CAM montage: {title}", 3), B.Figure(f"Grad-CAM montage: {title}", name)]
-    out.append(B.Text(
+        out += [Heading(f"Grad-CAM montage: {title}", 3), Figure(f"Grad-CAM montage: {title}", name)]
+    out.append(Text(
         "Per run, up to audit.images test images (the same images for every configuration) get "
         "Grad-CAM on the backbone's last convolutional activation (positive part, upsampled) and "
         "|input × gradient| for the predicted class (Captum). Shares are of each map's mass; a "

@@ -18,16 +18,62 @@ from xray_ablate.config.factors import factor_names
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.errors import UserError
 from xray_ablate.paths import CONFIG_DIR
-from xray_ablate.report import audit as A
-from xray_ablate.report import confounds as CF
-from xray_ablate.report import curves as CV
-from xray_ablate.report import images as I
-from xray_ablate.report import plots
-from xray_ablate.report import runs as R
-from xray_ablate.report import tables as T
+from xray_ablate.report.audit import summarise_audit, write_audit
+from xray_ablate.report.confounds import confounds, table_frames
+from xray_ablate.report.curves import FIGURE, compute_curves, curve_frames, learning_curve_plot
+from xray_ablate.report.images import (
+    Evidence,
+    add_run_evidence,
+    class_shares,
+    floor_table,
+    mcnemar_table,
+    not_learned_warning,
+    references,
+    variance_table,
+)
+from xray_ablate.report.render import plots
 from xray_ablate.report.render.content import Content, document
 from xray_ablate.report.render.html import render_html
 from xray_ablate.report.render.markdown import markdown
+from xray_ablate.report.render.tables import (
+    display_anova,
+    display_effects,
+    display_excluded,
+    display_floor,
+    display_interactions,
+    display_mcnemar,
+    display_model_table,
+    display_power,
+    display_run_table,
+    display_values,
+    display_verdicts,
+    fmt,
+    to_latex,
+)
+from xray_ablate.report.runs import (
+    ID_COLUMNS,
+    Selection,
+    clean_runs,
+    fallback_baseline,
+    integrity_filter,
+    load_predictions,
+    matching_configs,
+    mixing_warnings,
+    select_runs,
+)
+from xray_ablate.report.tables import (
+    Settings,
+    baseline_sd,
+    factorial,
+    mdd_row,
+    model_table,
+    pooled_paired_sd,
+    pooled_sd,
+    power_table,
+    reference_rows,
+    run_table,
+    select_levels,
+)
 from xray_ablate.stats import intervals
 from xray_ablate.stats.claims import ablation_claims, verdicts
 from xray_ablate.stats.mixed import pooled_intervals
@@ -43,14 +89,14 @@ log = logging.getLogger(__name__)
 HTML = "report.html"  # beside report.md; the MLflow UI shows it inline in the report run's artifacts
 
 
-def settings_from(cfg: DictConfig) -> T.Settings:
+def settings_from(cfg: DictConfig) -> Settings:
     rc = cfg.get("report") or {}
     boot = rc.get("bootstrap") or {}
     alpha = float(rc.get("alpha", 0.05))
     power = float(rc.get("power", 0.8))
     if not (0 < alpha < 1 and 0 < power < 1):
         raise UserError(f"report.alpha and report.power must lie in (0, 1), got {alpha}, {power}")
-    return T.Settings(
+    return Settings(
         metric=str(rc.get("metric", "test_accuracy")), alpha=alpha, power=power,
         detect=tuple(float(v) for v in (rc.get("detect") or (1, 2, 3))),
         n_resamples=int(boot.get("n_resamples", 9999)), bootstrap_seed=int(boot.get("seed", 0)),
@@ -91,10 +137,10 @@ def _overridden_on_command_line() -> bool:
 def default_baseline() -> dict[str, str | None]:
     """report.baseline of conf/report/default.yaml."""
     conf = OmegaConf.load(Path(CONFIG_DIR) / "report" / "default.yaml")
-    return T.select_levels(conf.get("baseline"))
+    return select_levels(conf.get("baseline"))
 
 
-def choose_baseline(cfg: DictConfig, selection: R.Selection) -> tuple[dict[str, str | None], str]:
+def choose_baseline(cfg: DictConfig, selection: Selection) -> tuple[dict[str, str | None], str]:
     """The baseline levels and where they came from, in words. The first that applies:
 
     1. report.baseline set explicitly: a Hydra command-line override (report.baseline.*=...), or,
@@ -106,7 +152,7 @@ def choose_baseline(cfg: DictConfig, selection: R.Selection) -> tuple[dict[str, 
        baseline);
     4. report.baseline of conf/report/default.yaml.
     """
-    configured = T.select_levels((cfg.get("report") or {}).get("baseline"))
+    configured = select_levels((cfg.get("report") or {}).get("baseline"))
     on_command_line = _overridden_on_command_line()
     experiment = loaded_experiment(cfg)
     if on_command_line:
@@ -170,7 +216,7 @@ def write_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Written:
     exp_name = rc.get("experiment_name")
     if sweep is None and exp_name is None:
         exp_name = loaded_experiment(cfg)
-    selection = R.select_runs(str(cfg.tracking.uri), str(cfg.tracking.experiment),
+    selection = select_runs(str(cfg.tracking.uri), str(cfg.tracking.experiment),
                               sweep_id=None if sweep is None else str(sweep),
                               experiment_name=None if exp_name is None else str(exp_name))
     selection.name = safe_name(str(rc.get("name") or selection.name))
@@ -199,7 +245,7 @@ def write_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Written:
     return Written(out_dir, uri, selection.experiment_id, run_id, runs_link)
 
 
-def ablation_view(selection: R.Selection, runs: pd.DataFrame, metric: str, by_sweep: bool,
+def ablation_view(selection: Selection, runs: pd.DataFrame, metric: str, by_sweep: bool,
                   verdict_tags: tuple[str, ...] = ()) -> AblationView:
     """The MLflow runs page's view of the report's runs: grouped by configuration, sorted by ``metric``."""
     varied = varied_factors(runs)
@@ -216,15 +262,15 @@ def varied_factors(runs: pd.DataFrame) -> list[str]:
     return [f for f in factor_names() if runs[f].nunique() > 1]
 
 
-def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.Settings,
+def analyse(selection: Selection, levels: dict[str, str | None], settings: Settings,
             baseline_source: str = "report.baseline") -> tuple[Content, pd.DataFrame]:
     """Clean and filter the selected runs, pick the baseline, compute every table."""
     finished = selection.runs[selection.runs["status"] == "FINISHED"]
-    evidence = I.Evidence(R.load_predictions(finished["run_id"]))
-    cleaned = R.clean_runs(I.add_run_evidence(selection.runs, evidence), settings.metric)
+    evidence = Evidence(load_predictions(finished["run_id"]))
+    cleaned = clean_runs(add_run_evidence(selection.runs, evidence), settings.metric)
     notes = list(cleaned.notes)
-    matches = R.matching_configs(cleaned.runs, levels)
-    kept, excluded, reference = R.integrity_filter(cleaned.runs, matches[0] if matches else None)
+    matches = matching_configs(cleaned.runs, levels)
+    kept, excluded, reference = integrity_filter(cleaned.runs, matches[0] if matches else None)
     if len(excluded):
         notes.append(f"{int(excluded['n_runs'].sum())} run(s) with another dataset or split were "
                      "left out (see 'Runs left out').")
@@ -236,11 +282,11 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
             notes.append(f"{len(matches)} configurations match the baseline levels ({wanted}); "
                          f"the one with the most seeds ({baseline_key[:8]}) is the baseline.")
     else:
-        baseline_key = R.fallback_baseline(kept, levels)
+        baseline_key = fallback_baseline(kept, levels)
         notes.append(f"No run matches report.baseline ({wanted}); the baseline is the "
                      "configuration with the most seeds (ties: the closest to those levels).")
     base_row = kept[kept["config_key"] == baseline_key].iloc[0]
-    table = T.run_table(kept, baseline_key, settings, evidence)
+    table = run_table(kept, baseline_key, settings, evidence)
     missing = int((~kept["run_id"].map(evidence.has)).sum())
     if missing:
         notes.append(f"{missing} of {len(kept)} run(s) have no {schema.PREDICTIONS} artifact: "
@@ -251,28 +297,28 @@ def analyse(selection: R.Selection, levels: dict[str, str | None], settings: T.S
         selection=selection, settings=settings,
         baseline_label=", ".join(f"{f}={base_row[f]}" for f in factor_names()),
         baseline_levels=wanted, baseline_source=baseline_source,
-        warnings=R.mixing_warnings(kept), notes=notes, verdicts=judged, pooled=pooled, verdict_note=design_note,
+        warnings=mixing_warnings(kept), notes=notes, verdicts=judged, pooled=pooled, verdict_note=design_note,
         reference=reference, n_runs=len(kept), run_table=table,
-        power=T.power_table(table, settings), excluded=excluded,
-        model=T.model_table(kept, baseline_key, settings),
-        factorial=T.factorial(kept, baseline_key, settings, evidence),
-        learning_warning=I.not_learned_warning(
+        power=power_table(table, settings), excluded=excluded,
+        model=model_table(kept, baseline_key, settings),
+        factorial=factorial(kept, baseline_key, settings, evidence),
+        learning_warning=not_learned_warning(
             kept, dict(zip(table["config_key"], table["config"], strict=True))),
-        references=I.references(I.class_shares(kept, evidence), kept),
-        mcnemar=I.mcnemar_table(kept, evidence, table, baseline_key),
-        confounds=CF.confounds(selection.parent_run_id, kept, dict(zip(table["config_key"], table["config"],
+        references=references(class_shares(kept, evidence), kept),
+        mcnemar=mcnemar_table(kept, evidence, table, baseline_key),
+        confounds=confounds(selection.parent_run_id, kept, dict(zip(table["config_key"], table["config"],
                                                                       strict=True)), evidence.predictions),
-        audit=A.summarise(kept, table, baseline_key, settings.confidence),
+        audit=summarise_audit(kept, table, baseline_key, settings.confidence),
         **_variance(kept, evidence, table, baseline_key, settings),
-        curves=CV.curves(kept, table, settings, evidence),
+        curves=compute_curves(kept, table, settings, evidence),
         factorial_note=("No two factors are crossed (every combination run), so there are no "
                         "main effects beyond the run table's Δ; varied: "
                         f"{', '.join(varied) or 'none'}."))
     return content, kept
 
 
-def claim_verdicts(runs: pd.DataFrame, evidence: I.Evidence, baseline_key: str, s: T.Settings,
-                   selection: R.Selection, varied: list[str]) -> tuple[list[Verdict], pd.DataFrame, str]:
+def claim_verdicts(runs: pd.DataFrame, evidence: Evidence, baseline_key: str, s: Settings,
+                   selection: Selection, varied: list[str]) -> tuple[list[Verdict], pd.DataFrame, str]:
     """Each claim's verdict (stats.claims: the adaptive sweep's own rule), its pooled interval
     (stats.mixed, every run of every configuration: the check beside it), and how the verdicts
     were reached, in words; none without per-image scores or 2 seeds in every configuration."""
@@ -304,8 +350,8 @@ def claim_verdicts(runs: pd.DataFrame, evidence: I.Evidence, baseline_key: str, 
         "where equal seeds share a split.")
 
 
-def _variance(runs: pd.DataFrame, evidence: I.Evidence, table: pd.DataFrame, baseline_key: str,
-              s: T.Settings) -> dict:
+def _variance(runs: pd.DataFrame, evidence: Evidence, table: pd.DataFrame, baseline_key: str,
+              s: Settings) -> dict:
     """The baseline's variance decomposition and the power targets with the test-sample floor
     (Content fields); empty without the baseline's predictions or with fewer than 2 seeds."""
     scores = evidence.scores(runs, baseline_key, s.metric, s.scale)
@@ -314,11 +360,11 @@ def _variance(runs: pd.DataFrame, evidence: I.Evidence, table: pd.DataFrame, bas
     split = intervals.variance_split(scores)
     # Δ: the pooled sd of seed-matched differences and the median image SE of the rows' Δ;
     # before any comparison, those of two independent configurations like the baseline.
-    pair_sd = T.pooled_paired_sd(table)[0]
-    seed_sd = pair_sd if pd.notna(pair_sd) else math.sqrt(2) * T.pooled_sd(table, s)[0]
+    pair_sd = pooled_paired_sd(table)[0]
+    seed_sd = pair_sd if pd.notna(pair_sd) else math.sqrt(2) * pooled_sd(table, s)[0]
     image_se = table["delta_se_image"].iloc[1:].median()
     image_se = image_se if pd.notna(image_se) else math.sqrt(2) * split.se_image
-    floor = I.floor_table(s.detect, seed_sd, image_se, split.n_seeds, split.n_images, s.alpha, s.power)
+    floor = floor_table(s.detect, seed_sd, image_se, split.n_seeds, split.n_images, s.alpha, s.power)
     return {"variance": split, "floor": floor, "floor_sd": (seed_sd, image_se)}
 
 
@@ -328,43 +374,43 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
     if c.verdicts:
         numeric = pd.DataFrame([asdict(v) for v in c.verdicts]).merge(
             c.pooled.add_prefix("pooled_").rename(columns={"pooled_claim": "claim"}), on="claim", how="left")
-        frames["Verdicts"] = ("verdicts", numeric, T.display_verdicts(c.verdicts, c.pooled))
-    frames |= {"Run table": ("run_table", c.run_table, T.display_run_table(c.run_table, s, c.references, c.verdicts)),
-               "Power": ("power", c.power, T.display_power(c.power))}
+        frames["Verdicts"] = ("verdicts", numeric, display_verdicts(c.verdicts, c.pooled))
+    frames |= {"Run table": ("run_table", c.run_table, display_run_table(c.run_table, s, c.references, c.verdicts)),
+               "Power": ("power", c.power, display_power(c.power))}
     if len(c.references):
-        numeric = T.reference_rows(c.references, c.run_table, s)
+        numeric = reference_rows(c.references, c.run_table, s)
         frames["References (chance, majority class)"] = ("references", numeric, numeric.map(
-            lambda v: T.fmt(v) if isinstance(v, float) else v))
-    frames |= CF.table_frames(c.confounds)
+            lambda v: fmt(v) if isinstance(v, float) else v))
+    frames |= table_frames(c.confounds)
     if len(c.mcnemar):
-        frames["McNemar"] = ("mcnemar", c.mcnemar, T.display_mcnemar(c.mcnemar))
+        frames["McNemar"] = ("mcnemar", c.mcnemar, display_mcnemar(c.mcnemar))
     if c.variance is not None:
         unit = s.unit or "units"
-        shown = I.variance_table(c.variance, unit)
-        frames["Variance decomposition"] = ("variance", shown, T.display_values(shown))
+        shown = variance_table(c.variance, unit)
+        frames["Variance decomposition"] = ("variance", shown, display_values(shown))
         frames["Power with the test-sample floor"] = ("power_floor", c.floor,
-                                                      T.display_floor(c.floor, unit))
+                                                      display_floor(c.floor, unit))
     if len(c.excluded):
-        frames["Runs left out"] = ("excluded", c.excluded, T.display_excluded(c.excluded))
+        frames["Runs left out"] = ("excluded", c.excluded, display_excluded(c.excluded))
     if c.model is not None:
-        frames["Backbones"] = ("model_table", c.model.numeric, T.display_model_table(c.model))
+        frames["Backbones"] = ("model_table", c.model.numeric, display_model_table(c.model))
     if c.factorial is not None:
         f = c.factorial
-        frames["Main effects"] = ("main_effects", f.main, T.display_effects(f.main, s))
+        frames["Main effects"] = ("main_effects", f.main, display_effects(f.main, s))
         if len(f.interactions):
             frames["Interactions"] = ("interactions", f.interactions,
-                                      T.display_interactions(f.interactions, s))
-        frames["ANOVA"] = ("anova", f.anova, T.display_anova(f.anova))
-    frames |= CV.frames(c.curves, s)
+                                      display_interactions(f.interactions, s))
+        frames["ANOVA"] = ("anova", f.anova, display_anova(f.anova))
+    frames |= curve_frames(c.curves, s)
     if c.curves.learning is not None:
-        c.figures[CV.FIGURE] = CV.learning_curve_plot(c.curves.learning, s, folder / "learning_curve.png").name
+        c.figures[FIGURE] = learning_curve_plot(c.curves.learning, s, folder / "learning_curve.png").name
     if c.audit is not None:
-        c.table_files |= A.write(folder, c.audit)
+        c.table_files |= write_audit(folder, c.audit)
     for title, (stem, numeric, shown) in frames.items():
         numeric.to_csv(folder / f"{stem}.csv", index=False)
-        (folder / f"{stem}.tex").write_text(T.to_latex(shown))
+        (folder / f"{stem}.tex").write_text(to_latex(shown))
         c.table_files[title] = (f"{stem}.csv", f"{stem}.tex")
-    ids = [c for c in runs.columns if c in R.ID_COLUMNS or c in factor_names()]
+    ids = [c for c in runs.columns if c in ID_COLUMNS or c in factor_names()]
     metrics = sorted(c for c in runs.columns if c not in ids and c not in ("start_time", "end_time"))
     runs[ids + metrics].to_csv(folder / "runs.csv", index=False)
     c.table_files["Runs (one row per run)"] = ("runs.csv", "")
@@ -384,7 +430,7 @@ def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> Non
     (folder / HTML).write_text(render_html(blocks, folder))
 
 
-def _log_run(sel: R.Selection, folder: Path, c: Content, uri: str) -> str:
+def _log_run(sel: Selection, folder: Path, c: Content, uri: str) -> str:
     """An MLflow run tagged xray.kind=report holding every output file, under the sweep's parent."""
     tags = {schema.KIND: "report", schema.SWEEP_ID: ",".join(sel.sweep_ids) or "none",
             schema.EXPERIMENT: sel.experiment_name or "none", schema.CODE_VERSION: code_version(),
@@ -392,12 +438,12 @@ def _log_run(sel: R.Selection, folder: Path, c: Content, uri: str) -> str:
             **{schema.SWEEP_MEMBER.format(s): "1" for s in sel.sweep_ids}}
     store = SimpleNamespace(uri=uri, experiment=sel.experiment, artifact_root=None)  # it exists already
     with tracked_run(store, f"report-{sel.name}", tags, parent_run_id=sel.parent_run_id) as recorder:
-        n, sd = T.baseline_sd(c.run_table, c.settings)
+        n, sd = baseline_sd(c.run_table, c.settings)
         power = c.power.set_index("quantity")
         metrics = {"n_runs": c.n_runs, "n_configs": len(c.run_table), "baseline_n": n,
-                   "baseline_sd": sd, "pooled_sd": T.pooled_sd(c.run_table, c.settings)[0],
-                   "mdd": float(power.loc[T.mdd_row(n, c.settings), "unpaired"]),
-                   "mdd_paired": float(power.loc[T.mdd_row(n, c.settings), "paired"]),
+                   "baseline_sd": sd, "pooled_sd": pooled_sd(c.run_table, c.settings)[0],
+                   "mdd": float(power.loc[mdd_row(n, c.settings), "unpaired"]),
+                   "mdd_paired": float(power.loc[mdd_row(n, c.settings), "paired"]),
                    "n_not_learned": float(c.run_table["n_not_learned"].sum(min_count=1))}
         if c.variance is not None:
             metrics |= {"baseline_se_seed": c.variance.se_seed,

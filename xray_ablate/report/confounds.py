@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from xray_ablate.references import MIN_SUBGROUP_N, References, probe_sentence, wilson
-from xray_ablate.report import tables as T
-from xray_ablate.report.render import blocks as B
+from xray_ablate.report.render.blocks import Block, Heading, Table, Text
+from xray_ablate.report.render.tables import fmt, fmt_ci, metric_title
 from xray_ablate.report.runs import PREDICTION_COLUMNS
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.names import safe_name
@@ -129,8 +129,8 @@ def external_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
 
 def display_references(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "Reference": frame["reference"], "Test accuracy (%)": frame["accuracy"].map(T.fmt),
-        "95% CI (Wilson)": [T.fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
+        "Reference": frame["reference"], "Test accuracy (%)": frame["accuracy"].map(fmt),
+        "95% CI (Wilson)": [fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
         "Correct / images": [f"{k} / {n}" for k, n in zip(frame["k"], frame["n"], strict=True)]})
 
 
@@ -138,17 +138,17 @@ def display_subgroups(frame: pd.DataFrame, with_config: bool = True) -> pd.DataF
     shown = pd.DataFrame({
         "Configuration": frame["config"], "Attribute": frame["attribute"], "Level": frame["level"],
         "Test images": [f"{n}{SMALL if s else ''}" for n, s in zip(frame["n"], frame["small"], strict=True)],
-        "Accuracy (%)": frame["accuracy"].map(T.fmt),
-        "95% CI": [T.fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
-        "Gap (pp)": frame["gap"].map(T.fmt), "Seeds": frame["seeds"].astype(str)})
+        "Accuracy (%)": frame["accuracy"].map(fmt),
+        "95% CI": [fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
+        "Gap (pp)": frame["gap"].map(fmt), "Seeds": frame["seeds"].astype(str)})
     return shown if with_config else shown.drop(columns=["Configuration", "Gap (pp)"])
 
 
 def display_external(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"Configuration": frame["config"], "External set": frame["set"],
                          "Images": frame["n"].astype(str), "Seeds": frame["seeds"].astype(str),
-                         **{f"{T.metric_title(m).capitalize()} (%)": frame[m].map(T.fmt) for m in EXTERNAL_METRICS},
-                         "Test split accuracy (%)": frame["test_accuracy"].map(T.fmt)})
+                         **{f"{metric_title(m).capitalize()} (%)": frame[m].map(fmt) for m in EXTERNAL_METRICS},
+                         "Test split accuracy (%)": frame["test_accuracy"].map(fmt)})
 
 
 def table_frames(c: Confounds | None) -> dict[str, tuple[str, pd.DataFrame, pd.DataFrame]]:
@@ -161,43 +161,43 @@ def table_frames(c: Confounds | None) -> dict[str, tuple[str, pd.DataFrame, pd.D
     return {title: (stem, frame, show(frame)) for title, (stem, frame, show) in tables.items() if not frame.empty}
 
 
-def references_section(c: Confounds | None) -> list[B.Block]:
+def references_section(c: Confounds | None) -> list[Block]:
     """The 'References a result must beat' section; empty without references."""
     if c is None or (c.references.empty and not c.probes):
         return []
-    out = [B.Heading("References a result must beat"),
-           B.Text("What trivial models reach on the same test split (Wilson 95 % CI over its images); a "
+    out = [Heading("References a result must beat"),
+           Text("What trivial models reach on the same test split (Wilson 95 % CI over its images); a "
                   "configuration that does not beat them has not shown it learned the disease.")]
     if not c.references.empty:
-        out.append(B.Table(display_references(c.references)))
-    out += [B.Text(f"**Source probe:** {s} (the same pixel model trained to predict the attribute "
+        out.append(Table(display_references(c.references)))
+    out += [Text(f"**Source probe:** {s} (the same pixel model trained to predict the attribute "
                    "instead of the class; well above the majority rate, the images carry it, and a "
                    "classifier can use it as a shortcut).") for s in c.probes]
     return out
 
 
-def subgroups_section(c: Confounds | None) -> list[B.Block]:
+def subgroups_section(c: Confounds | None) -> list[Block]:
     """Per-subgroup and external-set sections."""
     if c is None:
         return []
-    out: list[B.Block] = []
+    out: list[Block] = []
     if not c.subgroups.empty:
-        out += [B.Heading("Subgroups"),
-                B.Text(f"Test accuracy per attribute level, mean over seeds, with the Wilson 95 % CI over "
+        out += [Heading("Subgroups"),
+                Text(f"Test accuracy per attribute level, mean over seeds, with the Wilson 95 % CI over "
                        f"the level's test images at that accuracy (the seeds' spread is not in it). "
                        f"{SMALL}: fewer than {MIN_SUBGROUP_N} test images, shown but left out of the gap "
                        "(highest − lowest level accuracy, pp, mean over seeds).")]
         for config, frame in c.subgroups.groupby("config", sort=False):
             gaps = frame.drop_duplicates("attribute")
-            out += [B.Heading(config, 3), B.Table(display_subgroups(frame, with_config=False)),
-                    B.Text("Gap: " + "; ".join(f"{a} {T.fmt(g)} pp" for a, g in zip(
+            out += [Heading(config, 3), Table(display_subgroups(frame, with_config=False)),
+                    Text("Gap: " + "; ".join(f"{a} {fmt(g)} pp" for a, g in zip(
                         gaps["attribute"], gaps["gap"], strict=True)) + ".")]
     if not c.external.empty:
-        out += [B.Heading("External test sets"),
-                B.Text("Each run's best state on every image of each external set (eval.sets), "
+        out += [Heading("External test sets"),
+                Text("Each run's best state on every image of each external set (eval.sets), "
                        "preprocessed like the training data; mean over seeds. Far below the test split's "
                        "accuracy, the model learned something specific to the training data's sources."),
-                B.Table(display_external(c.external))]
+                Table(display_external(c.external))]
     return out
 
 

@@ -17,10 +17,11 @@ import pandas as pd
 
 from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.factors import factor_labels, factor_names
-from xray_ablate.report import plots
-from xray_ablate.report import tables as T
 from xray_ablate.report.images import Evidence
-from xray_ablate.report.render import blocks as B
+from xray_ablate.report.render import plots
+from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
+from xray_ablate.report.render.tables import fmt, fmt_ci, is_fraction, metric_title
+from xray_ablate.report.tables import Settings
 from xray_ablate.stats import intervals
 
 FRACTION = "train_fraction"
@@ -55,7 +56,7 @@ def curve_labels(table: pd.DataFrame, factors: list[str]) -> pd.Series:
         lambda row: ", ".join(f"{f}={v}" for f, v in row.items()), axis=1)
 
 
-def learning_curve_table(runs: pd.DataFrame, table: pd.DataFrame, settings: T.Settings
+def learning_curve_table(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings
                          ) -> pd.DataFrame | None:
     """One row per configuration when train_fraction varies, else None: its curve (the levels of
     the other varied factors), the fraction, the training images (mean of the runs' n_train param
@@ -100,7 +101,7 @@ def _class_scores(runs: pd.DataFrame, key: str, evidence: Evidence) -> dict[str,
     return out
 
 
-def per_class_table(runs: pd.DataFrame, table: pd.DataFrame, settings: T.Settings,
+def per_class_table(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings,
                     evidence: Evidence | None = None) -> pd.DataFrame | None:
     """One row per configuration when class_weights or class_balance varies, else None: accuracy,
     balanced accuracy and each class's recall (%), each its mean over seeds with an interval over
@@ -152,7 +153,7 @@ def trade_off(recall: pd.DataFrame) -> str:
             + "); compare the intervals before calling either a difference.")
 
 
-def curves(runs: pd.DataFrame, table: pd.DataFrame, settings: T.Settings,
+def compute_curves(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings,
            evidence: Evidence | None = None) -> Curves:
     return Curves(learning_curve_table(runs, table, settings),
                   per_class_table(runs, table, settings, evidence))
@@ -161,7 +162,7 @@ def curves(runs: pd.DataFrame, table: pd.DataFrame, settings: T.Settings,
 # --- display -------------------------------------------------------------------------------------
 
 def _with_ci(frame: pd.DataFrame, metric: str, percent: bool = True) -> list[str]:
-    return [T.fmt(v) + ("" if T.fmt_ci(lo, hi) == "–" else f" {T.fmt_ci(lo, hi, percent=percent)}")
+    return [fmt(v) + ("" if fmt_ci(lo, hi) == "–" else f" {fmt_ci(lo, hi, percent=percent)}")
             for v, lo, hi in
             zip(frame[f"{metric}_mean"], frame[f"{metric}_low"], frame[f"{metric}_high"], strict=True)]
 
@@ -170,17 +171,17 @@ def _factor_columns(frame: pd.DataFrame) -> dict[str, pd.Series]:
     return {factor_labels()[f]: frame[f] for f in factor_names() if f in frame}
 
 
-def display_learning_curve(frame: pd.DataFrame, settings: T.Settings) -> pd.DataFrame:
+def display_learning_curve(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     level = f"{settings.confidence:.0%}"
     return pd.DataFrame({
         "curve": frame["curve"], factor_labels()[FRACTION]: frame[FRACTION].map(lambda v: f"{v:g}"),
-        "training images": frame["n_train"].map(lambda v: T.fmt(v, 0)), "n": frame["n"],
-        f"{T.metric_title(settings.metric)}{' (%)' if settings.unit else ''} [{level} CI]":
-            _with_ci(frame, settings.metric, T.is_fraction(settings.metric)),
+        "training images": frame["n_train"].map(lambda v: fmt(v, 0)), "n": frame["n"],
+        f"{metric_title(settings.metric)}{' (%)' if settings.unit else ''} [{level} CI]":
+            _with_ci(frame, settings.metric, is_fraction(settings.metric)),
         "CI over": frame["interval"]})
 
 
-def display_per_class(frame: pd.DataFrame, settings: T.Settings) -> pd.DataFrame:
+def display_per_class(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     level = f"{settings.confidence:.0%}"
     return pd.DataFrame({"config": frame["config"], **_factor_columns(frame), "n": frame["n"],
                          **{f"{name} (%) [{level} CI]": _with_ci(frame, metric)
@@ -188,7 +189,7 @@ def display_per_class(frame: pd.DataFrame, settings: T.Settings) -> pd.DataFrame
                          "CI over": frame["interval"]})
 
 
-def frames(c: Curves, settings: T.Settings) -> dict[str, tuple[str, pd.DataFrame, pd.DataFrame]]:
+def curve_frames(c: Curves, settings: Settings) -> dict[str, tuple[str, pd.DataFrame, pd.DataFrame]]:
     """The report's table files: title -> (file stem, numeric frame, shown frame)."""
     out = {}
     if c.learning is not None:
@@ -198,7 +199,7 @@ def frames(c: Curves, settings: T.Settings) -> dict[str, tuple[str, pd.DataFrame
     return out
 
 
-def learning_curve_plot(frame: pd.DataFrame, settings: T.Settings, path: Path) -> Path:
+def learning_curve_plot(frame: pd.DataFrame, settings: Settings, path: Path) -> Path:
     """The metric against training images (log-x; the fraction where n_train was not logged), one
     line per curve, mean with its interval (side by side: each curve is shifted a little)."""
     m, scale_x = settings.metric, "n_train" if frame["n_train"].notna().all() else FRACTION
@@ -217,30 +218,30 @@ def learning_curve_plot(frame: pd.DataFrame, settings: T.Settings, path: Path) -
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel(("training images" if scale_x == "n_train" else "training fraction") + " (log scale)")
-    ax.set_ylabel(T.metric_title(m) + (" (%)" if settings.unit else ""))
+    ax.set_ylabel(metric_title(m) + (" (%)" if settings.unit else ""))
     over = " / ".join(sorted(set(frame["interval"]), reverse=True))
     ax.set_title(f"{LEARNING_TITLE}: mean, {settings.confidence:.0%} CI over {over}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small")
     return plots._save(fig, path)
 
 
-def section(c: Curves, settings: T.Settings, figures: dict[str, str]) -> list[B.Block]:
+def curve_section(c: Curves, settings: Settings, figures: dict[str, str]) -> list[Block]:
     """The learning-curve and per-class sections (empty when neither table applies)."""
-    out: list[B.Block] = []
+    out: list[Block] = []
     level = f"{settings.confidence:.0%}"
     if c.learning is not None:
         curves_by = ", ".join(f for f in c.learning.columns if f in factor_names() and f != FRACTION)
-        out += [B.Heading(FIGURE),
-                B.Text(f"{T.metric_title(settings.metric)} against the number of training images "
+        out += [Heading(FIGURE),
+                Text(f"{metric_title(settings.metric)} against the number of training images "
                        f"(dataset.train_fraction of the training split, the runs' n_train), "
                        + (f"one curve per level of {curves_by}" if curves_by else "one curve")
                        + f"; mean over seeds with its {level} CI (column 'CI over').")]
         if FIGURE in figures:
-            out.append(B.Figure(FIGURE, figures[FIGURE]))
-        out.append(B.Table(display_learning_curve(c.learning, settings)))
+            out.append(Figure(FIGURE, figures[FIGURE]))
+        out.append(Table(display_learning_curve(c.learning, settings)))
     if c.recall is not None:
-        out += [B.Heading("Per-class recall and balanced accuracy"), B.Text(trade_off(c.recall)),
-                B.Table(display_per_class(c.recall, settings))]
+        out += [Heading("Per-class recall and balanced accuracy"), Text(trade_off(c.recall)),
+                Table(display_per_class(c.recall, settings))]
     return out
 
 

@@ -10,13 +10,41 @@ import pandas as pd
 
 from xray_ablate.config.factors import factor_labels
 from xray_ablate.evaluation import PREDICTION_COLUMNS
-from xray_ablate.report import audit as A
-from xray_ablate.report import confounds as CF
-from xray_ablate.report import curves as CV
-from xray_ablate.report import images as I
-from xray_ablate.report import tables as T
-from xray_ablate.report.render import blocks as B
+from xray_ablate.report.audit import AuditSummary, audit_section, summary_blocks
+from xray_ablate.report.confounds import Confounds, references_section, subgroups_section
+from xray_ablate.report.curves import Curves, curve_section
+from xray_ablate.report.images import variance_table
+from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text, bullets
+from xray_ablate.report.render.tables import (
+    display_anova,
+    display_effects,
+    display_excluded,
+    display_floor,
+    display_interactions,
+    display_mcnemar,
+    display_model_table,
+    display_power,
+    display_run_table,
+    display_values,
+    display_verdicts,
+    fmt_ci,
+    fmt_p,
+    metric_title,
+)
 from xray_ablate.report.runs import Selection
+from xray_ablate.report.tables import (
+    DF_ROW,
+    MIN_SEEDS_RESAMPLED,
+    POOLED_ROW,
+    SD_ROW,
+    Factorial,
+    ModelTable,
+    Settings,
+    baseline_sd,
+    delta_tests,
+    mdd_row,
+    pooled_sd,
+)
 from xray_ablate.stats.intervals import VarianceSplit
 
 
@@ -25,7 +53,7 @@ class Content:
     """Everything the report shows; files are names relative to the report folder."""
 
     selection: Selection
-    settings: T.Settings
+    settings: Settings
     baseline_label: str
     baseline_levels: str  # the requested levels, "factor=level, ..." or "any"
     baseline_source: str  # where the requested levels came from, in words
@@ -36,20 +64,20 @@ class Content:
     run_table: pd.DataFrame
     power: pd.DataFrame
     excluded: pd.DataFrame
-    model: T.ModelTable | None
-    factorial: T.Factorial | None
+    model: ModelTable | None
+    factorial: Factorial | None
     factorial_note: str
     learning_warning: str | None = None  # "k of n runs did not learn: ..."
     references: pd.DataFrame = field(default_factory=pd.DataFrame)  # chance, majority class
     mcnemar: pd.DataFrame = field(default_factory=pd.DataFrame)  # per seed pair vs the baseline
-    audit: A.AuditSummary | None = None  # where the models look, when runs were audited
+    audit: AuditSummary | None = None  # where the models look, when runs were audited
     variance: VarianceSplit | None = None  # the baseline's, when it has predictions
     floor: pd.DataFrame | None = None  # power targets with the test-sample floor
     floor_sd: tuple[float, float] = (float("nan"), float("nan"))  # (seed sd, image SE) of Δ used
-    curves: CV.Curves = field(default_factory=CV.Curves)  # learning curve, per-class recall
+    curves: Curves = field(default_factory=Curves)  # learning curve, per-class recall
     figures: dict[str, str] = field(default_factory=dict)  # title -> png file
     table_files: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (csv, tex)
-    confounds: CF.Confounds | None = None  # references, source probe, subgroups, external sets
+    confounds: Confounds | None = None  # references, source probe, subgroups, external sets
     verdicts: list = field(default_factory=list)  # stats.verdicts.Verdict per claim, the report's first table
     pooled: pd.DataFrame = field(default_factory=pd.DataFrame)  # stats.mixed.pooled_intervals: the check
     verdict_note: str = ""  # how the verdicts were reached, or why there are none
@@ -59,11 +87,11 @@ def summary(c: Content) -> list[str]:
     """Plain-language findings, as Markdown blocks: which differences stand out from seed noise."""
     s, table = c.settings, c.run_table
     unit = s.unit or "units"
-    n, sd = T.baseline_sd(table, s)
-    pooled, pooled_df, pooled_k = T.pooled_sd(table, s)
+    n, sd = baseline_sd(table, s)
+    pooled, pooled_df, pooled_k = pooled_sd(table, s)
     blocks = [f"**Warning:** {c.learning_warning}"] if c.learning_warning else []
     if np.isfinite(sd):
-        text = (f"**Run-to-run variability:** the baseline's {T.metric_title(s.metric)} "
+        text = (f"**Run-to-run variability:** the baseline's {metric_title(s.metric)} "
                 f"varies by {sd:.2f} {unit} from seed to seed (sd over {n} seeds)")
         if pooled_k > 1:
             text += (f"; pooled over the {pooled_k} configurations with at least 2 seeds, the "
@@ -92,8 +120,8 @@ def summary(c: Content) -> list[str]:
         if not np.isfinite(p):
             groups["untestable"].append(f"{text} (not testable: {row['note'] or 'no spread'})")
             continue
-        text += f" {T.fmt_ci(low, high, 2)}, Holm p = {T.fmt_p(p)}{basis}"
-        if row["n"] >= T.MIN_SEEDS_RESAMPLED and table["n"].iloc[0] >= T.MIN_SEEDS_RESAMPLED:
+        text += f" {fmt_ci(low, high, 2)}, Holm p = {fmt_p(p)}{basis}"
+        if row["n"] >= MIN_SEEDS_RESAMPLED and table["n"].iloc[0] >= MIN_SEEDS_RESAMPLED:
             text += f", P(improvement) = {row['p_improvement']:.2f}"
         groups["yes" if p < s.alpha else "no"].append(text)
     level = f"{s.confidence:.0%}"
@@ -106,12 +134,12 @@ def summary(c: Content) -> list[str]:
     for group, items in groups.items():
         if items:
             blocks += [heads[group], "\n".join(f"- {t}" for t in items)]
-    if (table["n"].lt(T.MIN_SEEDS_RESAMPLED).any() and len(table) > 1):
+    if (table["n"].lt(MIN_SEEDS_RESAMPLED).any() and len(table) > 1):
         blocks.append(f"P(improvement) and the bootstrap CI are shown only with at least "
-                      f"{T.MIN_SEEDS_RESAMPLED} seeds per side (with fewer, a resampled or pairwise "
+                      f"{MIN_SEEDS_RESAMPLED} seeds per side (with fewer, a resampled or pairwise "
                       "figure over seeds is too coarse to read).")
     blocks += _variance_summary(c)
-    blocks += A.summary_blocks(c.audit)
+    blocks += summary_blocks(c.audit)
     if len(table) == 1:
         blocks.append("Only one configuration: nothing to compare with the baseline.")
     blocks += _power_summary(c, n)
@@ -125,7 +153,7 @@ def summary(c: Content) -> list[str]:
             blocks.append(f"**Main effects distinguishable from {noise}** (Holm p < {s.alpha:g}{covers}): "
                           + "; ".join(
                               f"{factor_labels()[r.factor]} {r.level} − {r.reference} = {r.estimate:+.2f} {unit}"
-                              + (f" {T.fmt_ci(r.total_low, r.total_high, 2)}" if total else "")
+                              + (f" {fmt_ci(r.total_low, r.total_high, 2)}" if total else "")
                               for r in strong.itertuples()) + ".")
         elif main["p"].notna().any():
             blocks.append(f"**Main effects:** none is distinguishable from {noise}.")
@@ -168,7 +196,7 @@ def _power_summary(c: Content, n: int) -> list[str]:
     s = c.settings
     unit = s.unit or "units"
     power = c.power.set_index("quantity")
-    used = T.delta_tests(c.run_table)
+    used = delta_tests(c.run_table)
     rows = c.run_table["test"].iloc[1:].value_counts()
     columns = ([("paired", "paired t-test over seed-matched differences, as used for Δ in "
                            f"{rows['paired t']} row(s)")] if "paired t" in used else [])
@@ -178,11 +206,11 @@ def _power_summary(c: Content, n: int) -> list[str]:
         columns.append(("unpaired", f"two-sample t-test, {how}"))
     blocks = []
     for column, what in columns:
-        mdd = power.loc[T.mdd_row(n, s), column]
+        mdd = power.loc[mdd_row(n, s), column]
         if not np.isfinite(mdd):
             continue
-        sd = power.loc[T.SD_ROW.format(unit), column]
-        df, k = int(power.loc[T.DF_ROW, column]), int(power.loc[T.POOLED_ROW, column])
+        sd = power.loc[SD_ROW.format(unit), column]
+        df, k = int(power.loc[DF_ROW, column]), int(power.loc[POOLED_ROW, column])
         sd_text = ("sd of the paired differences vs the baseline" if column == "paired"
                    else "seed-to-seed sd") + f" {sd:.2f} {unit}, pooled over {k} configuration(s), df = {df}"
         needed = [f"{q.removeprefix('seeds needed to detect ')}: {int(v)}"
@@ -262,12 +290,12 @@ def methods(c: Content) -> list[str]:
     ]
 
 
-def document(c: Content) -> list[B.Block]:
+def document(c: Content) -> list[Block]:
     """The whole report as blocks: title, warnings, verdicts and the run table first, then every section."""
     s, sel = c.settings, c.selection
     ref = c.reference
-    out: list[B.Block] = [B.Heading(f"Ablation report: {sel.name}", 1)]
-    out.append(B.Text(
+    out: list[Block] = [Heading(f"Ablation report: {sel.name}", 1)]
+    out.append(Text(
         f"MLflow experiment `{sel.experiment}`, {sel.by}; {c.n_runs} runs of "
         f"{len(c.run_table)} configurations. Baseline: **{c.baseline_label}** (requested "
         f"levels {c.baseline_levels}, from {c.baseline_source}). Dataset "
@@ -275,63 +303,63 @@ def document(c: Content) -> list[B.Block]:
         + (f"manifest `{ref['split_hash']}`" if ref["split_mode"] != "per_seed"
            else f"split seed base {ref['split_seed']}, paired by seed") + ")."))
     if c.warnings:
-        out += [B.Heading("Warnings"), B.bullets([f"**Warning:** {w}" for w in c.warnings])]
-    out += [B.Heading("Verdicts")]
+        out += [Heading("Warnings"), bullets([f"**Warning:** {w}" for w in c.warnings])]
+    out += [Heading("Verdicts")]
     if c.verdicts:
-        out.append(B.Table(T.display_verdicts(c.verdicts, c.pooled)))
-    out += [B.Text(c.verdict_note)]
+        out.append(Table(display_verdicts(c.verdicts, c.pooled)))
+    out += [Text(c.verdict_note)]
     # the first screen: the verdicts, then each configuration's result, interval and verdict
-    out += [B.Heading(f"Run table ({T.metric_title(s.metric)})"),
-            B.Table(T.display_run_table(c.run_table, s, c.references, c.verdicts))]
-    out += CF.references_section(c.confounds)  # what the run table's results must beat, next to them
-    out += [B.Heading("Summary")] + [B.Text(block) for block in summary(c)]
+    out += [Heading(f"Run table ({metric_title(s.metric)})"),
+            Table(display_run_table(c.run_table, s, c.references, c.verdicts))]
+    out += references_section(c.confounds)  # what the run table's results must beat, next to them
+    out += [Heading("Summary")] + [Text(block) for block in summary(c)]
     if c.notes:
-        out += [B.Heading("Notes"), B.bullets(c.notes)]
+        out += [Heading("Notes"), bullets(c.notes)]
     out += _figure(c, "Δ vs baseline") + _figure(c, "Runs per configuration")
-    out += CV.section(c.curves, s, c.figures)
-    out += CF.subgroups_section(c.confounds)
+    out += curve_section(c.curves, s, c.figures)
+    out += subgroups_section(c.confounds)
     if len(c.mcnemar):
-        out += [B.Heading("Image-level comparisons (exact McNemar, per seed pair)"),
-                B.Text("Each configuration's run against the baseline's run of the same seed, on the "
-                       "same test images:"), B.Table(T.display_mcnemar(c.mcnemar))]
-    out += A.section(c.audit)
+        out += [Heading("Image-level comparisons (exact McNemar, per seed pair)"),
+                Text("Each configuration's run against the baseline's run of the same seed, on the "
+                       "same test images:"), Table(display_mcnemar(c.mcnemar))]
+    out += audit_section(c.audit)
     if c.variance is not None:
         unit = s.unit or "units"
-        out += [B.Heading("Variance decomposition (baseline)"),
-                B.Table(T.display_values(I.variance_table(c.variance, unit))),
-                B.Text(f"Power over seeds and test images (seed sd of Δ {c.floor_sd[0]:.2f} {unit}, "
+        out += [Heading("Variance decomposition (baseline)"),
+                Table(display_values(variance_table(c.variance, unit))),
+                Text(f"Power over seeds and test images (seed sd of Δ {c.floor_sd[0]:.2f} {unit}, "
                        f"test-sample SE of Δ {c.floor_sd[1]:.2f} {unit}; α = {s.alpha:g}, "
-                       f"{s.power:.0%} power):"), B.Table(T.display_floor(c.floor, unit))]
+                       f"{s.power:.0%} power):"), Table(display_floor(c.floor, unit))]
     if len(c.excluded):
-        out += [B.Heading("Runs left out"),
-                B.Text("These runs are not comparable with the reference (another dataset or split) "
-                       "and appear in no table:"), B.Table(T.display_excluded(c.excluded))]
+        out += [Heading("Runs left out"),
+                Text("These runs are not comparable with the reference (another dataset or split) "
+                       "and appear in no table:"), Table(display_excluded(c.excluded))]
     if c.model is not None:
-        out += [B.Heading("Backbones"), B.bullets(c.model.notes), B.Table(T.display_model_table(c.model))]
-    out.append(B.Heading("Factorial analysis"))
+        out += [Heading("Backbones"), bullets(c.model.notes), Table(display_model_table(c.model))]
+    out.append(Heading("Factorial analysis"))
     if c.factorial is None:
-        out.append(B.Text(c.factorial_note))
+        out.append(Text(c.factorial_note))
     else:
         f = c.factorial
-        out += [B.bullets(f.notes)] if f.notes else []
-        out += [B.Heading("Main effects", 3), B.Table(T.display_effects(f.main, s))]
+        out += [bullets(f.notes)] if f.notes else []
+        out += [Heading("Main effects", 3), Table(display_effects(f.main, s))]
         if len(f.interactions):
-            out += [B.Heading("Two-way interactions", 3), B.Table(T.display_interactions(f.interactions, s))]
-        out.append(B.Heading("ANOVA", 3))
+            out += [Heading("Two-way interactions", 3), Table(display_interactions(f.interactions, s))]
+        out.append(Heading("ANOVA", 3))
         if not f.anova["F"].notna().any():
-            out.append(B.Text("No F or p: without seed replication (one run per factor combination) the "
+            out.append(Text("No F or p: without seed replication (one run per factor combination) the "
                               "model has no residual degrees of freedom, so there is no seed-to-seed "
                               "variance to test against; the sums of squares are shown."))
-        out.append(B.Table(T.display_anova(f.anova)))
-    out += [B.Heading("Power"), B.Table(T.display_power(c.power))]
+        out.append(Table(display_anova(f.anova)))
+    out += [Heading("Power"), Table(display_power(c.power))]
     out += _figure(c, "Learning curves", 2)
-    out += [B.Heading("Methods"), B.Text("\n".join(methods(c)))]
-    out += [B.Heading("Files"), B.bullets([f"{title}: [CSV]({csv})" + (f", [LaTeX]({tex})" if tex else "")
+    out += [Heading("Methods"), Text("\n".join(methods(c)))]
+    out += [Heading("Files"), bullets([f"{title}: [CSV]({csv})" + (f", [LaTeX]({tex})" if tex else "")
                                            for title, (csv, tex) in c.table_files.items()])]
     return out
 
 
-def _figure(c: Content, title: str, level: int = 3) -> list[B.Block]:
+def _figure(c: Content, title: str, level: int = 3) -> list[Block]:
     if title not in c.figures:
         return []
-    return [B.Heading(title, level), B.Figure(title, c.figures[title])]
+    return [Heading(title, level), Figure(title, c.figures[title])]

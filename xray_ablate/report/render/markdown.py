@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from xray_ablate.report import tables as T
 from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
+from xray_ablate.report.render.tables import to_markdown
 
 
 def markdown(blocks: list[Block]) -> str:
@@ -17,7 +17,7 @@ def _block(block: Block) -> str:
         case Text(text):
             return text
         case Table(frame):
-            return T.to_markdown(frame)
+            return to_markdown(frame)
         case Figure(title, file):
             return f"![{title}]({file})"
     raise TypeError(f"not a report block: {block!r}")

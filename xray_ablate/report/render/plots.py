@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from xray_ablate.report.tables import Settings, metric_scale, metric_title
+from xray_ablate.report.render.tables import metric_title
+from xray_ablate.report.tables import Settings, metric_scale
 
 DPI = 120
 
