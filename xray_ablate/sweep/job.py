@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,11 +20,11 @@ from xray_ablate.config.schema import Config
 from xray_ablate.data.metadata import require_attributes
 from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.data.settings import data_config, ensure_synthetic
-from xray_ablate.errors import Stopped, UserError
 from xray_ablate.evaluation import PROB_COLUMNS
 from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
-from xray_ablate.sweep.outcomes import FAILED, FINISHED, INTERRUPTED, SKIPPED, Outcome
-from xray_ablate.sweep.signals import hand_over, raise_pending, stop_on_signals
+from xray_ablate.sweep.outcomes import SKIPPED
+from xray_ablate.sweep.policy import JobOutcome, job_outcome
+from xray_ablate.sweep.signals import raise_pending, stop_on_signals
 from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.claims import job_lock
@@ -44,62 +43,43 @@ log = logging.getLogger("xray_ablate")
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """Train one configuration. In a sweep, failures are recorded and the sweep goes on."""
-    raise_pending()  # a Ctrl-C dropped during the last job: this one is not started
-    hydra_cfg = HydraConfig.get()
-    sweep = SweepInfo.current() if hydra_cfg.mode == RunMode.MULTIRUN else None
-    outcome = Outcome(job=int(hydra_cfg.job.num) if sweep else 0,  # hydra.job.num exists in sweeps only
-                      overrides=list(hydra_cfg.overrides.task), status=FAILED)
-    try:
+    """Train one configuration: config, data, the resume decision, then train and record.
+    job_outcome decides what a failure does (in a sweep: recorded, and the sweep goes on)."""
+    with job_outcome(HydraConfig.get()) as job:
         config = to_config(cfg)
-        _set_threads(config, hydra_cfg)
+        _set_threads(config, HydraConfig.get())
         data = load_data(config)
         device = select_device(config.device)
-        tags = job_tags(config, device, sweep)
+        tags = job_tags(config, device, job.sweep)
         # Under the job's lock, so two sweeps started together train it once: the second waits,
         # then finds the first one's finished run and skips.
-        locked = sweep is not None and config.resume
+        locked = job.sweep is not None and config.resume
         with job_lock(config.tracking, tags[schema.CONFIG_KEY], config.seed) if locked else nullcontext():
-            if skip_finished(config, data, tags, sweep, outcome):
+            if skip_finished(config, data, tags, job):
                 return None
-            checkpoint = job_checkpoint(config, data, tags)
-            reopen = checkpoint.resume and resumable_run(config.tracking, checkpoint.resume.meta["run_id"])
-            if not reopen:
-                checkpoint.resume = None  # none, or its run is gone (deleted): train from the start
-            with stop_on_signals(checkpoint.save), tracked_run(
-                    config.tracking, config.tracking.run_name or run_name(config), tags,
-                    parent_run_id=sweep.parent_run_id if sweep else None,
-                    system_metrics=config.tracking.system_metrics, reopen=reopen or None) as recorder:
-                outcome.run_id = checkpoint.meta["run_id"] = recorder.run_id
-                result = train_and_record(config, data, device, recorder, checkpoint)
-            checkpoint.remove()
-        finish(outcome, result)
+            result = train_in_run(config, data, device, tags, job)
+        job.finish(result.metrics)
         return result.metrics["test_accuracy"]
-    except Stopped as stop:  # the run ended KILLED; its checkpoint is saved
-        record_failure(outcome, stop)
-        if sweep is not None and sweep.pid == str(os.getpid()):  # the sweep's own process was told to stop
-            outcome.status = INTERRUPTED
-            raise KeyboardInterrupt from stop
-        not_requeued = hand_over(stop)  # submitit's requeue exits here
-        if not_requeued:
-            outcome.error += f"; {not_requeued}"
-        if sweep is None:
-            sys.exit(1)
-        return None
-    except KeyboardInterrupt:
-        outcome.status = INTERRUPTED
-        raise
-    except Exception as err:
-        if sweep is None:
-            if isinstance(err, UserError):
-                log.error("%s", err)
-                sys.exit(2)
-            raise
-        record_failure(outcome, err)
-        return None
-    finally:
-        if sweep is not None:
-            outcome.write(Path(sweep.outcome_dir))
+    return None  # a sweep job that failed: job_outcome recorded why
+
+
+def train_in_run(config: Config, data: PreparedData, device: torch.device, tags: dict[str, str],
+                 job: JobOutcome) -> RunResult:
+    """Train and record in one MLflow run: the run an earlier attempt's checkpoint names, reopened,
+    or a new one. A signal saves the checkpoint and ends the run KILLED."""
+    checkpoint = job_checkpoint(config, data, tags)
+    reopen = checkpoint.resume and resumable_run(config.tracking, checkpoint.resume.meta["run_id"])
+    if not reopen:
+        checkpoint.resume = None  # none, or its run is gone (deleted): train from the start
+    sweep = job.sweep
+    with stop_on_signals(checkpoint.save), tracked_run(
+            config.tracking, config.tracking.run_name or run_name(config), tags,
+            parent_run_id=sweep.parent_run_id if sweep else None,
+            system_metrics=config.tracking.system_metrics, reopen=reopen or None) as recorder:
+        job.outcome.run_id = checkpoint.meta["run_id"] = recorder.run_id
+        result = train_and_record(config, data, device, recorder, checkpoint)
+    checkpoint.remove()
+    return result
 
 
 def job_tags(config: Config, device: torch.device, sweep: SweepInfo | None) -> dict[str, str]:
@@ -118,9 +98,9 @@ def job_checkpoint(config: Config, data: PreparedData, tags: dict[str, str]) -> 
     return Checkpointer(Path(config.paths.checkpoint_dir) / name, config.trainer.checkpoint_every, key)
 
 
-def skip_finished(config: Config, data: PreparedData, tags: dict[str, str], sweep: SweepInfo | None,
-                  outcome: Outcome) -> bool:
+def skip_finished(config: Config, data: PreparedData, tags: dict[str, str], job: JobOutcome) -> bool:
     """In a resumed sweep: True (and the outcome SKIPPED) when this job already has a finished run."""
+    sweep = job.sweep
     if sweep is None or not config.resume:
         return False
     existing = finished_run(config.tracking, tags[schema.CONFIG_KEY], config.seed, data.fingerprint,
@@ -129,19 +109,8 @@ def skip_finished(config: Config, data: PreparedData, tags: dict[str, str], swee
         return False
     mark_member(config.tracking, existing, sweep.sweep_id)
     log.info("skipped: already finished as run %s", existing)
-    outcome.status, outcome.run_id = SKIPPED, existing
+    job.outcome.status, job.outcome.run_id = SKIPPED, existing
     return True
-
-
-def finish(outcome: Outcome, result: RunResult) -> None:
-    outcome.status, outcome.train_seconds = FINISHED, result.metrics["train_seconds"]
-    log.info("test accuracy %.4f, macro F1 %.4f", result.metrics["test_accuracy"], result.metrics["test_macro_f1"])
-
-
-def record_failure(outcome: Outcome, err: Exception) -> None:
-    """A sweep job's failure: into its outcome and the log; the sweep goes on."""
-    outcome.error = f"{type(err).__name__}: {err}".splitlines()[0]
-    log.error("job failed: %s", outcome.error, exc_info=not isinstance(err, UserError | Stopped))
 
 
 def load_data(config: Config) -> PreparedData:
