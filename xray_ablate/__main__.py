@@ -12,7 +12,7 @@ import sys
 
 import hydra
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from xray_ablate.config import load
 from xray_ablate.config.schema import Config
@@ -62,7 +62,7 @@ def print_report(config: Config, sweep_id: str) -> bool:
     from xray_ablate.report import write_report
 
     try:
-        written = write_report(OmegaConf.structured(config), sweep_id=sweep_id)
+        written = write_report(config, sweep_id=sweep_id)
     except Exception as err:  # the runs are safe in MLflow; `make report` can retry
         log.error("report not built", exc_info=not isinstance(err, UserError))
         print(f"report not built: {err}")

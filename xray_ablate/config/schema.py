@@ -289,12 +289,18 @@ class BootstrapConfig:
     seed: int = 0
 
 
+# The study's benchmark run, the report's default baseline.
+STUDY_BASELINE = {"dataset": "masked", "class_weights": "off", "normalization": "on", "augmentation": "on",
+                  "brisque_filter": "off", "backbone": "cnn16"}
+
+
 @dataclass
 class ReportConfig:
     sweep_id: Optional[str] = None  # noqa: UP045
     experiment_name: Optional[str] = None  # noqa: UP045
     name: Optional[str] = None  # noqa: UP045
-    baseline: dict[str, Optional[str]] = field(default_factory=dict)  # noqa: UP045  factor -> level
+    # factor -> level (null: any level); conf/report/default.yaml says how a report picks it
+    baseline: dict[str, Optional[str]] = field(default_factory=lambda: dict(STUDY_BASELINE))  # noqa: UP045
     metric: str = "test_accuracy"
     alpha: float = 0.05
     power: float = 0.8

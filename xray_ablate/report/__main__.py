@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from xray_ablate.config import schema  # noqa: F401  registers config_schema, conf/config.yaml's first default
+from xray_ablate.config.load import to_config
 from xray_ablate.errors import exit_on_user_error
 from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.report.build import write_report
@@ -21,7 +22,7 @@ from xray_ablate.report.build import write_report
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        written = write_report(cfg)
+        written = write_report(to_config(cfg))
     print("\n".join(written.links()))
     print(written.folder / "report.md")
 

@@ -1,4 +1,4 @@
-"""build_report(cfg): read the runs, compute the tables, draw, write reports/<name>/, log to MLflow."""
+"""write_report(config): read the runs, compute the tables, draw, write reports/<name>/, log to MLflow."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from xray_ablate.config.factors import factor_names
+from xray_ablate.config.load import to_config
+from xray_ablate.config.schema import Config, ReportConfig
 from xray_ablate.data.owned import replace_owned_dir
-from xray_ablate.errors import UserError
-from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.report.audit import summarise_audit, write_audit
 from xray_ablate.report.confounds import confounds, table_frames
 from xray_ablate.report.curves import FIGURE, compute_curves, curve_frames, learning_curve_plot
@@ -89,24 +89,16 @@ log = logging.getLogger(__name__)
 HTML = "report.html"  # beside report.md; the MLflow UI shows it inline in the report run's artifacts
 
 
-def settings_from(cfg: DictConfig) -> Settings:
-    rc = cfg.get("report") or {}
-    boot = rc.get("bootstrap") or {}
-    alpha = float(rc.get("alpha", 0.05))
-    power = float(rc.get("power", 0.8))
-    if not (0 < alpha < 1 and 0 < power < 1):
-        raise UserError(f"report.alpha and report.power must lie in (0, 1), got {alpha}, {power}")
-    return Settings(
-        metric=str(rc.get("metric", "test_accuracy")), alpha=alpha, power=power,
-        detect=tuple(float(v) for v in (rc.get("detect") or (1, 2, 3))),
-        n_resamples=int(boot.get("n_resamples", 9999)), bootstrap_seed=int(boot.get("seed", 0)),
-        delta=float((cfg.get("sweep") or {}).get("delta", 2.0)),
-    )
+def settings_from(config: Config) -> Settings:
+    report = config.report
+    return Settings(metric=report.metric, alpha=report.alpha, power=report.power,
+                    detect=tuple(float(v) for v in report.detect), n_resamples=report.bootstrap.n_resamples,
+                    bootstrap_seed=report.bootstrap.seed, delta=config.sweep.delta)
 
 
-def loaded_experiment(cfg: DictConfig) -> str | None:
-    """The experiment= config loaded into ``cfg`` (its experiment_name), else None."""
-    name = cfg.get("experiment_name")
+def loaded_experiment(config: Config) -> str | None:
+    """The experiment= config loaded into ``config`` (its experiment_name), else None."""
+    name = config.experiment_name
     if name in (None, "none", "null"):
         try:  # an experiment config that does not set experiment_name
             from hydra.core.hydra_config import HydraConfig
@@ -134,13 +126,7 @@ def _overridden_on_command_line() -> bool:
     return False
 
 
-def default_baseline() -> dict[str, str | None]:
-    """report.baseline of conf/report/default.yaml."""
-    conf = OmegaConf.load(Path(CONFIG_DIR) / "report" / "default.yaml")
-    return select_levels(conf.get("baseline"))
-
-
-def choose_baseline(cfg: DictConfig, selection: Selection) -> tuple[dict[str, str | None], str]:
+def choose_baseline(config: Config, selection: Selection) -> tuple[dict[str, str | None], str]:
     """The baseline levels and where they came from, in words. The first that applies:
 
     1. report.baseline set explicitly: a Hydra command-line override (report.baseline.*=...), or,
@@ -152,12 +138,12 @@ def choose_baseline(cfg: DictConfig, selection: Selection) -> tuple[dict[str, st
        baseline);
     4. report.baseline of conf/report/default.yaml.
     """
-    configured = select_levels((cfg.get("report") or {}).get("baseline"))
+    configured = select_levels(config.report.baseline)
     on_command_line = _overridden_on_command_line()
-    experiment = loaded_experiment(cfg)
+    experiment = loaded_experiment(config)
     if on_command_line:
         return configured, "report.baseline set on the command line"
-    if configured != default_baseline():
+    if configured != select_levels(ReportConfig().baseline):
         where = f"experiment config {experiment!r}" if experiment else "the configuration passed in"
         return configured, f"report.baseline of {where}"
     if experiment:
@@ -197,43 +183,41 @@ class Written:
 
 
 def build_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Path:
-    """``write_report(cfg, sweep_id=...).folder``."""
-    return write_report(cfg, sweep_id=sweep_id).folder
+    """The folder of the report of a composed config (``write_report`` of its typed config)."""
+    return write_report(to_config(cfg), sweep_id=sweep_id).folder
 
 
-def write_report(cfg: DictConfig, *, sweep_id: str | None = None) -> Written:
+def write_report(config: Config, *, sweep_id: str | None = None) -> Written:
     """Write the report of one sweep or experiment to ``paths.reports_dir/<name>/``; return that folder.
 
     Runs are chosen by (first that is set) ``sweep_id``, ``report.sweep_id``,
-    ``report.experiment_name``, the experiment= config loaded in ``cfg`` (``experiment_name``),
+    ``report.experiment_name``, the experiment= config loaded in ``config`` (``experiment_name``),
     else the newest sweep; in MLflow experiment ``tracking.experiment``, or when nothing there
     matches, in the store's other experiments. The folder is ``report.name``, else the experiment
     name, else the sweep id. Raises UserError when nothing usable is found.
     """
-    rc = cfg.get("report") or {}
-    settings = settings_from(cfg)
-    sweep = sweep_id if sweep_id is not None else rc.get("sweep_id")
-    exp_name = rc.get("experiment_name")
+    report = config.report
+    settings = settings_from(config)
+    sweep = sweep_id if sweep_id is not None else report.sweep_id
+    exp_name = report.experiment_name
     if sweep is None and exp_name is None:
-        exp_name = loaded_experiment(cfg)
-    selection = select_runs(str(cfg.tracking.uri), str(cfg.tracking.experiment),
-                              sweep_id=None if sweep is None else str(sweep),
-                              experiment_name=None if exp_name is None else str(exp_name))
-    selection.name = safe_name(str(rc.get("name") or selection.name))
-    levels, source = choose_baseline(cfg, selection)
+        exp_name = loaded_experiment(config)
+    selection = select_runs(config.tracking.uri, config.tracking.experiment, sweep_id=sweep, experiment_name=exp_name)
+    selection.name = safe_name(report.name or selection.name)
+    levels, source = choose_baseline(config, selection)
     content, kept = analyse(selection, levels, settings, baseline_source=source)
 
-    out_dir = Path(cfg.paths.reports_dir) / selection.name
+    out_dir = Path(config.paths.reports_dir) / selection.name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{selection.name}.", dir=out_dir.parent))
     try:
-        _write(work, content, kept, int(rc.get("max_curves", 8)))
+        _write(work, content, kept, report.max_curves)
         replace_owned_dir(work, out_dir, "a report")  # never over a folder of the user's
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    uri = str(cfg.tracking.uri)
+    uri = config.tracking.uri
     run_id, runs_link = None, links.runs_page(uri, selection.experiment_id)
-    if rc.get("log_to_mlflow", True):
+    if report.log_to_mlflow:
         run_id = _log_run(selection, out_dir, content, uri)
         if selection.parent_run_id and content.verdicts:
             tag_parent(uri, selection.parent_run_id, content.verdicts)
