@@ -65,19 +65,34 @@ def plan(overrides: list[str], multirun: bool, config_name: str = "config") -> P
             if multirun:
                 params = OmegaConf.to_container(primary.hydra.sweeper.params or {}, resolve=True)
                 jobs = expand_sweep([f"{k}={v}" for k, v in params.items()] + list(overrides))
-            configs = [_job_config(config_name, job, _swept(job, jobs) if multirun else "") for job in jobs]
+            configs = _job_configs(config_name, jobs, multirun)
             jobs = [[o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))] for job in jobs]
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(one_line(err)) from None
     return Plan(multirun, jobs, configs, primary)
 
 
-def _job_config(config_name: str, job: list[str], label: str) -> Config:
-    try:
-        return to_config(compose(config_name, overrides=job))
-    except (HydraException, OmegaConfBaseException, UserError) as err:
-        message = str(err) if isinstance(err, UserError) else one_line(err)
-        raise UserError(message + (f" (job: {label})" if label else "")) from None
+def _job_configs(config_name: str, jobs: list[list[str]], multirun: bool) -> list[Config]:
+    """Each job's typed config. Jobs that differ only in ``seed=`` are composed once (a Hydra
+    compose takes about 0.5 s) and get their seed on a copy before it is typed, so an interpolation
+    of ${seed} still resolves per job."""
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    configs = []
+    for job in jobs:
+        label = _swept(job, jobs) if multirun else ""
+        rest = tuple(o for o in job if not o.startswith("seed="))
+        seeds = [o.split("=", 1)[1] for o in job if o.startswith("seed=")]
+        try:
+            if rest not in composed:
+                composed[rest] = compose(config_name, overrides=list(rest))
+            cfg = composed[rest].copy()
+            if seeds:
+                cfg.seed = seeds[-1]
+            configs.append(to_config(cfg))
+        except (HydraException, OmegaConfBaseException, UserError) as err:
+            message = str(err) if isinstance(err, UserError) else one_line(err)
+            raise UserError(message + (f" (job: {label})" if label else "")) from None
+    return configs
 
 
 def _swept(job: list[str], jobs: list[list[str]]) -> str:
