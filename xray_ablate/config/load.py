@@ -1,9 +1,10 @@
 """Compose, type and validate configs; plan a sweep's jobs, all before any job starts.
 
-Only Hydra's public API: ``compose`` and the override parser. The sweep expansion is the basic
+Only Hydra's public API: ``compose`` and the override parser. The sweep expansion (the basic
 sweeper's rule: sweeper params from the config first, then the command line, a later value of a
-key replacing an earlier one, and the cartesian product of the values in that order (so job
-numbers match the ones Hydra gives).
+key replacing an earlier one, and the cartesian product of the values in that order) is the one
+the sweep runs: hydra/sweeper=planned (sweep/sweeper.py) launches ``expand_sweep``'s jobs, so the
+job numbers are the plan's.
 """
 
 from __future__ import annotations
