@@ -82,10 +82,11 @@ def test_learned_flags_count_and_warn_at_the_top(report):
     assert runs.loc[("flat", 0), "learned_source"] == "derived"
     assert runs.loc[("flat", 0), "top_prediction_share"] == 1.0
     assert "predicts healthy for 100% of test images" in runs.loc[("flat", 0), "learned_reason"]
-    summary = (folder / "report.md").read_text().split("## Summary\n\n")[1]
-    assert summary.startswith("**Warning:** 4 of 9 runs did not learn: ")
-    assert "their accuracy measures the class mix, not the configuration" in summary.split("\n")[0]
-    first = summary.split("\n")[0]
+    # the report's first section, before the verdicts and every table
+    top = (folder / "report.md").read_text().split("## Warnings\n\n")[1].split("## Verdicts")[0]
+    assert top.startswith("- **Warning:** 4 of 9 runs did not learn: ")
+    first = top.split("\n")[0]
+    assert "their accuracy measures the class mix, not the configuration" in first
     assert "augmentation=off seed 2 (recorded by training)" in first
     assert "class_weights=on seeds 0, 1, 2 (predicts healthy for 100% of test images)" in first
 

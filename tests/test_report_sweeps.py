@@ -49,9 +49,9 @@ def test_runs_that_collapse_to_one_class_are_flagged(monkeypatch, tmp_path, synt
         if not recorded:
             assert row["top_prediction_share"] == 1.0 and "for 100% of test images" in row["learned_reason"]
     total = int(table["n_not_learned"].sum())
-    summary = (folder / "report.md").read_text().split("## Summary\n\n")[1]
-    assert summary.startswith(f"**Warning:** {total} of 4 runs did not learn: ")
-    assert "their accuracy measures the class mix, not the configuration" in summary.split("\n")[0]
+    top = (folder / "report.md").read_text().split("## Warnings\n\n")[1].split("## Verdicts")[0]
+    assert top.startswith(f"- **Warning:** {total} of 4 runs did not learn: ")
+    assert "their accuracy measures the class mix, not the configuration" in top.split("\n")[0]
 
 
 @pytest.mark.slow

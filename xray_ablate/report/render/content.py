@@ -89,7 +89,7 @@ def summary(c: Content) -> list[str]:
     unit = s.unit or "units"
     n, sd = baseline_sd(table, s)
     pooled, pooled_df, pooled_k = pooled_sd(table, s)
-    blocks = [f"**Warning:** {c.learning_warning}"] if c.learning_warning else []
+    blocks = []
     if np.isfinite(sd):
         text = (f"**Run-to-run variability:** the baseline's {metric_title(s.metric)} "
                 f"varies by {sd:.2f} {unit} from seed to seed (sd over {n} seeds)")
@@ -302,8 +302,10 @@ def document(c: Content) -> list[Block]:
         f"fingerprint `{ref['fingerprint']}`, split mode {ref['split_mode']} ("
         + (f"manifest `{ref['split_hash']}`" if ref["split_mode"] != "per_seed"
            else f"split seed base {ref['split_seed']}, paired by seed") + ")."))
-    if c.warnings:
-        out += [Heading("Warnings"), bullets([f"**Warning:** {w}" for w in c.warnings])]
+    # before any result: runs that did not learn, then runs that should not be compared
+    warnings = ([c.learning_warning] if c.learning_warning else []) + c.warnings
+    if warnings:
+        out += [Heading("Warnings"), bullets([f"**Warning:** {w}" for w in warnings])]
     out += [Heading("Verdicts")]
     if c.verdicts:
         out.append(Table(display_verdicts(c.verdicts, c.pooled)))
