@@ -129,8 +129,9 @@ DEMO_CLAIM = "dataset: raw − masked (main effect)"  # the verdict experiments/
 
 def check_demo(root, out: str) -> None:
     """What the demo must show (experiments/demo.md): 12 to 20 runs (3 seeds, then 2 more where a
-    claim needs them) that all learned, the verdict table first in the printed report, and masked
-    beating raw: raw − masked "worse", its interval over seeds and test images below 0."""
+    claim needs them), every masked one learned and any raw one that did not named at the top, the
+    verdict table first in the printed report, and masked beating raw: raw − masked "worse", its
+    interval over seeds and test images below 0."""
     jobs = re.search(r"(\d+) jobs: (\d+) finished, 0 skipped \(already finished\), 0 failed", out)
     assert jobs and jobs[1] == jobs[2] and 12 <= int(jobs[1]) <= 20, out[-3000:]
     round_1 = re.search(r"^round 1: (\d) of 5 claims resolved(.*)$", out, re.M)
@@ -140,8 +141,11 @@ def check_demo(root, out: str) -> None:
     assert "Downloading artifacts" not in out  # MLflow's per-artifact progress bars are off
     runs = mlflow_runs(root, "demo")
     assert len(runs) == int(jobs[1]) and {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.data.tags[schema.LEARNED] for r in runs} == {"true"}, [
-        r.data.tags.get(schema.LEARNED_REASON) for r in runs]
+    # Every masked run learns; a raw run may still be near chance after 3 epochs (the slow start the
+    # verdict is about), and then the report says so before anything else.
+    stalled = [r for r in runs if r.data.tags[schema.LEARNED] != "true"]
+    assert {r.data.tags[schema.FACTOR_TAG.format("dataset")] for r in stalled} <= {"raw"}, [
+        r.data.tags.get(schema.LEARNED_REASON) for r in stalled]
     verdicts = pd.read_csv(root / "reports" / "demo" / "verdicts.csv").set_index("claim")
     dataset = verdicts.loc[DEMO_CLAIM]
     assert dataset["verdict"] == "worse" and dataset["low"] < dataset["estimate"] < dataset["high"] < 0, dataset
@@ -160,7 +164,8 @@ def check_demo(root, out: str) -> None:
     assert {r[0]: r[5] for r in rows if r[0] in claims} == claims
     page = (root / "reports" / "demo" / "report.html").read_text()
     assert "<strong>worse</strong>" in page and "**" not in page  # the verdicts bold in HTML, not asterisks
-    assert "did not learn" not in text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    warned = f"{len(stalled)} of {len(runs)} runs did not learn"
+    assert (warned in text.split("## Verdicts", 1)[0]) == bool(stalled)
 
 
 @pytest.mark.slow
