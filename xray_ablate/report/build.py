@@ -7,7 +7,7 @@ import math
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,8 +19,8 @@ from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import Config, ReportConfig
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.report.audit import summarise_audit, write_audit
-from xray_ablate.report.confounds import confounds, table_frames
-from xray_ablate.report.curves import FIGURE, compute_curves, curve_frames, learning_curve_plot
+from xray_ablate.report.confounds import confounds
+from xray_ablate.report.curves import FIGURE, compute_curves, learning_curve_plot
 from xray_ablate.report.images import (
     Evidence,
     add_run_evidence,
@@ -29,25 +29,12 @@ from xray_ablate.report.images import (
     mcnemar_table,
     not_learned_warning,
     references,
-    variance_table,
 )
 from xray_ablate.report.render import plots
-from xray_ablate.report.render.content import Content, document
+from xray_ablate.report.render.content import Content, document, table_files
 from xray_ablate.report.render.html import render_html
 from xray_ablate.report.render.markdown import markdown
 from xray_ablate.report.render.tables import (
-    display_anova,
-    display_effects,
-    display_excluded,
-    display_floor,
-    display_interactions,
-    display_mcnemar,
-    display_model_table,
-    display_power,
-    display_run_table,
-    display_values,
-    display_verdicts,
-    fmt,
     to_latex,
 )
 from xray_ablate.report.runs import (
@@ -70,7 +57,6 @@ from xray_ablate.report.tables import (
     pooled_paired_sd,
     pooled_sd,
     power_table,
-    reference_rows,
     run_table,
     select_levels,
 )
@@ -354,38 +340,7 @@ def _variance(runs: pd.DataFrame, evidence: Evidence, table: pd.DataFrame, basel
 
 def _write(folder: Path, c: Content, runs: pd.DataFrame, max_curves: int) -> None:
     s = c.settings
-    frames = {}
-    if c.verdicts:
-        numeric = pd.DataFrame([asdict(v) for v in c.verdicts]).merge(
-            c.pooled.add_prefix("pooled_").rename(columns={"pooled_claim": "claim"}), on="claim", how="left")
-        frames["Verdicts"] = ("verdicts", numeric, display_verdicts(c.verdicts, c.pooled))
-    frames |= {"Run table": ("run_table", c.run_table, display_run_table(c.run_table, s, c.references, c.verdicts)),
-               "Power": ("power", c.power, display_power(c.power))}
-    if len(c.references):
-        numeric = reference_rows(c.references, c.run_table, s)
-        frames["References (chance, majority class)"] = ("references", numeric, numeric.map(
-            lambda v: fmt(v) if isinstance(v, float) else v))
-    frames |= table_frames(c.confounds)
-    if len(c.mcnemar):
-        frames["McNemar"] = ("mcnemar", c.mcnemar, display_mcnemar(c.mcnemar))
-    if c.variance is not None:
-        unit = s.unit or "units"
-        shown = variance_table(c.variance, unit)
-        frames["Variance decomposition"] = ("variance", shown, display_values(shown))
-        frames["Power with the test-sample floor"] = ("power_floor", c.floor,
-                                                      display_floor(c.floor, unit))
-    if len(c.excluded):
-        frames["Runs left out"] = ("excluded", c.excluded, display_excluded(c.excluded))
-    if c.model is not None:
-        frames["Backbones"] = ("model_table", c.model.numeric, display_model_table(c.model))
-    if c.factorial is not None:
-        f = c.factorial
-        frames["Main effects"] = ("main_effects", f.main, display_effects(f.main, s))
-        if len(f.interactions):
-            frames["Interactions"] = ("interactions", f.interactions,
-                                      display_interactions(f.interactions, s))
-        frames["ANOVA"] = ("anova", f.anova, display_anova(f.anova))
-    frames |= curve_frames(c.curves, s)
+    frames = table_files(c)
     if c.curves.learning is not None:
         c.figures[FIGURE] = learning_curve_plot(c.curves.learning, s, folder / "learning_curve.png").name
     if c.audit is not None:

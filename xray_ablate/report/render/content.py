@@ -3,7 +3,7 @@ the whole document as blocks (render/blocks.py) for every renderer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -11,8 +11,8 @@ import pandas as pd
 from xray_ablate.config.factors import factor_labels
 from xray_ablate.evaluation import PREDICTION_COLUMNS
 from xray_ablate.report.audit import AuditSummary, audit_section, summary_blocks
-from xray_ablate.report.confounds import Confounds, references_section, subgroups_section
-from xray_ablate.report.curves import Curves, curve_section
+from xray_ablate.report.confounds import Confounds, references_section, subgroups_section, table_frames
+from xray_ablate.report.curves import Curves, curve_frames, curve_section
 from xray_ablate.report.images import variance_table
 from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text, bullets
 from xray_ablate.report.render.tables import (
@@ -27,6 +27,7 @@ from xray_ablate.report.render.tables import (
     display_run_table,
     display_values,
     display_verdicts,
+    fmt,
     fmt_ci,
     fmt_p,
     metric_title,
@@ -44,6 +45,7 @@ from xray_ablate.report.tables import (
     delta_tests,
     mdd_row,
     pooled_sd,
+    reference_rows,
 )
 from xray_ablate.stats.intervals import VarianceSplit
 
@@ -288,6 +290,44 @@ def methods(c: Content) -> list[str]:
          "[0, 100] %: with few seeds a t interval can overshoot (the run table's note says where); "
          "the CSV files keep the unclipped bounds."),
     ]
+
+
+TableFile = tuple[str, pd.DataFrame, pd.DataFrame]  # file stem, the numbers (CSV), the text (LaTeX)
+
+
+def table_files(c: Content) -> dict[str, TableFile]:
+    """Every table the report writes as files, by title: its numbers and its formatted text."""
+    s = c.settings
+    files: dict[str, TableFile] = {}
+    if c.verdicts:
+        numeric = pd.DataFrame([asdict(v) for v in c.verdicts]).merge(
+            c.pooled.add_prefix("pooled_").rename(columns={"pooled_claim": "claim"}), on="claim", how="left")
+        files["Verdicts"] = ("verdicts", numeric, display_verdicts(c.verdicts, c.pooled))
+    files |= {"Run table": ("run_table", c.run_table, display_run_table(c.run_table, s, c.references, c.verdicts)),
+              "Power": ("power", c.power, display_power(c.power))}
+    if len(c.references):
+        numeric = reference_rows(c.references, c.run_table, s)
+        files["References (chance, majority class)"] = ("references", numeric, numeric.map(
+            lambda v: fmt(v) if isinstance(v, float) else v))
+    files |= table_frames(c.confounds)
+    if len(c.mcnemar):
+        files["McNemar"] = ("mcnemar", c.mcnemar, display_mcnemar(c.mcnemar))
+    if c.variance is not None:
+        unit = s.unit or "units"
+        shown = variance_table(c.variance, unit)
+        files["Variance decomposition"] = ("variance", shown, display_values(shown))
+        files["Power with the test-sample floor"] = ("power_floor", c.floor, display_floor(c.floor, unit))
+    if len(c.excluded):
+        files["Runs left out"] = ("excluded", c.excluded, display_excluded(c.excluded))
+    if c.model is not None:
+        files["Backbones"] = ("model_table", c.model.numeric, display_model_table(c.model))
+    if c.factorial is not None:
+        f = c.factorial
+        files["Main effects"] = ("main_effects", f.main, display_effects(f.main, s))
+        if len(f.interactions):
+            files["Interactions"] = ("interactions", f.interactions, display_interactions(f.interactions, s))
+        files["ANOVA"] = ("anova", f.anova, display_anova(f.anova))
+    return files | curve_frames(c.curves, s)
 
 
 def document(c: Content) -> list[Block]:
