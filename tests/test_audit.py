@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from xray_ablate.audit import audit_run, audit_split, choose_images
+from xray_ablate.audit.attribution import gradcam_layer
 from xray_ablate.audit.montage import montage_rows
 from xray_ablate.audit.run import METHODS
 from xray_ablate.audit.shares import border_band, mass_shares
@@ -23,7 +24,7 @@ from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
 from xray_ablate.data.synthetic import generate
 from xray_ablate.errors import UserError
-from xray_ablate.models import BACKBONES, build_model
+from xray_ablate.models import build_model
 from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
 
 # The known-answer tests train a small CNN whose last conv map is a quarter of the image side
@@ -50,9 +51,6 @@ class FineCam(nn.Module):
 
     def forward(self, x):
         return self.head(self.features((x - self.mean) / self.std))
-
-    def cam_layer(self) -> nn.Module:
-        return self.features[-1]
 
 
 def test_shares_of_hand_made_maps():
@@ -95,11 +93,26 @@ def test_bad_settings_name_the_key(key, value):
         AuditConfig(**{key: value})
 
 
-def test_every_backbone_names_a_module():
-    for name in ("cnn16", "cnn16_gap"):
-        model = build_model(BackboneConfig(name), 4, 64)
-        assert isinstance(model.cam_layer(), nn.ReLU)
-    assert set(BACKBONES) >= {"vgg16", "resnet50", "inception_v3", "xception"}
+@pytest.mark.parametrize("name, size, layer, side, first", [
+    ("cnn16", 64, "features.7", 16, "features.1"),  # conv 3's activation: 16 x 16, the last one's is 1 x 1
+    ("cnn16", 200, "features.10", 25, "features.1"),  # conv 4's, 25 x 25
+    ("cnn16_gap", 48, "features.0.4", 24, "features.0.1"),  # conv 2's: conv 3's would be 12 x 12
+])
+def test_gradcam_reads_the_deepest_map_of_16_px_or_more(name, size, layer, side, first):
+    model = build_model(BackboneConfig(name), 4, size)
+    chosen = gradcam_layer(model, size)
+    assert (chosen.name, chosen.side) == (layer, side)
+    assert isinstance(model.get_submodule(chosen.name), nn.ReLU)
+    assert gradcam_layer(model, size, first).side == size  # audit.layer: the one named (conv 1's)
+    with pytest.raises(UserError, match=r"audit.layer='head.1' is not a module .* features\.7"):
+        gradcam_layer(build_model(BackboneConfig("cnn16"), 4, 64), 64, "head.1")
+
+
+def test_gradcam_layer_of_a_pretrained_backbone_is_a_block_output():
+    """resnet50 at 224 px: layer2 (28 x 28) ends the maps of 16 px or more, and runs once."""
+    model = build_model(BackboneConfig("resnet50", pretrained=False), 4, 224)
+    chosen = gradcam_layer(model, 224)
+    assert (chosen.name, chosen.side) == ("features.2", 28)
 
 
 def test_audit_leaves_weights_and_mode_alone():
@@ -113,8 +126,9 @@ def test_audit_leaves_weights_and_mode_alone():
     images = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
     lungs = np.zeros((5, 32, 32), bool)
     lungs[:, 8:24, 4:28] = True
+    last_activation = model.get_submodule("features.0.16")  # 1 x 1 at 32 px
     result = audit_run(model, images, lungs, np.zeros(5, int), rng.dirichlet(np.ones(4), 5),
-                       model.cam_layer(), AuditConfig(batch_size=2))
+                       last_activation, AuditConfig(batch_size=2))
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -142,7 +156,8 @@ def test_an_audit_of_only_empty_maps_logs_no_nan_and_says_why(caplog):
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="xray_ablate"):
         warnings.simplefilter("error", RuntimeWarning)
         result = audit_run(model, rng.integers(0, 256, (3, 32, 32), dtype=np.uint8), lungs,
-                           np.zeros(3, int), rng.dirichlet(np.ones(4), 3), model.cam_layer(), AuditConfig())
+                           np.zeros(3, int), rng.dirichlet(np.ones(4), 3),
+                           model.get_submodule(gradcam_layer(model, 32).name), AuditConfig())
     assert not any(np.isnan(value) for value in result.metrics.values())
     for method in METHODS:
         assert result.metrics[f"audit_empty_maps_{method}"] == 3
@@ -226,7 +241,7 @@ def test_randomised_weights_change_the_maps(phantoms):
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     again = audit_run(model, images, lungs, data.table["label"].to_numpy()[test], probs,
-                      model.cam_layer(), AuditConfig())
+                      model.features[-1], AuditConfig())
     assert result.metrics["audit_empty_maps_gradcam"] == 0
     for method, limit in (("gradcam", 0.5), ("inputxgrad", 0.6)):  # Adebayo: input x gradient keeps
         rho = np.array([spearmanr(a.ravel(), b.ravel())[0]  # some of the input's own structure

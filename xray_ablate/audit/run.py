@@ -56,9 +56,14 @@ def audit_split(model: nn.Module, data: PreparedData, rows: np.ndarray, probs: n
         return None
     pick = choose_images(data.table["image_id"].to_numpy()[rows], settings.images, settings.seed)
     chosen = np.asarray(rows)[pick]
-    return audit_run(model, np.asarray(data.images[chosen]), data.lung_masks(chosen),
-                     data.table["label"].to_numpy()[chosen], probs[pick], model.cam_layer(), settings,
-                     image_ids=data.table["image_id"].to_numpy()[chosen])
+    images = np.asarray(data.images[chosen])
+    layer = attribution.gradcam_layer(model, images.shape[-1], settings.layer)
+    log.info("saliency audit: Grad-CAM on %s (%d px maps)", layer.name, layer.side)
+    result = audit_run(model, images, data.lung_masks(chosen), data.table["label"].to_numpy()[chosen],
+                       probs[pick], model.get_submodule(layer.name), settings,
+                       image_ids=data.table["image_id"].to_numpy()[chosen])
+    result.metrics["audit_gradcam_side"] = float(layer.side)
+    return result
 
 
 def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labels: np.ndarray,

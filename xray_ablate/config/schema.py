@@ -323,6 +323,7 @@ class AuditConfig:
     seed: int = 0  # which images: the same for every configuration and run seed
     border: float = 0.08  # width of the border band, as a share of the image side
     batch_size: int = 32
+    layer: Optional[str] = None  # noqa: UP045  Grad-CAM's module; null: the deepest with 16 px maps
 
     def __post_init__(self):
         _check(self.images >= 1, "audit.images", "at least 1", self.images)

@@ -36,12 +36,9 @@ class Classifier(nn.Module):
     """Grayscale in, logits out: repeat to the backbone's channels, standardise, features, head."""
 
     def __init__(self, features: nn.Module, head: nn.Module, channels: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], frozen: list[nn.Module] = (), *,
-                 cam_layer: str):
+                 mean: tuple[float, ...], std: tuple[float, ...], frozen: list[nn.Module] = ()):
         super().__init__()
         self.channels = channels
-        # A name, not the module: a second reference would duplicate its weights in state_dict.
-        self.cam_layer_name = f"features.{cam_layer}"
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.features, self.head = features, head
@@ -50,10 +47,6 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.expand(-1, self.channels, -1, -1)
         return self.head(self.features((x - self.mean) / self.std))
-
-    def cam_layer(self) -> nn.Module:
-        """The backbone's last conv layer activation: where Grad-CAM looks."""
-        return self.get_submodule(self.cam_layer_name)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -80,7 +73,7 @@ def build_model(spec: BackboneConfig, num_classes: int, image_size: int, normali
         if normalize and train_stats is None:
             raise ValueError(f"{spec.name} with normalization needs the training split's mean and std")
         mean, std = train_stats if normalize else (0.0, 1.0)
-        return Classifier(model.features, model.head, 1, (mean,), (std,), cam_layer=model.cam_layer)
+        return Classifier(model.features, model.head, 1, (mean,), (std,))
     if spec.name not in FEATURE_BUILDERS:
         raise UserError(f"unknown backbone {spec.name!r}; choose one of {', '.join(BACKBONES)}")
 
@@ -91,8 +84,7 @@ def build_model(spec: BackboneConfig, num_classes: int, image_size: int, normali
         flat = feats.module.eval()(torch.zeros(1, 3, image_size, image_size)).numel()
     frozen = _freeze(feats.blocks, spec)
     mean, std = (feats.mean, feats.std) if normalize else ((0.0,) * 3, (1.0,) * 3)
-    return Classifier(feats.module, _head(flat, num_classes), 3, mean, std, frozen,
-                      cam_layer=feats.cam_layer)
+    return Classifier(feats.module, _head(flat, num_classes), 3, mean, std, frozen)
 
 
 def _freeze(blocks: list[nn.Module], spec: BackboneConfig) -> list[nn.Module]:

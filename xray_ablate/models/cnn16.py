@@ -8,8 +8,6 @@ from xray_ablate.errors import UserError
 
 CHANNELS = (64, 64, 128, 128, 256, 256)
 POOLS = len(CHANNELS)
-# Grad-CAM target in _conv_blocks(): the last conv layer's activation (conv, relu, pool per block).
-LAST_ACTIVATION = 3 * len(CHANNELS) - 2
 
 
 def _conv_blocks(ceil_mode: bool = False) -> nn.Sequential:
@@ -29,8 +27,6 @@ def _head(in_features: int, num_classes: int) -> nn.Sequential:
 class CNN16(nn.Module):
     """Six 3x3 conv (64, 64, 128, 128, 256, 256) + ReLU + 2x2 max-pool, flatten, 512, dropout 0.2."""
 
-    cam_layer = str(LAST_ACTIVATION)  # in self.features
-
     def __init__(self, num_classes: int, image_size: int):
         super().__init__()
         side = image_size // 2**POOLS
@@ -48,8 +44,6 @@ class CNN16(nn.Module):
 
 class CNN16GAP(nn.Module):
     """cnn16 with ceil-mode pooling and global average pooling before the head: any image size."""
-
-    cam_layer = f"0.{LAST_ACTIVATION}"  # in self.features
 
     def __init__(self, num_classes: int, image_size: int):
         super().__init__()

@@ -19,14 +19,12 @@ TF_MEAN, TF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 @dataclass
 class Features:
-    """A feature extractor, its blocks from input to output (for freezing), its input stats, and
-    the name in ``module`` of its last conv layer's activation (the Grad-CAM target)."""
+    """A feature extractor, its blocks from input to output (for freezing) and its input stats."""
 
     module: nn.Module
     blocks: list[nn.Module]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    cam_layer: str
 
 
 def vgg(depth: int, pretrained: bool, download: bool = False) -> Features:
@@ -45,9 +43,7 @@ def vgg(depth: int, pretrained: bool, download: bool = False) -> Features:
         if isinstance(layer, nn.MaxPool2d):
             blocks.append(nn.Sequential(*stage))
             stage = []
-    last_relu = len(blocks[-1]) - 2  # each stage ends conv, relu, max-pool
-    return Features(nn.Sequential(*blocks), blocks, IMAGENET_MEAN, IMAGENET_STD,
-                    f"{len(blocks) - 1}.{last_relu}")
+    return Features(nn.Sequential(*blocks), blocks, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def resnet50(pretrained: bool, download: bool = False) -> Features:
@@ -58,7 +54,7 @@ def resnet50(pretrained: bool, download: bool = False) -> Features:
         model.load_state_dict(load_state_dict("resnet50", download))
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
     blocks = [stem, model.layer1, model.layer2, model.layer3, model.layer4]  # layer4 = conv5
-    return Features(nn.Sequential(*blocks), blocks, IMAGENET_MEAN, IMAGENET_STD, "4")  # layer4
+    return Features(nn.Sequential(*blocks), blocks, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def inception_v3(pretrained: bool, download: bool = False) -> Features:
@@ -72,7 +68,7 @@ def inception_v3(pretrained: bool, download: bool = False) -> Features:
              "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
              "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
     blocks = [getattr(model, n) for n in names]
-    return Features(nn.Sequential(*blocks), blocks, TF_MEAN, TF_STD, str(len(blocks) - 1))  # Mixed_7c
+    return Features(nn.Sequential(*blocks), blocks, TF_MEAN, TF_STD)
 
 
 def xception(pretrained: bool, download: bool = False) -> Features:
@@ -85,4 +81,4 @@ def xception(pretrained: bool, download: bool = False) -> Features:
     blocks = [nn.Sequential(model.conv1, model.bn1, model.act1, model.conv2, model.bn2, model.act2)]
     blocks += [getattr(model, f"block{i}") for i in range(1, 13)]
     blocks += [nn.Sequential(model.conv3, model.bn3, model.act3, model.conv4, model.bn4, model.act4)]
-    return Features(nn.Sequential(*blocks), blocks, TF_MEAN, TF_STD, f"{len(blocks) - 1}.5")  # act4
+    return Features(nn.Sequential(*blocks), blocks, TF_MEAN, TF_STD)

@@ -227,11 +227,11 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
         out += [Heading(f"Grad-CAM montage: {title}", 3), Figure(f"Grad-CAM montage: {title}", name)]
     out.append(Text(
         "Per run, up to audit.images test images (the same images for every configuration) get "
-        "Grad-CAM on the backbone's last convolutional activation (positive part, upsampled) and "
+        "Grad-CAM on the deepest activation whose map is 16 px or more a side (positive part, upsampled) and "
         "|input × gradient| for the predicted class (Captum). Shares are of each map's mass; a "
         "uniform map would put the area shares shown in the last column. A masked model's input is "
         "zero outside the lungs, so its input × gradient there is zero by construction; its Grad-CAM "
-        "mass there comes from the coarse last convolutional map spreading over the lung edge. "
+        "mass there comes from the coarser map spreading over the lung edge. "
         "mean ± sd: over seeds of each run's mean share; CI: intervals.total_interval over seeds and "
         "audited images (pooled rows: over runs and images)."))
     return out
