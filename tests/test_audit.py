@@ -94,7 +94,7 @@ def test_bad_settings_name_the_key(key, value):
 
 
 @pytest.mark.parametrize("name, size, layer, side, first", [
-    ("cnn16", 64, "features.7", 16, "features.1"),  # conv 3's activation: 16 x 16, the last one's is 1 x 1
+    ("cnn16", 64, "features.7", 16, "features.1"),  # conv 3's activation: 16 x 16, the last one's is 2 x 2
     ("cnn16", 200, "features.10", 25, "features.1"),  # conv 4's, 25 x 25
     ("cnn16_gap", 48, "features.0.4", 24, "features.0.1"),  # conv 2's: conv 3's would be 12 x 12
 ])
