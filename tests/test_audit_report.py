@@ -12,8 +12,10 @@ from conftest import invoke_cli, mlflow_runs
 from xray_ablate.report.audit import (
     SHARES,
     AuditSummary,
+    audit_section,
     audit_table,
     display_audit,
+    informative,
     level_table,
     most_different,
     summary_blocks,
@@ -143,3 +145,28 @@ def test_real_fixture_raw_and_masked_audited_and_reported(monkeypatch, tmp_path,
     assert len(montages) == 2 and all(p.stat().st_size > 1000 for p in montages)
     for png in montages:
         assert f"]({png.name})" in report
+
+
+def test_a_method_whose_maps_spread_like_a_uniform_map_is_uninformative_and_not_shown_first(audited):
+    """Planted: Grad-CAM's shares at the uniform map's (70 % outside the lungs, the lung area
+    0.3) for every configuration; input x gradient keeps 30 % masked vs 60 % raw."""
+    runs, configs, audits = audited
+    rng = np.random.default_rng(1)
+    blind = {}
+    for run_id, frame in audits.items():
+        frame = frame.copy()
+        frame["outside_lung_gradcam"] = np.clip(0.7 + rng.normal(0, 0.02, len(frame)), 0, 1)
+        blind[run_id] = frame
+    for maps, expected, lead in ((audits, {"gradcam": True, "inputxgrad": True}, "gradcam"),
+                                 (blind, {"gradcam": False, "inputxgrad": True}, "inputxgrad")):
+        table = audit_table(runs, configs, maps)
+        levels = level_table(runs, maps).reset_index(drop=True)
+        summary = AuditSummary(table, levels, {}, informative=informative(table, levels))
+        assert summary.informative == expected and summary.lead == lead
+        (text,) = summary_blocks(summary)
+        label = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient"}[lead]
+        assert f"of their {label} mass outside the lungs" in text
+        assert ("Grad-CAM is uninformative here" in text) == (lead != "gradcam")
+        assert list(display_audit(table, summary.lead).columns)[3].endswith(label)
+        shown = "\n".join(str(block) for block in audit_section(summary))
+        assert ("Grad-CAM: uninformative" in shown) == (lead != "gradcam")

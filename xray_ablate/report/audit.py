@@ -28,6 +28,7 @@ SHARES = {"outside_lung_gradcam": "outside lungs, Grad-CAM",
           "border_gradcam": "border band, Grad-CAM",
           "outside_lung_inputxgrad": "outside lungs, input × gradient",
           "border_inputxgrad": "border band, input × gradient"}
+METHOD_LABELS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient"}  # audit.run.METHODS
 MASK_FACTOR = "dataset"  # its levels masked / raw
 
 
@@ -40,6 +41,14 @@ class AuditSummary:
     montage_runs: dict[str, str]  # title -> run id whose montage is shown
     confidence: float = 0.95  # of every interval
     montages: dict[str, str] = field(default_factory=dict)  # title -> png file in the report folder
+    informative: dict[str, bool | None] = field(default_factory=dict)  # method -> informative()
+
+    @property
+    def lead(self) -> str:
+        """The method the report leads with: Grad-CAM, unless it is uninformative and the other is not."""
+        if self.informative.get("gradcam") is False and self.informative.get("inputxgrad"):
+            return "inputxgrad"
+        return "gradcam"
 
 
 def load_audits(run_ids) -> dict[str, pd.DataFrame]:
@@ -116,6 +125,29 @@ def level_table(runs: pd.DataFrame, audits: dict[str, pd.DataFrame],
     return pd.DataFrame(rows)
 
 
+# A share within this many pp of a uniform map's is no evidence of where a model looks, however
+# many images pin it down (and with many configurations, one interval in twenty misses its value).
+UNIFORM_MARGIN = 5.0
+
+
+def informative(table: pd.DataFrame, levels: pd.DataFrame | None = None) -> dict[str, bool | None]:
+    """Per method, whether its maps say where a model looks: the outside-lung share of some
+    configuration, or of the masked or raw models pooled (``levels``), lies more than
+    UNIFORM_MARGIN pp from a uniform map's, its whole interval over seeds + audited images beyond
+    that margin. None without intervals. Grad-CAM read on too coarse a map spreads like a uniform one."""
+    if levels is not None and len(levels):
+        table = pd.concat([table, levels[levels["config"] != "raw − masked"]], ignore_index=True)
+    out = {}
+    for method in METHOD_LABELS:
+        low, high = table[f"outside_lung_{method}_low"], table[f"outside_lung_{method}_high"]
+        if low.isna().all():
+            out[method] = None
+        else:
+            uniform = table["uniform_outside"]
+            out[method] = bool(((low > uniform + UNIFORM_MARGIN) | (high < uniform - UNIFORM_MARGIN)).any())
+    return out
+
+
 def most_different(table: pd.DataFrame, baseline_key: str) -> str | None:
     """The configuration whose mean Grad-CAM outside-lung share is farthest from the baseline's."""
     base = table[table["config_key"] == baseline_key]
@@ -140,7 +172,8 @@ def summarise_audit(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str
             first = sub.sort_values("seed").iloc[0]
             label = table.loc[table["config_key"] == key, "config"].iloc[0]
             shown[f"{label} (seed {int(first['seed'])})"] = str(first["run_id"])
-    return AuditSummary(table, level_table(runs, audits, confidence), shown, confidence)
+    levels = level_table(runs, audits, confidence)
+    return AuditSummary(table, levels, shown, confidence, informative=informative(table, levels))
 
 
 # --- the report folder and report.md ---------------------------------------------------------
@@ -149,7 +182,7 @@ def write_audit(folder: Path, audit: AuditSummary) -> dict[str, tuple[str, str]]
     """audit.csv/.tex and the montages into ``folder``; the table files (title -> (csv, tex))."""
     numeric = pd.concat([audit.table, audit.levels], ignore_index=True)
     numeric.to_csv(folder / "audit.csv", index=False)
-    (folder / "audit.tex").write_text(to_latex(display_audit(audit.table)))
+    (folder / "audit.tex").write_text(to_latex(display_audit(audit.table, audit.lead)))
     for i, (title, run_id) in enumerate(audit.montage_runs.items()):
         name = f"audit_montage_{i}.png"
         if copy_artifact(run_id, schema.AUDIT_MONTAGE, folder / name) is not None:
@@ -157,14 +190,15 @@ def write_audit(folder: Path, audit: AuditSummary) -> dict[str, tuple[str, str]]
     return {"Saliency audit": ("audit.csv", "audit.tex")}
 
 
-def display_audit(table: pd.DataFrame) -> pd.DataFrame:
-    """The shown table, in %: per share "mean ± sd [interval over seeds + audited images]"."""
+def display_audit(table: pd.DataFrame, lead: str = "gradcam") -> pd.DataFrame:
+    """The shown table, in %: per share "mean ± sd [interval over seeds + audited images]", the
+    ``lead`` method's shares first."""
     out = pd.DataFrame({"configuration": table["config"]})
     if "n" in table:
         out["runs"] = table["n"].map(lambda v: fmt(v, 0))
     if "images" in table:
         out["audited images"] = table["images"].map(lambda v: fmt(v, 0))
-    for column, label in SHARES.items():
+    for column, label in sorted(SHARES.items(), key=lambda item: not item[0].endswith(lead)):
         sd = table.get(f"{column}_sd", pd.Series(math.nan, index=table.index))
         out[label] = [f"{fmt_pm(m, s)} {fmt_ci(lo, hi)}".removesuffix(" –") for m, s, lo, hi in
                       zip(table[f"{column}_mean"], sd, table[f"{column}_low"], table[f"{column}_high"],
@@ -187,6 +221,8 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
     if audit is None or audit.levels.empty:
         return []
     levels = audit.levels.set_index("config")
+    lead = audit.lead
+    other = next(m for m in METHOD_LABELS if m != lead)
     parts = []
     for level in ("raw", "masked"):
         if f"{level} models" not in levels.index:
@@ -194,20 +230,24 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
         row = levels.loc[f"{level} models"]
         runs = f"{int(row['n'])} run{'s' if row['n'] != 1 else ''}"
         parts.append(
-            f"{level} models ({runs}) put {_share_text(row, 'outside_lung_gradcam')} of "
-            f"their Grad-CAM mass outside the lungs, where a uniform map would put "
-            f"{row['uniform_outside']:.0f} %, and {_share_text(row, 'border_gradcam')} in the border "
-            f"band (uniform: {row['uniform_border']:.0f} %); input × gradient: "
-            f"{_share_text(row, 'outside_lung_inputxgrad')} outside the lungs")
+            f"{level} models ({runs}) put {_share_text(row, f'outside_lung_{lead}')} of "
+            f"their {METHOD_LABELS[lead]} mass outside the lungs, where a uniform map would put "
+            f"{row['uniform_outside']:.0f} %, and {_share_text(row, f'border_{lead}')} in the border "
+            f"band (uniform: {row['uniform_border']:.0f} %); {METHOD_LABELS[other]}: "
+            f"{_share_text(row, f'outside_lung_{other}')} outside the lungs")
     if not parts:
         return []
     text = "**Where the models look:** " + "; ".join(parts) + "."
     if "raw − masked" in levels.index:
         row = levels.loc["raw − masked"]
-        p = row["outside_lung_gradcam_p"]
-        text += (f" Raw − masked, Grad-CAM outside the lungs: {_share_text(row, 'outside_lung_gradcam', 'pp')}"
+        p = row[f"outside_lung_{lead}_p"]
+        text += (f" Raw − masked, {METHOD_LABELS[lead]} outside the lungs: "
+                 f"{_share_text(row, f'outside_lung_{lead}', 'pp')}"
                  + (f" (p = {fmt_p(p)})" if np.isfinite(p) else "")
-                 + f"; in the border band: {_share_text(row, 'border_gradcam', 'pp')}.")
+                 + f"; in the border band: {_share_text(row, f'border_{lead}', 'pp')}.")
+    if audit.informative.get("gradcam") is False:
+        text += (" Grad-CAM is uninformative here: no configuration's or dataset level's share lies over "
+                 f"{UNIFORM_MARGIN:g} pp from a uniform map's, so its maps do not say where these models look.")
     if levels["outside_lung_gradcam_low"].notna().any():
         return [text + f" Intervals: {audit.confidence:.0%} over seeds and audited images."]
     return [text + " No intervals: they need at least 2 audited runs per level."]
@@ -217,14 +257,19 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
     """The report's "Where the models look" section (the summary holds ``summary_blocks``)."""
     if audit is None:
         return []
+    verdicts = {None: "no intervals to tell", True: "informative (a configuration's or a "
+                f"dataset level's share lies over {UNIFORM_MARGIN:g} pp from a uniform map's)", False: "uninformative "
+                f"(no configuration's or dataset level's share lies over {UNIFORM_MARGIN:g} pp from a uniform map's)"}
     out = [Heading("Where the models look (saliency audit)"),
-           Text(f"Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
-                  "seeds and audited images]."), Table(display_audit(audit.table))]
+           Text("; ".join(f"{METHOD_LABELS[m]}: {verdicts[audit.informative.get(m)]}" for m in METHOD_LABELS)
+                + f". Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
+                  "seeds and audited images]."), Table(display_audit(audit.table, audit.lead))]
     if len(audit.levels):
         out += [Text("Pooled per dataset level (every audited run of the level; raw − masked in pp):"),
-                Table(display_audit(audit.levels))]
+                Table(display_audit(audit.levels, audit.lead))]
+    caution = " (uninformative here)" if audit.informative.get("gradcam") is False else ""
     for title, name in audit.montages.items():
-        out += [Heading(f"Grad-CAM montage: {title}", 3), Figure(f"Grad-CAM montage: {title}", name)]
+        out += [Heading(f"Grad-CAM montage{caution}: {title}", 3), Figure(f"Grad-CAM montage: {title}", name)]
     out.append(Text(
         "Per run, up to audit.images test images (the same images for every configuration) get "
         "Grad-CAM on the deepest activation whose map is 16 px or more a side (positive part, upsampled) and "
