@@ -24,11 +24,9 @@ from xray_ablate.tracking import schema
 from xray_ablate.tracking.reader import copy_artifact, csv_artifacts
 
 # Per-image column of the audit CSV -> label.
-SHARES = {"outside_lung_gradcam": "outside lungs, Grad-CAM",
-          "border_gradcam": "border band, Grad-CAM",
-          "outside_lung_inputxgrad": "outside lungs, input × gradient",
-          "border_inputxgrad": "border band, input × gradient"}
 METHOD_LABELS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient"}  # audit.run.METHODS
+SHARES = {f"{share}_{method}": f"{where}, {label}" for method, label in METHOD_LABELS.items()
+          for share, where in (("outside_lung", "outside lungs"), ("border", "border band"))}
 MASK_FACTOR = "dataset"  # its levels masked / raw
 
 
@@ -44,11 +42,13 @@ class AuditSummary:
     informative: dict[str, bool | None] = field(default_factory=dict)  # method -> informative()
 
     @property
+    def gradcam_uninformative(self) -> bool:
+        return self.informative.get("gradcam") is False
+
+    @property
     def lead(self) -> str:
         """The method the report leads with: Grad-CAM, unless it is uninformative and the other is not."""
-        if self.informative.get("gradcam") is False and self.informative.get("inputxgrad"):
-            return "inputxgrad"
-        return "gradcam"
+        return "inputxgrad" if self.gradcam_uninformative and self.informative.get("inputxgrad") else "gradcam"
 
 
 def load_audits(run_ids) -> dict[str, pd.DataFrame]:
@@ -245,7 +245,7 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
                  f"{_share_text(row, f'outside_lung_{lead}', 'pp')}"
                  + (f" (p = {fmt_p(p)})" if np.isfinite(p) else "")
                  + f"; in the border band: {_share_text(row, f'border_{lead}', 'pp')}.")
-    if audit.informative.get("gradcam") is False:
+    if audit.gradcam_uninformative:
         text += (" Grad-CAM is uninformative here: no configuration's or dataset level's share lies over "
                  f"{UNIFORM_MARGIN:g} pp from a uniform map's, so its maps do not say where these models look.")
     if levels["outside_lung_gradcam_low"].notna().any():
@@ -267,7 +267,7 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
     if len(audit.levels):
         out += [Text("Pooled per dataset level (every audited run of the level; raw − masked in pp):"),
                 Table(display_audit(audit.levels, audit.lead))]
-    caution = " (uninformative here)" if audit.informative.get("gradcam") is False else ""
+    caution = " (uninformative here)" if audit.gradcam_uninformative else ""
     for title, name in audit.montages.items():
         out += [Heading(f"Grad-CAM montage{caution}: {title}", 3), Figure(f"Grad-CAM montage: {title}", name)]
     out.append(Text(

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from xray_ablate.config.factors import factor_names
 from xray_ablate.config.load import to_config
-from xray_ablate.config.schema import Config, ReportConfig
+from xray_ablate.config.schema import STUDY_BASELINE, Config
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.report.audit import summarise_audit, write_audit
 from xray_ablate.report.confounds import confounds
@@ -129,7 +129,7 @@ def choose_baseline(config: Config, selection: Selection) -> tuple[dict[str, str
     experiment = loaded_experiment(config)
     if on_command_line:
         return configured, "report.baseline set on the command line"
-    if configured != select_levels(ReportConfig().baseline):
+    if configured != select_levels(STUDY_BASELINE):
         where = f"experiment config {experiment!r}" if experiment else "the configuration passed in"
         return configured, f"report.baseline of {where}"
     if experiment:
