@@ -37,6 +37,10 @@ def spawn_pool(workers: int, initializer: Callable | None = None, initargs: tupl
     # Every item is read by a live worker before a normal shutdown, so nothing is lost; after
     # a worker died, not waiting is what keeps shutdown from hanging (see the module's note).
     pool._call_queue.cancel_join_thread()
+    # Every worker starts now, before the pool's manager thread: CPython 3.11 otherwise spawns
+    # them one per submit, and one spawned while the manager thread handles a dead worker can
+    # miss its terminate() and be joined forever (the killed-worker test hung once for 120 s).
+    pool._launch_processes()
     return pool
 
 
