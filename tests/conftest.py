@@ -58,21 +58,41 @@ def _isolate_logging():
     root.handlers[:] = root_handlers
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _mlflow_schema_from_a_template(tmp_path_factory):
-    """MLflow builds each new SQLite store with its Alembic migrations (about 2 s); the tests make
-    hundreds. In this process, a new store gets the tables of one store migrated at the session's
-    start instead (SQLite's backup: the same schema, no rows); MLflow then goes on as with its own."""
-    import sqlite3
-
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """One SQLite store built by MLflow's Alembic migrations (about 2 s), with no rows."""
     from mlflow.store.db import utils
     from sqlalchemy import create_engine
 
     template = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
-    migrate = utils._initialize_tables
     engine = create_engine(f"sqlite:///{template}")
-    migrate(engine)
+    utils._initialize_tables(engine)
     engine.dispose()
+    return template
+
+
+@pytest.fixture
+def migrated_store(mlflow_template):
+    """``place(path)`` puts a copy of the migrated template at ``path``, for a store that a
+    subprocess (a sweep, `make run`, an MLflow server) opens: MLflow finds its tables there and
+    skips the 2-3 s of migrations that each new store costs."""
+    def place(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mlflow_template, path)
+        return path
+    return place
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_schema_from_a_template(mlflow_template):
+    """MLflow builds each new SQLite store with its Alembic migrations; the tests make hundreds.
+    In this process, a new store gets the tables of the template instead (SQLite's backup: the same
+    schema, no rows); MLflow then goes on as with its own."""
+    import sqlite3
+
+    from mlflow.store.db import utils
+
+    template, migrate = mlflow_template, utils._initialize_tables
 
     def copy_template(engine) -> None:
         path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None

@@ -87,8 +87,9 @@ def make(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_make_run_and_report(tmp_path, brisque_weights):
+def test_make_run_and_report(tmp_path, brisque_weights, migrated_store):
     # `make run` at its real size (the demo a newcomer sees), only its files moved under tmp_path.
+    migrated_store(tmp_path / "mlruns" / "mlflow.db")
     done = make("run", f"ARGS=paths.root_dir={tmp_path}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     check_demo(tmp_path, done.stdout + done.stderr)
@@ -169,13 +170,14 @@ def check_demo(root, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_demo_verdict_holds_at_two_threads(tmp_path):
+def test_demo_verdict_holds_at_two_threads(tmp_path, migrated_store):
     """The demo's verdict under the other numerics: `make run` above trains at one thread (the
     tests' OMP_NUM_THREADS), this at two, which rounds differently and moves every number.
     OMP_WAIT_POLICY=PASSIVE: beside the other pytest-xdist worker, two OpenMP threads that spin
     while they wait made a training step 182 ms instead of 99 (the numbers are the same either way:
     the policy changes how a thread waits, not how the work is split)."""
     install()
+    migrated_store(tmp_path / "mlruns" / "mlflow.db")
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "xray_ablate", "-m", "experiment=demo",
                            "threads=2", f"paths.root_dir={tmp_path}"], capture_output=True, text=True, timeout=1800,
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"})

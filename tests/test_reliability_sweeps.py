@@ -136,8 +136,9 @@ def test_a_resumed_sweep_clears_the_parent_runs_error(monkeypatch, tmp_path, syn
 
 
 @pytest.mark.slow
-def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthetic_root):
+def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthetic_root, migrated_store):
     sweep_dir = tmp_path / "multirun" / "interrupted"
+    migrated_store(tmp_path / "mlruns" / "mlflow.db")
     # SIGINT's default action restored in the sweep: a shell starts a background job (pytest run
     # with &) with SIGINT ignored, and the child would inherit that; a terminal's Ctrl-C is never ignored
     proc = subprocess.Popen(_sweep_command(tmp_path, synthetic_root, sweep_dir, "dataset.mode=masked,raw",

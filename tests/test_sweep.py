@@ -102,8 +102,10 @@ def test_a_failing_job_does_not_stop_the_others(monkeypatch, tmp_path, synthetic
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_completes_on_rerun_without_duplicates(monkeypatch, tmp_path, synthetic_root):
+def test_a_killed_sweep_completes_on_rerun_without_duplicates(monkeypatch, tmp_path, synthetic_root,
+                                                              migrated_store):
     args = ["dataset.mode=masked,raw", "seed=0,1", "trainer.epochs=2"]
+    migrated_store(tmp_path / "mlruns" / "mlflow.db")
     sweep_dir = tmp_path / "multirun" / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "xray_ablate", "-m", *base_overrides(tmp_path, synthetic_root),
@@ -133,8 +135,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
+def mlflow_server(tmp_path, migrated_store):
     port = _free_port()
+    migrated_store(tmp_path / "server.db")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
