@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 from statsmodels.formula.api import ols
 from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.anova import anova_lm
@@ -376,9 +376,11 @@ def welch_satterthwaite_t(estimate, variances: Sequence, dfs: Sequence, confiden
     with np.errstate(divide="ignore", invalid="ignore"):
         df = total**2 / np.sum(np.where(v > 0, v**2 / d, 0.0), axis=0)
         t = np.abs(estimate) / np.sqrt(np.concatenate([total[None], v]))
-        half = stats.t.ppf(0.5 + confidence / 2, np.concatenate([df[None], d])) * np.sqrt(
+        # scipy.special's t quantile and tail (what scipy.stats.t calls), without its per-call
+        # argument handling: the simulations call this some 10^4 times
+        half = special.stdtrit(np.concatenate([df[None], d]), 0.5 + confidence / 2) * np.sqrt(
             np.concatenate([total[None], v]))
-        p = 2 * stats.t.sf(t, np.concatenate([df[None], d]))
+        p = 2 * special.stdtr(np.concatenate([df[None], d]), -t)
     half, p = np.nanmax(half, axis=0), np.nanmax(np.where(np.concatenate([total[None], v]) > 0, p,
                                                           np.nan), axis=0)
     return estimate - half, estimate + half, p, df
@@ -510,9 +512,10 @@ def total_contrast(cells: Mapping[str, pd.DataFrame], weights: Mapping[str, floa
     seeds = sorted(set.intersection(*(set(frame.index) for frame in used.values()))) if used else []
     if len(seeds) < 2:
         return _record(math.nan, [(math.nan, 1)], math.nan, 0, len(seeds), confidence)
-    columns = sorted(set().union(*(frame.columns for frame in used.values())))
-    y = sum(weights[c] * frame.loc[seeds].reindex(columns=columns) for c, frame in used.items())
-    return total_interval(y, confidence)
+    columns = pd.Index(sorted(set().union(*(frame.columns for frame in used.values()))))
+    # in numpy: the simulations take some 10^4 contrasts, and pandas' aligned arithmetic was most of it
+    y = sum(weights[c] * frame.loc[seeds].reindex(columns=columns).to_numpy(float) for c, frame in used.items())
+    return total_interval(pd.DataFrame(y, index=seeds, columns=columns), confidence)
 
 
 def _contribution_row(tested: pd.DataFrame, columns: pd.Index) -> np.ndarray:
@@ -659,13 +662,13 @@ def seeds_needed_with_floor(diff: float, seed_sd: float, se_image: float, n_imag
     large (no number of seeds reaches it), NaN without usable inputs."""
     if not (np.isfinite(seed_sd) and np.isfinite(se_image) and diff > 0):
         return math.nan
-    if (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se_image >= diff:
+    if (special.ndtri(1 - alpha / 2) + special.ndtri(power)) * se_image >= diff:
         return math.inf
     n = np.arange(2, most + 1, dtype=float)
     v_seed, v_img = seed_sd**2 / n, np.full_like(n, se_image**2)
     with np.errstate(divide="ignore", invalid="ignore"):
         df = (v_seed + v_img) ** 2 / (v_seed**2 / (n - 1) + (v_img**2 / (n_images - 1) if se_image else 0))
-    reach = (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * np.sqrt(v_seed + v_img) <= diff
+    reach = (special.stdtrit(df, 1 - alpha / 2) + special.stdtrit(df, power)) * np.sqrt(v_seed + v_img) <= diff
     return float(n[np.argmax(reach)]) if reach.any() else math.inf
 
 

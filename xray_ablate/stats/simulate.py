@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,18 @@ class CrossedPopulation:
 
     def latent(self, cell: str) -> tuple[float, float]:
         """(mu_c, tau_c): the probit model's cell shift and seed sd for the cell's mean and seed sd."""
-        q = stats.norm.ppf(self.cell_means[cell])
+        # scipy.special's normal quantile and cdf: scipy.stats.norm's numbers without its per-call
+        # argument handling (a simulation draws some 10^4 times)
+        q = special.ndtri(self.cell_means[cell])
         scale = math.sqrt(1 + self.image_sd**2)
-        tau = self.seed_sd[cell] * scale / stats.norm.pdf(q)  # d acc / d u = pdf(q) / scale
+        density = math.exp(-q * q / 2) / math.sqrt(2 * math.pi)
+        tau = self.seed_sd[cell] * scale / density  # d acc / d u = pdf(q) / scale
         return float(q * math.sqrt(scale**2 + tau**2)), float(tau)
 
     def draw(self, cell: str, first_seed: int, n: int, rng: np.random.Generator) -> pd.DataFrame:
         """Seeds first_seed .. first_seed + n - 1 of ``cell``: 0/1 correctness, seeds x image ids."""
         mu, tau = self.latent(cell)
-        p = stats.norm.cdf(mu + rng.normal(0.0, tau, (n, 1)) - self.difficulty[None, :])
+        p = special.ndtr(mu + rng.normal(0.0, tau, (n, 1)) - self.difficulty[None, :])
         return pd.DataFrame((rng.random(p.shape) < p).astype(float),
                             index=pd.RangeIndex(first_seed, first_seed + n, name="seed"),
                             columns=pd.RangeIndex(len(self.difficulty), name="image"))
