@@ -198,10 +198,13 @@ def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_pa
     ("trainer.batch_size=0", "trainer.batch_size must be at least 1, not 0"),
     ("image_size=0", "image_size must be >= 1 for backbone cnn16_gap, not 0"),
     ("trainer.lrr=1", "Key 'lrr' not in 'TrainerConfig'"),
+    # found by building the model before anything trains (the audit itself runs after training)
+    ("audit.enabled=true audit.layer=head.1",
+     "audit.layer='head.1' is not a module of this model with a 2-D map; the deepest"),
 ])
 def test_a_user_mistake_in_a_single_run_is_one_clear_line(monkeypatch, tmp_path, synthetic_root, capsys,
                                                            override, message):
-    code = run_single(monkeypatch, tmp_path, synthetic_root, override)
+    code = run_single(monkeypatch, tmp_path, synthetic_root, *override.split())
     captured = capsys.readouterr()
     assert code == 2
     assert message in captured.out + captured.err

@@ -14,6 +14,7 @@ import hydra
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from xray_ablate.audit import check_layers
 from xray_ablate.config import load
 from xray_ablate.config.schema import Config
 from xray_ablate.errors import UserError, exit_on_user_error
@@ -40,6 +41,7 @@ def cli() -> None:
     multirun = any(a in MULTIRUN for a in args)
     with exit_on_user_error():
         plan = load.plan([a for a in args if a not in MULTIRUN], multirun)
+        check_layers(plan.configs)
         check_reachable(plan.configs[0].tracking.uri)
     if not multirun:
         main()  # a user's mistake found only now (e.g. a missing dataset) exits 2 in run_job

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +22,10 @@ from torch import nn
 from xray_ablate.audit import attribution
 from xray_ablate.audit.montage import montage_figure
 from xray_ablate.audit.shares import border_band, mass_shares
-from xray_ablate.config.schema import AuditConfig
+from xray_ablate.config.choices import CLASSES
+from xray_ablate.config.schema import AuditConfig, Config
 from xray_ablate.data.prepare import PreparedData
+from xray_ablate.models import build_model
 from xray_ablate.train.loop import to_input
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,21 @@ def choose_images(image_ids, k: int, seed: int) -> np.ndarray:
     ids = [str(i) for i in image_ids]
     rank = [hashlib.sha256(f"{seed}:{i}".encode()).hexdigest() for i in ids]
     return np.sort(np.argsort(rank, kind="stable")[:k])
+
+
+def check_layers(configs: Iterable[Config]) -> None:
+    """A UserError, before anything trains, for a named audit.layer that a job's model lacks (the
+    audit runs after training: a bad name used to cost the whole run). The model is built without
+    its weights: the same modules, nothing to load or download."""
+    checked = set()
+    for config in configs:
+        key = (config.backbone.name, config.image_size, config.audit.layer)
+        if not config.audit.enabled or config.audit.layer is None or key in checked:
+            continue
+        checked.add(key)
+        spec = dataclasses.replace(config.backbone, pretrained=False, freeze="none")
+        model = build_model(spec, len(CLASSES), config.image_size)
+        attribution.gradcam_layer(model, config.image_size, config.audit.layer)
 
 
 def audit_split(model: nn.Module, data: PreparedData, rows: np.ndarray, probs: np.ndarray,
