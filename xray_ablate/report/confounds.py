@@ -1,6 +1,7 @@
 """Confounds in the report: the references a result must beat (trivial baselines, the source
-probe, from the sweep's parent run), accuracy per subgroup and on external test sets per
-configuration (from the runs' subgroup_* and ext_* metrics)."""
+probe, from the sweep's parent run), accuracy per subgroup (the runs' subgroup_* metrics, and
+predictions.csv for the interval over seeds and test images) and on external test sets per
+configuration (the runs' ext_* metrics)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from xray_ablate.evaluation import PROB_COLUMNS
 from xray_ablate.references import MIN_SUBGROUP_N, References, probe_sentence, wilson
 from xray_ablate.report.render.blocks import Block, Heading, Table, Text
 from xray_ablate.report.render.tables import fmt, fmt_ci, metric_title
 from xray_ablate.report.runs import PREDICTION_COLUMNS
+from xray_ablate.stats import intervals
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.names import safe_name
 from xray_ablate.tracking.reader import json_artifacts
@@ -32,15 +35,16 @@ class Confounds:
 
 
 def confounds(parent_run_id: str | None, runs: pd.DataFrame, labels: dict[str, str],
-              predictions: dict[str, pd.DataFrame]) -> Confounds:
+              predictions: dict[str, pd.DataFrame], confidence: float = 0.95) -> Confounds:
     """Everything this module shows; ``labels``: config key -> configuration label, in the run
-    table's order; ``predictions``: run id -> predictions.csv (for the attribute levels' names)."""
+    table's order; ``predictions``: run id -> predictions.csv (the attribute levels' names and
+    the per-image correctness of the subgroup intervals)."""
     docs = list(json_artifacts(parent_run_id, schema.REFERENCES_DIR).values()) if parent_run_id else []
     refs = [References.from_dict(d, d.get("variant", "")) for d in docs]
     attributes = sorted({r.attribute for x in refs for r in x.rows if r.attribute}
                         | {c for p in predictions.values() for c in p.columns if c not in PREDICTION_COLUMNS})
     return Confounds(reference_rows(refs), probe_sentences(refs),
-                     subgroup_table(runs, labels, attributes, level_names(predictions)),
+                     subgroup_table(runs, labels, attributes, level_names(predictions), predictions, confidence),
                      external_table(runs, labels))
 
 
@@ -85,10 +89,13 @@ def level_names(predictions: dict[str, pd.DataFrame]) -> dict[tuple[str, str], s
 
 
 def subgroup_table(runs: pd.DataFrame, labels: dict[str, str], attributes: list[str],
-                   names: dict[tuple[str, str], str]) -> pd.DataFrame:
+                   names: dict[tuple[str, str], str], predictions: dict[str, pd.DataFrame] | None = None,
+                   confidence: float = 0.95) -> pd.DataFrame:
     """Per configuration, attribute and level: test images per run, accuracy (%) averaged over
-    seeds with the Wilson interval over the level's test images at that accuracy, and the gap
-    (highest - lowest accuracy over levels with enough images) averaged over seeds."""
+    seeds with its interval, and the gap (highest - lowest accuracy over levels with enough
+    images) averaged over seeds. The interval is that of the run table, over seeds and the level's
+    test images (intervals.total_interval), where 2 or more seeds have predictions.csv with the
+    attribute; else Wilson's over the level's images at the mean accuracy (``interval`` says which)."""
     rows = []
     for attribute in attributes:
         prefix = f"subgroup_{safe_name(attribute)}_"
@@ -101,12 +108,36 @@ def subgroup_table(runs: pd.DataFrame, labels: dict[str, str], attributes: list[
                 if n.empty:
                     continue
                 mean, images = float(acc.mean()), int(round(n.mean()))
-                low, high = wilson(int(round(mean * images)), images)
-                rows.append({"config": label, "attribute": attribute,
-                             "level": names.get((attribute, level), level), "n": images,
+                shown = names.get((attribute, level), level)
+                scores = level_scores(sub, predictions or {}, attribute, shown)
+                if scores is not None and len(scores) >= 2:
+                    total = intervals.total_interval(scores, confidence)
+                    low, high, covers = total.low, total.high, SEEDS_AND_IMAGES
+                else:
+                    low, high = wilson(int(round(mean * images)), images)
+                    covers = IMAGES_ONLY
+                rows.append({"config": label, "attribute": attribute, "level": shown, "n": images,
                              "small": images < MIN_SUBGROUP_N, "seeds": len(acc), "accuracy": 100 * mean,
-                             "ci_low": 100 * low, "ci_high": 100 * high, "gap": 100 * gap})
+                             "ci_low": 100 * low, "ci_high": 100 * high, "interval": covers, "gap": 100 * gap})
     return pd.DataFrame(rows)
+
+
+SEEDS_AND_IMAGES, IMAGES_ONLY = "seeds + test images", "Wilson, test images only"
+
+
+def level_scores(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame], attribute: str,
+                 level: str) -> pd.DataFrame | None:
+    """Seeds x image ids of 0/1 correctness on the test images whose ``attribute`` is ``level``;
+    None when a run lacks predictions.csv or the attribute column."""
+    rows = {}
+    for run_id, seed in zip(runs["run_id"], runs["seed"].astype(int), strict=True):
+        p = predictions.get(run_id)
+        if p is None or attribute not in p.columns:
+            return None
+        at = p[p[attribute].astype(str) == level]
+        rows[seed] = pd.Series(intervals.image_scores(at["label"].to_numpy(), at[PROB_COLUMNS].to_numpy(),
+                                                      "accuracy"), index=at["image_id"].to_numpy())
+    return pd.DataFrame(rows).T.sort_index()
 
 
 def external_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
@@ -140,7 +171,7 @@ def display_subgroups(frame: pd.DataFrame, with_config: bool = True) -> pd.DataF
         "Test images": [f"{n}{SMALL if s else ''}" for n, s in zip(frame["n"], frame["small"], strict=True)],
         "Accuracy (%)": frame["accuracy"].map(fmt),
         "95% CI": [fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
-        "Gap (pp)": frame["gap"].map(fmt), "Seeds": frame["seeds"].astype(str)})
+        "CI over": frame["interval"], "Gap (pp)": frame["gap"].map(fmt), "Seeds": frame["seeds"].astype(str)})
     return shown if with_config else shown.drop(columns=["Configuration", "Gap (pp)"])
 
 
@@ -183,8 +214,9 @@ def subgroups_section(c: Confounds | None) -> list[Block]:
     out: list[Block] = []
     if not c.subgroups.empty:
         out += [Heading("Subgroups"),
-                Text(f"Test accuracy per attribute level, mean over seeds, with the Wilson 95 % CI over "
-                       f"the level's test images at that accuracy (the seeds' spread is not in it). "
+                Text(f"Test accuracy per attribute level, mean over seeds, with its 95 % CI over seeds and "
+                       f"the level's test images, as in the run table (with one seed, or without "
+                       f"predictions.csv: Wilson's over the level's test images only, as the CI-over column says). "
                        f"{SMALL}: fewer than {MIN_SUBGROUP_N} test images, shown but left out of the gap "
                        "(highest − lowest level accuracy, pp, mean over seeds).")]
         for config, frame in c.subgroups.groupby("config", sort=False):
