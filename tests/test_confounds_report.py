@@ -98,6 +98,14 @@ def test_sweep_report_shows_references_probe_subgroups_and_external_set(monkeypa
         assert (baselines.loc[name, "ci_low"], baselines.loc[name, "ci_high"]) == pytest.approx((100 * low, 100 * high))
     pixel = baselines[baselines.index.str.startswith("pixel logistic regression")]
     assert len(pixel) == 2 and set(pixel["n"]) == {len(test)}
+    # ... and rows of the run table (report.md, references.csv), with their Wilson interval in the note
+    rows = pd.read_csv(folder / "references.csv").set_index("config")
+    run_table = text[text.index("## Run table"):text.index("## References a result must beat")]
+    for name, row in baselines.drop(index=f"majority class (always {majority})").iterrows():
+        assert rows.loc[f"reference: {name}", "test_accuracy_mean"] == pytest.approx(row["accuracy"])
+        assert f"| reference: {name}" in run_table
+        assert f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}] (Wilson, {len(test)} test images)" in rows.loc[
+            f"reference: {name}", "note"]
     assert "## References a result must beat" in text
     # high up, beside the results they qualify: right after the run table, before the summary
     assert text.index("## Run table") < text.index("## References a result must beat") < text.index("## Summary")
@@ -232,3 +240,22 @@ def test_subgroup_interval_covers_seeds_and_test_images():
     one = subgroup_table(runs, {"k": "cfg"}, ["site"], {}, predictions).set_index("level").loc["here"]
     low, high = wilson(round(hits[0][0].mean() * 300), 300)
     assert one["interval"] == IMAGES_ONLY and (one["ci_low"], one["ci_high"]) == pytest.approx((100 * low, 100 * high))
+
+
+def test_every_reference_is_a_line_on_the_plots():
+    """Chance, the majority class and each trained reference get a labelled line (the forest plot's
+    shifted by the baseline's mean); a reference without the metric gets none."""
+    import matplotlib.pyplot as plt
+
+    from xray_ablate.report.render.plots import _reference_lines
+
+    refs = pd.DataFrame({"config": ["reference: chance (1/4)", "reference: majority class (bacterial)",
+                                    "reference: source only", "reference: pixel logistic regression, raw",
+                                    "reference: pixel logistic regression, masked"],
+                         "test_accuracy": [0.25, 0.35, 0.5, 0.62, float("nan")]})
+    fig, ax = plt.subplots()
+    _reference_lines(ax, refs, "test_accuracy", 100, shift=40)
+    lines = {line.get_label(): line.get_xdata()[0] for line in ax.get_lines()}
+    plt.close(fig)
+    assert lines == {"chance (1/4)": -15, "majority class (bacterial)": -5, "source only": 10,
+                     "pixel logistic regression, raw": 22}

@@ -19,7 +19,7 @@ from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import STUDY_BASELINE, Config
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.report.audit import summarise_audit, write_audit
-from xray_ablate.report.confounds import confounds
+from xray_ablate.report.confounds import confounds, trained_reference_rows
 from xray_ablate.report.curves import FIGURE, compute_curves, learning_curve_plot
 from xray_ablate.report.images import (
     Evidence,
@@ -263,6 +263,8 @@ def analyse(selection: Selection, levels: dict[str, str | None], settings: Setti
                      "configurations with such a run get no interval over test images.")
     varied = varied_factors(kept)
     judged, pooled, design_note = claim_verdicts(kept, evidence, baseline_key, settings, selection, varied)
+    labels = dict(zip(table["config_key"], table["config"], strict=True))
+    found = confounds(selection.parent_run_id, kept, labels, evidence.predictions, settings.confidence)
     content = Content(
         selection=selection, settings=settings,
         baseline_label=", ".join(f"{f}={base_row[f]}" for f in factor_names()),
@@ -272,13 +274,11 @@ def analyse(selection: Selection, levels: dict[str, str | None], settings: Setti
         power=power_table(table, settings), excluded=excluded,
         model=model_table(kept, baseline_key, settings),
         factorial=factorial(kept, baseline_key, settings, evidence),
-        learning_warning=not_learned_warning(
-            kept, dict(zip(table["config_key"], table["config"], strict=True))),
-        references=references(class_shares(kept, evidence), kept),
+        learning_warning=not_learned_warning(kept, labels),
+        references=pd.concat([references(class_shares(kept, evidence), kept), trained_reference_rows(found)],
+                             ignore_index=True),
         mcnemar=mcnemar_table(kept, evidence, table, baseline_key),
-        confounds=confounds(selection.parent_run_id, kept, dict(zip(table["config_key"], table["config"],
-                                                                      strict=True)), evidence.predictions,
-                            settings.confidence),
+        confounds=found,
         audit=summarise_audit(kept, table, baseline_key, settings.confidence),
         **_variance(kept, evidence, table, baseline_key, settings),
         curves=compute_curves(kept, table, settings, evidence),

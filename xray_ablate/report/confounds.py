@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from xray_ablate.evaluation import PROB_COLUMNS
+from xray_ablate.evaluation import CONFIDENCE, PROB_COLUMNS
 from xray_ablate.references import MIN_SUBGROUP_N, References, probe_sentence, wilson
 from xray_ablate.report.render.blocks import Block, Heading, Table, Text
 from xray_ablate.report.render.tables import fmt, fmt_ci, metric_title
@@ -67,6 +67,20 @@ def reference_rows(refs: list[References]) -> pd.DataFrame:
         return pd.DataFrame()
     frame = pd.DataFrame(rows).drop_duplicates()
     return frame.sort_values("rank", kind="stable").drop(columns="rank").reset_index(drop=True)
+
+
+def trained_reference_rows(c: Confounds) -> pd.DataFrame:
+    """The references trained on the split (attribute rules, the pixel models) as rows of the run
+    table and lines of its plots: their test accuracy, and a note with the Wilson interval over the
+    test images (one model each: no seeds to vary). The majority class is the run table's own row."""
+    frame = c.references
+    if frame.empty:
+        return pd.DataFrame()
+    frame = frame[~frame["reference"].str.startswith("majority class")]
+    return pd.DataFrame({"config": "reference: " + frame["reference"], "test_accuracy": frame["accuracy"] / 100,
+                         "wilson_low": frame["ci_low"] / 100, "wilson_high": frame["ci_high"] / 100,
+                         "note": [f"one model; {CONFIDENCE:.0%} CI {fmt_ci(lo, hi)} (Wilson, {n} test images)"
+                                  for lo, hi, n in zip(frame["ci_low"], frame["ci_high"], frame["n"], strict=True)]})
 
 
 def probe_sentences(refs: list[References]) -> list[str]:

@@ -453,6 +453,9 @@ def reference_rows(references: pd.DataFrame, table: pd.DataFrame, settings: Sett
     for column in references.columns:
         if column not in ("config", m) and f"{column}_mean" in table:
             ref[f"{column}_mean"] = references[column] * 100
+    for column in ("wilson_low", "wilson_high", "note"):
+        if column in references:
+            ref[column] = references[column] * (100 if column != "note" else 1)
     return ref
 
 

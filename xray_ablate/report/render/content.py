@@ -307,7 +307,7 @@ def table_files(c: Content) -> dict[str, TableFile]:
               "Power": ("power", c.power, display_power(c.power))}
     if len(c.references):
         numeric = reference_rows(c.references, c.run_table, s)
-        files["References (chance, majority class)"] = ("references", numeric, numeric.map(
+        files["References (chance, majority class, trained references)"] = ("references", numeric, numeric.map(
             lambda v: fmt(v) if isinstance(v, float) else v))
     files |= table_frames(c.confounds)
     if len(c.mcnemar):

@@ -31,22 +31,28 @@ def _labels(rows: pd.DataFrame) -> list[str]:
             for c, k in zip(rows["config"], rows["n_not_learned"].astype(float), strict=True)]
 
 
+REFERENCE_STYLES = (("0.4", ":"), ("0.4", "--"), ("C2", "-."), ("C4", "-."), ("C5", "-."), ("C8", "-."))
+
+
 def _reference_lines(ax, references: pd.DataFrame | None, metric: str, scale: float,
                      shift: float = 0.0) -> None:
-    """Vertical lines at the chance and majority-class levels (minus ``shift``)."""
+    """A vertical line per reference (chance, majority class, the trained references) at its value
+    of ``metric`` (minus ``shift``), labelled in the legend."""
     if references is None or references.empty or metric not in references:
         return
-    for (_, ref), style in zip(references.iterrows(), (":", "--"), strict=False):
+    for i, (_, ref) in enumerate(references.iterrows()):
         value = ref[metric] * scale - shift
+        colour, style = REFERENCE_STYLES[i % len(REFERENCE_STYLES)]
         if np.isfinite(value):
-            ax.axvline(value, color="0.4", ls=style, lw=1, label=ref["config"].removeprefix("reference: "))
+            ax.axvline(value, color=colour, ls=style, lw=1, label=ref["config"].removeprefix("reference: "))
 
 
 def forest_plot(table: pd.DataFrame, settings: Settings, path: Path,
                 references: pd.DataFrame | None = None) -> Path:
     """Δ of each configuration against the baseline with its CI over seeds + test images (thin:
     over seeds only); the band is ± the baseline sd; dotted and dashed lines: chance and majority
-    class relative to the baseline's mean. Configurations with runs that did not learn are red."""
+    class, dash-dotted: the trained references, relative to the baseline's mean. Configurations
+    with runs that did not learn are red."""
     rows = table.iloc[1:][::-1]
     unit = settings.unit or "units"
     fig, ax = plt.subplots(figsize=(10, _height(len(rows))))
@@ -94,8 +100,8 @@ def _xerr(centre: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 def points_plot(runs: pd.DataFrame, table: pd.DataFrame, settings: Settings, path: Path,
                 references: pd.DataFrame | None = None) -> Path:
     """The metric of every run (one point per seed; red x: did not learn) with the
-    configuration's mean and CI (over seeds + test images when known, else over seeds), and lines
-    at the chance and majority-class levels."""
+    configuration's mean and CI (over seeds + test images when known, else over seeds), and a line
+    per reference (chance, majority class, the trained references)."""
     m, scale = settings.metric, settings.scale
     rows = table[::-1].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(10, _height(len(rows))))

@@ -153,6 +153,12 @@ def display_run_table(table: pd.DataFrame, settings: Settings,
             key = column.replace(settings.prefix, "test", 1)
             if key in references:
                 ref[label + " (%)"] = (references[key] * 100).map(fmt)
+        if "wilson_low" in references and m == "test_accuracy":  # a trained reference: one model, no seeds
+            ref[f"{level} CI {SEEDS_AND_IMAGES}"] = [
+                "" if not np.isfinite(lo) else f"{fmt_ci(100 * lo, 100 * hi)} Wilson, test images only"
+                for lo, hi in zip(references["wilson_low"], references["wilson_high"], strict=True)]
+        if "note" in references:
+            ref["note"] = references["note"].fillna("")
         out = pd.concat([out.astype(object), ref.astype(object)], ignore_index=True).fillna("")
     return out
 
