@@ -17,16 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xray_ablate.report.images import METHOD_LABELS, SHARES
 from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
 from xray_ablate.report.render.tables import fmt, fmt_ci, fmt_p, fmt_pm, to_latex
 from xray_ablate.stats import intervals
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.reader import copy_artifact, csv_artifacts
 
-# Per-image column of the audit CSV -> label.
-METHOD_LABELS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient"}  # audit.run.METHODS
-SHARES = {f"{share}_{method}": f"{where}, {label}" for method, label in METHOD_LABELS.items()
-          for share, where in (("outside_lung", "outside lungs"), ("border", "border band"))}
 MASK_FACTOR = "dataset"  # its levels masked / raw
 
 
@@ -47,8 +44,24 @@ class AuditSummary:
 
     @property
     def lead(self) -> str:
-        """The method the report leads with: Grad-CAM, unless it is uninformative and the other is not."""
-        return "inputxgrad" if self.gradcam_uninformative and self.informative.get("inputxgrad") else "gradcam"
+        return lead_method(self.informative)
+
+
+def lead_method(informed: dict[str, bool | None]) -> str:
+    """The method the report leads with: Grad-CAM, unless it is uninformative and the other is not."""
+    return "inputxgrad" if informed.get("gradcam") is False and informed.get("inputxgrad") else "gradcam"
+
+
+# report.metric=audit_outside_lung: the outside-lung share of the method the audit leads with
+LEAD_SHARE = "audit_outside_lung"
+
+
+def lead_share(runs: pd.DataFrame, audits: dict[str, pd.DataFrame], confidence: float = 0.95) -> str:
+    """The metric LEAD_SHARE stands for in this report: audit_outside_lung_<the lead method>, judged
+    on ``runs`` (each configuration and dataset level) as the audit section judges it."""
+    keys = pd.unique(runs["config_key"])
+    table = audit_table(runs, pd.DataFrame({"config": keys, "config_key": keys}), audits, confidence)
+    return f"{LEAD_SHARE}_{lead_method(informative(table, level_table(runs, audits, confidence)))}"
 
 
 def load_audits(run_ids) -> dict[str, pd.DataFrame]:
@@ -159,9 +172,9 @@ def most_different(table: pd.DataFrame, baseline_key: str) -> str | None:
 
 
 def summarise_audit(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str,
-              confidence: float = 0.95) -> AuditSummary | None:
-    """The audit of the report's runs (``configs``: the run table); None when no run was audited."""
-    audits = load_audits(runs["run_id"])
+                    audits: dict[str, pd.DataFrame], confidence: float = 0.95) -> AuditSummary | None:
+    """The audit of the report's runs (``configs``: the run table; ``audits``: load_audits);
+    None when no run was audited."""
     if not audits:
         return None
     table = audit_table(runs, configs, audits, confidence)

@@ -7,7 +7,7 @@ import math
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +18,7 @@ from xray_ablate.config.factors import factor_names
 from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import STUDY_BASELINE, Config
 from xray_ablate.data.owned import replace_owned_dir
-from xray_ablate.report.audit import summarise_audit, write_audit
+from xray_ablate.report.audit import LEAD_SHARE, lead_share, load_audits, summarise_audit, write_audit
 from xray_ablate.report.confounds import confounds, trained_reference_rows
 from xray_ablate.report.curves import FIGURE, compute_curves, learning_curve_plot
 from xray_ablate.report.images import (
@@ -236,9 +236,14 @@ def analyse(selection: Selection, levels: dict[str, str | None], settings: Setti
             baseline_source: str = "report.baseline") -> tuple[Content, pd.DataFrame]:
     """Clean and filter the selected runs, pick the baseline, compute every table."""
     finished = selection.runs[selection.runs["status"] == "FINISHED"]
-    evidence = Evidence(load_predictions(finished["run_id"]))
+    evidence = Evidence(load_predictions(finished["run_id"]), load_audits(finished["run_id"]))
+    notes = []
+    if settings.metric == LEAD_SHARE:
+        settings = replace(settings, metric=lead_share(finished, evidence.audits, settings.confidence))
+        notes.append(f"report.metric={LEAD_SHARE}: {settings.metric}, the attribution outside the lungs of "
+                     "the method the saliency audit leads with (see its section).")
     cleaned = clean_runs(add_run_evidence(selection.runs, evidence), settings.metric)
-    notes = list(cleaned.notes)
+    notes += cleaned.notes
     matches = matching_configs(cleaned.runs, levels)
     kept, excluded, reference = integrity_filter(cleaned.runs, matches[0] if matches else None)
     if len(excluded):
@@ -279,7 +284,7 @@ def analyse(selection: Selection, levels: dict[str, str | None], settings: Setti
                              ignore_index=True),
         mcnemar=mcnemar_table(kept, evidence, table, baseline_key),
         confounds=found,
-        audit=summarise_audit(kept, table, baseline_key, settings.confidence),
+        audit=summarise_audit(kept, table, baseline_key, evidence.audits, settings.confidence),
         **_variance(kept, evidence, table, baseline_key, settings),
         curves=compute_curves(kept, table, settings, evidence),
         factorial_note=("No two factors are crossed (every combination run), so there are no "

@@ -8,7 +8,7 @@ in evaluation.py (one place, shared with training).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -19,27 +19,39 @@ from xray_ablate.stats import intervals
 
 # The metrics with per-image scores, as they are named in the run frame (all on the test set).
 IMAGE_METRICS = {f"test_{m}": m for m in intervals.IMAGE_METRICS}
+# The saliency audit's per-image columns (audit/audit.csv) -> label; the run's audit_<column>
+# metric is the mean of its column.
+METHOD_LABELS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient"}  # audit.run.METHODS
+SHARES = {f"{share}_{method}": f"{where}, {label}" for method, label in METHOD_LABELS.items()
+          for share, where in (("outside_lung", "outside lungs"), ("border", "border band"))}
+AUDIT_METRICS = {f"audit_{column}": column for column in SHARES}
 ECE = "test_ece"  # computed here from predictions.csv; training does not log it
 LEARNING_NUMBERS = ("top_prediction_share", "loss_ratio", "majority_rate", "p_above_majority")
 
 
 @dataclass
 class Evidence:
-    """Each run's predictions (by run id) and what the report derived from them."""
+    """Each run's predictions and saliency audit (by run id) and what the report derived from them."""
 
     predictions: dict[str, pd.DataFrame]
+    audits: dict[str, pd.DataFrame] = field(default_factory=dict)  # audit/audit.csv (report.audit.load_audits)
 
     def has(self, run_id: str) -> bool:
         return run_id in self.predictions
 
     def scores(self, runs: pd.DataFrame, key: str, metric: str, scale: float) -> pd.DataFrame | None:
-        """Seeds x image ids of the per-image scores of ``metric`` (intervals.image_scores) of the
-        runs of configuration ``key``, times ``scale``; None when a run lacks predictions or the
-        metric has no per-image scores."""
-        if metric not in IMAGE_METRICS:
-            return None
+        """Seeds x image ids of the per-image scores of ``metric`` (intervals.image_scores; an audit
+        share's per-image values) of the runs of configuration ``key``, times ``scale``; None when a
+        run lacks predictions (its audit) or the metric has no per-image scores."""
         sub = runs[runs["config_key"] == key]
-        if sub.empty or not all(self.has(r) for r in sub["run_id"]):
+        if metric in AUDIT_METRICS:
+            if sub.empty or not all(r in self.audits for r in sub["run_id"]):
+                return None
+            return pd.DataFrame({seed: pd.Series(self.audits[run_id][AUDIT_METRICS[metric]].to_numpy(float) * scale,
+                                                 index=self.audits[run_id]["image_id"].to_numpy())
+                                 for run_id, seed in zip(sub["run_id"], sub["seed"].astype(int), strict=True)
+                                 }).T.sort_index()
+        if metric not in IMAGE_METRICS or sub.empty or not all(self.has(r) for r in sub["run_id"]):
             return None
         rows = {}
         for run_id, seed in zip(sub["run_id"], sub["seed"].astype(int), strict=True):

@@ -42,7 +42,8 @@ class Settings:
 
     @property
     def higher_is_better(self) -> bool:
-        return not (self.metric.endswith("loss") or self.metric == ECE)
+        # an audit share (attribution outside the lungs, in the border) is shortcut use: less is better
+        return not (self.metric.endswith("loss") or self.metric == ECE or self.metric.startswith("audit_"))
 
     @property
     def unit(self) -> str:
