@@ -96,6 +96,12 @@ def test_sweep_report_shows_references_probe_subgroups_and_external_set(monkeypa
         assert baselines.loc[name, "k"] == k and baselines.loc[name, "n"] == len(test)
         low, high = wilson(k, len(test))
         assert (baselines.loc[name, "ci_low"], baselines.loc[name, "ci_high"]) == pytest.approx((100 * low, 100 * high))
+    # the same probe on each run's own features (train/probe.py): logged per run, an ablation outcome
+    top = train["source"].value_counts()
+    assert top.iloc[0] > top.iloc[1]  # one most common training source: no tie to break
+    for run in runs:
+        assert run.data.metrics["probe_source_majority"] == pytest.approx((test["source"] == top.index[0]).mean())
+        assert 0 <= run.data.metrics["probe_source_accuracy"] <= 1
     pixel = baselines[baselines.index.str.startswith("pixel logistic regression")]
     assert len(pixel) == 2 and set(pixel["n"]) == {len(test)}
     # ... and rows of the run table (report.md, references.csv), with their Wilson interval in the note

@@ -38,6 +38,7 @@ from xray_ablate.train.device import select_device
 from xray_ablate.train.external import ExternalSet, external_metrics, prepare_external
 from xray_ablate.train.fit import RunResult, fit
 from xray_ablate.train.inputs import FitInputs, prepare_inputs
+from xray_ablate.train.probe import feature_probe_metrics
 
 log = logging.getLogger("xray_ablate")
 
@@ -163,9 +164,13 @@ def record_missing_epochs(config: Config, recorder: Recorder, history: list[dict
 
 def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result: RunResult,
                    recorder: Recorder, external: list[ExternalSet]) -> None:
-    """What a run records after it trains: subgroups, external sets, the result, the audit."""
+    """What a run records after it trains: subgroups and the source probe on its features, external
+    sets, the result, the audit."""
+    device = next(result.model.parameters()).device
     evaluate_subgroups(config, data, inputs.test, result)
-    result.metrics.update(external_metrics(result.model, external, config, next(result.model.parameters()).device))
+    result.metrics.update(feature_probe_metrics(result.model, data, inputs, list(config.eval.subgroups),
+                                                config.trainer.batch_size, device))
+    result.metrics.update(external_metrics(result.model, external, config, device))
     record_result(recorder, result, config.tracking.log_checkpoint)
     if config.audit.enabled:
         audit = audit_split(result.model, data, inputs.test, result.predictions[PROB_COLUMNS].to_numpy(),
