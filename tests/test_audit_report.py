@@ -5,6 +5,7 @@ run audited, logged to MLflow, shown in the report with the montages)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,14 +173,24 @@ def test_a_method_whose_maps_spread_like_a_uniform_map_is_uninformative_and_not_
         assert list(display_audit(table, summary.lead).columns)[3].endswith(label)
         shown = "\n".join(str(block) for block in audit_section(summary))
         assert ("Grad-CAM: uninformative" in shown) == (lead != "gradcam")
+    # the model-randomisation check: input x gradient's shares, far from a uniform map's, that hardly
+    # move when the weights are redrawn (within 5 pp in every configuration) say nothing of the model
+    still = runs.assign(audit_randomisation_change_inputxgrad=0.01, audit_randomisation_change_gradcam=0.2)
+    table = audit_table(still, configs, audits)
+    assert table["randomisation_change_inputxgrad"].tolist() == pytest.approx([1.0, 1.0])
+    assert informative(table, level_table(still, audits)) == {"gradcam": True, "inputxgrad": False}
+    moved = still.assign(audit_randomisation_change_inputxgrad=np.where(still["dataset"] == "raw", 0.2, 0.0))
+    assert informative(audit_table(moved, configs, audits))["inputxgrad"] is True
 
 
 @pytest.mark.slow
 def test_shortcut_share_as_the_report_metric_of_a_2x2_sweep(monkeypatch, tmp_path, capsys):
-    """report.metric=audit_outside_lung on a 2 x 2 sweep (masked/raw x class weights, 2 seeds): the
-    note names the method it stands for, and main effects and the interaction come with intervals
-    over seeds + audited images. Planted truth: a masked image is 0 outside the lungs, so its input
-    x gradient is 0 there, and masked - raw of that share is below 0, its interval too."""
+    """report.metric=audit_outside_lung_inputxgrad on a 2 x 2 sweep (masked/raw x class weights, 2
+    seeds): main effects and the interaction with intervals over seeds + audited images. Planted
+    truth: a masked image is 0 outside the lungs, so its input x gradient is 0 there, and masked -
+    raw of that share is below 0, its interval too. report.metric=audit_outside_lung names the
+    method it stands for (the one the audit leads with; a run whose maps of it are all empty, as an
+    untrained Grad-CAM's can be, has no share and drops out with a note)."""
     import sys
 
     from hydra.core.global_hydra import GlobalHydra
@@ -193,21 +204,25 @@ def test_shortcut_share_as_the_report_metric_of_a_2x2_sweep(monkeypatch, tmp_pat
                       "trainer.batch_size=16", "num_workers=1", "audit.images=12", "tracking.log_checkpoint=false")
     assert code == 0
     capsys.readouterr()
-    for metric in ("audit_outside_lung", "audit_outside_lung_inputxgrad"):
+
+    def report(metric: str) -> Path:
         GlobalHydra.instance().clear()
         monkeypatch.setattr(sys, "argv", ["xray_ablate.report", f"paths.root_dir={tmp_path}", f"report.metric={metric}",
                                           f"hydra.run.dir={tmp_path / 'hydra'}", "hydra/job_logging=none",
                                           "hydra/hydra_logging=none"])
         main()
-        folder = next((tmp_path / "reports").glob("*/report.md")).parent
-        main_effects = pd.read_csv(folder / "main_effects.csv").set_index("factor")
-        interactions = pd.read_csv(folder / "interactions.csv")
-        assert set(main_effects.index) == {"dataset", "class_weights"} and len(interactions) == 1
-        for frame in (main_effects, interactions):
-            assert frame[["total_low", "total_high"]].notna().all().all(), frame
-        if metric == "audit_outside_lung":
-            assert re.search(r"report.metric=audit_outside_lung: audit_outside_lung_(gradcam|inputxgrad), the "
-                             "attribution outside the lungs", (folder / "report.md").read_text())
-        else:
-            dataset = main_effects.loc["dataset"]
-            assert (dataset["level"], dataset["reference"]) == ("masked", "raw") and dataset["total_high"] < 0, dataset
+        return next((tmp_path / "reports").glob("*/report.md")).parent
+
+    folder = report("audit_outside_lung_inputxgrad")
+    main_effects = pd.read_csv(folder / "main_effects.csv").set_index("factor")
+    interactions = pd.read_csv(folder / "interactions.csv")
+    assert set(main_effects.index) == {"dataset", "class_weights"} and len(interactions) == 1
+    for frame in (main_effects, interactions):
+        assert frame[["total_low", "total_high"]].notna().all().all(), frame
+    dataset = main_effects.loc["dataset"]
+    assert (dataset["level"], dataset["reference"]) == ("masked", "raw") and dataset["total_high"] < 0, dataset
+
+    text = (report("audit_outside_lung") / "report.md").read_text()
+    named = re.search(r"report.metric=audit_outside_lung: (audit_outside_lung_(?:gradcam|inputxgrad)), the "
+                      "attribution outside the lungs of the method the saliency audit leads with", text)
+    assert named and f"## Run table ({named[1].replace('_', ' ')})" in text, text[:3000]

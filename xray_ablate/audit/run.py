@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # Method name -> what it computes; the name ends every per-method metric and column.
 METHODS = ("gradcam", "inputxgrad")
+# The model-randomisation check (Adebayo et al., "Sanity checks for saliency maps", 2018) maps the
+# first this many audited images again with every weight of the model drawn afresh.
+RANDOMISED_IMAGES = 16
 
 
 @dataclass
@@ -113,6 +117,7 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
             continue
         for share in ("outside_lung", "border"):
             metrics[f"audit_{share}_{method}"] = float(np.nanmean(per_image[f"{share}_{method}"]))
+    metrics |= _randomisation_check(model, target_layer, images, lung_masks, preds, per_image, settings.batch_size)
     metrics.update({
         "audit_lung_area": float(per_image["lung_area"].mean()),  # a uniform map's inside share
         "audit_border_area": float(band.mean()),
@@ -121,6 +126,40 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
     })
     figure = montage_figure(images, lung_masks, maps["gradcam"], per_image)
     return AuditResult(per_image, metrics, maps, figure)
+
+
+def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every layer's parameters drawn afresh (seeded; the global random
+    state is left as it was)."""
+    shuffled = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in shuffled.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return shuffled
+
+
+def _randomisation_check(model: nn.Module, layer: nn.Module, images: np.ndarray, lung_masks: np.ndarray,
+                         preds: np.ndarray, per_image: pd.DataFrame, batch_size: int) -> dict[str, float]:
+    """Per method, how far the outside-lung share of the first RANDOMISED_IMAGES images moves when
+    the model's weights are redrawn at random (same images, same target class): a share that does
+    not move shows the input, not what the model learned. Adds random_outside_lung_<method> per
+    image (NaN beyond those images); returns audit_randomisation_change_<method> (a fraction)."""
+    k = min(RANDOMISED_IMAGES, len(images))
+    name = next(n for n, m in model.named_modules() if m is layer)
+    shuffled = randomised(model)
+    maps = _attribution_maps(shuffled, shuffled.get_submodule(name), images[:k], preds[:k], batch_size)
+    metrics = {}
+    for method, values in maps.items():
+        random_share = 1 - mass_shares(values, lung_masks[:k])
+        per_image[f"random_outside_lung_{method}"] = np.concatenate([random_share, np.full(len(images) - k, np.nan)])
+        trained = per_image[f"outside_lung_{method}"].to_numpy()[:k]
+        both = np.isfinite(trained) & np.isfinite(random_share)
+        if both.any():
+            change = abs(trained[both].mean() - random_share[both].mean())
+            metrics[f"audit_randomisation_change_{method}"] = float(change)
+    return metrics
 
 
 def _attribution_maps(model: nn.Module, layer: nn.Module, images: np.ndarray, preds: np.ndarray,

@@ -105,6 +105,9 @@ def audit_table(runs: pd.DataFrame, configs: pd.DataFrame, audits: dict[str, pd.
                **_uniform(audits, sub["run_id"], _border_area(sub))}
         for column in SHARES:
             row |= _interval_columns(share_matrix(audits, by_seed, column), column, confidence)
+        for method in METHOD_LABELS:  # the model-randomisation check (xray_ablate.audit.run), in pp
+            change = sub.get(f"audit_randomisation_change_{method}", pd.Series(dtype=float))
+            row[f"randomisation_change_{method}"] = 100 * float(change.mean()) if change.notna().any() else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -141,13 +144,18 @@ def level_table(runs: pd.DataFrame, audits: dict[str, pd.DataFrame],
 # A share within this many pp of a uniform map's is no evidence of where a model looks, however
 # many images pin it down (and with many configurations, one interval in twenty misses its value).
 UNIFORM_MARGIN = 5.0
+UNINFORMATIVE = (f"no configuration's or dataset level's share lies over {UNIFORM_MARGIN:g} pp from a uniform "
+                 f"map's, or none moves over {UNIFORM_MARGIN:g} pp when the model's weights are redrawn at random")
 
 
 def informative(table: pd.DataFrame, levels: pd.DataFrame | None = None) -> dict[str, bool | None]:
     """Per method, whether its maps say where a model looks: the outside-lung share of some
     configuration, or of the masked or raw models pooled (``levels``), lies more than
     UNIFORM_MARGIN pp from a uniform map's, its whole interval over seeds + audited images beyond
-    that margin. None without intervals. Grad-CAM read on too coarse a map spreads like a uniform one."""
+    that margin; and, where the runs logged the model-randomisation check, some configuration's
+    share moves more than UNIFORM_MARGIN pp when the weights are redrawn at random (a share that
+    does not move shows the input, not the model). None without intervals. Grad-CAM read on too
+    coarse a map spreads like a uniform one."""
     if levels is not None and len(levels):
         table = pd.concat([table, levels[levels["config"] != "raw − masked"]], ignore_index=True)
     out = {}
@@ -157,7 +165,9 @@ def informative(table: pd.DataFrame, levels: pd.DataFrame | None = None) -> dict
             out[method] = None
         else:
             uniform = table["uniform_outside"]
-            out[method] = bool(((low > uniform + UNIFORM_MARGIN) | (high < uniform - UNIFORM_MARGIN)).any())
+            change = table.get(f"randomisation_change_{method}", pd.Series(dtype=float))
+            out[method] = bool(((low > uniform + UNIFORM_MARGIN) | (high < uniform - UNIFORM_MARGIN)).any()) and (
+                change.isna().all() or bool((change > UNIFORM_MARGIN).any()))
     return out
 
 
@@ -218,6 +228,9 @@ def display_audit(table: pd.DataFrame, lead: str = "gradcam") -> pd.DataFrame:
                           strict=True)]
     out["uniform map: outside lungs / border"] = [
         f"{fmt(o)} / {fmt(b)}" for o, b in zip(table["uniform_outside"], table["uniform_border"], strict=True)]
+    for method, label in METHOD_LABELS.items():
+        if f"randomisation_change_{method}" in table:  # per configuration only (not the pooled levels)
+            out[f"{label}: change with random weights (pp)"] = table[f"randomisation_change_{method}"].map(fmt)
     return out
 
 
@@ -259,8 +272,8 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
                  + (f" (p = {fmt_p(p)})" if np.isfinite(p) else "")
                  + f"; in the border band: {_share_text(row, f'border_{lead}', 'pp')}.")
     if audit.gradcam_uninformative:
-        text += (" Grad-CAM is uninformative here: no configuration's or dataset level's share lies over "
-                 f"{UNIFORM_MARGIN:g} pp from a uniform map's, so its maps do not say where these models look.")
+        text += (f" Grad-CAM is uninformative here ({UNINFORMATIVE}), so its maps do not say where these "
+                 "models look.")
     if levels["outside_lung_gradcam_low"].notna().any():
         return [text + f" Intervals: {audit.confidence:.0%} over seeds and audited images."]
     return [text + " No intervals: they need at least 2 audited runs per level."]
@@ -271,8 +284,9 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
     if audit is None:
         return []
     verdicts = {None: "no intervals to tell", True: "informative (a configuration's or a "
-                f"dataset level's share lies over {UNIFORM_MARGIN:g} pp from a uniform map's)", False: "uninformative "
-                f"(no configuration's or dataset level's share lies over {UNIFORM_MARGIN:g} pp from a uniform map's)"}
+                f"dataset level's share lies over {UNIFORM_MARGIN:g} pp from a uniform map's, and moves over "
+                f"{UNIFORM_MARGIN:g} pp when the model's weights are redrawn)",
+                False: f"uninformative ({UNINFORMATIVE})"}
     out = [Heading("Where the models look (saliency audit)"),
            Text("; ".join(f"{METHOD_LABELS[m]}: {verdicts[audit.informative.get(m)]}" for m in METHOD_LABELS)
                 + f". Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
@@ -291,5 +305,8 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
         "zero outside the lungs, so its input × gradient there is zero by construction; its Grad-CAM "
         "mass there comes from the coarser map spreading over the lung edge. "
         "mean ± sd: over seeds of each run's mean share; CI: intervals.total_interval over seeds and "
-        "audited images (pooled rows: over runs and images)."))
+        "audited images (pooled rows: over runs and images). Change with random weights: the "
+        "model-randomisation check (Adebayo et al. 2018), |outside-lung share of the trained model − "
+        "that of a copy with every weight redrawn at random| on the first 16 audited images, mean over "
+        "runs: a method whose shares do not move shows the input, not what the model learned."))
     return out
