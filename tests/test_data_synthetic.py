@@ -58,6 +58,8 @@ def test_masking_removes_the_corner_marker(synthetic_root, tmp_path):
     corner = r[:, 3:5, 3:5].mean(axis=(1, 2))
     marked = corner > 180
     assert 5 <= marked.sum() < 40
+    # each image's Marker tag (an attribute) says which images carry it
+    assert "Marker" in raw.attributes and (raw.table["Marker"].to_numpy() == np.where(marked, "corner", "none")).all()
     assert (m[:, 3:5, 3:5] == 0).all()  # outside the lungs, masked is 0
     assert (r[~marked, 3:5, 3:5].mean(axis=(1, 2)) < 60).all()
     # Masked and raw differ in every image, only outside the lungs.

@@ -35,7 +35,8 @@ _METADATA_TAG = re.compile(
     r"^(PatientID|Age|Sex|View|location|ICU_admission|In_ICU_scan|Intubation|Intubation_present|"
     r"Extubated|Survival|Needed_supplemental_O2|Leukocyte_count|Lymphocyte_count|"
     r"Lymphocyte_count_on_admission|Neutrophil_count|Temperature|pO2_saturation|X-ray|CT|"
-    r"Went_ICU|RT_PCR_positive|Offset|Date|Modality)(\b|[:/_ ].*)?$"
+    r"Went_ICU|RT_PCR_positive|Offset|Date|Modality|"
+    r"Marker)(\b|[:/_ ].*)?$"  # Marker: the synthetic phantoms' own (data/synthetic.py)
 )
 FRONTAL_VIEWS = ("PA", "AP", "AP_Supine", "AP Supine", "AP_Erect", "AP Erect")
 

@@ -8,7 +8,9 @@ diffuse interstitial streaks in both lungs, covid = patchy peripheral opacities 
 healthy = none. Some images carry a bright "device" whose outline is an Ignore polygon.
 Two confounds of the real data are built in on purpose: noise and blur differ by class (the study
 found worse BRISQUE for COVID and bacterial images), and a corner marker outside the lungs is
-far more common in some classes, so raw images carry a shortcut that masking removes.
+far more common in some classes, so raw images carry a shortcut that masking removes; each image's
+tag Marker/corner or Marker/none says which (an attribute: eval.subgroups=[Marker], the feature
+probe's planted positive control).
 Some patients have several images. The output is a pure function of (n, seed, size, format).
 """
 
@@ -35,9 +37,10 @@ NOISE_SIGMA = {"bacterial": 9.0, "viral": 5.0, "covid": 11.0, "healthy": 3.0}  #
 BLUR_RADIUS = {"bacterial": 0.8, "viral": 0.4, "covid": 1.0, "healthy": 0.2}  # x size/256
 MARKER_RATE = {"bacterial": 0.2, "viral": 0.5, "covid": 0.85, "healthy": 0.1}
 DEVICE_RATE = 0.3
+MARKER_BOX = (0.05, 0.12, 0.05, 0.11)  # rows then columns, as shares of the side: top-left corner
 BASE = 256  # anatomy and patterns are drawn on this grid, then resized
 # Bump when the images change for the same arguments: cached demo datasets are then rewritten.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 STAMP = "synthetic.json"
 
 
@@ -62,7 +65,7 @@ def _write(out: Path, n: int, seed: int, size: int, fmt: str) -> None:
         name = f"synth-{index:05d}"
         image_rng = np.random.default_rng([seed, index])
         anatomy = _anatomy(np.random.default_rng([seed, 10**6 + anatomy_seed]), image_rng)
-        pixels, lungs, ignores = _render(cls, anatomy, image_rng, size)
+        pixels, lungs, ignores, marked = _render(cls, anatomy, image_rng, size)
         filename = f"{name}.{fmt}"
         image = Image.fromarray(pixels)
         if fmt == "png":
@@ -76,7 +79,8 @@ def _write(out: Path, n: int, seed: int, size: int, fmt: str) -> None:
             "annotations": [_polygon("Lung", r) for r in lungs]
             + [_polygon("Ignore", r) for r in ignores]
             + [{"name": t, "tag": {}} for t in
-               CLASS_TAGS[cls] + [f"PatientID:{patient}", "X-ray", "View/PA"]],
+               CLASS_TAGS[cls] + [f"PatientID:{patient}", "X-ray", "View/PA",
+                                  f"Marker/{'corner' if marked else 'none'}"]],
         }
         (out / "annotations" / f"{name}.json").write_text(json.dumps(doc))
     (out / STAMP).write_text(json.dumps(stamp(n, seed, size, fmt)))
@@ -139,8 +143,10 @@ def _render(cls: str, a: dict, rng: np.random.Generator, size: int):
         device = _circle(x, y, r)
         img = np.where(_mask([device]), 235.0, img)
         ignores.append(_circle(x, y, r * 1.3))
-    if rng.random() < MARKER_RATE[cls]:  # a bright side marker in the corner, outside the lungs
-        img[int(0.05 * BASE):int(0.12 * BASE), int(0.05 * BASE):int(0.11 * BASE)] = 250.0
+    marked = rng.random() < MARKER_RATE[cls]
+    if marked:  # a bright side marker in the corner, outside the lungs
+        top, bottom, left, right = (int(share * BASE) for share in MARKER_BOX)
+        img[top:bottom, left:right] = 250.0
 
     img *= a["gain"]
     big = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
@@ -148,7 +154,7 @@ def _render(cls: str, a: dict, rng: np.random.Generator, size: int):
     noisy = np.asarray(big, np.float32) + rng.normal(0, NOISE_SIGMA[cls], (size, size)).astype(np.float32)
     pixels = np.clip(noisy, 0, 255).astype(np.uint8)
     scale = size  # normalised -> pixel coordinates
-    return pixels, [r * scale for r in lungs], [r * scale for r in ignores]
+    return pixels, [r * scale for r in lungs], [r * scale for r in ignores], marked
 
 
 def _pattern(cls: str, centres, a: dict, rng: np.random.Generator) -> np.ndarray:
