@@ -107,19 +107,20 @@ def test_csv_errors_name_the_file_and_key(tmp_path):
 
 def test_prepare_carries_csv_attributes_into_table_and_manifest(synthetic_root, tmp_path):
     plain = prepare(config(synthetic_root, tmp_path / "c", "raw", 32))
-    assert plain.attributes == [] and plain.metadata.skipped == {"View": "one level (PA)"}
+    # the phantoms' own tag Marker/corner|none is an attribute; View has one level and is not
+    assert plain.attributes == ["Marker"] and plain.metadata.skipped == {"View": "one level (PA)"}
     ids = sorted(plain.table["image_id"])
     csv = tmp_path / "meta.csv"
     pd.DataFrame({"name": [f"{i}.png" for i in ids[1:]] + ["stranger.png"],
                   "site": ["A" if n % 3 else "B" for n in range(1, len(ids))] + ["A"]}).to_csv(csv, index=False)
     data = prepare(dataclasses.replace(config(synthetic_root, tmp_path / "c", "raw", 32), metadata=csv))
-    assert data.attributes == ["site"]
+    assert data.attributes == ["Marker", "site"]
     assert data.manifest_hash == plain.manifest_hash  # the split does not depend on metadata
     site = data.table.set_index("image_id")["site"]
     assert site[ids[0]] == MISSING and site[ids[1]] == "A" and site[ids[3]] == "B"
     assert (data.metadata.rows_unmatched, data.metadata.images_unmatched) == (1, 1)
     written = pd.read_csv(data.manifest_path, dtype=str, keep_default_na=False)
-    assert list(written.columns) == ["image_id", "cls", "patient_id", "split", "site"]
+    assert list(written.columns) == ["image_id", "cls", "patient_id", "split", "Marker", "site"]
     assert written.set_index("image_id")["site"].equals(site.sort_index().rename("site"))
     assert data.manifest_path != plain.manifest_path and data.manifest_path.name.startswith(data.manifest_hash)
 
