@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from xray_ablate.evaluation import CONFIDENCE, PROB_COLUMNS
+from xray_ablate.evaluation import CONFIDENCE
 from xray_ablate.references import MIN_SUBGROUP_N, References, probe_sentence, wilson
+from xray_ablate.report.images import Evidence
 from xray_ablate.report.render.blocks import Block, Heading, Table, Text
 from xray_ablate.report.render.tables import fmt, fmt_ci, metric_title
 from xray_ablate.report.runs import PREDICTION_COLUMNS
@@ -141,17 +142,13 @@ SEEDS_AND_IMAGES, IMAGES_ONLY = "seeds + test images", "Wilson, test images only
 
 def level_scores(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame], attribute: str,
                  level: str) -> pd.DataFrame | None:
-    """Seeds x image ids of 0/1 correctness on the test images whose ``attribute`` is ``level``;
-    None when a run lacks predictions.csv or the attribute column."""
-    rows = {}
-    for run_id, seed in zip(runs["run_id"], runs["seed"].astype(int), strict=True):
-        p = predictions.get(run_id)
-        if p is None or attribute not in p.columns:
-            return None
-        at = p[p[attribute].astype(str) == level]
-        rows[seed] = pd.Series(intervals.image_scores(at["label"].to_numpy(), at[PROB_COLUMNS].to_numpy(),
-                                                      "accuracy"), index=at["image_id"].to_numpy())
-    return pd.DataFrame(rows).T.sort_index()
+    """Seeds x image ids of 0/1 correctness on the test images whose ``attribute`` is ``level``
+    (Evidence.scores on those rows); None when a run lacks predictions.csv or the attribute column."""
+    if not all(run_id in predictions and attribute in predictions[run_id] for run_id in runs["run_id"]):
+        return None
+    at_level = {run_id: predictions[run_id][predictions[run_id][attribute].astype(str) == level]
+                for run_id in runs["run_id"]}
+    return Evidence(at_level).scores(runs, runs["config_key"].iloc[0], "test_accuracy", 1.0)
 
 
 def external_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
