@@ -2,7 +2,8 @@
 
 Every job's config is composed and checked before Hydra starts (a bad key or value is one line,
 exit 2, and nothing runs); a sweep's start, jobs and finish wrap Hydra's launcher. With
-sweep.until=resolved, the adaptive rounds launch further seeds the same way.
+sweep.until=resolved, the adaptive rounds launch further seeds the same way, and with
+audit.canary=true the canary run comes last.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from xray_ablate.config.schema import Config
 from xray_ablate.errors import UserError, exit_on_user_error
 from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.sweep.adaptive import run_rounds
+from xray_ablate.sweep.canary import run_canary
 from xray_ablate.sweep.job import run_job
 from xray_ablate.sweep.lifecycle import JobsFailed, sweep_run
 from xray_ablate.tracking.store import check_reachable
@@ -51,6 +53,8 @@ def cli() -> None:
             main()
             if plan.configs[0].sweep.until == "resolved":
                 run_rounds(plan, sweep, lambda overrides: _launch(args, overrides))
+            if plan.configs[0].audit.canary:
+                run_canary(plan, sweep, lambda overrides: _launch(args, overrides))
     except JobsFailed:
         sys.exit(1)
     except KeyboardInterrupt:

@@ -22,9 +22,10 @@ from torch import nn
 
 from xray_ablate.audit import attribution
 from xray_ablate.audit.montage import montage_figure
-from xray_ablate.audit.shares import border_band, mass_shares
+from xray_ablate.audit.shares import border_band, hot_spots, mass_shares
 from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.schema import AuditConfig, Config
+from xray_ablate.data import canary
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.models import build_model
 from xray_ablate.train.loop import to_input
@@ -40,8 +41,10 @@ RANDOMISED_IMAGES = 16
 
 @dataclass
 class AuditResult:
-    per_image: pd.DataFrame  # image_id, label, pred, correct, lung_area, outside_lung_<m>, border_<m>
-    metrics: dict[str, float]  # audit_outside_lung_<m>, audit_border_<m>, references, time
+    # image_id, label, pred, correct, lung_area, outside_lung_<m>, border_<m> (marker_hot_<m>: canary)
+    per_image: pd.DataFrame
+    # audit_outside_lung_<m>, audit_border_<m>, references, time (audit_marker_hotspot_<m>: canary)
+    metrics: dict[str, float]
     maps: dict[str, np.ndarray] = field(repr=False)  # method -> (n, H, W) float32, >= 0
     montage: Figure = field(repr=False)
 
@@ -82,19 +85,22 @@ def audit_split(model: nn.Module, data: PreparedData, rows: np.ndarray, probs: n
     images = np.asarray(data.images[chosen])
     layer = attribution.gradcam_layer(model, images.shape[-1], settings.layer)
     log.info("saliency audit: Grad-CAM on %s (%d px maps)", layer.name, layer.side)
+    marked = (data.table[canary.ATTRIBUTE].to_numpy()[chosen] == canary.MARKED
+              if canary.ATTRIBUTE in data.table.columns else None)
     result = audit_run(model, images, data.lung_masks(chosen), data.table["label"].to_numpy()[chosen],
                        probs[pick], model.get_submodule(layer.name), settings,
-                       image_ids=data.table["image_id"].to_numpy()[chosen])
+                       image_ids=data.table["image_id"].to_numpy()[chosen], marked=marked)
     result.metrics["audit_gradcam_side"] = float(layer.side)
     return result
 
 
 def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labels: np.ndarray,
               probs: np.ndarray, target_layer: nn.Module, settings: AuditConfig,
-              image_ids=None) -> AuditResult:
+              image_ids=None, marked: np.ndarray | None = None) -> AuditResult:
     """Attribution for each image's predicted class (argmax of ``probs``), by every method.
 
-    images (n, H, W) uint8 as the model saw them; lung_masks (n, H, W) bool."""
+    images (n, H, W) uint8 as the model saw them; lung_masks (n, H, W) bool; marked (n,) bool:
+    which images carry the canary's marker (the canary run), whose box is checked for a hot spot."""
     started = time.perf_counter()
     preds = np.asarray(probs).argmax(1)
     maps = _attribution_maps(model, target_layer, images, preds, settings.batch_size)
@@ -117,6 +123,8 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
             continue
         for share in ("outside_lung", "border"):
             metrics[f"audit_{share}_{method}"] = float(np.nanmean(per_image[f"{share}_{method}"]))
+    if marked is not None and np.any(marked):
+        metrics |= _marker_hot_spots(maps, np.asarray(marked, bool), per_image)
     metrics |= _randomisation_check(model, target_layer, images, lung_masks, preds, per_image, settings.batch_size)
     metrics.update({
         "audit_lung_area": float(per_image["lung_area"].mean()),  # a uniform map's inside share
@@ -126,6 +134,21 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
     })
     figure = montage_figure(images, lung_masks, maps["gradcam"], per_image)
     return AuditResult(per_image, metrics, maps, figure)
+
+
+def _marker_hot_spots(maps: dict[str, np.ndarray], marked: np.ndarray, per_image: pd.DataFrame) -> dict[str, float]:
+    """Per method, the share of the images carrying the canary's marker whose marker box is a hot
+    spot of the map (audit_marker_hotspot_<method>); marker_hot_<method> per image (NaN unmarked)."""
+    metrics = {}
+    for method, values in maps.items():
+        size = values.shape[-1]
+        top, bottom, left, right = canary.marker_box(size)
+        box = np.zeros((size, size), bool)
+        box[top:bottom, left:right] = True
+        hot = hot_spots(values, box)
+        per_image[f"marker_hot_{method}"] = np.where(marked, hot, np.nan)
+        metrics[f"audit_marker_hotspot_{method}"] = float(hot[marked].mean())
+    return metrics
 
 
 def randomised(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,8 +1,11 @@
-"""Where attribution mass lies: shares outside the lung mask and in the image's border band."""
+"""Where attribution mass lies: shares outside the lung mask and in the image's border band, and
+whether a region (a planted marker's box) is a hot spot of a map."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from xray_ablate.data.canary import HOTSPOT_RATIO
 
 
 def border_band(size: int, fraction: float) -> np.ndarray:
@@ -21,3 +24,11 @@ def mass_shares(maps: np.ndarray, region: np.ndarray) -> np.ndarray:
     inside = (maps * region).sum(axis=(1, 2), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, inside / total, np.nan)
+
+
+
+def hot_spots(maps: np.ndarray, region: np.ndarray, ratio: float = HOTSPOT_RATIO) -> np.ndarray:
+    """Per map, whether its mean inside ``region`` (H, W) is at least ``ratio`` x its mean over the
+    whole map (False for an all-zero map)."""
+    density = mass_shares(maps, region) / region.mean()
+    return np.nan_to_num(density) >= ratio

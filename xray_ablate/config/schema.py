@@ -74,6 +74,7 @@ class DatasetConfig:
     metadata_key: Optional[str] = None  # noqa: UP045
     train_fraction: float = 1.0
     synthetic: Optional[SyntheticConfig] = None  # noqa: UP045
+    canary: bool = False  # the positive control's data (data/canary.py); the sweep sets it (audit.canary)
 
     def __post_init__(self):
         _one_of(self.mode, ("masked", "raw"), "dataset.mode")
@@ -324,6 +325,7 @@ class AuditConfig:
     border: float = 0.08  # width of the border band, as a share of the image side
     batch_size: int = 32
     layer: Optional[str] = None  # noqa: UP045  Grad-CAM's module; null: the deepest with 16 px maps
+    canary: bool = False  # the sweep adds the canary run: the baseline on data with a planted shortcut
 
     def __post_init__(self):
         _check(self.images >= 1, "audit.images", "at least 1", self.images)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from xray_ablate.config.choices import CLASSES
-from xray_ablate.data import cache
+from xray_ablate.data import cache, canary
 from xray_ablate.data.atomic import check_writable, write_text_atomic
 from xray_ablate.data.fingerprint import dataset_fingerprint, file_digests
 from xray_ablate.data.ingest import (
@@ -42,6 +42,7 @@ class DataConfig:
     metadata: Path | None = None  # CSV of attributes per image (dataset.metadata)
     metadata_key: str | None = None  # its column of image file names (dataset.metadata_key)
     cache_verify: str = "auto"  # how much of a cached array to hash on load: auto | full | sample
+    canary: bool = False  # plant the canary marker (data/canary.py) in a copy of the images
 
 
 @dataclass
@@ -151,7 +152,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
     # Only decoded rows; a fancy index would copy, so keep the memmap when nothing failed.
     if len(rows) != len(decoded):
         images, lungs = images[rows], None if lungs is None else lungs[rows]
-    return PreparedData(
+    data = PreparedData(
         images=images, lungs=lungs,
         table=usable[["image_id", "cls", "label", "patient_id", "view", "split", "image_path", *names]],
         excluded=excluded.reset_index(drop=True),
@@ -159,6 +160,19 @@ def prepare(cfg: DataConfig) -> PreparedData:
         manifest_path=manifest_path, layout=meta["layout"], unknown_tags=meta["unknown_tags"],
         patient_fallbacks=int(meta["patient_fallbacks"]), decoded_now=decoded_now, metadata=report,
     )
+    return with_canary(data) if cfg.canary else data
+
+
+def with_canary(data: PreparedData) -> PreparedData:
+    """``data`` with the canary marker planted (in memory) and its attribute column added."""
+    if not (data.table["cls"].eq(canary.CANARY_CLASS) & data.table["split"].eq("train")).any():
+        raise UserError(f"the canary marks the {canary.CANARY_CLASS} training images, and this dataset's "
+                        "training split has none: audit.canary cannot plant its shortcut")
+    marked = canary.carries_marker(data.table)
+    table = data.table.assign(**{canary.ATTRIBUTE: np.where(marked, canary.MARKED, canary.UNMARKED)})
+    metadata = replace(data.metadata, attributes={**data.metadata.attributes, canary.ATTRIBUTE: "canary"})
+    return replace(data, images=canary.plant(data.images, marked), table=table, metadata=metadata,
+                   cache_key=f"{data.cache_key}-canary{canary.VERSION}")
 
 
 def _not_a_folder(root: Path) -> str:

@@ -46,7 +46,7 @@ def data_config(cfg) -> DataConfig:
                            val_fraction=float(cfg.split.val_fraction)),
         workers=int(cfg.num_workers),
         metadata=Path(ds.metadata) if ds.metadata else None, metadata_key=ds.metadata_key,
-        cache_verify=cfg.cache_verify,
+        cache_verify=cfg.cache_verify, canary=bool(ds.canary),
     )
 
 

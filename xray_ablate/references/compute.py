@@ -105,6 +105,12 @@ def _compute(data: PreparedData, attributes: list[str], key: str) -> References:
     return References(key, rows, probes, skipped_probes=skipped)
 
 
+def pixel_probe(data: PreparedData, attribute: str) -> Probe | None:
+    """The pixel model of the references predicting ``attribute`` (None: one training level)."""
+    x = {s: downscale(data.images[data.split_indices(s)]) for s in SPLITS}
+    return source_probe(attribute, x, split_arrays(data, attribute))
+
+
 def split_arrays(data: PreparedData, column: str) -> dict[str, np.ndarray]:
     """A table column cut into train/val/test."""
     return {s: data.table[column].to_numpy()[data.split_indices(s)] for s in SPLITS}

@@ -11,6 +11,7 @@ the baseline and of the configuration whose Grad-CAM outside share differs most 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class AuditSummary:
     confidence: float = 0.95  # of every interval
     montages: dict[str, str] = field(default_factory=dict)  # title -> png file in the report folder
     informative: dict[str, bool | None] = field(default_factory=dict)  # method -> informative()
+    missed_canary: tuple[str, ...] = ()  # methods that did not find the canary's planted marker
 
     @property
     def gradcam_uninformative(self) -> bool:
@@ -56,12 +58,13 @@ def lead_method(informed: dict[str, bool | None]) -> str:
 LEAD_SHARE = "audit_outside_lung"
 
 
-def lead_share(runs: pd.DataFrame, audits: dict[str, pd.DataFrame], confidence: float = 0.95) -> str:
+def lead_share(runs: pd.DataFrame, audits: dict[str, pd.DataFrame], confidence: float = 0.95,
+               missed: Collection[str] = ()) -> str:
     """The metric LEAD_SHARE stands for in this report: audit_outside_lung_<the lead method>, judged
     on ``runs`` (each configuration and dataset level) as the audit section judges it."""
     keys = pd.unique(runs["config_key"])
     table = audit_table(runs, pd.DataFrame({"config": keys, "config_key": keys}), audits, confidence)
-    return f"{LEAD_SHARE}_{lead_method(informative(table, level_table(runs, audits, confidence)))}"
+    return f"{LEAD_SHARE}_{lead_method(informative(table, level_table(runs, audits, confidence), missed))}"
 
 
 def load_audits(run_ids) -> dict[str, pd.DataFrame]:
@@ -148,20 +151,24 @@ UNINFORMATIVE = (f"no configuration's or dataset level's share lies over {UNIFOR
                  f"map's, or none moves over {UNIFORM_MARGIN:g} pp when the model's weights are redrawn at random")
 
 
-def informative(table: pd.DataFrame, levels: pd.DataFrame | None = None) -> dict[str, bool | None]:
+def informative(table: pd.DataFrame, levels: pd.DataFrame | None = None,
+                missed: Collection[str] = ()) -> dict[str, bool | None]:
     """Per method, whether its maps say where a model looks: the outside-lung share of some
     configuration, or of the masked or raw models pooled (``levels``), lies more than
     UNIFORM_MARGIN pp from a uniform map's, its whole interval over seeds + audited images beyond
     that margin; and, where the runs logged the model-randomisation check, some configuration's
     share moves more than UNIFORM_MARGIN pp when the weights are redrawn at random (a share that
     does not move shows the input, not the model). None without intervals. Grad-CAM read on too
-    coarse a map spreads like a uniform one."""
+    coarse a map spreads like a uniform one. A method in ``missed`` did not find the canary's
+    planted marker (report/canary.py): uninformative whatever its shares."""
     if levels is not None and len(levels):
         table = pd.concat([table, levels[levels["config"] != "raw − masked"]], ignore_index=True)
     out = {}
     for method in METHOD_LABELS:
         low, high = table[f"outside_lung_{method}_low"], table[f"outside_lung_{method}_high"]
-        if low.isna().all():
+        if method in missed:
+            out[method] = False
+        elif low.isna().all():
             out[method] = None
         else:
             uniform = table["uniform_outside"]
@@ -182,9 +189,10 @@ def most_different(table: pd.DataFrame, baseline_key: str) -> str | None:
 
 
 def summarise_audit(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str,
-                    audits: dict[str, pd.DataFrame], confidence: float = 0.95) -> AuditSummary | None:
-    """The audit of the report's runs (``configs``: the run table; ``audits``: load_audits);
-    None when no run was audited."""
+                    audits: dict[str, pd.DataFrame], confidence: float = 0.95,
+                    missed: Collection[str] = ()) -> AuditSummary | None:
+    """The audit of the report's runs (``configs``: the run table; ``audits``: load_audits;
+    ``missed``: the methods that did not find the canary's marker); None when no run was audited."""
     if not audits:
         return None
     table = audit_table(runs, configs, audits, confidence)
@@ -196,7 +204,8 @@ def summarise_audit(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str
             label = table.loc[table["config_key"] == key, "config"].iloc[0]
             shown[f"{label} (seed {int(first['seed'])})"] = str(first["run_id"])
     levels = level_table(runs, audits, confidence)
-    return AuditSummary(table, levels, shown, confidence, informative=informative(table, levels))
+    return AuditSummary(table, levels, shown, confidence, informative=informative(table, levels, missed),
+                        missed_canary=tuple(m for m in METHOD_LABELS if m in missed))
 
 
 # --- the report folder and report.md ---------------------------------------------------------
@@ -288,7 +297,10 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
                 f"{UNIFORM_MARGIN:g} pp when the model's weights are redrawn)",
                 False: f"uninformative ({UNINFORMATIVE})"}
     out = [Heading("Where the models look (saliency audit)"),
-           Text("; ".join(f"{METHOD_LABELS[m]}: {verdicts[audit.informative.get(m)]}" for m in METHOD_LABELS)
+           Text("; ".join(f"{METHOD_LABELS[m]}: " + ("uninformative (it missed the canary's planted marker: see "
+                                                      "'Positive control')" if m in audit.missed_canary
+                                                      else verdicts[audit.informative.get(m)])
+                          for m in METHOD_LABELS)
                 + f". Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
                   "seeds and audited images]."), Table(display_audit(audit.table, audit.lead))]
     if len(audit.levels):

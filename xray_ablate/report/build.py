@@ -19,6 +19,7 @@ from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import STUDY_BASELINE, Config
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.report.audit import LEAD_SHARE, lead_share, load_audits, summarise_audit, write_audit
+from xray_ablate.report.canary import canary_result
 from xray_ablate.report.confounds import confounds, trained_reference_rows
 from xray_ablate.report.curves import FIGURE, compute_curves, learning_curve_plot
 from xray_ablate.report.images import (
@@ -238,8 +239,10 @@ def analyse(selection: Selection, levels: dict[str, str | None], settings: Setti
     finished = selection.runs[selection.runs["status"] == "FINISHED"]
     evidence = Evidence(load_predictions(finished["run_id"]), load_audits(finished["run_id"]))
     notes = []
+    canary = canary_result(selection.canary_runs, selection.canary_requested)
+    missed = canary.missed_methods if canary else set()
     if settings.metric == LEAD_SHARE:
-        settings = replace(settings, metric=lead_share(finished, evidence.audits, settings.confidence))
+        settings = replace(settings, metric=lead_share(finished, evidence.audits, settings.confidence, missed))
         notes.append(f"report.metric={LEAD_SHARE}: {settings.metric}, the attribution outside the lungs of "
                      "the method the saliency audit leads with (see its section).")
     cleaned = clean_runs(add_run_evidence(selection.runs, evidence), settings.metric)
@@ -284,7 +287,8 @@ def analyse(selection: Selection, levels: dict[str, str | None], settings: Setti
                              ignore_index=True),
         mcnemar=mcnemar_table(kept, evidence, table, baseline_key),
         confounds=found,
-        audit=summarise_audit(kept, table, baseline_key, evidence.audits, settings.confidence),
+        audit=summarise_audit(kept, table, baseline_key, evidence.audits, settings.confidence, missed),
+        canary=canary,
         **_variance(kept, evidence, table, baseline_key, settings),
         curves=compute_curves(kept, table, settings, evidence),
         factorial_note=("No two factors are crossed (every combination run), so there are no "

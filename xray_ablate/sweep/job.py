@@ -17,10 +17,12 @@ from xray_ablate.audit import audit_split
 from xray_ablate.config.factors import run_name
 from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import Config
+from xray_ablate.data import canary
 from xray_ablate.data.metadata import require_attributes
 from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.data.settings import data_config, ensure_synthetic
 from xray_ablate.evaluation import PROB_COLUMNS
+from xray_ablate.references.compute import pixel_probe
 from xray_ablate.references.subgroups import accuracy_gap, subgroup_scores
 from xray_ablate.sweep.outcomes import SKIPPED
 from xray_ablate.sweep.policy import JobOutcome, job_outcome
@@ -38,7 +40,7 @@ from xray_ablate.train.device import select_device
 from xray_ablate.train.external import ExternalSet, external_metrics, prepare_external
 from xray_ablate.train.fit import RunResult, fit
 from xray_ablate.train.inputs import FitInputs, prepare_inputs
-from xray_ablate.train.probe import feature_probe_metrics
+from xray_ablate.train.probe import feature_probe_metrics, probe_metrics
 
 log = logging.getLogger("xray_ablate")
 
@@ -124,7 +126,7 @@ def train_and_record(config: Config, data: PreparedData, device: torch.device, r
                      checkpoint: Checkpointer | None = None) -> RunResult:
     """The run: its data and inputs, fit() (from ``checkpoint``'s state if it has one), the
     evaluations on the best state (test subgroups, external sets), all recorded."""
-    require_attributes(config.eval.subgroups, data.metadata)  # before minutes of training
+    require_attributes(evaluated_attributes(config), data.metadata)  # before minutes of training
     inputs = prepare_inputs(config, data)
     external = record_inputs(config, data, inputs, recorder)
     if checkpoint is not None and checkpoint.resume is not None:
@@ -167,9 +169,14 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
     """What a run records after it trains: subgroups and the source probe on its features, external
     sets, the result, the audit."""
     device = next(result.model.parameters()).device
-    evaluate_subgroups(config, data, inputs.test, result)
-    result.metrics.update(feature_probe_metrics(result.model, data, inputs, list(config.eval.subgroups),
+    attributes = evaluated_attributes(config)
+    evaluate_subgroups(attributes, data, inputs.test, result)
+    result.metrics.update(feature_probe_metrics(result.model, data, inputs, attributes,
                                                 config.trainer.batch_size, device))
+    if config.dataset.canary:  # can the pixels themselves reveal the marker (the references' model)?
+        probe = pixel_probe(data, canary.ATTRIBUTE)
+        if probe is not None:
+            result.metrics.update(probe_metrics(f"pixel_probe_{canary.ATTRIBUTE}", probe))
     result.metrics.update(external_metrics(result.model, external, config, device))
     record_result(recorder, result, config.tracking.log_checkpoint)
     if config.audit.enabled:
@@ -181,13 +188,18 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
             recorder.figure(audit.montage, schema.AUDIT_MONTAGE)
 
 
-def evaluate_subgroups(config: Config, data: PreparedData, test_rows, result: RunResult) -> None:
-    """Attributes beside each prediction, and test accuracy per level of each eval.subgroups attribute."""
+def evaluated_attributes(config: Config) -> list[str]:
+    """The attributes a run is evaluated by: eval.subgroups, and in the canary run its marker."""
+    return [*config.eval.subgroups, *([canary.ATTRIBUTE] if config.dataset.canary else [])]
+
+
+def evaluate_subgroups(attributes: list[str], data: PreparedData, test_rows, result: RunResult) -> None:
+    """Attributes beside each prediction, and test accuracy per level of each of ``attributes``."""
     if data.attributes:
         attributes = data.table.iloc[test_rows][["image_id", *data.attributes]].reset_index(drop=True)
         result.predictions = result.predictions.merge(attributes, on="image_id", how="left", validate="1:1")
     probs = result.predictions[PROB_COLUMNS].to_numpy()
-    for attribute in config.eval.subgroups:
+    for attribute in attributes:
         scores = subgroup_scores(result.predictions["label"].to_numpy(), probs,
                                  result.predictions[attribute].to_numpy())
         for score in scores:

@@ -101,6 +101,7 @@ def sweep_run(plan: Plan, report: Callable[[Config, str], bool] | None = None) -
         if not earlier:
             recorder.params({"planned_jobs": len(plan.jobs), "sweep.until": first.sweep.until,
                              "sweep.delta": first.sweep.delta, "sweep.max_seeds": first.sweep.max_seeds,
+                             "audit.canary": first.audit.canary,
                              # the baseline this sweep was designed around, for a later `make report`
                              **{f"report.baseline.{k}": v for k, v in first.report.baseline.items()}})
             recorder.text("\n".join(" ".join(j) for j in plan.jobs) + "\n", "sweep/jobs.txt")

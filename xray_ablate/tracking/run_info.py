@@ -18,7 +18,8 @@ from xray_ablate.tracking.store import code_version
 
 def run_tags(config: Config, device_type: str) -> dict[str, str]:
     """The tags of a training run: what it is, which configuration and seed, which factors."""
-    tags = {schema.KIND: "train", schema.SEED: str(config.seed), schema.CONFIG_KEY: config_key(config, device_type),
+    kind = schema.CANARY if config.dataset.canary else "train"
+    tags = {schema.KIND: kind, schema.SEED: str(config.seed), schema.CONFIG_KEY: config_key(config, device_type),
             schema.DEVICE: device_type, schema.CODE_VERSION: code_version(),
             schema.SPLIT_MODE: "per_seed" if config.split.vary_with_seed else "fixed",
             schema.EXPERIMENT: str(config.experiment_name)}

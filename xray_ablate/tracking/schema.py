@@ -6,7 +6,8 @@ from xray_ablate.config.choices import CLASSES
 
 FACTOR_TAG = "factor.{}"  # e.g. factor.dataset = masked; the factors: xray_ablate.config.factors
 
-KIND = "xray.kind"  # train | sweep | report | quality
+KIND = "xray.kind"  # train | canary | sweep | report | quality
+CANARY = "canary"  # the kind of a sweep's positive-control run (audit.canary): no factor table reads it
 SEED = "xray.seed"
 CONFIG_KEY = "xray.config_key"  # groups the seeds of one configuration
 SWEEP_ID = "xray.sweep_id"  # the sweep that created the run

@@ -2,7 +2,8 @@
 predicts an attribute (the source hospital, say) on the test split. A model that leans on the
 source carries it there; the pixel probe of references/ asks the same of the images themselves.
 Logged per run as probe_<attribute>_accuracy (and _majority, the rate of always guessing the
-training split's most common level), so a factor's effect on it is an ablation outcome."""
+training split's most common level, and _n, the test images), so a factor's effect on it is an
+ablation outcome."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from xray_ablate.data.prepare import PreparedData
-from xray_ablate.references.baselines import source_probe
+from xray_ablate.references.baselines import Probe, source_probe
 from xray_ablate.train.fit import to_batches
 from xray_ablate.train.inputs import FitInputs
 from xray_ablate.train.loop import to_input
@@ -38,7 +39,7 @@ def penultimate_features(model: nn.Module, data: PreparedData, rows: np.ndarray,
 
 def feature_probe_metrics(model: nn.Module, data: PreparedData, inputs: FitInputs, attributes: list[str],
                           batch_size: int, device: torch.device) -> dict[str, float]:
-    """probe_<attribute>_accuracy and _majority for each attribute with 2 or more training levels."""
+    """probe_<attribute>_accuracy, _majority and _n for each attribute with 2 or more training levels."""
     if not attributes:
         return {}
     rows = {s: getattr(inputs, s) for s in SPLITS}
@@ -48,6 +49,11 @@ def feature_probe_metrics(model: nn.Module, data: PreparedData, inputs: FitInput
         levels = {s: data.table[attribute].to_numpy()[r] for s, r in rows.items()}
         probe = source_probe(attribute, x, levels)
         if probe is not None:
-            metrics[f"probe_{attribute}_accuracy"] = probe.test.rate
-            metrics[f"probe_{attribute}_majority"] = probe.majority.rate
+            metrics |= probe_metrics(f"probe_{attribute}", probe)
     return metrics
+
+
+def probe_metrics(prefix: str, probe: Probe) -> dict[str, float]:
+    """<prefix>_accuracy, _majority and _n: the probe's test accuracy, the majority rule's, the images."""
+    return {f"{prefix}_accuracy": probe.test.rate, f"{prefix}_majority": probe.majority.rate,
+            f"{prefix}_n": float(probe.test.n)}

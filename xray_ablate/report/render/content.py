@@ -11,6 +11,7 @@ import pandas as pd
 from xray_ablate.config.factors import factor_labels
 from xray_ablate.evaluation import PREDICTION_COLUMNS
 from xray_ablate.report.audit import AuditSummary, audit_section, summary_blocks
+from xray_ablate.report.canary import CanaryResult, canary_section, canary_warning
 from xray_ablate.report.confounds import Confounds, references_section, subgroups_section, table_frames
 from xray_ablate.report.curves import Curves, curve_frames, curve_section
 from xray_ablate.report.images import variance_table
@@ -83,6 +84,7 @@ class Content:
     verdicts: list = field(default_factory=list)  # stats.verdicts.Verdict per claim, the report's first table
     pooled: pd.DataFrame = field(default_factory=pd.DataFrame)  # stats.mixed.pooled_intervals: the check
     verdict_note: str = ""  # how the verdicts were reached, or why there are none
+    canary: CanaryResult | None = None  # the positive control, with audit.canary=true
 
 
 def summary(c: Content) -> list[str]:
@@ -342,8 +344,9 @@ def document(c: Content) -> list[Block]:
         f"fingerprint `{ref['fingerprint']}`, split mode {ref['split_mode']} ("
         + (f"manifest `{ref['split_hash']}`" if ref["split_mode"] != "per_seed"
            else f"split seed base {ref['split_seed']}, paired by seed") + ")."))
-    # before any result: runs that did not learn, then runs that should not be compared
-    warnings = ([c.learning_warning] if c.learning_warning else []) + c.warnings
+    # before any result: shortcut checks blind to a planted shortcut, runs that did not learn,
+    # then runs that should not be compared
+    warnings = [w for w in (canary_warning(c.canary), c.learning_warning) if w] + c.warnings
     if warnings:
         out += [Heading("Warnings"), bullets([f"**Warning:** {w}" for w in warnings])]
     out += [Heading("Verdicts")]
@@ -365,6 +368,7 @@ def document(c: Content) -> list[Block]:
                 Text("Each configuration's run against the baseline's run of the same seed, on the "
                        "same test images:"), Table(display_mcnemar(c.mcnemar))]
     out += audit_section(c.audit)
+    out += canary_section(c.canary)
     if c.variance is not None:
         unit = s.unit or "units"
         out += [Heading("Variance decomposition (baseline)"),
