@@ -196,8 +196,8 @@ def evaluated_attributes(config: Config) -> list[str]:
 def evaluate_subgroups(attributes: list[str], data: PreparedData, test_rows, result: RunResult) -> None:
     """Attributes beside each prediction, and test accuracy per level of each of ``attributes``."""
     if data.attributes:
-        attributes = data.table.iloc[test_rows][["image_id", *data.attributes]].reset_index(drop=True)
-        result.predictions = result.predictions.merge(attributes, on="image_id", how="left", validate="1:1")
+        columns = data.table.iloc[test_rows][["image_id", *data.attributes]].reset_index(drop=True)
+        result.predictions = result.predictions.merge(columns, on="image_id", how="left", validate="1:1")
     probs = result.predictions[PROB_COLUMNS].to_numpy()
     for attribute in attributes:
         scores = subgroup_scores(result.predictions["label"].to_numpy(), probs,
