@@ -84,5 +84,13 @@ KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 def describe_experiment(uri: str, experiment_id: str, note: str) -> None:
     """Set the experiment's description and mark it as model training."""
     client = MlflowClient(uri)
-    client.set_experiment_tag(experiment_id, NOTE_TAG, note)
-    client.set_experiment_tag(experiment_id, KIND_TAG, MODEL_TRAINING)
+    for key, value in ((NOTE_TAG, note), (KIND_TAG, MODEL_TRAINING)):
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+        except MlflowException as err:
+            # MLflow's SQL store looks for the tag, then inserts it: two sweeps starting at once can
+            # both insert, and the second one's insert breaks the unique key. The tag exists now,
+            # so setting it again updates it.
+            if "UNIQUE constraint failed" not in str(err):
+                raise
+            client.set_experiment_tag(experiment_id, key, value)
