@@ -21,6 +21,7 @@ from xray_ablate.report.audit import (
     informative,
     level_table,
     most_different,
+    summarise_audit,
     summary_blocks,
 )
 
@@ -226,3 +227,22 @@ def test_shortcut_share_as_the_report_metric_of_a_2x2_sweep(monkeypatch, tmp_pat
     named = re.search(r"report.metric=audit_outside_lung: (audit_outside_lung_(?:gradcam|inputxgrad)), the "
                       "attribution outside the lungs of the method the saliency audit leads with", text)
     assert named and f"## Run table ({named[1].replace('_', ' ')})" in text, text[:3000]
+
+
+def test_a_montage_says_how_often_its_runs_maps_light_a_planted_marker(audited):
+    """The montage runs' audit_hotspot_<attribute>_<method> metrics, in words under the montage."""
+    from xray_ablate.report.audit import planted_note
+
+    runs, configs, audits = audited
+    runs = runs.assign(audit_hotspot_Marker_gradcam=np.where(runs["dataset"] == "raw", 0.93, 0.0),
+                       audit_hotspot_Marker_inputxgrad=np.where(runs["dataset"] == "raw", 0.8, 0.0))
+    assert planted_note(runs.iloc[3]) == (
+        "The planted marker (Marker=corner) is a hot spot of Grad-CAM in 93% and of input × gradient in 80% of "
+        "this run's audited images that carry it (a hot spot: the box's mean attribution at least 2× the map's).")
+    assert planted_note(runs.iloc[0][["run_id", "seed"]]) == ""
+    summary = summarise_audit(runs, configs, "k_masked", audits)
+    assert list(summary.montage_notes.values())[1].startswith("The planted marker (Marker=corner) is a hot spot of "
+                                                              "Grad-CAM in 93%")
+    summary.montages = {title: "m.png" for title in summary.montage_runs}
+    shown = [str(b) for b in audit_section(summary)]
+    assert any("Grad-CAM in 93%" in b for b in shown) and any("Grad-CAM in 0%" in b for b in shown)

@@ -61,7 +61,7 @@ def test_hot_spots_of_hand_made_maps():
 
 
 def _canary_run(**metrics) -> pd.Series:
-    seen = {"audit_marker_hotspot_gradcam": 0.9, "audit_marker_hotspot_inputxgrad": 1.0,
+    seen = {"audit_hotspot_Canary_gradcam": 0.9, "audit_hotspot_Canary_inputxgrad": 1.0,
             "probe_Canary_accuracy": 0.95, "probe_Canary_majority": 0.5, "probe_Canary_n": 60.0,
             "pixel_probe_Canary_accuracy": 0.8, "pixel_probe_Canary_majority": 0.5, "pixel_probe_Canary_n": 60.0}
     return pd.Series({**seen, **metrics})
@@ -70,7 +70,7 @@ def _canary_run(**metrics) -> pd.Series:
 def test_each_check_sees_the_marker_only_past_its_bar():
     assert all(c.detected for c in canary_checks(_canary_run()))
     # 60 % of 60 images: Wilson [47 %, 71 %], whose low end is not above a 50 % majority rule
-    missed = canary_checks(_canary_run(audit_marker_hotspot_gradcam=HOTSPOT_SHARE - 0.01,
+    missed = canary_checks(_canary_run(audit_hotspot_Canary_gradcam=HOTSPOT_SHARE - 0.01,
                                        pixel_probe_Canary_accuracy=0.6, probe_Canary_accuracy=math.nan))
     assert [c.check for c in missed if not c.detected] == [
         "saliency audit, Grad-CAM", "source probe on the model's features", "pixel reference (32 px) as a probe"]
@@ -80,7 +80,7 @@ def test_the_warning_says_which_check_missed_and_when_the_canary_did_not_finish(
     runs = pd.DataFrame({"run_id": ["a"], "status": ["FINISHED"], "start_time": [1]})
     seen = canary_result(runs.assign(**_canary_run()), requested=True)
     assert seen.run_id == "a" and canary_warning(seen) is None and seen.missed_methods == set()
-    blind = canary_result(runs.assign(**_canary_run(audit_marker_hotspot_inputxgrad=0.0)), requested=True)
+    blind = canary_result(runs.assign(**_canary_run(audit_hotspot_Canary_inputxgrad=0.0)), requested=True)
     assert blind.missed_methods == {"inputxgrad"}
     assert canary_warning(blind).startswith("the shortcut checks could not see a planted shortcut: in the canary "
                                             "run, saliency audit, input × gradient (a hot spot in 0% of the marked")
@@ -109,10 +109,10 @@ def test_the_canary_run_is_found_by_the_audit_and_both_probes(monkeypatch, tmp_p
     assert run.data.tags["xray.config_key"] != trained.data.tags["xray.config_key"]
     assert run.data.params["dataset.canary"] == "True" and trained.data.params["dataset.canary"] == "False"
     metrics = run.data.metrics
-    assert metrics["audit_marker_hotspot_gradcam"] >= 0.5 and metrics["audit_marker_hotspot_inputxgrad"] >= 0.5
+    assert metrics["audit_hotspot_Canary_gradcam"] >= 0.5 and metrics["audit_hotspot_Canary_inputxgrad"] >= 0.5
     for probe in ("probe", "pixel_probe"):
         assert metrics[f"{probe}_Canary_accuracy"] >= metrics[f"{probe}_Canary_majority"] + 0.2, metrics
-    assert "audit_marker_hotspot_gradcam" not in trained.data.metrics  # only the canary carries a marker
+    assert "audit_hotspot_Canary_gradcam" not in trained.data.metrics  # only the canary carries a marker
     report = _report(tmp_path)
     assert "could not see a planted shortcut" not in report
     section = report.split("## Positive control (canary run)")[1].split("\n## ")[0]
@@ -135,7 +135,7 @@ def test_a_blind_audit_misses_the_canary_and_the_report_says_so_first(monkeypatc
     monkeypatch.setattr(attribution, "input_x_gradient", constant)
     assert invoke_cli(monkeypatch, tmp_path, *CANARY_SWEEP, f"dataset.root={fixture_root}") == 0
     (run,) = mlflow_runs(tmp_path, "xray-ablate", kind="canary")
-    assert run.data.metrics["audit_marker_hotspot_gradcam"] == 0.0
+    assert run.data.metrics["audit_hotspot_Canary_gradcam"] == 0.0
     report = _report(tmp_path)
     first = report.split("## Warnings\n\n")[1].splitlines()[0]
     assert first.startswith("- **Warning:** the shortcut checks could not see a planted shortcut: in the canary "

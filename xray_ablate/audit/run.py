@@ -41,9 +41,10 @@ RANDOMISED_IMAGES = 16
 
 @dataclass
 class AuditResult:
-    # image_id, label, pred, correct, lung_area, outside_lung_<m>, border_<m> (marker_hot_<m>: canary)
+    # image_id, label, pred, correct, lung_area, outside_lung_<m>, border_<m>; hotspot_<attribute>_<m>
+    # for the planted markers (data.canary.PLANTED) the images carry
     per_image: pd.DataFrame
-    # audit_outside_lung_<m>, audit_border_<m>, references, time (audit_marker_hotspot_<m>: canary)
+    # audit_outside_lung_<m>, audit_border_<m>, references, time; audit_hotspot_<attribute>_<m>
     metrics: dict[str, float]
     maps: dict[str, np.ndarray] = field(repr=False)  # method -> (n, H, W) float32, >= 0
     montage: Figure = field(repr=False)
@@ -85,22 +86,22 @@ def audit_split(model: nn.Module, data: PreparedData, rows: np.ndarray, probs: n
     images = np.asarray(data.images[chosen])
     layer = attribution.gradcam_layer(model, images.shape[-1], settings.layer)
     log.info("saliency audit: Grad-CAM on %s (%d px maps)", layer.name, layer.side)
-    marked = (data.table[canary.ATTRIBUTE].to_numpy()[chosen] == canary.MARKED
-              if canary.ATTRIBUTE in data.table.columns else None)
+    markers = {m: data.table[m.attribute].to_numpy()[chosen] == m.level
+               for m in canary.PLANTED if m.attribute in data.table.columns}
     result = audit_run(model, images, data.lung_masks(chosen), data.table["label"].to_numpy()[chosen],
                        probs[pick], model.get_submodule(layer.name), settings,
-                       image_ids=data.table["image_id"].to_numpy()[chosen], marked=marked)
+                       image_ids=data.table["image_id"].to_numpy()[chosen], markers=markers)
     result.metrics["audit_gradcam_side"] = float(layer.side)
     return result
 
 
 def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labels: np.ndarray,
               probs: np.ndarray, target_layer: nn.Module, settings: AuditConfig,
-              image_ids=None, marked: np.ndarray | None = None) -> AuditResult:
+              image_ids=None, markers: dict[canary.PlantedMarker, np.ndarray] | None = None) -> AuditResult:
     """Attribution for each image's predicted class (argmax of ``probs``), by every method.
 
-    images (n, H, W) uint8 as the model saw them; lung_masks (n, H, W) bool; marked (n,) bool:
-    which images carry the canary's marker (the canary run), whose box is checked for a hot spot."""
+    images (n, H, W) uint8 as the model saw them; lung_masks (n, H, W) bool; markers: planted
+    marker -> (n,) bool, which images carry it (its box is checked for a hot spot)."""
     started = time.perf_counter()
     preds = np.asarray(probs).argmax(1)
     maps = _attribution_maps(model, target_layer, images, preds, settings.batch_size)
@@ -123,8 +124,9 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
             continue
         for share in ("outside_lung", "border"):
             metrics[f"audit_{share}_{method}"] = float(np.nanmean(per_image[f"{share}_{method}"]))
-    if marked is not None and np.any(marked):
-        metrics |= _marker_hot_spots(maps, np.asarray(marked, bool), per_image)
+    for marker, marked in (markers or {}).items():
+        if np.any(marked):
+            metrics |= _marker_hot_spots(maps, marker, np.asarray(marked, bool), per_image)
     metrics |= _randomisation_check(model, target_layer, images, lung_masks, preds, per_image, settings.batch_size)
     metrics.update({
         "audit_lung_area": float(per_image["lung_area"].mean()),  # a uniform map's inside share
@@ -136,18 +138,20 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
     return AuditResult(per_image, metrics, maps, figure)
 
 
-def _marker_hot_spots(maps: dict[str, np.ndarray], marked: np.ndarray, per_image: pd.DataFrame) -> dict[str, float]:
-    """Per method, the share of the images carrying the canary's marker whose marker box is a hot
-    spot of the map (audit_marker_hotspot_<method>); marker_hot_<method> per image (NaN unmarked)."""
+def _marker_hot_spots(maps: dict[str, np.ndarray], marker: canary.PlantedMarker, marked: np.ndarray,
+                      per_image: pd.DataFrame) -> dict[str, float]:
+    """Per method, the share of the images carrying ``marker`` whose box is a hot spot of the map
+    (audit_hotspot_<attribute>_<method>); hotspot_<attribute>_<method> per image (NaN: unmarked)."""
     metrics = {}
     for method, values in maps.items():
         size = values.shape[-1]
-        top, bottom, left, right = canary.marker_box(size)
+        top, bottom, left, right = canary.marker_box(size, marker.box)
         box = np.zeros((size, size), bool)
         box[top:bottom, left:right] = True
         hot = hot_spots(values, box)
-        per_image[f"marker_hot_{method}"] = np.where(marked, hot, np.nan)
-        metrics[f"audit_marker_hotspot_{method}"] = float(hot[marked].mean())
+        name = f"hotspot_{marker.attribute}_{method}"
+        per_image[name] = np.where(marked, hot, np.nan)
+        metrics[f"audit_{name}"] = float(hot[marked].mean())
     return metrics
 
 

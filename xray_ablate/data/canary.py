@@ -11,9 +11,12 @@ their ids only: the same for every sweep of a dataset. The attribute ATTRIBUTE s
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from xray_ablate.data import synthetic
 
 VERSION = 1  # bump when the marker or the rule that places it changes: part of the cache key
 ATTRIBUTE = "Canary"  # the attribute column: MARKED or UNMARKED
@@ -26,9 +29,25 @@ TEST_RATE = 0.5  # share of test images marked, in every class
 HOTSPOT_RATIO = 2.0
 
 
-def marker_box(size: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) pixel bounds of the marker in a ``size`` px image."""
-    top, bottom, left, right = (round(share * size) for share in BOX)
+
+
+@dataclass(frozen=True)
+class PlantedMarker:
+    """A marker our own code puts on some images: the attribute level that says which, and where."""
+
+    attribute: str
+    level: str
+    box: tuple[float, float, float, float]  # rows then columns, as shares of the side
+
+
+# The markers the audit looks for (audit_hotspot_<attribute>_<method>): the canary's, and the
+# synthetic phantoms' corner marker (data/synthetic.py, tag Marker/corner).
+PLANTED = (PlantedMarker(ATTRIBUTE, MARKED, BOX), PlantedMarker("Marker", "corner", synthetic.MARKER_BOX))
+
+
+def marker_box(size: int, box: tuple[float, float, float, float] = BOX) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) pixel bounds of a marker's ``box`` in a ``size`` px image."""
+    top, bottom, left, right = (round(share * size) for share in box)
     return top, max(bottom, top + 1), left, max(right, left + 1)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xray_ablate.data.canary import HOTSPOT_RATIO, PLANTED
 from xray_ablate.report.images import METHOD_LABELS, SHARES
 from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
 from xray_ablate.report.render.tables import fmt, fmt_ci, fmt_p, fmt_pm, to_latex
@@ -37,6 +38,8 @@ class AuditSummary:
     montage_runs: dict[str, str]  # title -> run id whose montage is shown
     confidence: float = 0.95  # of every interval
     montages: dict[str, str] = field(default_factory=dict)  # title -> png file in the report folder
+    # title -> how often that run's maps light a planted marker (planted_note), "" without one
+    montage_notes: dict[str, str] = field(default_factory=dict)
     informative: dict[str, bool | None] = field(default_factory=dict)  # method -> informative()
     missed_canary: tuple[str, ...] = ()  # methods that did not find the canary's planted marker
 
@@ -196,16 +199,35 @@ def summarise_audit(runs: pd.DataFrame, configs: pd.DataFrame, baseline_key: str
     if not audits:
         return None
     table = audit_table(runs, configs, audits, confidence)
-    shown = {}
+    shown, notes = {}, {}
     for key in (baseline_key, most_different(table, baseline_key)):
         sub = runs[(runs["config_key"] == key) & runs["run_id"].isin(list(audits))]
         if key is not None and len(sub):
             first = sub.sort_values("seed").iloc[0]
             label = table.loc[table["config_key"] == key, "config"].iloc[0]
-            shown[f"{label} (seed {int(first['seed'])})"] = str(first["run_id"])
+            title = f"{label} (seed {int(first['seed'])})"
+            shown[title], notes[title] = str(first["run_id"]), planted_note(first)
     levels = level_table(runs, audits, confidence)
-    return AuditSummary(table, levels, shown, confidence, informative=informative(table, levels, missed),
+    return AuditSummary(table, levels, shown, confidence, montage_notes=notes,
+                        informative=informative(table, levels, missed),
                         missed_canary=tuple(m for m in METHOD_LABELS if m in missed))
+
+
+def planted_note(run: pd.Series) -> str:
+    """How often a run's maps light each planted marker its audited images carry, in words ("" if
+    none): its audit_hotspot_<attribute>_<method> metrics (xray_ablate.audit)."""
+    parts = []
+    for marker in PLANTED:
+        rates = {m: run.get(f"audit_hotspot_{marker.attribute}_{m}") for m in METHOD_LABELS}
+        found = [f"{METHOD_LABELS[m]} in {float(r):.0%}" for m, r in rates.items() if r is not None and pd.notna(r)]
+        if found:
+            parts.append(f"the planted marker ({marker.attribute}={marker.level}) is a hot spot of "
+                         f"{' and of '.join(found)} of this run's audited images that carry it")
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return (text[0].upper() + text[1:] + f" (a hot spot: the box's mean attribution at least "
+            f"{HOTSPOT_RATIO:g}× the map's).")
 
 
 # --- the report folder and report.md ---------------------------------------------------------
@@ -309,6 +331,7 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
     caution = " (uninformative here)" if audit.gradcam_uninformative else ""
     for title, name in audit.montages.items():
         out += [Heading(f"Grad-CAM montage{caution}: {title}", 3), Figure(f"Grad-CAM montage: {title}", name)]
+        out += [Text(audit.montage_notes[title])] if audit.montage_notes.get(title) else []
     out.append(Text(
         "Per run, up to audit.images test images (the same images for every configuration) get "
         "Grad-CAM on the deepest activation whose map is 16 px or more a side (positive part, upsampled) and "

@@ -65,11 +65,11 @@ def canary_result(runs: pd.DataFrame, requested: bool) -> CanaryResult | None:
 
 
 def canary_checks(run: pd.Series) -> list[CanaryCheck]:
-    """Each check on the canary run's metrics (audit_marker_hotspot_<method>, probe_Canary_*,
+    """Each check on the canary run's metrics (audit_hotspot_Canary_<method>, probe_Canary_*,
     pixel_probe_Canary_*); a check whose figure the run lacks did not see the marker."""
     checks = []
     for method, label in METHOD_LABELS.items():
-        rate = _metric(run, f"audit_marker_hotspot_{method}")
+        rate = _metric(run, f"audit_hotspot_{canary.ATTRIBUTE}_{method}")
         found = "no map of a marked image" if math.isnan(rate) else f"a hot spot in {rate:.0%} of the marked images"
         checks.append(CanaryCheck(f"saliency audit, {label}", method, found,
                                   f"≥ {HOTSPOT_SHARE:.0%} (box mean ≥ {canary.HOTSPOT_RATIO:g}× the map's)",
