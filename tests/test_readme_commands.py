@@ -167,6 +167,28 @@ def check_demo(root, out: str) -> None:
     assert "<strong>worse</strong>" in page and "**" not in page  # the verdicts bold in HTML, not asterisks
     warned = f"{len(stalled)} of {len(runs)} runs did not learn"
     assert (warned in text.split("## Verdicts", 1)[0]) == bool(stalled)
+    check_demo_shortcut(root, text)
+
+
+MONTAGE_NOTE = re.compile(r"### Montage: (.*?) \(seed \d+\)\n.*?The planted marker \(Marker=corner\) is a hot spot of "
+                          r"Grad-CAM in (\d+)% and of input × gradient in (\d+)%", re.S)
+
+
+def check_demo_shortcut(root: Path, text: str) -> None:
+    """The shortcut the demo plants, seen (README, "Where the model looks"): raw − masked of the
+    outside-lung share of the method the audit leads with resolved "worse" (report.metric=
+    audit_outside_lung), and the raw montage lighting the phantoms' corner marker in at least half
+    of its run's audited images that carry it (by a method it shows), the masked one in none."""
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "xray_ablate.report", f"paths.root_dir={root}",
+                           "report.metric=audit_outside_lung", "report.name=shortcuts", "report.log_to_mlflow=false"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    share = pd.read_csv(root / "reports" / "shortcuts" / "verdicts.csv").set_index("claim").loc[DEMO_CLAIM]
+    assert share["verdict"] == "worse" and 0 < share["low"] < share["estimate"] < share["high"], share
+    montages = {title: (int(gradcam), int(inputxgrad)) for title, gradcam, inputxgrad in MONTAGE_NOTE.findall(text)}
+    raw = [rates for title, rates in montages.items() if "dataset=raw" in title]
+    assert raw and max(raw[0]) >= 50, montages
+    assert montages["baseline"][1] == 0, montages  # a masked image has no marker: nothing to light
 
 
 @pytest.mark.slow

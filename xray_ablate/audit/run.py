@@ -23,7 +23,7 @@ from torch import nn
 from xray_ablate.audit import attribution
 from xray_ablate.audit.montage import montage_figure
 from xray_ablate.audit.shares import border_band, hot_spots, mass_shares
-from xray_ablate.config.choices import CLASSES
+from xray_ablate.config.choices import ATTRIBUTION_METHODS, CLASSES
 from xray_ablate.config.schema import AuditConfig, Config
 from xray_ablate.data import canary
 from xray_ablate.data.prepare import PreparedData
@@ -32,8 +32,7 @@ from xray_ablate.train.loop import to_input
 
 log = logging.getLogger(__name__)
 
-# Method name -> what it computes; the name ends every per-method metric and column.
-METHODS = ("gradcam", "inputxgrad")
+METHODS = tuple(ATTRIBUTION_METHODS)  # _attribution_maps computes each
 # The model-randomisation check (Adebayo et al., "Sanity checks for saliency maps", 2018) maps the
 # first this many audited images again with every weight of the model drawn afresh.
 RANDOMISED_IMAGES = 16
@@ -134,7 +133,7 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
         "audit_images": float(len(images)),
         "audit_seconds": time.perf_counter() - started,
     })
-    figure = montage_figure(images, lung_masks, maps["gradcam"], per_image)
+    figure = montage_figure(images, lung_masks, maps, per_image, ATTRIBUTION_METHODS)
     return AuditResult(per_image, metrics, maps, figure)
 
 

@@ -328,10 +328,14 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
     if len(audit.levels):
         out += [Text("Pooled per dataset level (every audited run of the level; raw − masked in pp):"),
                 Table(display_audit(audit.levels, audit.lead))]
-    caution = " (uninformative here)" if audit.gradcam_uninformative else ""
+    blind = [METHOD_LABELS[m] for m in METHOD_LABELS if audit.informative.get(m) is False]
+    caution = f" ({', '.join(blind)} uninformative here)" if blind else ""
     for title, name in audit.montages.items():
-        out += [Heading(f"Grad-CAM montage{caution}: {title}", 3), Figure(f"Grad-CAM montage: {title}", name)]
-        out += [Text(audit.montage_notes[title])] if audit.montage_notes.get(title) else []
+        out += [Heading(f"Montage{caution}: {title}", 3),
+                Figure(f"Montage: {title}", name),
+                Text(f"The same images under each method's map ({', '.join(METHOD_LABELS.values())}), "
+                     "correct predictions first." + (f" {audit.montage_notes[title]}" if audit.montage_notes.get(title)
+                                                     else ""))]
     out.append(Text(
         "Per run, up to audit.images test images (the same images for every configuration) get "
         "Grad-CAM on the deepest activation whose map is 16 px or more a side (positive part, upsampled) and "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from xray_ablate.config.choices import CLASSES
+from xray_ablate.config.choices import ATTRIBUTION_METHODS, CLASSES
 from xray_ablate.evaluation import PROB_COLUMNS, learning_check, majority_index, wilson
 from xray_ablate.stats import intervals
 
@@ -21,7 +21,7 @@ from xray_ablate.stats import intervals
 IMAGE_METRICS = {f"test_{m}": m for m in intervals.IMAGE_METRICS}
 # The saliency audit's per-image columns (audit/audit.csv) -> label; the run's audit_<column>
 # metric is the mean of its column.
-METHOD_LABELS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient"}  # audit.run.METHODS
+METHOD_LABELS = ATTRIBUTION_METHODS
 SHARES = {f"{share}_{method}": f"{where}, {label}" for method, label in METHOD_LABELS.items()
           for share, where in (("outside_lung", "outside lungs"), ("border", "border band"))}
 AUDIT_METRICS = {f"audit_{column}": column for column in SHARES}
