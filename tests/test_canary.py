@@ -15,7 +15,7 @@ from conftest import invoke_cli, mlflow_runs
 
 from xray_ablate.audit.shares import hot_spots
 from xray_ablate.data import canary
-from xray_ablate.report.canary import HOTSPOT_SHARE, canary_checks, canary_result, canary_warning
+from xray_ablate.report.canary import HOTSPOT_SHARE, canary_checks, canary_result, canary_tag, canary_warning
 
 
 def _table(n: int = 4000) -> pd.DataFrame:
@@ -86,6 +86,8 @@ def test_the_warning_says_which_check_missed_and_when_the_canary_did_not_finish(
                                             "run, saliency audit, input × gradient (a hot spot in 0% of the marked")
     failed = canary_result(runs.assign(status="FAILED"), requested=True)
     assert failed.run_id is None and "did not finish" in canary_warning(failed)
+    assert [canary_tag(r) for r in (seen, blind, failed)] == [
+        "found by all 4 checks", "missed by: saliency audit, input × gradient", "did not finish"]
     assert canary_result(pd.DataFrame(), requested=False) is None
 
 
@@ -118,6 +120,8 @@ def test_the_canary_run_is_found_by_the_audit_and_both_probes(monkeypatch, tmp_p
     section = report.split("## Positive control (canary run)")[1].split("\n## ")[0]
     assert section.count("| found it") == 4, section
     assert "1 runs of 1 configurations" in report  # the canary is in no factor table
+    (parent,) = mlflow_runs(tmp_path, "xray-ablate", kind="sweep")
+    assert parent.data.tags["xray.canary_verdict"] == "found by all 4 checks"
 
 
 @pytest.mark.slow
@@ -142,5 +146,8 @@ def test_a_blind_audit_misses_the_canary_and_the_report_says_so_first(monkeypatc
                             "run, saliency audit, Grad-CAM (a hot spot in 0% of the marked images); saliency "
                             "audit, input × gradient (a hot spot in 0% of the marked images) did not find"), first
     assert "source probe" not in first
+    (parent,) = mlflow_runs(tmp_path, "xray-ablate", kind="sweep")
+    assert parent.data.tags["xray.canary_verdict"] == ("missed by: saliency audit, Grad-CAM; saliency audit, "
+                                                       "input × gradient")
     audit = report.split("## Where the models look (saliency audit)")[1].split("\n## ")[0]
     assert audit.count("uninformative (it missed the canary's planted marker") == 2, audit[:600]

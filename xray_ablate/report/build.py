@@ -19,7 +19,7 @@ from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import STUDY_BASELINE, Config
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.report.audit import LEAD_SHARE, lead_share, load_audits, summarise_audit, write_audit
-from xray_ablate.report.canary import canary_result
+from xray_ablate.report.canary import canary_result, canary_tag
 from xray_ablate.report.confounds import confounds, trained_reference_rows
 from xray_ablate.report.curves import FIGURE, compute_curves, learning_curve_plot
 from xray_ablate.report.images import (
@@ -69,7 +69,7 @@ from xray_ablate.tracking import links, schema
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.reader import epoch_history
 from xray_ablate.tracking.store import code_version
-from xray_ablate.tracking.verdicts import tag_parent, verdict_tag
+from xray_ablate.tracking.verdicts import tag_canary, tag_parent, verdict_tag
 from xray_ablate.tracking.view import AblationView, experiment_filter, save_view, sweep_filter
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,8 @@ def write_report(config: Config, *, sweep_id: str | None = None) -> Written:
         run_id = _log_run(selection, out_dir, content, uri)
         if selection.parent_run_id and content.verdicts:
             tag_parent(uri, selection.parent_run_id, content.verdicts)
+        if selection.parent_run_id and content.canary:
+            tag_canary(uri, selection.parent_run_id, canary_tag(content.canary))
         by_sweep = sweep is not None or exp_name is None  # as select_runs chose; else every run of exp_name
         view = ablation_view(selection, kept, settings.metric, by_sweep,
                              tuple(verdict_tag(v.claim) for v in content.verdicts))

@@ -106,6 +106,15 @@ def canary_warning(result: CanaryResult | None) -> str | None:
             "control').")
 
 
+def canary_tag(result: CanaryResult) -> str:
+    """The parent run's tag: "found by all 4 checks", "missed by: ..." or "did not finish"."""
+    if result.run_id is None:
+        return "did not finish"
+    if result.missed:
+        return "missed by: " + "; ".join(c.check for c in result.missed)
+    return f"found by all {len(result.checks)} checks"
+
+
 def canary_section(result: CanaryResult | None) -> list[Block]:
     if result is None:
         return []

@@ -8,6 +8,7 @@ FACTOR_TAG = "factor.{}"  # e.g. factor.dataset = masked; the factors: xray_abla
 
 KIND = "xray.kind"  # train | canary | sweep | report | quality
 CANARY = "canary"  # the kind of a sweep's positive-control run (audit.canary): no factor table reads it
+CANARY_VERDICT = "xray.canary_verdict"  # on a sweep's parent run, from its report: what the canary showed
 SEED = "xray.seed"
 CONFIG_KEY = "xray.config_key"  # groups the seeds of one configuration
 SWEEP_ID = "xray.sweep_id"  # the sweep that created the run

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from xray_ablate.stats.claims import verdict_line
 from xray_ablate.stats.verdicts import BETTER, EQUIVALENT, UNRESOLVED, WORSE, Verdict
+from xray_ablate.tracking import schema
 from xray_ablate.tracking.names import safe_name
 from xray_ablate.tracking.recorder import Recorder
 
@@ -30,6 +31,11 @@ def record_verdicts(recorder: Recorder, verdicts: Sequence[Verdict]) -> None:
 def tag_parent(uri: str, run_id: str, verdicts: Sequence[Verdict]) -> None:
     """The report's verdicts on the sweep's parent run (it has ended: no lifecycle around it)."""
     record_verdicts(Recorder(MlflowClient(uri), run_id), verdicts)
+
+
+def tag_canary(uri: str, run_id: str, verdict: str) -> None:
+    """The positive control's outcome, in words, on the sweep's parent run (the first screen)."""
+    MlflowClient(uri).set_tag(run_id, schema.CANARY_VERDICT, verdict)
 
 
 def record_round(recorder: Recorder, round_number: int, verdicts: Sequence[Verdict],
