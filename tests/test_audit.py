@@ -87,7 +87,8 @@ def test_montage_rows_fill_from_the_other_kind():
     assert len(montage_rows(np.zeros(3, bool))) == 3
 
 
-@pytest.mark.parametrize("key, value", [("images", 0), ("border", 0.5), ("batch_size", 0)])
+@pytest.mark.parametrize("key, value", [("images", 0), ("border", 0.5), ("batch_size", 0), ("methods", ["intgrad"]),
+                                        ("methods", ["gradcam", "smoothgrad"]), ("methods", ["gradcam", "gradcam"])])
 def test_bad_settings_name_the_key(key, value):
     with pytest.raises(UserError, match=f"audit.{key}"):
         AuditConfig(**{key: value})
@@ -157,7 +158,7 @@ def test_an_audit_of_only_empty_maps_logs_no_nan_and_says_why(caplog):
         warnings.simplefilter("error", RuntimeWarning)
         result = audit_run(model, rng.integers(0, 256, (3, 32, 32), dtype=np.uint8), lungs,
                            np.zeros(3, int), rng.dirichlet(np.ones(4), 3),
-                           model.get_submodule(gradcam_layer(model, 32).name), AuditConfig())
+                           model.get_submodule(gradcam_layer(model, 32).name), AuditConfig(methods=list(METHODS)))
     assert not any(np.isnan(value) for value in result.metrics.values())
     for method in METHODS:
         assert result.metrics[f"audit_empty_maps_{method}"] == 3
@@ -209,7 +210,8 @@ def phantoms(tmp_path_factory):
                             generator, None, amp=False)
         test_batches = Batches(torch.from_numpy(np.asarray(data.images[test])).unsqueeze(1), labels[test])
         _, probs = evaluate(model, test_batches, 32, torch.device("cpu"), amp=False)
-        out[mode] = (model, data, test, probs, audit_split(model, data, test, probs, AuditConfig()))
+        audit = audit_split(model, data, test, probs, AuditConfig(methods=list(METHODS)))  # every method
+        out[mode] = (model, data, test, probs, audit)
     return out
 
 
@@ -289,3 +291,5 @@ def test_the_raw_models_maps_light_up_the_planted_marker(phantoms):
     # much this small model leans on the marker moves with the numerics); 0 % of the masked model's
     assert rates["raw"]["gradcam"] >= 0.25 and rates["raw"]["inputxgrad"] >= 0.25, rates
     assert rates["masked"]["gradcam"] <= 0.1 and rates["masked"]["inputxgrad"] == 0.0, rates
+    # integrated gradients (audit.methods opts in): 100 % of the raw model's here, 0 % of the masked's
+    assert rates["raw"]["intgrad"] >= 0.5 and rates["masked"]["intgrad"] == 0.0, rates

@@ -246,3 +246,26 @@ def test_a_montage_says_how_often_its_runs_maps_light_a_planted_marker(audited):
     summary.montages = {title: "m.png" for title in summary.montage_runs}
     shown = [str(b) for b in audit_section(summary)]
     assert any("Grad-CAM in 93%" in b for b in shown) and any("Grad-CAM in 0%" in b for b in shown)
+
+
+def test_the_report_shows_the_methods_the_runs_audited_and_leads_with_an_informative_one(audited):
+    """audit.methods=[gradcam, intgrad]: no input x gradient columns; with Grad-CAM spread like a
+    uniform map, integrated gradients (30 % masked vs 60 % raw) leads."""
+    from xray_ablate.report.audit import lead_method
+
+    runs, configs, audits = audited
+    rng = np.random.default_rng(2)
+    chosen = {}
+    for run_id, frame in audits.items():
+        frame = frame.rename(columns=lambda c: c.replace("inputxgrad", "intgrad"))
+        frame["outside_lung_gradcam"] = np.clip(0.7 + rng.normal(0, 0.02, len(frame)), 0, 1)
+        chosen[run_id] = frame
+    table, levels = audit_table(runs, configs, chosen), level_table(runs, chosen)
+    assert not any("inputxgrad" in c for c in table.columns) and "outside_lung_intgrad_low" in table
+    informed = informative(table, levels)
+    assert informed == {"gradcam": False, "intgrad": True} and lead_method(informed) == "intgrad"
+    summary = AuditSummary(table, levels, {}, informative=informed)
+    assert "of their integrated gradients mass outside the lungs" in summary_blocks(summary)[0]
+    shown = display_audit(table, summary.lead)
+    assert list(shown.columns)[3] == "outside lungs, integrated gradients"
+    assert not any("input × gradient" in c for c in shown.columns)

@@ -102,26 +102,31 @@ def _report(root: Path) -> str:
 
 @pytest.mark.slow
 def test_the_canary_run_is_found_by_the_audit_and_both_probes(monkeypatch, tmp_path, fixture_root):
-    """Planted truth on the real fixture: the canary's marker. Measured: Grad-CAM hot spot in 90 %,
-    input x gradient in 100 % of the marked test images; the feature probe reads the marker off
-    100 %, the pixel probe 83 %, of 59 test images (majority rule 47 %)."""
-    assert invoke_cli(monkeypatch, tmp_path, *CANARY_SWEEP, f"dataset.root={fixture_root}") == 0
+    """Planted truth on the real fixture: the canary's marker, with every audit method. Measured:
+    Grad-CAM hot spot in 90 %, input x gradient and integrated gradients in 100 % of the marked test
+    images; the feature probe reads the marker off 100 %, the pixel probe 83 %, of 59 test images
+    (majority rule 47 %)."""
+    assert invoke_cli(monkeypatch, tmp_path, *CANARY_SWEEP, f"dataset.root={fixture_root}",
+                      "audit.methods=[gradcam,inputxgrad,intgrad]") == 0
     (trained,) = mlflow_runs(tmp_path, "xray-ablate")
     (run,) = mlflow_runs(tmp_path, "xray-ablate", kind="canary")
     assert run.data.tags["xray.config_key"] != trained.data.tags["xray.config_key"]
     assert run.data.params["dataset.canary"] == "True" and trained.data.params["dataset.canary"] == "False"
     metrics = run.data.metrics
-    assert metrics["audit_hotspot_Canary_gradcam"] >= 0.5 and metrics["audit_hotspot_Canary_inputxgrad"] >= 0.5
+    for method in ("gradcam", "inputxgrad", "intgrad"):
+        assert metrics[f"audit_hotspot_Canary_{method}"] >= 0.5, metrics
     for probe in ("probe", "pixel_probe"):
         assert metrics[f"{probe}_Canary_accuracy"] >= metrics[f"{probe}_Canary_majority"] + 0.2, metrics
     assert "audit_hotspot_Canary_gradcam" not in trained.data.metrics  # only the canary carries a marker
     report = _report(tmp_path)
     assert "could not see a planted shortcut" not in report
     section = report.split("## Positive control (canary run)")[1].split("\n## ")[0]
-    assert section.count("| found it") == 4, section
+    assert section.count("| found it") == 5 and "| saliency audit, integrated gradients " in section, section
     assert "1 runs of 1 configurations" in report  # the canary is in no factor table
     (parent,) = mlflow_runs(tmp_path, "xray-ablate", kind="sweep")
-    assert parent.data.tags["xray.canary_verdict"] == "found by all 4 checks"
+    assert parent.data.tags["xray.canary_verdict"] == "found by all 5 checks"
+    audit = report.split("## Where the models look (saliency audit)")[1].split("\n## ")[0]
+    assert "integrated gradients: informative" in audit or "integrated gradients: no intervals" in audit, audit[:800]
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from torch import nn
 from xray_ablate.audit import attribution
 from xray_ablate.audit.montage import montage_figure
 from xray_ablate.audit.shares import border_band, hot_spots, mass_shares
-from xray_ablate.config.choices import ATTRIBUTION_METHODS, CLASSES
+from xray_ablate.config.choices import ATTRIBUTION_METHODS, CLASSES, check_registry
 from xray_ablate.config.schema import AuditConfig, Config
 from xray_ablate.data import canary
 from xray_ablate.data.prepare import PreparedData
@@ -32,7 +32,14 @@ from xray_ablate.train.loop import to_input
 
 log = logging.getLogger(__name__)
 
-METHODS = tuple(ATTRIBUTION_METHODS)  # _attribution_maps computes each
+# What each method of audit.methods computes, for the predicted class: (model, Grad-CAM's layer,
+# input, target) -> (n, H, W) maps.
+METHODS = {
+    "gradcam": attribution.gradcam,
+    "inputxgrad": lambda model, _layer, x, target: attribution.input_x_gradient(model, x, target),
+    "intgrad": lambda model, _layer, x, target: attribution.integrated_gradients(model, x, target),
+}
+check_registry("audit methods", METHODS, tuple(ATTRIBUTION_METHODS))
 # The model-randomisation check (Adebayo et al., "Sanity checks for saliency maps", 2018) maps the
 # first this many audited images again with every weight of the model drawn afresh.
 RANDOMISED_IMAGES = 16
@@ -103,7 +110,8 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
     marker -> (n,) bool, which images carry it (its box is checked for a hot spot)."""
     started = time.perf_counter()
     preds = np.asarray(probs).argmax(1)
-    maps = _attribution_maps(model, target_layer, images, preds, settings.batch_size)
+    methods = tuple(settings.methods)
+    maps = _attribution_maps(model, target_layer, images, preds, settings.batch_size, methods)
     band = border_band(images.shape[-1], settings.border)
     per_image = pd.DataFrame({
         "image_id": np.arange(len(images)) if image_ids is None else np.asarray(image_ids),
@@ -126,14 +134,15 @@ def audit_run(model: nn.Module, images: np.ndarray, lung_masks: np.ndarray, labe
     for marker, marked in (markers or {}).items():
         if np.any(marked):
             metrics |= _marker_hot_spots(maps, marker, np.asarray(marked, bool), per_image)
-    metrics |= _randomisation_check(model, target_layer, images, lung_masks, preds, per_image, settings.batch_size)
+    metrics |= _randomisation_check(model, target_layer, images, lung_masks, preds, per_image, settings.batch_size,
+                                    methods)
     metrics.update({
         "audit_lung_area": float(per_image["lung_area"].mean()),  # a uniform map's inside share
         "audit_border_area": float(band.mean()),
         "audit_images": float(len(images)),
         "audit_seconds": time.perf_counter() - started,
     })
-    figure = montage_figure(images, lung_masks, maps, per_image, ATTRIBUTION_METHODS)
+    figure = montage_figure(images, lung_masks, maps, per_image, {m: ATTRIBUTION_METHODS[m] for m in methods})
     return AuditResult(per_image, metrics, maps, figure)
 
 
@@ -167,7 +176,8 @@ def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def _randomisation_check(model: nn.Module, layer: nn.Module, images: np.ndarray, lung_masks: np.ndarray,
-                         preds: np.ndarray, per_image: pd.DataFrame, batch_size: int) -> dict[str, float]:
+                         preds: np.ndarray, per_image: pd.DataFrame, batch_size: int,
+                         methods: tuple[str, ...]) -> dict[str, float]:
     """Per method, how far the outside-lung share of the first RANDOMISED_IMAGES images moves when
     the model's weights are redrawn at random (same images, same target class): a share that does
     not move shows the input, not what the model learned. Adds random_outside_lung_<method> per
@@ -175,7 +185,7 @@ def _randomisation_check(model: nn.Module, layer: nn.Module, images: np.ndarray,
     k = min(RANDOMISED_IMAGES, len(images))
     name = next(n for n, m in model.named_modules() if m is layer)
     shuffled = randomised(model)
-    maps = _attribution_maps(shuffled, shuffled.get_submodule(name), images[:k], preds[:k], batch_size)
+    maps = _attribution_maps(shuffled, shuffled.get_submodule(name), images[:k], preds[:k], batch_size, methods)
     metrics = {}
     for method, values in maps.items():
         random_share = 1 - mass_shares(values, lung_masks[:k])
@@ -189,14 +199,14 @@ def _randomisation_check(model: nn.Module, layer: nn.Module, images: np.ndarray,
 
 
 def _attribution_maps(model: nn.Module, layer: nn.Module, images: np.ndarray, preds: np.ndarray,
-                      batch_size: int) -> dict[str, np.ndarray]:
+                      batch_size: int, methods: tuple[str, ...]) -> dict[str, np.ndarray]:
     device = next(model.parameters()).device
-    out = {method: [] for method in METHODS}
+    out = {method: [] for method in methods}
     with attribution.attribution_mode(model):
         for start in range(0, len(images), batch_size):
             x = to_input(torch.from_numpy(np.asarray(images[start:start + batch_size])).unsqueeze(1), device)
             x.requires_grad_()  # the input is what gradients are taken for
             target = torch.from_numpy(preds[start:start + batch_size]).to(device)
-            out["gradcam"].append(attribution.gradcam(model, layer, x, target).detach().cpu())
-            out["inputxgrad"].append(attribution.input_x_gradient(model, x, target).detach().cpu())
+            for method, parts in out.items():
+                parts.append(METHODS[method](model, layer, x, target).detach().cpu())
     return {method: torch.cat(parts).numpy().astype(np.float32) for method, parts in out.items()}

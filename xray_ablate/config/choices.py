@@ -25,9 +25,9 @@ SCHEDULES = ("none", "cosine", "step")
 BALANCE_POLICIES = ("natural", "undersample", "oversample", "cap")
 FENCES = ("both", "upper")  # BRISQUE outlier fences
 VERIFY_MODES = ("auto", "full", "sample")  # how much of each cached array is hashed
-# The saliency audit's methods (audit.run computes them): name -> label; the name ends every
-# per-method metric and column (audit_outside_lung_gradcam ...).
-ATTRIBUTION_METHODS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient"}
+# The saliency audit's methods (audit.methods; audit.run computes them): name -> label; the name
+# ends every per-method metric and column (audit_outside_lung_gradcam ...).
+ATTRIBUTION_METHODS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient", "intgrad": "integrated gradients"}
 
 
 def check_registry(what: str, keys: Iterable[str], names: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from xray_ablate.config.choices import (
+    ATTRIBUTION_METHODS,
     BACKBONES,
     BALANCE_POLICIES,
     CLASSES,
@@ -326,9 +327,14 @@ class AuditConfig:
     batch_size: int = 32
     layer: Optional[str] = None  # noqa: UP045  Grad-CAM's module; null: the deepest with 16 px maps
     canary: bool = False  # the sweep adds the canary run: the baseline on data with a planted shortcut
+    methods: list[str] = field(default_factory=lambda: ["gradcam", "inputxgrad"])
 
     def __post_init__(self):
         _check(self.images >= 1, "audit.images", "at least 1", self.images)
+        for method in self.methods:
+            _one_of(method, tuple(ATTRIBUTION_METHODS), "audit.methods")
+        _check("gradcam" in self.methods and len(set(self.methods)) == len(self.methods), "audit.methods",
+               "a list with gradcam, each method once", list(self.methods))
         _check(0 < self.border < 0.5, "audit.border", "in (0, 0.5)", self.border)
         _check(self.batch_size >= 1, "audit.batch_size", "at least 1", self.batch_size)
 

@@ -53,8 +53,21 @@ class AuditSummary:
 
 
 def lead_method(informed: dict[str, bool | None]) -> str:
-    """The method the report leads with: Grad-CAM, unless it is uninformative and the other is not."""
-    return "inputxgrad" if informed.get("gradcam") is False and informed.get("inputxgrad") else "gradcam"
+    """The method the report leads with: Grad-CAM, unless it is uninformative and another is not
+    (the first such, in audit.methods' order of names)."""
+    if informed.get("gradcam") is not False:
+        return "gradcam"
+    return next((m for m in METHOD_LABELS if m != "gradcam" and informed.get(m)), "gradcam")
+
+
+def audited_methods(audits: dict[str, pd.DataFrame]) -> list[str]:
+    """The methods (audit.methods) whose shares the runs' audits hold."""
+    return [m for m in METHOD_LABELS if any(f"outside_lung_{m}" in a.columns for a in audits.values())]
+
+
+def shares_of(methods: list[str]) -> list[str]:
+    """Their share columns (outside_lung_<method>, border_<method>)."""
+    return [c for c in SHARES if c.rsplit("_", 1)[1] in methods]
 
 
 # report.metric=audit_outside_lung: the outside-lung share of the method the audit leads with
@@ -80,7 +93,7 @@ def share_matrix(audits: dict[str, pd.DataFrame], run_ids: pd.Series, column: st
     ``column`` in percent; NaN for an image a run did not audit (or an empty map)."""
     rows = {index: pd.Series(audits[run_id][column].to_numpy(float) * 100,
                              index=audits[run_id]["image_id"].to_numpy())
-            for index, run_id in run_ids.items() if run_id in audits}
+            for index, run_id in run_ids.items() if run_id in audits and column in audits[run_id]}
     return pd.DataFrame(rows).T.sort_index()
 
 
@@ -100,7 +113,7 @@ def _interval_columns(scores: pd.DataFrame, column: str, confidence: float) -> d
 def audit_table(runs: pd.DataFrame, configs: pd.DataFrame, audits: dict[str, pd.DataFrame],
                 confidence: float = 0.95) -> pd.DataFrame:
     """One row per configuration of ``configs`` (run table order) whose runs were audited."""
-    rows = []
+    rows, methods = [], audited_methods(audits)
     for config, key in zip(configs["config"], configs["config_key"], strict=True):
         sub = runs[(runs["config_key"] == key) & runs["run_id"].isin(list(audits))]
         if sub.empty:
@@ -109,9 +122,9 @@ def audit_table(runs: pd.DataFrame, configs: pd.DataFrame, audits: dict[str, pd.
         row = {"config": config, "config_key": key, "n": len(sub),
                "images": int(share_matrix(audits, by_seed, "lung_area").notna().any().sum()),
                **_uniform(audits, sub["run_id"], _border_area(sub))}
-        for column in SHARES:
+        for column in shares_of(methods):
             row |= _interval_columns(share_matrix(audits, by_seed, column), column, confidence)
-        for method in METHOD_LABELS:  # the model-randomisation check (xray_ablate.audit.run), in pp
+        for method in methods:  # the model-randomisation check (xray_ablate.audit.run), in pp
             change = sub.get(f"audit_randomisation_change_{method}", pd.Series(dtype=float))
             row[f"randomisation_change_{method}"] = 100 * float(change.mean()) if change.notna().any() else math.nan
         rows.append(row)
@@ -128,10 +141,10 @@ def level_table(runs: pd.DataFrame, audits: dict[str, pd.DataFrame],
     (each run one unit of the seed term); with both masked and raw, a row raw − masked
     (intervals.total_difference, unpaired: different runs, the same audited images)."""
     audited = runs[runs["run_id"].isin(list(audits))]
-    rows, matrices = [], {}
+    rows, matrices, shares = [], {}, shares_of(audited_methods(audits))
     for level, sub in audited.groupby(MASK_FACTOR, sort=True):
         by_run = pd.Series(sub["run_id"].to_numpy(), index=sub["run_id"].to_numpy())
-        matrices[level] = {c: share_matrix(audits, by_run, c) for c in SHARES}
+        matrices[level] = {c: share_matrix(audits, by_run, c) for c in shares}
         row = {"config": f"{level} models", "n": len(sub), "configs": sub["config_key"].nunique(),
                **_uniform(audits, sub["run_id"], _border_area(sub))}
         for column, scores in matrices[level].items():
@@ -139,7 +152,7 @@ def level_table(runs: pd.DataFrame, audits: dict[str, pd.DataFrame],
         rows.append(row)
     if {"raw", "masked"} <= set(matrices):
         row = {"config": "raw − masked"}
-        for column in SHARES:
+        for column in shares:
             diff = intervals.total_difference(matrices["raw"][column], matrices["masked"][column], confidence)
             row |= {f"{column}_mean": diff.estimate, f"{column}_low": diff.low,
                     f"{column}_high": diff.high, f"{column}_p": diff.pvalue}
@@ -167,7 +180,7 @@ def informative(table: pd.DataFrame, levels: pd.DataFrame | None = None,
     if levels is not None and len(levels):
         table = pd.concat([table, levels[levels["config"] != "raw − masked"]], ignore_index=True)
     out = {}
-    for method in METHOD_LABELS:
+    for method in (m for m in METHOD_LABELS if f"outside_lung_{m}_low" in table):
         low, high = table[f"outside_lung_{method}_low"], table[f"outside_lung_{method}_high"]
         if method in missed:
             out[method] = False
@@ -252,7 +265,8 @@ def display_audit(table: pd.DataFrame, lead: str = "gradcam") -> pd.DataFrame:
         out["runs"] = table["n"].map(lambda v: fmt(v, 0))
     if "images" in table:
         out["audited images"] = table["images"].map(lambda v: fmt(v, 0))
-    for column, label in sorted(SHARES.items(), key=lambda item: not item[0].endswith(lead)):
+    shown = {c: label for c, label in SHARES.items() if f"{c}_mean" in table}
+    for column, label in sorted(shown.items(), key=lambda item: not item[0].endswith(lead)):
         sd = table.get(f"{column}_sd", pd.Series(math.nan, index=table.index))
         out[label] = [f"{fmt_pm(m, s)} {fmt_ci(lo, hi)}".removesuffix(" –") for m, s, lo, hi in
                       zip(table[f"{column}_mean"], sd, table[f"{column}_low"], table[f"{column}_high"],
@@ -279,7 +293,7 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
         return []
     levels = audit.levels.set_index("config")
     lead = audit.lead
-    other = next(m for m in METHOD_LABELS if m != lead)
+    others = [m for m in audit.informative if m != lead]
     parts = []
     for level in ("raw", "masked"):
         if f"{level} models" not in levels.index:
@@ -290,8 +304,9 @@ def summary_blocks(audit: AuditSummary | None) -> list[str]:
             f"{level} models ({runs}) put {_share_text(row, f'outside_lung_{lead}')} of "
             f"their {METHOD_LABELS[lead]} mass outside the lungs, where a uniform map would put "
             f"{row['uniform_outside']:.0f} %, and {_share_text(row, f'border_{lead}')} in the border "
-            f"band (uniform: {row['uniform_border']:.0f} %); {METHOD_LABELS[other]}: "
-            f"{_share_text(row, f'outside_lung_{other}')} outside the lungs")
+            f"band (uniform: {row['uniform_border']:.0f} %)"
+            + "".join(f"; {METHOD_LABELS[m]}: {_share_text(row, f'outside_lung_{m}')} outside the lungs"
+                      for m in others))
     if not parts:
         return []
     text = "**Where the models look:** " + "; ".join(parts) + "."
@@ -322,24 +337,26 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
            Text("; ".join(f"{METHOD_LABELS[m]}: " + ("uninformative (it missed the canary's planted marker: see "
                                                       "'Positive control')" if m in audit.missed_canary
                                                       else verdicts[audit.informative.get(m)])
-                          for m in METHOD_LABELS)
+                          for m in audit.informative)
                 + f". Shares of attribution mass, in %: mean ± sd over seeds [{audit.confidence:.0%} CI over "
                   "seeds and audited images]."), Table(display_audit(audit.table, audit.lead))]
     if len(audit.levels):
         out += [Text("Pooled per dataset level (every audited run of the level; raw − masked in pp):"),
                 Table(display_audit(audit.levels, audit.lead))]
-    blind = [METHOD_LABELS[m] for m in METHOD_LABELS if audit.informative.get(m) is False]
+    blind = [METHOD_LABELS[m] for m in audit.informative if audit.informative[m] is False]
     caution = f" ({', '.join(blind)} uninformative here)" if blind else ""
+    labels = ", ".join(METHOD_LABELS[m] for m in audit.informative)
     for title, name in audit.montages.items():
         out += [Heading(f"Montage{caution}: {title}", 3),
                 Figure(f"Montage: {title}", name),
-                Text(f"The same images under each method's map ({', '.join(METHOD_LABELS.values())}), "
+                Text(f"The same images under each method's map ({labels}), "
                      "correct predictions first." + (f" {audit.montage_notes[title]}" if audit.montage_notes.get(title)
                                                      else ""))]
     out.append(Text(
         "Per run, up to audit.images test images (the same images for every configuration) get "
         "Grad-CAM on the deepest activation whose map is 16 px or more a side (positive part, upsampled) and "
-        "|input × gradient| for the predicted class (Captum). Shares are of each map's mass; a "
+        "|input × gradient| (or, with audit.methods, |integrated gradients| from a black image) for the "
+        "predicted class (Captum). Shares are of each map's mass; a "
         "uniform map would put the area shares shown in the last column. A masked model's input is "
         "zero outside the lungs, so its input × gradient there is zero by construction; its Grad-CAM "
         "mass there comes from the coarser map spreading over the lung edge. "

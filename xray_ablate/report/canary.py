@@ -68,7 +68,10 @@ def canary_checks(run: pd.Series) -> list[CanaryCheck]:
     """Each check on the canary run's metrics (audit_hotspot_Canary_<method>, probe_Canary_*,
     pixel_probe_Canary_*); a check whose figure the run lacks did not see the marker."""
     checks = []
-    for method, label in METHOD_LABELS.items():
+    audited = [m for m in METHOD_LABELS if not math.isnan(_metric(run, f"audit_outside_lung_{m}"))
+               or not math.isnan(_metric(run, f"audit_hotspot_{canary.ATTRIBUTE}_{m}"))]
+    for method in audited or ["gradcam"]:  # no audit at all: Grad-CAM, always audited, missed it
+        label = METHOD_LABELS[method]
         rate = _metric(run, f"audit_hotspot_{canary.ATTRIBUTE}_{method}")
         found = "no map of a marked image" if math.isnan(rate) else f"a hot spot in {rate:.0%} of the marked images"
         checks.append(CanaryCheck(f"saliency audit, {label}", method, found,
