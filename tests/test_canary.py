@@ -134,14 +134,13 @@ def test_a_blind_audit_misses_the_canary_and_the_report_says_so_first(monkeypatc
     """Forced: every attribution map constant, so no box can be a hot spot. The report's first
     warning says the checks could not see the planted shortcut, names both audit methods (the
     probes still find it), and the audit section calls both methods uninformative."""
-    from xray_ablate.audit import attribution
+    from xray_ablate.audit.run import METHODS
 
-    def constant(model, *args):
-        x = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4)
+    def constant(model, layer, x, target):
         return torch.ones(x.shape[0], x.shape[-2], x.shape[-1])
 
-    monkeypatch.setattr(attribution, "gradcam", constant)
-    monkeypatch.setattr(attribution, "input_x_gradient", constant)
+    for method in METHODS:  # the audit's registry: what each of audit.methods computes
+        monkeypatch.setitem(METHODS, method, constant)
     assert invoke_cli(monkeypatch, tmp_path, *CANARY_SWEEP, f"dataset.root={fixture_root}") == 0
     (run,) = mlflow_runs(tmp_path, "xray-ablate", kind="canary")
     assert run.data.metrics["audit_hotspot_Canary_gradcam"] == 0.0
