@@ -250,26 +250,32 @@ def test_the_configured_optimizer_and_schedule_train(make_cfg, monkeypatch, over
 
 
 def _probe_on(levels: np.ndarray, images: np.ndarray) -> dict[str, float]:
-    """feature_probe_metrics of a randomly initialised cnn16_gap on ``images`` (N, 32, 32) with the
-    attribute ``site`` = ``levels``: splits of 60 % / 20 % / 20 %."""
+    """feature_probes of a randomly initialised cnn16_gap on ``images`` (N, 32, 32) with the
+    attribute ``site`` = ``levels``: splits of 60 % / 20 % / 20 %; its metrics, after checking its
+    per-image hits against them."""
     import pandas as pd
 
     from xray_ablate.config.schema import BackboneConfig
     from xray_ablate.models import build_model
     from xray_ablate.train.inputs import FitInputs
-    from xray_ablate.train.probe import feature_probe_metrics
+    from xray_ablate.train.probe import feature_probes
 
     class Data:  # what the probe reads of PreparedData
         def __init__(self):
             self.images = images
-            self.table = pd.DataFrame({"label": np.zeros(len(images), int), "site": levels})
+            self.table = pd.DataFrame({"label": np.zeros(len(images), int), "site": levels,
+                                       "image_id": [f"i{k}" for k in range(len(images))]})
 
     torch.manual_seed(0)
     model = build_model(BackboneConfig(name="cnn16_gap", pretrained=False), len(CLASSES), 32)
     n = len(images)
     order = np.random.default_rng(0).permutation(n)
     inputs = FitInputs(order[:int(0.6 * n)], order[int(0.6 * n):int(0.8 * n)], order[int(0.8 * n):], None, None)
-    return feature_probe_metrics(model, Data(), inputs, ["site"], 32, torch.device("cpu"))
+    metrics, hits = feature_probes(model, Data(), inputs, ["site"], 32, torch.device("cpu"))
+    assert list(hits["image_id"]) == [f"i{k}" for k in inputs.test]
+    assert hits["probe_site"].mean() == pytest.approx(metrics["probe_site_accuracy"])
+    assert metrics["probe_site_n"] == len(inputs.test)
+    return metrics
 
 
 def test_the_feature_probe_finds_a_planted_attribute_and_not_a_random_one():

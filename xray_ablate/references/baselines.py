@@ -38,6 +38,7 @@ class Probe:
     majority: Proportion
     variant: str = ""
     detail: dict = field(default_factory=dict)
+    hits: np.ndarray | None = field(default=None, repr=False, compare=False)  # per test image; not cached
 
 
 def majority_class(cls_train: np.ndarray, cls_test: np.ndarray) -> Reference:
@@ -56,16 +57,16 @@ def attribute_rule(attribute: str, cls_train: np.ndarray, level_train: np.ndarra
                      detail={"rule": rule, "fallback": fallback})
 
 
-def pixel_logreg(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[Proportion, dict]:
-    """Test accuracy of the pixel model fitted on ``x['train']``, C chosen on ``x['val']``."""
+def pixel_logreg(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+    """Per test image, whether the pixel model fitted on ``x['train']`` (C chosen on ``x['val']``)
+    is right."""
     fit = fit_pixel_model(x["train"], y["train"], x["val"], y["val"])
-    hits = fit.model.predict(x["test"]) == y["test"]
-    return Proportion.of(hits), {"C": fit.c, "val_accuracy": fit.val_accuracy}
+    return fit.model.predict(x["test"]) == y["test"], {"C": fit.c, "val_accuracy": fit.val_accuracy}
 
 
 def pixel_reference(x: dict[str, np.ndarray], cls: dict[str, np.ndarray]) -> Reference:
-    test, detail = pixel_logreg(x, cls)
-    return Reference("pixel_logreg", test, detail=detail)
+    hits, detail = pixel_logreg(x, cls)
+    return Reference("pixel_logreg", Proportion.of(hits), detail=detail)
 
 
 def source_probe(attribute: str, x: dict[str, np.ndarray], levels: dict[str, np.ndarray],
@@ -74,10 +75,10 @@ def source_probe(attribute: str, x: dict[str, np.ndarray], levels: dict[str, np.
     train_levels = sorted(set(levels["train"]))
     if len(train_levels) < 2:
         return None
-    test, detail = pixel_logreg(x, levels)
+    hits, detail = pixel_logreg(x, levels)
     majority_level = str(majority(levels["train"], train_levels))
-    return Probe(attribute, test, Proportion.of(levels["test"] == majority_level), variant,
-                 {**detail, "majority_level": majority_level})
+    return Probe(attribute, Proportion.of(hits), Proportion.of(levels["test"] == majority_level), variant,
+                 {**detail, "majority_level": majority_level}, hits)
 
 
 def probe_sentence(probes: list[Probe]) -> str:

@@ -45,6 +45,7 @@ from xray_ablate.report.runs import (
     fallback_baseline,
     integrity_filter,
     load_predictions,
+    load_probes,
     matching_configs,
     mixing_warnings,
     select_runs,
@@ -239,7 +240,8 @@ def analyse(selection: Selection, levels: dict[str, str | None], settings: Setti
             baseline_source: str = "report.baseline") -> tuple[Content, pd.DataFrame]:
     """Clean and filter the selected runs, pick the baseline, compute every table."""
     finished = selection.runs[selection.runs["status"] == "FINISHED"]
-    evidence = Evidence(load_predictions(finished["run_id"]), load_audits(finished["run_id"]))
+    evidence = Evidence(load_predictions(finished["run_id"]), load_audits(finished["run_id"]),
+                        load_probes(finished["run_id"]))
     notes = []
     canary = canary_result(selection.canary_runs, selection.canary_requested)
     missed = canary.missed_methods if canary else set()

@@ -8,6 +8,7 @@ in evaluation.py (one place, shared with training).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,7 @@ METHOD_LABELS = ATTRIBUTION_METHODS
 SHARES = {f"{share}_{method}": f"{where}, {label}" for method, label in METHOD_LABELS.items()
           for share, where in (("outside_lung", "outside lungs"), ("border", "border band"))}
 AUDIT_METRICS = {f"audit_{column}": column for column in SHARES}
+PROBE_METRIC = re.compile(r"probe_.+_accuracy")  # the feature probes (train/probe.py); not pixel_probe_
 ECE = "test_ece"  # computed here from predictions.csv; training does not log it
 LEARNING_NUMBERS = ("top_prediction_share", "loss_ratio", "majority_rate", "p_above_majority")
 
@@ -35,20 +37,24 @@ class Evidence:
 
     predictions: dict[str, pd.DataFrame]
     audits: dict[str, pd.DataFrame] = field(default_factory=dict)  # audit/audit.csv (report.audit.load_audits)
+    probes: dict[str, pd.DataFrame] = field(default_factory=dict)  # probe/probe.csv (load_probes)
 
     def has(self, run_id: str) -> bool:
         return run_id in self.predictions
 
     def scores(self, runs: pd.DataFrame, key: str, metric: str, scale: float) -> pd.DataFrame | None:
         """Seeds x image ids of the per-image scores of ``metric`` (intervals.image_scores; an audit
-        share's per-image values) of the runs of configuration ``key``, times ``scale``; None when a
-        run lacks predictions (its audit) or the metric has no per-image scores."""
+        share's per-image values; a feature probe's 0/1 per test image) of the runs of configuration
+        ``key``, times ``scale``; None when a run lacks predictions (its audit, its probes) or the
+        metric has no per-image scores."""
         sub = runs[runs["config_key"] == key]
-        if metric in AUDIT_METRICS:
-            if sub.empty or not all(r in self.audits for r in sub["run_id"]):
+        if metric in AUDIT_METRICS or PROBE_METRIC.fullmatch(metric):
+            frames, column = ((self.audits, AUDIT_METRICS[metric]) if metric in AUDIT_METRICS
+                              else (self.probes, metric.removesuffix("_accuracy")))
+            if sub.empty or not all(r in frames and column in frames[r] for r in sub["run_id"]):
                 return None
-            return pd.DataFrame({seed: pd.Series(self.audits[run_id][AUDIT_METRICS[metric]].to_numpy(float) * scale,
-                                                 index=self.audits[run_id]["image_id"].to_numpy())
+            return pd.DataFrame({seed: pd.Series(frames[run_id][column].to_numpy(float) * scale,
+                                                 index=frames[run_id]["image_id"].to_numpy())
                                  for run_id, seed in zip(sub["run_id"], sub["seed"].astype(int), strict=True)
                                  }).T.sort_index()
         if metric not in IMAGE_METRICS or sub.empty or not all(self.has(r) for r in sub["run_id"]):

@@ -346,3 +346,9 @@ def load_predictions(run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
             raise UserError(f"{schema.PREDICTIONS} of run {run_id} lacks column(s) {', '.join(missing)}")
         out[run_id] = frame.astype({"label": int})
     return out
+
+
+def load_probes(run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
+    """run id -> its feature probes per test image (image_id as str, probe_<attribute> 0/1); runs
+    without eval.subgroups have none."""
+    return csv_artifacts(run_ids, schema.PROBE_CSV, dtype={"image_id": str})

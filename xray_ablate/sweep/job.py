@@ -40,7 +40,7 @@ from xray_ablate.train.device import select_device
 from xray_ablate.train.external import ExternalSet, external_metrics, prepare_external
 from xray_ablate.train.fit import RunResult, fit
 from xray_ablate.train.inputs import FitInputs, prepare_inputs
-from xray_ablate.train.probe import feature_probe_metrics, probe_metrics
+from xray_ablate.train.probe import feature_probes, probe_metrics
 
 log = logging.getLogger("xray_ablate")
 
@@ -171,14 +171,16 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
     device = next(result.model.parameters()).device
     attributes = evaluated_attributes(config)
     evaluate_subgroups(attributes, data, inputs.test, result)
-    result.metrics.update(feature_probe_metrics(result.model, data, inputs, attributes,
-                                                config.trainer.batch_size, device))
+    metrics, probe_hits = feature_probes(result.model, data, inputs, attributes, config.trainer.batch_size, device)
+    result.metrics.update(metrics)
     if config.dataset.canary:  # can the pixels themselves reveal the marker (the references' model)?
         probe = pixel_probe(data, canary.ATTRIBUTE)
         if probe is not None:
             result.metrics.update(probe_metrics(f"pixel_probe_{canary.ATTRIBUTE}", probe))
     result.metrics.update(external_metrics(result.model, external, config, device))
     record_result(recorder, result, config.tracking.log_checkpoint)
+    if probe_hits.shape[1] > 1:  # image_id and a probe_<attribute> column or more
+        recorder.table(probe_hits, schema.PROBE_CSV)
     if config.audit.enabled:
         audit = audit_split(result.model, data, inputs.test, result.predictions[PROB_COLUMNS].to_numpy(),
                             config.audit)

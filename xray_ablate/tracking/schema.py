@@ -27,7 +27,8 @@ LEARNED_REASON = "xray.learned_reason"  # why not, e.g. "predicts covid for 100%
 REFERENCES_DIR = "references"
 PREDICTIONS = "predictions.csv"  # artifact of every training run: image_id, label, prob_<class>, attributes
 AUDIT_CSV = "audit/audit.csv"  # saliency audit per image: image_id, label, pred, shares per method
-AUDIT_MONTAGE = "audit/montage.png"  # test images with lung outline and Grad-CAM
+AUDIT_MONTAGE = "audit/montage.png"  # test images with lung outline and each audit method's map
+PROBE_CSV = "probe/probe.csv"  # feature probes per test image: image_id, probe_<attribute> (1: right)
 
 # Per-epoch metrics (step = epoch, from 1): train_loss, train_acc, val_loss, val_acc.
 

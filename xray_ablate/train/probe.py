@@ -8,6 +8,7 @@ ablation outcome."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -37,11 +38,14 @@ def penultimate_features(model: nn.Module, data: PreparedData, rows: np.ndarray,
     return torch.cat(captured).numpy()
 
 
-def feature_probe_metrics(model: nn.Module, data: PreparedData, inputs: FitInputs, attributes: list[str],
-                          batch_size: int, device: torch.device) -> dict[str, float]:
-    """probe_<attribute>_accuracy, _majority and _n for each attribute with 2 or more training levels."""
+def feature_probes(model: nn.Module, data: PreparedData, inputs: FitInputs, attributes: list[str],
+                   batch_size: int, device: torch.device) -> tuple[dict[str, float], pd.DataFrame]:
+    """probe_<attribute>_accuracy, _majority and _n for each attribute with 2 or more training
+    levels; and per test image (image_id), whether each probe was right (column probe_<attribute>,
+    0/1: the per-image scores of the report's intervals over seeds and test images)."""
+    per_image = pd.DataFrame({"image_id": data.table["image_id"].to_numpy()[inputs.test]})
     if not attributes:
-        return {}
+        return {}, per_image
     rows = {s: getattr(inputs, s) for s in SPLITS}
     x = {s: penultimate_features(model, data, r, batch_size, device) for s, r in rows.items()}
     metrics = {}
@@ -50,7 +54,8 @@ def feature_probe_metrics(model: nn.Module, data: PreparedData, inputs: FitInput
         probe = source_probe(attribute, x, levels)
         if probe is not None:
             metrics |= probe_metrics(f"probe_{attribute}", probe)
-    return metrics
+            per_image[f"probe_{attribute}"] = probe.hits.astype(float)
+    return metrics, per_image
 
 
 def probe_metrics(prefix: str, probe: Probe) -> dict[str, float]:
