@@ -29,8 +29,6 @@ TEST_RATE = 0.5  # share of test images marked, in every class
 HOTSPOT_RATIO = 2.0
 
 
-
-
 @dataclass(frozen=True)
 class PlantedMarker:
     """A marker our own code puts on some images: the attribute level that says which, and where."""

@@ -91,7 +91,7 @@ def compute_references(data: PreparedData, attributes: list[str], cache_dir: Pat
 
 def _compute(data: PreparedData, attributes: list[str], key: str) -> References:
     cls = split_arrays(data, "cls")
-    x = {s: downscale(data.images[data.split_indices(s)]) for s in SPLITS}
+    x = split_pixels(data)
     rows = [majority_class(cls["train"], cls["test"]), pixel_reference(x, cls)]
     probes, skipped = [], {}
     for name in attributes:
@@ -107,8 +107,12 @@ def _compute(data: PreparedData, attributes: list[str], key: str) -> References:
 
 def pixel_probe(data: PreparedData, attribute: str) -> Probe | None:
     """The pixel model of the references predicting ``attribute`` (None: one training level)."""
-    x = {s: downscale(data.images[data.split_indices(s)]) for s in SPLITS}
-    return source_probe(attribute, x, split_arrays(data, attribute))
+    return source_probe(attribute, split_pixels(data), split_arrays(data, attribute))
+
+
+def split_pixels(data: PreparedData) -> dict[str, np.ndarray]:
+    """The images, downscaled for the pixel model, cut into train/val/test."""
+    return {s: downscale(data.images[data.split_indices(s)]) for s in SPLITS}
 
 
 def split_arrays(data: PreparedData, column: str) -> dict[str, np.ndarray]:

@@ -54,7 +54,7 @@ class AuditSummary:
 
 def lead_method(informed: dict[str, bool | None]) -> str:
     """The method the report leads with: Grad-CAM, unless it is uninformative and another is not
-    (the first such, in audit.methods' order of names)."""
+    (the first such, in the order of config.choices.ATTRIBUTION_METHODS)."""
     if informed.get("gradcam") is not False:
         return "gradcam"
     return next((m for m in METHOD_LABELS if m != "gradcam" and informed.get(m)), "gradcam")

@@ -40,8 +40,7 @@ class CanaryCheck:
 
 @dataclass
 class CanaryResult:
-    requested: bool  # audit.canary was set on the sweep
-    run_id: str | None  # its finished canary run; None: it did not finish
+    run_id: str | None  # the finished canary run; None: it did not finish
     checks: list[CanaryCheck]
 
     @property
@@ -59,9 +58,9 @@ def canary_result(runs: pd.DataFrame, requested: bool) -> CanaryResult | None:
     none was asked for or run."""
     finished = runs[runs["status"] == "FINISHED"] if len(runs) else runs
     if finished.empty:
-        return CanaryResult(True, None, []) if requested or len(runs) else None
+        return CanaryResult(None, []) if requested or len(runs) else None
     run = finished.sort_values("start_time").iloc[-1]
-    return CanaryResult(True, str(run["run_id"]), canary_checks(run))
+    return CanaryResult(str(run["run_id"]), canary_checks(run))
 
 
 def canary_checks(run: pd.Series) -> list[CanaryCheck]:

@@ -34,7 +34,7 @@ def tag_parent(uri: str, run_id: str, verdicts: Sequence[Verdict]) -> None:
 
 
 def tag_canary(uri: str, run_id: str, verdict: str) -> None:
-    """The positive control's outcome, in words, on the sweep's parent run (the first screen)."""
+    """The positive control's outcome, in words, as a tag of the sweep's parent run."""
     MlflowClient(uri).set_tag(run_id, schema.CANARY_VERDICT, verdict)
 
 
