@@ -4,9 +4,6 @@ run audited, logged to MLflow, shown in the report with the montages)."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -182,51 +179,6 @@ def test_a_method_whose_maps_spread_like_a_uniform_map_is_uninformative_and_not_
     assert informative(table, level_table(still, audits)) == {"gradcam": True, "inputxgrad": False}
     moved = still.assign(audit_randomisation_change_inputxgrad=np.where(still["dataset"] == "raw", 0.2, 0.0))
     assert informative(audit_table(moved, configs, audits))["inputxgrad"] is True
-
-
-@pytest.mark.slow
-def test_shortcut_share_as_the_report_metric_of_a_2x2_sweep(monkeypatch, tmp_path, capsys):
-    """report.metric=audit_outside_lung_inputxgrad on a 2 x 2 sweep (masked/raw x class weights, 2
-    seeds): main effects and the interaction with intervals over seeds + audited images. Planted
-    truth: a masked image is 0 outside the lungs, so its input x gradient is 0 there, and masked -
-    raw of that share is below 0, its interval too. report.metric=audit_outside_lung names the
-    method it stands for (the one the audit leads with; a run whose maps of it are all empty, as an
-    untrained Grad-CAM's can be, has no share and drops out with a note)."""
-    import sys
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    from xray_ablate.data.synthetic import generate
-    from xray_ablate.report.__main__ import main
-
-    phantoms = generate(tmp_path / "phantoms", n=48, seed=2, size=64)
-    code = invoke_cli(monkeypatch, tmp_path, "-m", f"dataset.root={phantoms}", "dataset.mode=masked,raw",
-                      "class_weights=off,on", "seed=0,1", "image_size=64", "trainer.epochs=1",
-                      "trainer.batch_size=16", "num_workers=1", "audit.images=12", "tracking.log_checkpoint=false")
-    assert code == 0
-    capsys.readouterr()
-
-    def report(metric: str) -> Path:
-        GlobalHydra.instance().clear()
-        monkeypatch.setattr(sys, "argv", ["xray_ablate.report", f"paths.root_dir={tmp_path}", f"report.metric={metric}",
-                                          f"hydra.run.dir={tmp_path / 'hydra'}", "hydra/job_logging=none",
-                                          "hydra/hydra_logging=none"])
-        main()
-        return next((tmp_path / "reports").glob("*/report.md")).parent
-
-    folder = report("audit_outside_lung_inputxgrad")
-    main_effects = pd.read_csv(folder / "main_effects.csv").set_index("factor")
-    interactions = pd.read_csv(folder / "interactions.csv")
-    assert set(main_effects.index) == {"dataset", "class_weights"} and len(interactions) == 1
-    for frame in (main_effects, interactions):
-        assert frame[["total_low", "total_high"]].notna().all().all(), frame
-    dataset = main_effects.loc["dataset"]
-    assert (dataset["level"], dataset["reference"]) == ("masked", "raw") and dataset["total_high"] < 0, dataset
-
-    text = (report("audit_outside_lung") / "report.md").read_text()
-    named = re.search(r"report.metric=audit_outside_lung: (audit_outside_lung_(?:gradcam|inputxgrad)), the "
-                      "attribution outside the lungs of the method the saliency audit leads with", text)
-    assert named and f"## Run table ({named[1].replace('_', ' ')})" in text, text[:3000]
 
 
 def test_a_montage_says_how_often_its_runs_maps_light_a_planted_marker(audited):

@@ -372,7 +372,12 @@ def fixture_scores(fixture_root, brisque_weights, tmp_path_factory):
     return data, brisque_scores(data, QualityConfig(), cache, workers=1)
 
 
+# The module fixture scores the fixture once per worker (12 s): its tests share one.
+SCORED_ONCE = pytest.mark.xdist_group("quality-fixture-scores")
+
+
 @pytest.mark.slow
+@SCORED_ONCE
 def test_real_fixture_scores_are_finite(fixture_scores):
     data, scores = fixture_scores
     assert len(scores) == len(data.table) >= 190
@@ -381,6 +386,7 @@ def test_real_fixture_scores_are_finite(fixture_scores):
 
 
 @pytest.mark.slow  # over 2.5 s: not in the inner loop
+@SCORED_ONCE
 def test_jpeg_recompression_scores_worse(fixture_scores, tmp_path):
     data, scores = fixture_scores
     source = Path(data.table["image_path"][0])

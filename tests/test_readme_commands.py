@@ -177,14 +177,28 @@ MONTAGE_NOTE = re.compile(r"### Montage: (.*?) \(seed \d+\)\n.*?The planted mark
 def check_demo_shortcut(root: Path, text: str) -> None:
     """The shortcut the demo plants, seen (README, "Where the model looks"): raw − masked of the
     outside-lung share of the method the audit leads with resolved "worse" (report.metric=
-    audit_outside_lung), and the raw montage lighting the phantoms' corner marker in at least half
-    of its run's audited images that carry it (by a method it shows), the masked one in none."""
+    audit_outside_lung, which names that method's audit_outside_lung_<method>), the 2 x 2's main
+    effects and interaction of that share with intervals over seeds + audited images, and the raw
+    montage lighting the phantoms' corner marker in at least half of its run's audited images that
+    carry it (by a method it shows), the masked one in none."""
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "xray_ablate.report", f"paths.root_dir={root}",
                            "report.metric=audit_outside_lung", "report.name=shortcuts", "report.log_to_mlflow=false"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
-    share = pd.read_csv(root / "reports" / "shortcuts" / "verdicts.csv").set_index("claim").loc[DEMO_CLAIM]
+    folder = root / "reports" / "shortcuts"
+    share = pd.read_csv(folder / "verdicts.csv").set_index("claim").loc[DEMO_CLAIM]
     assert share["verdict"] == "worse" and 0 < share["low"] < share["estimate"] < share["high"], share
+    main_effects = pd.read_csv(folder / "main_effects.csv").set_index("factor")
+    interactions = pd.read_csv(folder / "interactions.csv")
+    assert set(main_effects.index) == {"dataset", "class_weights"} and len(interactions) == 1
+    for frame in (main_effects, interactions):
+        assert frame[["total_low", "total_high"]].notna().all().all(), frame
+    dataset = main_effects.loc["dataset"]
+    assert (dataset["level"], dataset["reference"]) == ("masked", "raw") and dataset["total_high"] < 0, dataset
+    shortcuts = (folder / "report.md").read_text()
+    named = re.search(r"report.metric=audit_outside_lung: (audit_outside_lung_(?:gradcam|inputxgrad|intgrad)), the "
+                      "attribution outside the lungs of the method the saliency audit leads with", shortcuts)
+    assert named and f"## Run table ({named[1].replace('_', ' ')})" in shortcuts, shortcuts[:3000]
     montages = {title: (int(gradcam), int(inputxgrad)) for title, gradcam, inputxgrad in MONTAGE_NOTE.findall(text)}
     raw = [rates for title, rates in montages.items() if "dataset=raw" in title]
     assert raw and max(raw[0]) >= 50, montages

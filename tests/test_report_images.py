@@ -45,6 +45,10 @@ def _log(sweep: Sweep, key: str, seed: int, probs: np.ndarray, **factors) -> tup
     return run_id, correct
 
 
+# The module's report (a store of synthetic runs, 3.5 s) is built once per worker: its tests share one.
+BUILT_ONCE = pytest.mark.xdist_group("report-images-store")
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
@@ -73,6 +77,7 @@ def _matrix(correct, key):
 
 
 @pytest.mark.slow
+@BUILT_ONCE
 def test_learned_flags_count_and_warn_at_the_top(report):
     folder, _ = report
     table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
@@ -92,6 +97,7 @@ def test_learned_flags_count_and_warn_at_the_top(report):
 
 
 @pytest.mark.slow  # over 2.5 s: not in the inner loop
+@BUILT_ONCE
 def test_total_intervals_equal_the_statistics_on_the_predictions(report):
     folder, correct = report
     table = pd.read_csv(folder / "run_table.csv").set_index("config_key")
@@ -123,6 +129,7 @@ def test_total_intervals_equal_the_statistics_on_the_predictions(report):
 
 
 @pytest.mark.slow  # over 2.5 s: not in the inner loop
+@BUILT_ONCE
 def test_mcnemar_variance_and_references(report):
     folder, correct = report
     mc = pd.read_csv(folder / "mcnemar.csv")
@@ -150,6 +157,7 @@ def test_mcnemar_variance_and_references(report):
 
 
 @pytest.mark.slow
+@BUILT_ONCE
 def test_report_metric_chooses_the_primary_metric(report, store, tmp_path):
     folder, _ = report
     ece = build_report(make_cfg(store, "images", tmp_path, "report.metric=test_ece",
