@@ -165,13 +165,23 @@ def test_false_equivalence_at_a_true_effect_of_delta(capsys):
 
 
 def test_verdicts_bench_smoke():
-    """The bench's rows at 8 replicates: the runs ratio is the adaptive runs over 40, between the
-    first look alone (12 runs) and all 10 seeds; agreement is a share."""
+    """The bench's rows at 8 replicates: per scenario, the runs ratio is the adaptive runs over 40,
+    between the first look alone (12 runs) and all 10 seeds, met only when the adaptive design also
+    reaches the true verdicts as often; agreement is a share."""
     from xray_ablate.bench import verdicts as bench
 
-    ratio, agree, *at_study_size = bench.run(smoke=True)
-    assert len(at_study_size) == 2 and at_study_size[0].what.endswith("1600 test images")
-    assert 12 / 40 <= ratio.value <= 1 and ratio.met == (ratio.value <= 0.6)
-    assert f"{ratio.value * 40:.1f} runs vs 40" in ratio.notes
-    assert 0 <= agree.value <= 100 and agree.unit == "% of replicates"
-    assert "A: adaptive better" in agree.notes  # the 8 pp effect is found in every replicate
+    rows = bench.run(smoke=True)
+    assert [r.what.rsplit(", ", 2)[-2:] for r in rows[::2]] == [
+        ["180 test images", "seed sd 3 pp"], ["1600 test images", "seed sd 3 pp"], ["1600 test images", "seed sd 1 pp"]]
+    for ratio, agree in zip(rows[::2], rows[1::2], strict=True):
+        assert 12 / 40 <= ratio.value <= 1 and f"{ratio.value * 40:.1f} runs vs 40" in ratio.notes
+        assert ratio.met == (ratio.value <= 0.6 and "(as often, 2 se)" in ratio.notes)
+        assert 0 <= agree.value <= 100 and agree.unit == "% of replicates"
+        assert "A: adaptive better" in agree.notes  # the 8 pp effect is found in every replicate
+
+
+def test_as_often_allows_two_standard_errors():
+    from xray_ablate.bench.verdicts import as_often
+
+    # 400 replicates at 0.90 and 0.95: se of the difference 0.0185, 2 se 0.037 < 0.05
+    assert not as_often(0.90, 0.95, 400) and as_often(0.92, 0.95, 400) and as_often(0.99, 0.95, 400)
