@@ -33,10 +33,12 @@ def test_boundaries_spend_alpha_on_a_brownian_motion():
     assert (one.difference_confidence(0), one.equivalence_confidence(0)) == pytest.approx((0.95, 0.90))
 
 
-def test_planned_looks_grow_by_half_and_end_at_the_budget():
-    assert v.planned_looks(3, 10) == (3, 5, 8, 10)
-    assert v.planned_looks(3, 8) == (3, 5, 8)
-    assert v.planned_looks(3, 9) == (3, 5, 9)  # 8 -> 9 is one seed: merged into the last look
+def test_planned_looks_grow_by_a_quarter_and_end_at_the_budget():
+    assert v.planned_looks(3, 10) == (3, 4, 5, 7, 10)  # 9 -> 10 is one seed: merged into the last look
+    assert v.planned_looks(3, 8) == (3, 4, 5, 8)
+    assert v.planned_looks(3, 9) == (3, 4, 5, 7, 9)
+    assert v.planned_looks(3, 5) == (3, 5)  # the demo's: 4 -> 5 merged
+    assert v.planned_looks(5, 20) == (5, 7, 9, 12, 15, 20)
     assert v.planned_looks(3, 3) == (3,)
     with pytest.raises(ValueError, match="looks must increase"):
         v.SequentialDesign(DELTA, (5, 3))
@@ -115,12 +117,12 @@ def test_run_adaptive_adds_seeds_only_where_a_claim_is_unresolved():
     assert result.verdicts["big"] == result.rounds[0]["big"]  # resolved at the first look, kept
     assert (result.verdicts["big"].verdict, result.verdicts["big"].look) == (v.BETTER, 0)
     assert result.seeds == {"base": 8, "big": 3, "same": 8}
-    assert result.runs == 19 and len(result.rounds) == 3
-    assert result.verdicts["same"].look == 2 and result.verdicts["same"].seeds == 8
+    assert result.runs == 19 and len(result.rounds) == 4  # looks 3, 4, 5, 8
+    assert result.verdicts["same"].look == 3 and result.verdicts["same"].seeds == 8
 
 
 def _rates(effect, seed_sd, images, reps, rng, spend_budget=False):
-    """Verdict shares of the adaptive Δ a - b (3 -> 10 seeds, 4 looks) at a true effect of
+    """Verdict shares of the adaptive Δ a - b (3 -> 10 seeds, 5 looks) at a true effect of
     +-effect (alternating), with the mean runs per replicate."""
     design = v.SequentialDesign(DELTA, v.planned_looks(3, 10))
     counts, runs = dict.fromkeys((v.BETTER, v.WORSE, v.EQUIVALENT, v.UNRESOLVED), 0), 0
@@ -136,7 +138,7 @@ def _rates(effect, seed_sd, images, reps, rng, spend_budget=False):
 
 @pytest.mark.slow
 def test_type_one_error_at_every_look(capsys):
-    """No true effect, seed sd 3 pp, 100 images, every unresolved claim taken to all 4 looks (the
+    """No true effect, seed sd 3 pp, 100 images, every unresolved claim taken to all 5 looks (the
     worst case): a difference declared at any look in at most 6 % of 2,000 replicates."""
     rates, runs = _rates(0.0, 0.03, 100, 2000, np.random.default_rng(25), spend_budget=True)
     with capsys.disabled():
@@ -174,7 +176,7 @@ def test_verdicts_bench_smoke():
     assert [r.what.rsplit(", ", 2)[-2:] for r in rows[::2]] == [
         ["180 test images", "seed sd 3 pp"], ["1600 test images", "seed sd 3 pp"], ["1600 test images", "seed sd 1 pp"]]
     for ratio, agree in zip(rows[::2], rows[1::2], strict=True):
-        assert 12 / 40 <= ratio.value <= 1 and f"{ratio.value * 40:.1f} runs vs 40" in ratio.notes
+        assert 12 / 40 <= ratio.value <= 1 and f"{ratio.value * 40:.1f} runs (se " in ratio.notes
         assert ratio.met == (ratio.value <= 0.6 and "(as often, 2 se)" in ratio.notes)
         assert 0 <= agree.value <= 100 and agree.unit == "% of replicates"
         assert "A: adaptive better" in agree.notes  # the 8 pp effect is found in every replicate

@@ -25,7 +25,7 @@ COMMAND = "python -m xray_ablate.bench verdicts"
 SCENARIOS = ((180, 0.03), (1600, 0.03), (1600, 0.01))
 BASE, IMAGE_SD, EFFECT, DELTA = 0.80, 2.0, 0.08, 0.02
 FIRST, MOST = 3, 10
-REPLICATES, SMOKE_REPLICATES = 400, 8
+REPLICATES, SMOKE_REPLICATES = 1000, 8  # 1,000: the runs ratio to about +-0.004 (1 se)
 FACTORS, LEVELS = ("A", "B"), {"A": ("a0", "a1"), "B": ("b0", "b1")}
 CLAIMS = [v.Claim(f, contrast_weights(FACTORS, LEVELS, {f: (LEVELS[f][1], LEVELS[f][0])})) for f in FACTORS]
 TRUE_VERDICTS = {"A": v.BETTER, "B": v.EQUIVALENT}
@@ -54,7 +54,8 @@ def compare(replicates: int, images: int, seed_sd: float, rng: np.random.Generat
             same_claim[k] += at_end[k] == verdict
             shares["adaptive"][(k, at_end[k])] += 1
             shares["fixed"][(k, verdict)] += 1
-    return {"runs": float(np.mean(runs)), "fixed_runs": MOST * len(MEANS), "agree": same / replicates,
+    return {"runs": float(np.mean(runs)), "runs_se": float(np.std(runs, ddof=1) / math.sqrt(replicates)),
+            "fixed_runs": MOST * len(MEANS), "agree": same / replicates,
             "agree_claim": {k: n / replicates for k, n in same_claim.items()},
             "true": {d: true[d] / replicates for d in shares},
             "shares": {d: {k: n / replicates for k, n in s.items()} for d, s in shares.items()}}
@@ -90,7 +91,8 @@ def _rows(replicates: int, images: int, seed_sd: float) -> list[Row]:
     return [
         Row("verdicts", f"runs to the verdicts, adaptive / fixed 10 seeds, {scenario}", ratio, "x",
             "<= 0.6, true verdicts as often", ratio <= 0.6 and same, COMMAND,
-            f"{out['runs']:.1f} runs vs {out['fixed_runs']} (looks {v.planned_looks(FIRST, MOST)}); true verdicts "
+            f"{out['runs']:.1f} runs (se {out['runs_se']:.1f}) vs {out['fixed_runs']} "
+            f"(looks {v.planned_looks(FIRST, MOST)}); true verdicts "
             f"(A better, B equivalent): adaptive {true['adaptive']:.1%}, fixed {true['fixed']:.1%} "
             f"({'as often' if same else 'less often'}, 2 se); {design}; {time.perf_counter() - started:.0f} s"),
         Row("verdicts", f"same verdicts as fixed 10 seeds (both claims), {scenario}", out["agree"] * 100,
