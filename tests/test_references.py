@@ -202,6 +202,27 @@ def test_fixture_probe_sentence_and_masking(fx_refs):
     assert downscale(fx_refs["raw"][0].images[:2]).shape == (2, 32 * 32)
 
 
+def test_pixel_models_fit_on_one_blas_thread(monkeypatch):
+    """Whatever the cores: BLAS's threads made these small fits several times slower, and the sums
+    they split depended on the machine."""
+    from threadpoolctl import threadpool_info
+
+    from xray_ablate.references import pixels
+
+    seen = []
+    fit = LogisticRegression.fit
+
+    def record(self, *args, **kwargs):
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", record)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 16)), np.arange(40) % 2
+    pixels.fit_pixel_model(x[:30], y[:30], x[30:], y[30:])
+    assert seen == [{1}] * len(C_GRID)
+
+
 def test_pixels_downscale_by_area_mean():
     images = np.zeros((1, 4, 4), np.uint8)
     images[0, :2, :2] = 255
