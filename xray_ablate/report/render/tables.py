@@ -242,9 +242,10 @@ def display_verdicts(verdicts: list, pooled: pd.DataFrame) -> pd.DataFrame:
         "interval (pp)": [fmt_ci(100 * v.low, 100 * v.high, 2) for v in verdicts],
         "covers": [f"{v.confidence:.1%} over seeds + test images" for v in verdicts],
         "seeds": [v.seeds for v in verdicts],
-        "more seeds to resolve": ["–" if v.more_seeds == 0 or math.isnan(v.more_seeds)
-                                  else "no number (test images limit)" if math.isinf(v.more_seeds)
-                                  else f"{v.more_seeds:.0f}" for v in verdicts],
+        "more seeds for even odds to resolve": [
+            "–" if v.more_seeds == 0 or math.isnan(v.more_seeds)
+            else "no number (test images limit)" if math.isinf(v.more_seeds)
+            else f"{v.more_seeds:.0f}" for v in verdicts],
         "pooled check (pp)": [fmt_ci(100 * check.at[v.claim, "low"], 100 * check.at[v.claim, "high"], 2)
                               if v.claim in check.index else "–" for v in verdicts],
     })
