@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import invoke_cli
@@ -27,7 +28,7 @@ from test_sweep import base_overrides, keys, mlflow_server, run_sweep, sqlite_ur
 
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.claims import CLAIM, HEARTBEAT_TAG, heartbeat_claim, job_lock
-from xray_ablate.tracking.lifecycle import ERROR_TAG
+from xray_ablate.tracking.lifecycle import ERROR_TAG, tracked_run
 from xray_ablate.tracking.store import connect
 
 
@@ -163,7 +164,39 @@ def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthet
     parents = client.search_runs([experiment], f"tags.`{schema.KIND}` = 'sweep'")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert parents[0].data.metrics["jobs_not_started"] == counts["not started"]
-    assert all(r.info.status in ("FINISHED", "KILLED") for r in train_runs(sqlite_uri(tmp_path)))
+    statuses = {r.info.run_name: r.info.status for r in train_runs(sqlite_uri(tmp_path))}
+    assert set(statuses.values()) <= {"FINISHED", "KILLED"}, (statuses, out)
+
+
+@pytest.mark.parametrize("during", ["create_run", "set_terminated"])
+def test_ctrl_c_while_a_run_is_created_or_ended_leaves_no_run_running(tmp_path, monkeypatch, during):
+    """Ctrl-C lands inside MLflow's create_run (after its row is written) or inside the FINISHED
+    set_terminated: the run ends KILLED with the error tag, or FINISHED (its work was done), never
+    RUNNING, and the Ctrl-C still stops the caller. (The Ctrl-C sweep test above once left a run
+    in another state on a loaded machine.)"""
+    real = getattr(MlflowClient, during)
+
+    def interrupted(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        if during == "create_run" or args[1:] == ("FINISHED",):
+            os.kill(os.getpid(), signal.SIGINT)  # Python's handler runs before the next bytecode
+        return result
+
+    monkeypatch.setattr(MlflowClient, during, interrupted)
+    tracking = SimpleNamespace(uri=sqlite_uri(tmp_path), experiment="ctrl-c",
+                               artifact_root=str(tmp_path / "artifacts"))
+    body_ran = False
+    with pytest.raises(KeyboardInterrupt):
+        with tracked_run(tracking, "interrupted", {}):
+            body_ran = True
+    monkeypatch.undo()
+    client = MlflowClient(tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("ctrl-c").experiment_id])
+    if during == "create_run":
+        assert not body_ran  # stopped before the work began
+        assert run.info.status == "KILLED" and run.data.tags[ERROR_TAG].startswith("KeyboardInterrupt")
+    else:
+        assert body_ran and run.info.status == "FINISHED" and ERROR_TAG not in run.data.tags
 
 
 def _hold_two(lock_one, lock_two, hold: float) -> tuple[float, float]:
