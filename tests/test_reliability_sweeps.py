@@ -170,16 +170,19 @@ def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthet
 
 @pytest.mark.parametrize("during", ["create_run", "set_terminated"])
 def test_ctrl_c_while_a_run_is_created_or_ended_leaves_no_run_running(tmp_path, monkeypatch, during):
-    """Ctrl-C lands inside MLflow's create_run (after its row is written) or inside the FINISHED
-    set_terminated: the run ends KILLED with the error tag, or FINISHED (its work was done), never
-    RUNNING, and the Ctrl-C still stops the caller. (The Ctrl-C sweep test above once left a run
-    in another state on a loaded machine.)"""
+    """Ctrl-C lands inside MLflow's create_run (after its row is written) or as the FINISHED
+    set_terminated begins (before its write): the run ends KILLED with the error tag, or FINISHED
+    (its work was done), never RUNNING, and the Ctrl-C still stops the caller. Without the held
+    signals both cases left it RUNNING. (The Ctrl-C sweep test above once left a run in another
+    state on a loaded machine.)"""
     real = getattr(MlflowClient, during)
 
     def interrupted(self, *args, **kwargs):
-        result = real(self, *args, **kwargs)
-        if during == "create_run" or args[1:] == ("FINISHED",):
+        if args[1:] == ("FINISHED",):
             os.kill(os.getpid(), signal.SIGINT)  # Python's handler runs before the next bytecode
+        result = real(self, *args, **kwargs)
+        if during == "create_run":
+            os.kill(os.getpid(), signal.SIGINT)
         return result
 
     monkeypatch.setattr(MlflowClient, during, interrupted)

@@ -3,6 +3,7 @@ Stopped, a job told to stop from outside."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,10 @@ from contextlib import contextmanager
 
 class UserError(Exception):
     """Bad data, configuration or environment; the message says what and where."""
+
+
+# The signals that tell a job to stop (sweep/signals.py says who sends which); Stopped carries one.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Stopped(BaseException):

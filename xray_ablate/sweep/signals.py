@@ -21,9 +21,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from xray_ablate.errors import Stopped
+from xray_ablate.errors import STOP_SIGNALS, Stopped
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 AHEAD = "time limit or preemption ahead"
 CAUSES = {signal.SIGTERM: "cancelled, timed out or preempted", signal.SIGUSR1: AHEAD, signal.SIGUSR2: AHEAD}
 _pending: dict[int, BaseException] = {}  # by signal, while the context that raised it is open
@@ -64,17 +63,17 @@ def stop_on_signals(save: Callable[[], int | None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
     def handler(signum: int, frame) -> None:
-        for other in SIGNALS:  # SLURM may follow USR2 with TERM: one stop is enough
+        for other in STOP_SIGNALS:  # SLURM may follow USR2 with TERM: one stop is enough
             signal.signal(other, signal.SIG_IGN)
         epoch = save()
         kept = f"checkpoint after epoch {epoch}" if epoch else "no epoch finished, nothing to keep"
         _pending[signum] = Stopped(signum, f"{signal.Signals(signum).name} ({CAUSES[signum]}): {kept}")
         raise _pending[signum]
 
-    for signum in SIGNALS:
+    for signum in STOP_SIGNALS:
         signal.signal(signum, handler)
     try:
         yield

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from mlflow.tracking import MlflowClient
 
-from xray_ablate.errors import Stopped
+from xray_ablate.errors import STOP_SIGNALS, Stopped
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.names import MAX_TAG_VALUE, safe_tags, safe_value
 from xray_ablate.tracking.recorder import Recorder
@@ -71,7 +71,7 @@ def tracked_run(tracking, name: str, tags: dict[str, str], parent_run_id: str | 
             monitor.finish()
 
 
-HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+HELD_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 
 
 @contextmanager
@@ -83,8 +83,7 @@ def signals_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {signum: signal.getsignal(signum) for signum in HELD_SIGNALS}
-    handlers = {signum: handler for signum, handler in handlers.items() if callable(handler)}
+    handlers = {signum: handler for signum in HELD_SIGNALS if callable(handler := signal.getsignal(signum))}
     caught: list[tuple[int, object]] = []
     for signum in handlers:
         signal.signal(signum, lambda signum, frame: caught.append((signum, frame)))
