@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -104,6 +105,15 @@ def _mlflow_schema_from_a_template(mlflow_template):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(utils, "_initialize_tables", copy_template)
         yield
+
+
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler, as in a terminal: a suite started in the background (`make test &`:
+    the shell ignores SIGINT for the job, and Python keeps it ignored) would not see a Ctrl-C at all."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(scope="session")

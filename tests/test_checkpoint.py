@@ -103,24 +103,19 @@ class _SignalInFinalizer:
 
 
 @pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Stopped)])
-def test_a_stop_dropped_in_a_finalizer_is_raised_at_the_next_check(signum, stop, monkeypatch):
+def test_a_stop_dropped_in_a_finalizer_is_raised_at_the_next_check(signum, stop, monkeypatch, python_ctrl_c):
     """The CI failure this guards: Ctrl-C landed in SQLAlchemy's weakref callback ("Exception ignored
     in ... KeyboardInterrupt") and the sweep ran on to exit 0."""
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", dropped.append)  # where "Exception ignored" is printed
-    # Python's own Ctrl-C handler, as in a terminal (pytest-xdist's workers ignore SIGINT)
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        context = remember_ctrl_c() if signum == signal.SIGINT else stop_on_signals(lambda: 2)
-        with context:
-            _SignalInFinalizer(signum)  # garbage at once: its exception goes to the hook, not up here
-            assert [type(d.exc_value) for d in dropped] == [stop]
-            with pytest.raises(stop):
-                raise_pending()
-        raise_pending()  # the context has ended: nothing is pending any more
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, before)
+    context = remember_ctrl_c() if signum == signal.SIGINT else stop_on_signals(lambda: 2)
+    with context:
+        _SignalInFinalizer(signum)  # garbage at once: its exception goes to the hook, not up here
+        assert [type(d.exc_value) for d in dropped] == [stop]
+        with pytest.raises(stop):
+            raise_pending()
+    raise_pending()  # the context has ended: nothing is pending any more
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.slow

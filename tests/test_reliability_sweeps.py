@@ -169,7 +169,7 @@ def test_ctrl_c_counts_jobs_not_started_apart_from_failed_ones(tmp_path, synthet
 
 
 @pytest.mark.parametrize("during", ["create_run", "set_terminated"])
-def test_ctrl_c_while_a_run_is_created_or_ended_leaves_no_run_running(tmp_path, monkeypatch, during):
+def test_ctrl_c_while_a_run_is_created_or_ended_leaves_no_run_running(tmp_path, monkeypatch, during, python_ctrl_c):
     """Ctrl-C lands inside MLflow's create_run (after its row is written) or as the FINISHED
     set_terminated begins (before its write): the run ends KILLED with the error tag, or FINISHED
     (its work was done), never RUNNING, and the Ctrl-C still stops the caller. Without the held
