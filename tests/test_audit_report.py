@@ -16,6 +16,7 @@ from xray_ablate.report.audit import (
     audit_table,
     display_audit,
     informative,
+    lead_share,
     level_table,
     most_different,
     summarise_audit,
@@ -147,6 +148,25 @@ def test_real_fixture_raw_and_masked_audited_and_reported(monkeypatch, tmp_path,
     for png in montages:
         assert f"]({png.name})" in report
 
+    # report.metric=audit_outside_lung names the share of the method the audit leads with (Grad-CAM,
+    # which one run per level cannot show uninformative) and makes it the report's metric
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from xray_ablate.report.__main__ import main
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["xray_ablate.report", f"paths.root_dir={tmp_path}", "report.name=lead",
+                                      "report.metric=audit_outside_lung", "report.log_to_mlflow=false",
+                                      f"hydra.run.dir={tmp_path / 'hydra'}", "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none"])
+    main()
+    lead = (tmp_path / "reports" / "lead" / "report.md").read_text()
+    assert ("report.metric=audit_outside_lung: audit_outside_lung_gradcam, the attribution outside the lungs of "
+            "the method the saliency audit leads with") in lead
+    assert "## Run table (audit outside lung gradcam)" in lead
+
 
 def test_a_method_whose_maps_spread_like_a_uniform_map_is_uninformative_and_not_shown_first(audited):
     """Planted: Grad-CAM's shares at the uniform map's (70 % outside the lungs, the lung area
@@ -164,6 +184,7 @@ def test_a_method_whose_maps_spread_like_a_uniform_map_is_uninformative_and_not_
         levels = level_table(runs, maps).reset_index(drop=True)
         summary = AuditSummary(table, levels, {}, informative=informative(table, levels))
         assert summary.informative == expected and summary.lead == lead
+        assert lead_share(runs, maps) == f"audit_outside_lung_{lead}"  # report.metric=audit_outside_lung
         (text,) = summary_blocks(summary)
         label = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient"}[lead]
         assert f"of their {label} mass outside the lungs" in text
