@@ -236,6 +236,25 @@ def invoke_cli(monkeypatch, root: Path, *args: str) -> int:
     return exit_.value.code
 
 
+def invoke_report(monkeypatch, *overrides: str) -> None:
+    """python -m xray_ablate.report OVERRIDES, in this process (no Hydra logging set-up)."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from xray_ablate.report.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["xray_ablate.report", *overrides, "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none"])
+    GlobalHydra.instance().clear()
+    try:
+        main()
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # no stale command line for later build_report calls
+
+
 def mlflow_runs(root: Path, experiment: str, kind: str = "train"):
     """Every run of ``kind`` in the SQLite store under ``root/mlruns``."""
     from mlflow.tracking import MlflowClient

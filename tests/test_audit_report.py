@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke_cli, mlflow_runs
+from conftest import invoke_cli, invoke_report, mlflow_runs
 
 from xray_ablate.report.audit import (
     SHARES,
@@ -150,18 +150,8 @@ def test_real_fixture_raw_and_masked_audited_and_reported(monkeypatch, tmp_path,
 
     # report.metric=audit_outside_lung names the share of the method the audit leads with (Grad-CAM,
     # which one run per level cannot show uninformative) and makes it the report's metric
-    import sys
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    from xray_ablate.report.__main__ import main
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["xray_ablate.report", f"paths.root_dir={tmp_path}", "report.name=lead",
-                                      "report.metric=audit_outside_lung", "report.log_to_mlflow=false",
-                                      f"hydra.run.dir={tmp_path / 'hydra'}", "hydra/job_logging=none",
-                                      "hydra/hydra_logging=none"])
-    main()
+    invoke_report(monkeypatch, f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}", "report.name=lead",
+                  "report.metric=audit_outside_lung", "report.log_to_mlflow=false")
     lead = (tmp_path / "reports" / "lead" / "report.md").read_text()
     assert ("report.metric=audit_outside_lung: audit_outside_lung_gradcam, the attribution outside the lungs of "
             "the method the saliency audit leads with") in lead

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke_cli, mlflow_runs, train_once
+from conftest import invoke_cli, invoke_report, mlflow_runs, train_once
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.config.choices import CLASSES
@@ -285,17 +285,8 @@ def test_the_feature_probe_sees_the_planted_marker_in_raw_models_only(monkeypatc
             assert m["probe_Marker_accuracy"] <= m["probe_Marker_majority"] + 0.05, m
     # as an ablation outcome, the probe gets accuracy's intervals: over seeds and test images, from
     # each run's probe/probe.csv (the probe right or wrong on each test image)
-    import sys
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    from xray_ablate.report.__main__ import main
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["xray_ablate.report", f"paths.root_dir={tmp_path}",
-                                      "report.metric=probe_Marker_accuracy", f"hydra.run.dir={tmp_path / 'hydra'}",
-                                      "hydra/job_logging=none", "hydra/hydra_logging=none"])
-    main()
+    invoke_report(monkeypatch, f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}",
+                  "report.metric=probe_Marker_accuracy")
     table = pd.read_csv(next((tmp_path / "reports").glob("*/run_table.csv"))).set_index("dataset")
     assert table[["ci_total_low", "ci_total_high"]].notna().all().all(), table
     assert table.loc["raw", "ci_total_low"] > table.loc["masked", "ci_total_high"], table  # raw reads the marker

@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import chromium
+from conftest import chromium, invoke_report
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -458,26 +458,10 @@ def test_user_errors(store, tmp_path):
         build_report(make_cfg(store, "errors2", tmp_path, "report.metric=test_nothing"))
 
 
-def _main(monkeypatch, *overrides: str) -> None:
-    """python -m xray_ablate.report OVERRIDES, in this process (no Hydra logging set-up)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from xray_ablate.report.__main__ import main
-
-    monkeypatch.setattr(sys, "argv", ["xray_ablate.report", *overrides, "hydra/job_logging=none",
-                                      "hydra/hydra_logging=none"])
-    try:
-        main()
-    finally:
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None  # no stale command line for later build_report calls
-
-
 def test_cli_prints_error_and_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "none" / "mlflow.db"
     with pytest.raises(SystemExit) as exit_info:
-        _main(monkeypatch, f"tracking.uri=sqlite:///{missing}", f"paths.reports_dir={tmp_path}",
+        invoke_report(monkeypatch, f"tracking.uri=sqlite:///{missing}", f"paths.reports_dir={tmp_path}",
               f"hydra.run.dir={tmp_path}/hydra")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
@@ -493,14 +477,14 @@ def test_cli_writes_a_report(store, tmp_path, monkeypatch, capsys):
         sweep.run("raw", seed, 0.78 + seed / 50, dataset="raw")
     args = [f"tracking.uri={store[0]}", "tracking.experiment=cli", f"paths.reports_dir={tmp_path}",
             f"hydra.run.dir={tmp_path}/hydra", "report.log_to_mlflow=false"]
-    _main(monkeypatch, *args)
+    invoke_report(monkeypatch, *args)
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == str(tmp_path / "cli-sweep" / "report.md")
     assert (tmp_path / "cli-sweep" / "forest.png").is_file()
     table = pd.read_csv(tmp_path / "cli-sweep" / "run_table.csv")
     assert table["config_key"].tolist() == ["raw", "base"]  # the baseline the sweep recorded
     # A command-line override wins, even one equal to conf/report/default.yaml.
-    _main(monkeypatch, *args, "report.baseline.dataset=masked")
+    invoke_report(monkeypatch, *args, "report.baseline.dataset=masked")
     table = pd.read_csv(tmp_path / "cli-sweep" / "run_table.csv")
     assert table["config_key"].tolist() == ["base", "raw"]
     text = (tmp_path / "cli-sweep" / "report.md").read_text()
