@@ -338,7 +338,8 @@ class Factorial:
 
 
 def reference_levels(runs: pd.DataFrame, baseline_key: str) -> dict[str, str]:
-    """The level each effect is measured against: off, raw, else the baseline's level."""
+    """The level each effect is measured against: off, raw, else the baseline's level; pass the
+    runs of the design the effects are computed on (a level run only outside it is no reference)."""
     base = runs[runs["config_key"] == baseline_key].iloc[0]
     refs = {}
     for factor in factor_names():
@@ -393,7 +394,7 @@ def factorial(runs: pd.DataFrame, baseline_key: str, settings: Settings,
     m = settings.metric
     data = sub[[*factors, "config_key", "seed"]].copy()
     data[m] = sub[m].astype(float) * settings.scale
-    refs = reference_levels(runs, baseline_key)
+    refs = reference_levels(sub, baseline_key)  # levels in the design: "raw" run elsewhere is none
     notes = [note]
     if intervals.residual_df(data, factors) <= 0:
         notes.append("No seed replication: each combination of the crossed factors has a single "
