@@ -153,9 +153,31 @@ def test_darwin_tags_as_subgroups_without_a_csv(make_cfg, fixture_root):
         assert result.metrics[f"subgroup_View_{level}_accuracy"] == pytest.approx(hits.mean())
 
 
-def test_an_external_image_equal_to_a_training_image_is_refused(make_cfg, synthetic_root, tmp_path):
+def _main_dataset(layout: str, synthetic_root: Path, tmp_path: Path) -> Path:
+    """The phantoms as given, with every image a link into them (DVC, git-annex, views), or as a
+    darwin-py release folder (the root a user may pass)."""
+    if layout == "flat":
+        return synthetic_root
+    if layout == "linked images":
+        root = tmp_path / "linked"
+        shutil.copytree(synthetic_root / "annotations", root / "annotations")
+        (root / "images").mkdir()
+        for image in (synthetic_root / "images").iterdir():
+            (root / "images" / image.name).symlink_to(image)
+        return root
+    shutil.copytree(synthetic_root / "images", tmp_path / "pulled" / "images")
+    shutil.copytree(synthetic_root / "annotations", tmp_path / "pulled" / "releases" / "v1" / "annotations")
+    return tmp_path / "pulled" / "releases" / "v1"
+
+
+@pytest.mark.parametrize("layout", ["flat", "linked images", "darwin-py release"])
+def test_an_external_image_equal_to_a_training_image_is_refused(make_cfg, synthetic_root, tmp_path, layout):
+    """Whatever the main set's layout: with linked images or a release folder as the root, the
+    check looked the digests up under other paths than prepare() keyed them by, found none, and
+    let an external set that held training images through."""
     other = generate(tmp_path / "other", n=12, seed=9, size=96)
-    config = make_cfg(f"eval.sets=[{{name: other, root: '{other}'}}]")
+    root = _main_dataset(layout, synthetic_root, tmp_path)
+    config = make_cfg(f"dataset.root={root}", f"eval.sets=[{{name: other, root: '{other}'}}]")
     data = load_data(config)
     inputs = prepare_inputs(config, data)
     assert prepare_external(config, data, inputs.train)[0].data.table.shape[0] == 12  # distinct: accepted

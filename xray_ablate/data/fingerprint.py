@@ -26,10 +26,12 @@ def _memo_path(root: Path, cache_dir: Path) -> Path:
     return Path(cache_dir) / "filehashes" / (hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest() + ".json")
 
 
-def file_digests(root: Path, cache_dir: Path) -> dict[str, str]:
-    """Relative path -> content digest of the files the last fingerprint of ``root`` read."""
+def file_digests(root: Path, cache_dir: Path) -> dict[Path, str]:
+    """Content digest of each file the last fingerprint of ``root`` read, keyed by its absolute
+    path through ``root`` (os.path.abspath: a link keeps its own path, as ingest records it)."""
+    base = Path(os.path.abspath(root))
     try:
-        return {rel: entry[2] for rel, entry in json.loads(_memo_path(root, cache_dir).read_text()).items()}
+        return {base / rel: entry[2] for rel, entry in json.loads(_memo_path(root, cache_dir).read_text()).items()}
     except (OSError, ValueError):
         return {}
 
@@ -54,7 +56,7 @@ def dataset_fingerprint(root: Path, cache_dir: Path, subdirs: tuple[str, ...] = 
             if (memo.get(rel) or [None, None])[:2] != [stat.st_size, stat.st_mtime_ns]]
     # Hash new and changed files in threads: file reads and blake2b release the GIL.
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        digests = dict(zip(todo, pool.map(lambda rel: _file_digest(root / rel), todo), strict=True))
+        digests = dict(zip(todo, pool.map(lambda rel: file_digest(root / rel), todo), strict=True))
     for rel, stat in files:
         digest = digests[rel] if rel in digests else memo[rel][2]
         fresh[rel] = [stat.st_size, stat.st_mtime_ns, digest]
@@ -66,7 +68,7 @@ def dataset_fingerprint(root: Path, cache_dir: Path, subdirs: tuple[str, ...] = 
     return total.hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):

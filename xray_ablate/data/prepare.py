@@ -47,6 +47,7 @@ class DataConfig:
 
 @dataclass
 class PreparedData:
+    root: Path  # the dataset folder read (a darwin-py release's dataset folder, not the release)
     images: np.ndarray  # (N, size, size) uint8, row i is table row i
     lungs: np.ndarray | None  # the rows' lung masks, bit-packed (see lung_masks); None without polygons
     table: pd.DataFrame  # image_id, cls, label, patient_id, view, split, image_path, *attributes
@@ -92,9 +93,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
         loaded = cache.load_inventory(cfg.cache_dir, inv_key, root)
         if loaded is None:
             inventory = _ingest(root, cfg.ingest)
-            base = Path(os.path.abspath(root))
-            digests = {base / rel: d for rel, d in file_digests(root, cfg.cache_dir).items()}
-            exclude_identical_images(inventory.records, digests)
+            exclude_identical_images(inventory.records, file_digests(root, cfg.cache_dir))
             table = cache.save_inventory(cfg.cache_dir, inv_key, inventory, root)
             meta = {"layout": inventory.layout, "maskable": inventory.maskable,
                     "unknown_tags": inventory.unknown_tags,
@@ -153,7 +152,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
     if len(rows) != len(decoded):
         images, lungs = images[rows], None if lungs is None else lungs[rows]
     data = PreparedData(
-        images=images, lungs=lungs,
+        root=root, images=images, lungs=lungs,
         table=usable[["image_id", "cls", "label", "patient_id", "view", "split", "image_path", *names]],
         excluded=excluded.reset_index(drop=True),
         fingerprint=fingerprint, cache_key=key, manifest=manifest, manifest_hash=digest,

@@ -13,7 +13,7 @@ from torch import nn
 
 from xray_ablate import evaluation
 from xray_ablate.config.schema import Config
-from xray_ablate.data.fingerprint import file_digests
+from xray_ablate.data.fingerprint import file_digest, file_digests
 from xray_ablate.data.prepare import PreparedData, prepare
 from xray_ablate.data.settings import data_config
 from xray_ablate.errors import UserError
@@ -36,32 +36,27 @@ def prepare_external(config: Config, data: PreparedData, train_rows: np.ndarray)
         cfg = dataclasses.replace(main, root=Path(spec.root), metadata=None, metadata_key=None,
                                   ingest=dataclasses.replace(main.ingest, layout="auto"))
         external = prepare(cfg)
-        check_no_training_images(data, train_rows, external, (main.root, cfg.root), main.cache_dir, spec.name)
+        check_no_training_images(data, train_rows, external, main.cache_dir, spec.name)
         out.append(ExternalSet(spec.name, external))
     return out
 
 
 def check_no_training_images(data: PreparedData, train_rows: np.ndarray, external: PreparedData,
-                             roots: tuple[Path, Path], cache_dir: Path, name: str) -> None:
-    """UserError naming both files when an external image has the bytes of a training image
-    (``roots``: the main and the external dataset root; the content digests are those prepare()
-    recorded for their fingerprints)."""
-    main, ext = (_digests(root, cache_dir) for root in roots)
-    train = {main[_key(p)]: p for p in data.table["image_path"].iloc[train_rows] if _key(p) in main}
+                             cache_dir: Path, name: str) -> None:
+    """UserError naming both files when an external image has the bytes of a training image (the
+    content digests prepare() recorded for each dataset's fingerprint, keyed by the paths the
+    tables hold; a file without one is read here, so no image goes unchecked)."""
+    main, ext = file_digests(data.root, cache_dir), file_digests(external.root, cache_dir)
+    train = {_digest(main, path): path for path in data.table["image_path"].iloc[train_rows]}
     for path in external.table["image_path"]:
-        twin = train.get(ext.get(_key(path)))
+        twin = train.get(_digest(ext, path))
         if twin is not None:
             raise UserError(f"eval.sets {name}: {path} is identical to training image {twin}: an "
                             "external test set must not hold training images")
 
 
-def _digests(root: Path, cache_dir: Path) -> dict[Path, str]:
-    base = Path(root).resolve()
-    return {base / rel: digest for rel, digest in file_digests(root, cache_dir).items()}
-
-
-def _key(path) -> Path:
-    return Path(path).resolve()
+def _digest(digests: dict[Path, str], path) -> str:
+    return digests.get(Path(path)) or file_digest(Path(path))
 
 
 def external_metrics(model: nn.Module, sets: list[ExternalSet], config: Config,
