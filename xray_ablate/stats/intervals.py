@@ -79,7 +79,7 @@ def paired_comparison(a, b, confidence: float = 0.95) -> Comparison:
     delta = float(np.mean(a - b)) if len(a) else math.nan
     if len(a) < 2:
         return Comparison(delta, *NAN_PAIR, math.nan, "paired t", len(a), len(b), len(a), math.nan)
-    if np.ptp(a - b) == 0:  # identical differences: no spread, the t statistic is undefined
+    if _no_spread(a - b):  # identical differences: no spread, the t statistic is undefined
         return Comparison(delta, delta, delta, math.nan, "paired t", len(a), len(b), len(a),
                           len(a) - 1)
     res = stats.ttest_rel(a, b)
@@ -88,13 +88,19 @@ def paired_comparison(a, b, confidence: float = 0.95) -> Comparison:
                       len(a), len(b), len(a), float(res.df))
 
 
+def _no_spread(x: np.ndarray) -> bool:
+    """All values equal up to rounding: accuracies k/N scaled to percent differ by ~1e-14 where
+    the counts agree, which ttest_rel reads as a spread and turns into p ~ 1e-15."""
+    return bool(np.ptp(x) <= 1e-9 * max(1.0, float(np.max(np.abs(x)))))
+
+
 def welch_comparison(a, b, confidence: float = 0.95) -> Comparison:
     """Welch's unequal-variance t-test (scipy.stats.ttest_ind(equal_var=False)) and its interval."""
     a, b = _values(a), _values(b)
     delta = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
     if len(a) < 2 or len(b) < 2:
         return Comparison(delta, *NAN_PAIR, math.nan, "Welch t", len(a), len(b), 0, math.nan)
-    if np.ptp(a) == 0 and np.ptp(b) == 0:
+    if _no_spread(a) and _no_spread(b):
         return Comparison(delta, delta, delta, math.nan, "Welch t", len(a), len(b), 0, math.nan)
     res = stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(confidence)
