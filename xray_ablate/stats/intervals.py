@@ -436,6 +436,24 @@ def seed_variance(means: np.ndarray) -> np.ndarray:
     return np.var(means, axis=-1, ddof=1) / n
 
 
+def seed_term(means: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The seed term of a mean over seeds x images: ``seed_variance(means)``, except where the run
+    means agree (to rounding) while the runs differ image by image. Two seeds with the same count
+    difference give that by coincidence, and a term of 0 (with the image term, which leaves the
+    residual to this one, floored at 0) made a zero-width interval and a confident verdict. There
+    the term is the seed x image residual's share MS / (n N), the least it holds in expectation
+    (the seed variance component truncated at 0, as ``stats.mixed.variance_components`` does).
+    ``y``: (..., seeds, images) of the runs the means are of; leading axes are replicates."""
+    term = seed_variance(means)
+    n, n_images = y.shape[-2], y.shape[-1]
+    if n < 2 or n_images < 2:
+        return term
+    complete = np.isfinite(y).all(axis=(-2, -1))
+    agree = np.ptp(means, axis=-1) <= 1e-9 * np.maximum(1.0, np.max(np.abs(means), axis=-1))
+    residual = interaction_mean_square(np.where(np.isfinite(y), y, 0.0)) / (n * n_images)
+    return np.where(agree & complete, residual, term)
+
+
 def _record(estimate: float, seed_parts: list[tuple[float, int]], image_var: float, n_images: int,
             n_seeds: int, confidence: float) -> TotalInterval:
     se_seed = math.sqrt(sum(v for v, _ in seed_parts))
@@ -466,13 +484,13 @@ def total_interval(scores: pd.DataFrame, confidence: float = 0.95) -> TotalInter
     """CI of a configuration's mean metric over new seeds AND new test images.
 
     ``scores``: seeds x image ids of per-image scores (NaN = image not in that seed's test set).
-    Variance = var(run means) / n + the image term of ``image_contributions``; t quantile at the
-    Welch-Satterthwaite df. NaN bounds with fewer than 2 seeds or 2 images.
+    Variance = var(run means) / n (``seed_term``) + the image term of ``image_contributions``; t
+    quantile at the Welch-Satterthwaite df. NaN bounds with fewer than 2 seeds or 2 images.
     """
     y = _tested(scores).to_numpy(float)
     means = _run_means(scores)
     return _record(float(means.mean()) if len(means) else math.nan,
-                   [(float(seed_variance(means)), len(means) - 1)],
+                   [(float(seed_term(means, y)), len(means) - 1)],
                    float(image_variance(y)), y.shape[1], len(means), confidence)
 
 
@@ -489,16 +507,15 @@ def total_difference(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95)
     if paired:
         a, b = a.loc[common], b.loc[common]
     ma, mb = _run_means(a), _run_means(b)
-    if paired:
-        parts = [(float(seed_variance(ma - mb)), len(common) - 1)]
-    else:
-        parts = [(float(seed_variance(m)), len(m) - 1) for m in (ma, mb)]
     ta, tb = _tested(a), _tested(b)
     if paired and ta.columns.equals(tb.columns):  # per-image differences of matched runs
         y = ta.to_numpy(float) - tb.to_numpy(float)
+        parts = [(float(seed_term(ma - mb, y)), len(common) - 1)]
     else:  # contributions (see image_contributions) of each side, 0 where it lacks the image
         columns = ta.columns.union(tb.columns)
         y = np.stack([_contribution_row(ta, columns) - _contribution_row(tb, columns)])
+        parts = ([(float(seed_variance(ma - mb)), len(common) - 1)] if paired
+                 else [(float(seed_variance(m)), len(m) - 1) for m in (ma, mb)])
     estimate = float(ma.mean() - mb.mean()) if len(ma) and len(mb) else math.nan
     return _record(estimate, parts, float(image_variance(y)), y.shape[1],
                    len(common) if paired else min(len(ma), len(mb)), confidence)

@@ -17,7 +17,7 @@ Estimator: closed-form method of moments (ANOVA estimators), Satterthwaite degre
   is the GLS estimate of the model for any variance components, also with unequal seeds per cell
   (the design satisfies Zyskind's condition), so no iteration is needed.
 - Variance of a contrast L = sum_c w_c ybar_c: per cell, w_c^2 var(run means) / n_c (df n_c - 1;
-  it holds the seed variance and the residual's share), plus the image term N var_i(d_i) with
+  it holds the seed variance and the residual's share; ``stats.intervals.seed_term``), plus the image term N var_i(d_i) with
   d_i the image's contribution to L (``stats.intervals.image_contributions``; df N - 1), less the
   residual that both terms hold, sum_c w_c^2 MS_c / (n_c N) (MS_c: the seed x image mean square).
   For balanced data these are the ANOVA estimators, equal to REML where non-negative.
@@ -113,7 +113,7 @@ def fit_cell(y: np.ndarray) -> CellFit:
             complete = np.isfinite(y).all(axis=(-2, -1))
             ms = intervals.interaction_mean_square(np.where(np.isfinite(y), y, 0.0))
             overlap = np.where(complete, ms, 0.0) / (n * n_images)
-        return CellFit(means.mean(axis=-1), intervals.seed_variance(means), intervals.image_contributions(y),
+        return CellFit(means.mean(axis=-1), intervals.seed_term(means, y), intervals.image_contributions(y),
                        overlap, n)
 
 
