@@ -126,8 +126,13 @@ def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, 
     KILLED with the reason and the sweep stops as on Ctrl-C; the rerun continues the same MLflow
     run from the checkpoint and finishes it with the metrics of an uninterrupted run (another
     experiment, same config and seed), every epoch logged once, also when the signal landed
-    before epoch 2's metrics reached MLflow. Jobs in their own processes: tests/test_slurm.py."""
+    before epoch 2's metrics reached MLflow. The rerun adds trainer.checkpoint_every=1 (the README's
+    advice after a hard kill; outside the config key) and runs newer code: the run keeps its
+    first params and says what changed, where MLflow's refusal to change a param failed every
+    retry, and its code version names both, where the newer one overwrote the older. Jobs in their
+    own processes: tests/test_slurm.py."""
     import xray_ablate.sweep.job as job
+    import xray_ablate.tracking.run_info as run_info
 
     args = ("-m", f"dataset.root={synthetic_root}", "image_size=32", "backbone=cnn16_gap", "trainer.batch_size=8",
             "seed=0", *TRAINING)
@@ -140,6 +145,7 @@ def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, 
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(job, "record_epoch", term_at_2)
+    monkeypatch.setattr(run_info, "code_version", lambda: "commit-old")
     assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=stopped") == 130
     assert "1 jobs: 0 finished, 0 skipped (already finished), 0 failed, 1 interrupted, 0 not started" in \
         capsys.readouterr().out
@@ -150,13 +156,17 @@ def test_sweep_job_stopped_by_sigterm_resumes_in_its_run(monkeypatch, tmp_path, 
     assert list((cache_dir / "checkpoints").glob("stopped-*-0.pt"))
 
     monkeypatch.setattr(job, "record_epoch", record_epoch)
-    assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=stopped") == 0
+    monkeypatch.setattr(run_info, "code_version", lambda: "commit-new")
+    assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=stopped", "trainer.checkpoint_every=1") == 0
     assert "1 jobs: 1 finished, 0 skipped (already finished), 0 failed" in capsys.readouterr().out
     assert invoke_cli(monkeypatch, tmp_path, *args, "tracking.experiment=straight") == 0
     (resumed,) = mlflow_runs(tmp_path, "stopped")
     (straight,) = mlflow_runs(tmp_path, "straight")
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     assert "xray.error" not in resumed.data.tags
+    assert resumed.data.params["trainer.checkpoint_every"] == "0"
+    assert resumed.data.tags["xray.resumed_params"] == "trainer.checkpoint_every: 0 -> 1"
+    assert resumed.data.tags["xray.code_version"] == "commit-old then commit-new"
     assert not list((cache_dir / "checkpoints").glob("*.pt"))  # removed once finished
     final = [k for k in straight.data.metrics if k.startswith(("test_", "best_", "val_"))]
     assert final and {k: resumed.data.metrics[k] for k in final} == {k: straight.data.metrics[k] for k in final}

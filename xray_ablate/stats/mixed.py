@@ -17,9 +17,10 @@ Estimator: closed-form method of moments (ANOVA estimators), Satterthwaite degre
   is the GLS estimate of the model for any variance components, also with unequal seeds per cell
   (the design satisfies Zyskind's condition), so no iteration is needed.
 - Variance of a contrast L = sum_c w_c ybar_c: per cell, w_c^2 var(run means) / n_c (df n_c - 1;
-  it holds the seed variance and the residual's share; ``stats.intervals.seed_term``), plus the image term N var_i(d_i) with
-  d_i the image's contribution to L (``stats.intervals.image_contributions``; df N - 1), less the
-  residual that both terms hold, sum_c w_c^2 MS_c / (n_c N) (MS_c: the seed x image mean square).
+  it holds the seed variance and the residual's share; ``stats.intervals.seed_term``), plus the
+  image term N var_i(d_i) with d_i the image's contribution to L
+  (``stats.intervals.image_contributions``; df N - 1), less the residual that both terms hold,
+  sum_c w_c^2 MS_c / (n_c N) (MS_c: the seed x image mean square).
   For balanced data these are the ANOVA estimators, equal to REML where non-negative.
 - The t quantile is taken at the Welch-Satterthwaite df of the summed terms, and the interval is
   never narrower than any one term's own t-interval (``stats.intervals.welch_satterthwaite_t``).

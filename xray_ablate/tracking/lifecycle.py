@@ -42,10 +42,11 @@ def tracked_run(tracking, name: str, tags: dict[str, str], parent_run_id: str | 
         with signals_held():  # a signal here acts once run_id is known, and the except ends the run
             if reopen:
                 client.update_run(reopen, status="RUNNING")
-                if ERROR_TAG in client.get_run(reopen).data.tags:  # the last attempt's error, now redone
+                earlier = client.get_run(reopen).data.tags
+                if ERROR_TAG in earlier:  # the last attempt's error, now redone
                     client.delete_tag(reopen, ERROR_TAG)
                 run_id = reopen
-                Recorder(client, run_id).tags(tags)
+                Recorder(client, run_id).tags(_resumed(tags, earlier))
             else:
                 run_id = client.create_run(experiment_id, run_name=name, tags=safe_tags(tags)).info.run_id
         if system_metrics:
@@ -53,7 +54,7 @@ def tracked_run(tracking, name: str, tags: dict[str, str], parent_run_id: str | 
 
             monitor = SystemMetricsMonitor(run_id, tracking_uri=tracking.uri)
             monitor.start()
-        yield Recorder(client, run_id)
+        yield Recorder(client, run_id, reopened=bool(reopen))
     except BaseException as err:
         if run_id is None:  # no run was made
             raise
@@ -95,3 +96,12 @@ def signals_held() -> Iterator[None]:
         if caught:
             signum, frame = caught[0]
             handlers[signum](signum, frame)
+
+
+def _resumed(tags: dict[str, str], earlier: dict[str, str]) -> dict[str, str]:
+    """A reopened run's tags: this attempt's, but its code version after the earlier attempts'
+    when it differs (epochs trained under two versions: the report's mixing warning lists it)."""
+    first, now = earlier.get(schema.CODE_VERSION), tags.get(schema.CODE_VERSION)
+    if first and now and now != first and not first.endswith(f" then {now}"):
+        tags = {**tags, schema.CODE_VERSION: f"{first} then {now}"}
+    return tags

@@ -13,15 +13,27 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.tracking.names import safe_name, safe_params, safe_tags
+from xray_ablate.tracking.schema import RESUMED_PARAMS
 
 
 @dataclass
 class Recorder:
     client: MlflowClient
     run_id: str
+    reopened: bool = False  # a resumed run: it holds the params of its first attempt
 
     def params(self, params: dict) -> None:
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in safe_params(params).items()])
+        """Log ``params``. A reopened run keeps the values it has (MLflow refuses to change a param,
+        and the run would fail on every retry): a setting outside the config key changed since
+        (trainer.checkpoint_every, num_workers, paths) is listed in the tag xray.resumed_params."""
+        params = safe_params(params)
+        if self.reopened:
+            logged = self.client.get_run(self.run_id).data.params
+            changed = [f"{k}: {logged[k]} -> {v}" for k, v in params.items() if k in logged and logged[k] != v]
+            if changed:
+                self.tags({RESUMED_PARAMS: "; ".join(changed)})
+            params = {k: v for k, v in params.items() if k not in logged}
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
 
     def tags(self, tags: dict) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in safe_tags(tags).items()])
