@@ -15,6 +15,7 @@ from xray_ablate.tracking import schema
 from xray_ablate.train import fit as train_module
 from xray_ablate.train import loop
 from xray_ablate.train.augment import random_affine
+from xray_ablate.train.device import seed_everything
 from xray_ablate.train.fit import class_weights
 from xray_ablate.train.inputs import normalization_stats
 
@@ -135,6 +136,18 @@ def test_same_seed_gives_identical_metrics_on_cpu(make_cfg):
     assert {k: first[k] for k in keys} == {k: second[k] for k in keys}
     _, other = _train(make_cfg("trainer.epochs=2", "tracking.log_checkpoint=false", "seed=1"))
     assert other["best_val_loss"] != first["best_val_loss"]
+
+
+def test_deterministic_kernels_are_not_inherited_by_the_next_job():
+    """The jobs of a sweep share a process (Hydra's basic launcher): a job with
+    trainer.deterministic=false after one with true ran with deterministic kernels still."""
+    try:
+        seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        seed_everything(1, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_an_exception_fails_the_run_and_keeps_the_traceback(make_cfg, monkeypatch):

@@ -39,14 +39,15 @@ def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch. On the CPU that makes a run repeatable; on CUDA, cuDNN and
-    atomics still vary unless ``deterministic`` picks deterministic kernels (slower)."""
+    atomics still vary unless ``deterministic`` picks deterministic kernels (slower). Set either
+    way: the jobs of a sweep share a process, and a job without it must not inherit it."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def autocast(device: torch.device, enabled: bool):
