@@ -151,3 +151,28 @@ def test_darwin_v2_hole_is_a_hole(tmp_path):
     # Hole centre (225, 120) and a point in the ring (182, 120), in output pixels.
     assert masked[int(120 * SIZE / H), int(225 * SIZE / W)] == 0
     assert masked[int(120 * SIZE / H), int(182 * SIZE / W)] > 0
+
+
+def test_an_ignore_drawn_as_a_box_is_cut_like_its_polygon(tmp_path):
+    """An Ignore region drawn with the box tool (Darwin's bounding_box: x, y, w, h) is cut from the
+    masked image as its rectangle polygon would be; it was dropped, and the masked image kept it.
+    A 2.0 polygon, which carries its bounding box too, is still cut as the polygon."""
+    box = {"x": 45.0, "y": 140.0, "w": 40.0, "h": 45.0}
+    rect = [np.array([[45, 140], [85, 140], [85, 185], [45, 185]], float)]
+    tags = ["COVID-19", "Viral Pneumonia", "PatientID:p1", "X-ray", "View/PA"]
+    images = {}
+    for name, version, drawn in (("polygon", "1.0", "polygon"), ("box", "1.0", "box"),
+                                 ("v2 with box", "2.0", "polygon and box"), ("none", "1.0", None)):
+        build = darwin_v1 if version == "1.0" else darwin_v2
+        doc = build("img1.png", W, H, lungs=LUNGS, ignores=[rect] if drawn else [], tags=tags)
+        ignore = next((a for a in doc["annotations"] if a["name"] == "Ignore"), {})
+        if drawn == "box":
+            ignore.pop("polygon")
+            ignore["bounding_box"] = box
+        elif drawn == "polygon and box":  # as V7 exports a polygon: the box around it beside it
+            ignore["bounding_box"] = {"x": 0.0, "y": 0.0, "w": float(W), "h": float(H)}
+        write_item(tmp_path / name, "img1", ramp(W, H), doc=doc)
+        images[name] = _prepare(tmp_path / name, tmp_path / f"c-{name}", mode="masked")
+    np.testing.assert_array_equal(images["box"], images["polygon"])
+    np.testing.assert_array_equal(images["v2 with box"], images["polygon"])
+    assert (images["polygon"] == 0).sum() >= (images["none"] == 0).sum() + 20  # the region was cut

@@ -76,10 +76,12 @@ def read_darwin(path: Path) -> DarwinImage:
         if "tag" in ann:
             image.tags.append(name)
             continue
-        rings = _rings(ann)
-        if rings is None:
-            continue  # bounding boxes, keypoints, ...: not used
         kind = name.strip().lower()
+        rings = _rings(ann)
+        if rings is None and kind == IGNORE and "bounding_box" in ann:
+            rings = _box(ann)  # a region to leave out, drawn as a box: the masked image drops it too
+        if rings is None:
+            continue  # other shapes (keypoints, a box around a lung, ...): not used
         if kind == LUNG:
             image.lungs.append(rings)
         elif kind == IGNORE:
@@ -125,6 +127,19 @@ def _int(obj: dict, key: str) -> int:
         return int(obj[key])
     except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         raise DarwinFormatError("missing_fields", f"{key} is not a number: {obj[key]!r}") from None
+
+
+def _box(ann: dict) -> Shape:
+    """A bounding box {x, y, w, h} as a one-ring shape."""
+    box = ann["bounding_box"] if isinstance(ann["bounding_box"], dict) else {}
+    try:
+        x, y, w, h = (float(box[k]) for k in ("x", "y", "w", "h"))
+    except (TypeError, KeyError, ValueError):
+        raise DarwinFormatError("missing_fields",
+                                f"'{ann['name']}' bounding box lacks a numeric x, y, w or h") from None
+    if not np.isfinite([x, y, w, h]).all():
+        raise DarwinFormatError("polygon_non_finite", f"'{ann['name']}' bounding box has a NaN or infinite value")
+    return [np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64)]
 
 
 def _rings(ann: dict) -> Shape | None:
