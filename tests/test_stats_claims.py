@@ -8,7 +8,7 @@ import pytest
 
 from xray_ablate.stats.claims import ablation_claims, verdict_line, verdicts
 from xray_ablate.stats.simulate import crossed_population
-from xray_ablate.stats.verdicts import BETTER, UNRESOLVED, WORSE, SequentialDesign
+from xray_ablate.stats.verdicts import BETTER, UNRESOLVED, WORSE, SequentialDesign, Verdict, cells_to_extend
 
 LEVELS = pd.DataFrame({"dataset": ["masked", "raw", "masked", "raw"], "class_weights": ["off", "off", "on", "on"]},
                       index=["mo", "ro", "mn", "rn"])
@@ -71,3 +71,24 @@ def test_fewer_seeds_than_the_first_look_are_judged_at_the_first_look(seeds):
     design = SequentialDesign(delta=0.02, alpha=0.05, looks=(3, 5))
     (v,) = verdicts(ablation_claims(LEVELS.loc[["mo", "ro"], ["dataset"]], "mo"), cells, design)
     assert v.look == 0 and v.seeds == seeds
+
+
+def test_configurations_that_share_their_factor_levels_get_claims_of_their_own():
+    """A sweep of a setting that is no factor (trainer.lr=1e-3,2e-3,3e-3): every configuration has
+    the baseline's levels. Both Δ claims were "same levels − baseline", so a verdict stood for the
+    other claim in every lookup by name (the adaptive sweep's cells to extend, the run table's
+    verdict column); now each carries its key, as the run table's label does."""
+    levels = pd.DataFrame(index=["ce0f64eba6bf", "5dbf8eefa86a", "6ae2b2bd57b1"])
+    claims = ablation_claims(levels, "ce0f64eba6bf")
+    assert [c.name for c in claims] == ["baseline levels [5dbf8eef] − baseline",
+                                        "baseline levels [6ae2b2bd] − baseline"]
+    judged = {c.name: Verdict(claim=c.name, estimate=0.0, low=-0.1, high=0.1, confidence=0.95, verdict=v,
+                              seeds=3, look=0, more_seeds=m)
+              for c, v, m in zip(claims, (UNRESOLVED, BETTER), (2.0, 0.0), strict=True)}
+    assert cells_to_extend(claims, judged) == {"ce0f64eba6bf", "5dbf8eefa86a"}
+    # a 2 x 2 with one cell run twice (another setting): Δ claims by key, no main effects of a
+    # design whose cell is ambiguous
+    twice = pd.concat([LEVELS, LEVELS.loc[["rn"]].rename(index={"rn": "rn2"})])
+    names = [c.name for c in ablation_claims(twice, "mo")]
+    assert names == ["dataset=raw − baseline", "class_weights=on − baseline",
+                     "dataset=raw, class_weights=on [rn] − baseline", "dataset=raw, class_weights=on [rn2] − baseline"]

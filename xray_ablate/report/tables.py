@@ -18,6 +18,7 @@ from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.factors import factor_names
 from xray_ablate.report.images import ECE, Evidence
 from xray_ablate.stats import intervals
+from xray_ablate.stats.claims import cell_labels
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,8 @@ def configurations(runs: pd.DataFrame, baseline_key: str) -> pd.DataFrame:
     seeds = runs.groupby("config_key")["seed"].agg(lambda s: sorted(int(v) for v in s))
     configs = first.assign(n=seeds.map(len), seeds=seeds.map(lambda s: ", ".join(map(str, s))))
     base = configs.loc[baseline_key]
-    labels = {}
-    for key, row in configs.iterrows():
-        diff = [f"{f}={row[f]}" for f in factor_names() if row[f] != base[f]]
-        labels[key] = "baseline" if key == baseline_key else (", ".join(diff) or "baseline levels")
-    configs["config"] = pd.Series(labels)
-    dup = configs["config"].duplicated(keep=False)
-    configs.loc[dup, "config"] += " [" + configs.index[dup].str[:8] + "]"
+    configs["config"] = pd.Series(cell_labels(configs[list(factor_names())], baseline_key))  # the claims' names
+
     def rank(k: str) -> tuple:  # fewest changes from the baseline first, then by levels
         levels = tuple(configs.loc[k, list(factor_names())])
         return (sum(a != b for a, b in zip(levels, base[list(factor_names())], strict=True)), levels, k)

@@ -20,16 +20,18 @@ from xray_ablate.stats.verdicts import BETTER, UNRESOLVED, WORSE, Claim, Sequent
 def ablation_claims(levels: pd.DataFrame, baseline: str) -> list[Claim]:
     """``levels``: one row per cell (index: its label), one column per varied factor (the level).
 
-    Every other cell minus the baseline; and when two or more factors are crossed (every
-    combination present), each factor's main effect of each level against the baseline's level,
-    averaged over the other factors (stats.intervals.contrast_weights).
+    Every other cell minus the baseline, named by ``cell_labels``; and when two or more factors are
+    crossed (every combination present once), each factor's main effect of each level against the
+    baseline's level, averaged over the other factors (stats.intervals.contrast_weights).
     """
     factors = list(levels.columns)
     base = levels.loc[baseline]
-    claims = [Claim(f"{_differs(levels.loc[cell], base)} − baseline", {cell: 1.0, baseline: -1.0})
+    labels = cell_labels(levels, baseline)
+    claims = [Claim(f"{labels[cell]} − baseline", {cell: 1.0, baseline: -1.0})
               for cell in levels.index if cell != baseline]
     options = {f: sorted(levels[f].astype(str).unique()) for f in factors}
-    crossed = len(factors) >= 2 and len(levels.drop_duplicates()) == math.prod(len(v) for v in options.values())
+    crossed = len(factors) >= 2 and len(levels) == math.prod(len(v) for v in options.values()) and \
+        not levels.duplicated().any()
     if not crossed:
         return claims
     by_label = {cell_label([str(row[f]) for f in factors]): cell for cell, row in levels.iterrows()}
@@ -43,8 +45,22 @@ def ablation_claims(levels: pd.DataFrame, baseline: str) -> list[Claim]:
     return claims
 
 
-def _differs(row: pd.Series, base: pd.Series) -> str:
-    return ", ".join(f"{f}={row[f]}" for f in row.index if row[f] != base[f]) or "same levels"
+def cell_labels(levels: pd.DataFrame, baseline: str) -> dict[str, str]:
+    """Each cell's name: the factor levels it changes from the baseline ("dataset=raw"; "baseline
+    levels" where it changes none), with its key's first 8 characters where two cells share one
+    (a sweep of a setting that is no factor, e.g. trainer.lr): the report's run table labels them
+    so too, and claims by one name would take each other's verdicts."""
+    base = levels.loc[baseline]
+    return unique_labels({cell: "baseline" if cell == baseline else
+                          ", ".join(f"{f}={row[f]}" for f in row.index if row[f] != base[f]) or "baseline levels"
+                          for cell, row in levels.iterrows()})
+
+
+def unique_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """``labels`` (cell key -> label), each label that two cells share suffixed with its cell's key
+    ("[5dbf8eef]"), as the report's run table does."""
+    shared = pd.Series(labels, dtype=object).duplicated(keep=False)
+    return {cell: f"{label} [{cell[:8]}]" if shared[cell] else label for cell, label in labels.items()}
 
 
 def verdicts(claims: Sequence[Claim], cells: Mapping[str, pd.DataFrame], design: SequentialDesign,

@@ -21,7 +21,7 @@ from xray_ablate.config.load import Plan
 from xray_ablate.config.metrics import LOWER_IS_BETTER
 from xray_ablate.config.schema import Config
 from xray_ablate.evaluation import PROB_COLUMNS
-from xray_ablate.stats.claims import ablation_claims, verdicts
+from xray_ablate.stats.claims import ablation_claims, unique_labels, verdicts
 from xray_ablate.stats.intervals import image_scores
 from xray_ablate.stats.verdicts import UNRESOLVED, SequentialDesign, Verdict, cells_to_extend, planned_looks
 from xray_ablate.sweep.lifecycle import Sweep
@@ -92,7 +92,8 @@ def run_rounds(plan: Plan, sweep: Sweep, launch: Callable[[list[str]], None]) ->
     base = baseline_cell(cells, config)
     levels = pd.DataFrame({k: c.levels for k, c in cells.items()}).T
     claims = ablation_claims(levels, base)
-    names = {k: ", ".join(f"{f}={v}" for f, v in c.levels.items()) for k, c in cells.items()}
+    names = unique_labels({k: ", ".join(f"{f}={v}" for f, v in c.levels.items()) or "no factor varied"
+                           for k, c in cells.items()})
     sweep.recorder.params({"sweep.looks": ",".join(map(str, design.looks))})
     log.info("adaptive sweep: %d claims, looks at %s seeds, δ = %g pp", len(claims),
              ", ".join(map(str, design.looks)), config.sweep.delta)
