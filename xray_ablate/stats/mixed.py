@@ -56,16 +56,16 @@ Estimator: closed-form method of moments (ANOVA estimators), Satterthwaite degre
   1 and 8 pp, where the oracle gives 93.7-96.4 %: at 3 seeds the observed variance ratio cannot
   tell the two regimes apart often enough, so the floor's cost (97-99 % at 3 equal seeds) buys
   the unequal case.
-- The same at 10,000 replicates per regime (binomial se 0.22 pp; 2026-12-06,
-  a one-off script over the tests' draws, stream 777): these intervals cover 97.5-98.5 %
-  at 3 equal seeds, 94.5-96.2 % at 10, 95.8-97.6 % with seed sds 1 / 8 pp at 3 seeds each, and
-  93.7-96.5 % with 8, 3, 3, 5 seeds (93.7 %: the Δ of the 5-seed 8 pp cell, which the test's
-  2,000-replicate stream puts at >= 94 %). The interval that knows the true se (estimate +- 1.96
-  x the estimate's sd over the 10,000) covers 94.0-95.3 % in every one of these cells: at this precision 94-96 % is reachable
-  with the variances known, and these intervals miss it both ways, wide at 3 equal seeds (the
-  floor) and 1.3 pp short in the unbalanced unequal case. Plain Satterthwaite gives 91.9-97.1 %,
-  the unbiased-estimate df 90.6-96.2 %, either one with the floor 93.8-98.5 %: no variant tried
-  meets 94-96 % in every cell.
+- The same at 10,000 replicates per regime (binomial se 0.22 pp; 2026-12-06, a one-off script over
+  the tests' draws, stream 777): these intervals cover 97.5-98.5 % at 3 equal seeds, 94.5-96.2 %
+  at 10, 95.8-97.6 % with seed sds 1 / 8 pp at 3 seeds each, and 93.7-96.5 % with 8, 3, 3, 5 seeds
+  (93.7 %: the Δ of the 5-seed 8 pp cell, which the test's 2,000-replicate stream puts at >= 94
+  %). The interval that knows the true se (estimate +- 1.96 x the estimate's sd over the 10,000)
+  covers 94.0-95.3 % in every one of these cells: at this precision 94-96 % is reachable with the
+  variances known, and these intervals miss it both ways, wide at 3 equal seeds (the floor) and
+  1.3 pp short in the unbalanced unequal case. Plain Satterthwaite gives 91.9-97.1 %, the
+  unbiased-estimate df 90.6-96.2 %, either one with the floor 93.8-98.5 %: no variant tried meets
+  94-96 % in every cell.
 
 Why seed variances per configuration and not one pooled seed variance: the demo's masked images
 have a seed sd of about 1 pp and the raw images about 8 pp; one pooled variance gives a Δ between
