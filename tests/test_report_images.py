@@ -190,3 +190,29 @@ def test_plots_take_a_degenerate_interval_a_rounding_off_its_centre(tmp_path):
     runs = pd.DataFrame({"config_key": ["a", "a", "b", "b"], "test_accuracy": [2 / 7] * 4, "learned": [True] * 4})
     assert plots.points_plot(runs, table, Settings(), tmp_path / "points.png").stat().st_size > 0
     assert plots.forest_plot(table, Settings(), tmp_path / "forest.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("shares", [(0.5, 0.3, 0.0, 0.2), (0.35, 0.2, 0.15, 0.3), (0.0, 0.5, 0.3, 0.2)],
+                         ids=["no covid", "all four", "no majority-class image"])
+def test_the_reference_rows_are_what_their_predictors_score(shares):
+    """Chance and majority rows against the predictors themselves, scored by the runs' own metric
+    code: uniform guesses over the 4 classes recall 1/4 of each class the test split holds, so
+    their balanced accuracy is 25 % with a class missing too (it was 1/3); the majority class
+    (from training counts) recalls its own images only."""
+    from xray_ablate.evaluation import classification_metrics
+    from xray_ablate.report.images import references
+
+    test = pd.Series(shares, index=list(CLASSES))
+    train = pd.DataFrame({f"n_train_{c}": [n] for c, n in zip(CLASSES, (50, 30, 20, 5), strict=True)})
+    rows = references(test, train).set_index("config")
+    labels = np.repeat(np.arange(len(CLASSES)), (test.to_numpy() * 2000).round().astype(int))
+    rng = np.random.default_rng(0)
+    one_hot = np.eye(len(CLASSES))
+    guessed = np.mean([classification_metrics(labels, one_hot[rng.integers(0, len(CLASSES), len(labels))],
+                                              "test")["test_balanced_accuracy"] for _ in range(50)])
+    majority = classification_metrics(labels, one_hot[np.zeros(len(labels), int)], "test")
+    assert rows.loc["reference: chance (1/4)", "test_balanced_accuracy"] == pytest.approx(guessed, abs=0.01)
+    assert rows.loc["reference: majority class (bacterial)", "test_balanced_accuracy"] == pytest.approx(
+        majority["test_balanced_accuracy"])
+    assert rows.loc["reference: majority class (bacterial)", "test_accuracy"] == pytest.approx(
+        majority["test_accuracy"])

@@ -153,15 +153,18 @@ def references(shares: pd.Series | None, runs: pd.DataFrame) -> pd.DataFrame:
     counts = np.array([runs[f"n_train_{c}"].sum() if f"n_train_{c}" in runs else math.nan for c in CLASSES])
     top = CLASSES[majority_index(counts)] if np.isfinite(counts).all() and counts.sum() > 0 else None
     chance_f1 = {c: 2 * s / k / (s + 1 / k) if s > 0 else math.nan for c, s in shares.items()}
-    kinds = [(f"chance (1/{k})", 1 / k, chance_f1)]
+    # balanced accuracy: the mean recall over the classes the test split holds. A uniform guess
+    # recalls 1/K of each, whether or not the others are there; the majority class recalls all of
+    # its own and none of the rest, and nothing when the test split has none of it.
+    kinds = [(f"chance (1/{k})", 1 / k, 1 / k, chance_f1)]
     if top is not None:
         r = float(shares[top])
-        kinds.append((f"majority class ({top})", r, {c: (2 * r / (1 + r) if c == top else 0.0)
-                                                     if shares[c] > 0 else math.nan for c in CLASSES}))
+        kinds.append((f"majority class ({top})", r, 1 / kp if r > 0 else 0.0,
+                      {c: (2 * r / (1 + r) if c == top else 0.0) if shares[c] > 0 else math.nan for c in CLASSES}))
     rows = []
-    for name, acc, f1 in kinds:
+    for name, acc, balanced, f1 in kinds:
         row = {"config": f"reference: {name}", "test_accuracy": acc,
-               "test_balanced_accuracy": 1 / kp, "test_roc_auc_ovr": 0.5, ECE: math.nan,
+               "test_balanced_accuracy": balanced, "test_roc_auc_ovr": 0.5, ECE: math.nan,
                "test_macro_f1": float(np.nanmean([f1[c] for c in present.index]))}
         row |= {f"test_f1_{c}": f1[c] for c in CLASSES}
         rows.append(row)
