@@ -312,3 +312,18 @@ def test_the_feature_probe_sees_the_planted_marker_in_raw_models_only(monkeypatc
     table = pd.read_csv(next((tmp_path / "reports").glob("*/run_table.csv"))).set_index("dataset")
     assert table[["ci_total_low", "ci_total_high"]].notna().all().all(), table
     assert table.loc["raw", "ci_total_low"] > table.loc["masked", "ci_total_high"], table  # raw reads the marker
+
+
+def test_an_attribute_whose_name_extends_another_keeps_its_levels_apart():
+    """cxr-mini's metadata has source and source_repo: the subgroup metrics subgroup_source_* then
+    include source_repo's, and the table showed source_repo's levels under source too."""
+    from xray_ablate.report.confounds import subgroup_table
+
+    metrics = {("source", "kermany"): (0.8, 40), ("source", "cohen"): (0.6, 30),
+               ("source_repo", "lecuong"): (0.9, 50), ("source_repo", "general"): (0.5, 20)}
+    runs = pd.DataFrame([{"config_key": "k", "run_id": "r", "seed": 0,
+                          **{f"subgroup_{a}_{lv}_accuracy": acc for (a, lv), (acc, _) in metrics.items()},
+                          **{f"subgroup_{a}_{lv}_n": n for (a, lv), (_, n) in metrics.items()}}])
+    table = subgroup_table(runs, {"k": "baseline"}, ["source", "source_repo"], {})
+    shown = {(r.attribute, r.level): (r.accuracy, r.n) for r in table.itertuples()}
+    assert shown == {key: (100 * acc, n) for key, (acc, n) in metrics.items()}

@@ -114,7 +114,12 @@ def subgroup_table(runs: pd.DataFrame, labels: dict[str, str], attributes: list[
     rows = []
     for attribute in attributes:
         prefix = f"subgroup_{safe_name(attribute)}_"
-        levels = [c[len(prefix):-2] for c in runs.columns if c.startswith(prefix) and c.endswith("_n")]
+        # another attribute's metrics share the prefix when its name extends this one's (source,
+        # source_repo): theirs are not this attribute's levels
+        others = tuple(p for p in (f"subgroup_{safe_name(b)}_" for b in attributes)
+                       if p != prefix and p.startswith(prefix))
+        levels = [c[len(prefix):-2] for c in runs.columns
+                  if c.startswith(prefix) and c.endswith("_n") and not c.startswith(others)]
         for key, label in labels.items():
             sub = runs[runs["config_key"] == key]
             gap = sub.get(f"{prefix}gap", pd.Series(dtype=float)).mean()
