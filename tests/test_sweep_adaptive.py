@@ -70,3 +70,28 @@ def test_adaptive_sweep_adds_seeds_only_where_a_claim_is_unresolved_and_resumes(
     again = capsys.readouterr().out
     assert len(mlflow_runs(tmp_path, "adaptive")) == len(runs)
     assert f"{len(runs)} jobs: 0 finished, {len(runs)} skipped" in again
+
+
+def test_a_resumed_sweep_keeps_its_sequential_design(tmp_path):
+    """The parent run of an adaptive sweep records its looks; a rerun that plans others (or another
+    sweep.delta), as a sweep.max_seeds changed in the experiment file does under the same sweep id,
+    is refused before any round: the rounds would judge under one design and the report under the
+    parent's (worse at 8 seeds against unresolved at 5 on the same runs)."""
+    from xray_ablate.errors import UserError
+    from xray_ablate.stats.verdicts import SequentialDesign
+    from xray_ablate.sweep.adaptive import keep_design
+    from xray_ablate.tracking.recorder import Recorder
+    from xray_ablate.tracking.store import connect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(connect(uri, "adaptive", str(tmp_path / "artifacts"))).info.run_id
+    Recorder(client, run_id).params({"sweep.delta": 2.0})
+    keep_design(Recorder(client, run_id), SequentialDesign(0.02, (3, 5)), 2.0)
+    keep_design(Recorder(client, run_id, reopened=True), SequentialDesign(0.02, (3, 5)), 2.0)  # the same: fine
+    assert client.get_run(run_id).data.params["sweep.looks"] == "3,5"
+    for looks, delta, said in (((3, 4, 5, 8), 2.0, "looks at 3,5 seeds (now 3,4,5,8)"),
+                               ((3, 5), 1.0, "sweep.delta=2.0 (now 1)")):
+        with pytest.raises(UserError, match=r"designed with " + said.replace("(", r"\(").replace(")", r"\)")):
+            keep_design(Recorder(client, run_id, reopened=True), SequentialDesign(delta / 100, looks), delta)
+    assert client.get_run(run_id).data.params["sweep.looks"] == "3,5"

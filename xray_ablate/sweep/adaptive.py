@@ -20,6 +20,7 @@ from xray_ablate.config.factors import FACTORS, level, varied_factors
 from xray_ablate.config.load import Plan
 from xray_ablate.config.metrics import LOWER_IS_BETTER
 from xray_ablate.config.schema import Config
+from xray_ablate.errors import UserError
 from xray_ablate.evaluation import PROB_COLUMNS
 from xray_ablate.stats.claims import ablation_claims, unique_labels, verdicts
 from xray_ablate.stats.intervals import image_scores
@@ -27,6 +28,7 @@ from xray_ablate.stats.verdicts import UNRESOLVED, SequentialDesign, Verdict, ce
 from xray_ablate.sweep.lifecycle import Sweep
 from xray_ablate.tracking.keys import config_key
 from xray_ablate.tracking.reader import sweep_predictions
+from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.verdicts import record_round
 from xray_ablate.train.device import select_device
 
@@ -82,6 +84,25 @@ def design_of(config: Config, first: int) -> SequentialDesign:
                             looks=planned_looks(first, config.sweep.max_seeds))
 
 
+def keep_design(recorder: Recorder, design: SequentialDesign, delta: float) -> None:
+    """Record the design's looks on the sweep's parent run, or, when a resumed sweep's parent holds
+    other looks or another sweep.delta, refuse: a group-sequential design is fixed before its first
+    look (its error rates assume it), and the report judges with the parent's. The sweep id hashes
+    the command line, so a sweep.max_seeds or sweep.delta changed in an experiment file reopens the
+    same parent."""
+    recorded = recorder.client.get_run(recorder.run_id).data.params
+    looks = ",".join(map(str, design.looks))
+    changed = ([f"looks at {recorded['sweep.looks']} seeds (now {looks})"]
+               if recorded.get("sweep.looks", looks) != looks else []) + \
+              ([f"sweep.delta={recorded['sweep.delta']} (now {delta:g})"]
+               if "sweep.delta" in recorded and float(recorded["sweep.delta"]) != delta else [])
+    if changed:
+        raise UserError(f"this sweep (parent run {recorder.run_id}) was designed with {' and '.join(changed)}: a "
+                        "sequential design is fixed before its first look; rerun with its sweep.max_seeds and "
+                        "sweep.delta, or start a new sweep (another tracking.experiment)")
+    recorder.params({"sweep.looks": looks})
+
+
 def run_rounds(plan: Plan, sweep: Sweep, launch: Callable[[list[str]], None]) -> list[Verdict]:
     """The rounds after the first launch; ``launch(overrides)`` runs one basic sweep of jobs."""
     config = plan.configs[0]
@@ -94,7 +115,7 @@ def run_rounds(plan: Plan, sweep: Sweep, launch: Callable[[list[str]], None]) ->
     claims = ablation_claims(levels, base)
     names = unique_labels({k: ", ".join(f"{f}={v}" for f, v in c.levels.items()) or "no factor varied"
                            for k, c in cells.items()})
-    sweep.recorder.params({"sweep.looks": ",".join(map(str, design.looks))})
+    keep_design(sweep.recorder, design, config.sweep.delta)
     log.info("adaptive sweep: %d claims, looks at %s seeds, δ = %g pp", len(claims),
              ", ".join(map(str, design.looks)), config.sweep.delta)
     for look in range(len(design.looks)):
