@@ -429,6 +429,21 @@ def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
     assert "report.baseline of experiment config 'demo'" in (folder / "report.md").read_text()
 
 
+def test_the_report_judges_against_the_adaptive_rounds_baseline(store, tmp_path):
+    """backbone=vgg16,vgg19,resnet50 with the default baseline (cnn16): no configuration matches,
+    the rounds judge against the first (vgg16, recorded as sweep.baseline), and the report took
+    the one with the most seeds, ties to the newest (resnet50): its verdicts, written over the
+    parent's tags, were against another configuration than the rounds' and named other claims."""
+    sweep = Sweep(store, "rounds", "rounds-sweep")
+    sweep.client.log_batch(sweep.parent, params=[Param("sweep.baseline", "vgg16"), Param("sweep.looks", "3")])
+    for key, acc in (("vgg16", 0.70), ("vgg19", 0.71), ("resnet50", 0.85)):
+        for seed in range(3):
+            sweep.run(key, seed, acc + seed / 100, backbone=key)
+    folder = build_report(make_cfg(store, "rounds", tmp_path, "report.log_to_mlflow=false"))
+    assert pd.read_csv(folder / "run_table.csv")["config_key"].tolist()[0] == "vgg16"
+    assert "the adaptive sweep's rounds judged against (vgg16)" in (folder / "report.md").read_text()
+
+
 def test_loss_metric_keeps_its_unit_and_lower_is_better(store, tmp_path):
     sweep = Sweep(store, "loss", "loss-sweep")
     for seed in range(3):

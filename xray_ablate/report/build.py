@@ -258,7 +258,15 @@ def analyse(selection: Selection, levels: dict[str, str | None], settings: Setti
                      "left out (see 'Runs left out').")
     matches = [k for k in matches if k in set(kept["config_key"])]
     wanted = ", ".join(f"{k}={v}" for k, v in levels.items() if v is not None) or "any"
-    if matches:
+    judged_against = selection.parent_sweep.get("sweep.baseline")  # an adaptive sweep's rounds' baseline
+    if judged_against in set(kept["config_key"]) and (judged_against in matches or not matches):
+        baseline_key = judged_against
+        if len(matches) != 1:
+            notes.append(f"The baseline is the configuration the adaptive sweep's rounds judged against "
+                         f"({judged_against[:8]}): " + (f"{len(matches)} configurations match the baseline "
+                                                        f"levels ({wanted})." if matches else
+                                                        f"no run matches report.baseline ({wanted})."))
+    elif matches:
         baseline_key = matches[0]
         if len(matches) > 1:
             notes.append(f"{len(matches)} configurations match the baseline levels ({wanted}); "

@@ -116,6 +116,7 @@ def run_rounds(plan: Plan, sweep: Sweep, launch: Callable[[list[str]], None]) ->
     names = unique_labels({k: ", ".join(f"{f}={v}" for f, v in c.levels.items()) or "no factor varied"
                            for k, c in cells.items()})
     keep_design(sweep.recorder, design, config.sweep.delta)
+    sweep.recorder.params({"sweep.baseline": base})  # the report judges against the same configuration
     log.info("adaptive sweep: %d claims, looks at %s seeds, δ = %g pp", len(claims),
              ", ".join(map(str, design.looks)), config.sweep.delta)
     for look in range(len(design.looks)):
