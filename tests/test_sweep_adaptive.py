@@ -95,3 +95,29 @@ def test_a_resumed_sweep_keeps_its_sequential_design(tmp_path):
         with pytest.raises(UserError, match=r"designed with " + said.replace("(", r"\(").replace(")", r"\)")):
             keep_design(Recorder(client, run_id, reopened=True), SequentialDesign(delta / 100, looks), delta)
     assert client.get_run(run_id).data.params["sweep.looks"] == "3,5"
+
+
+def test_the_rounds_read_the_runs_of_the_current_data_only(tmp_path):
+    """The same adaptive command after the dataset changed keeps its sweep id and retrains the
+    planned seeds 0-2; seeds 3-4, which a round added before, are still on the old data. The rounds
+    judged each configuration on runs of both datasets; they read those of the newest run's data."""
+    from xray_ablate.tracking import schema
+    from xray_ablate.tracking.reader import sweep_predictions
+    from xray_ablate.tracking.store import connect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = connect(uri, "adaptive", str(tmp_path / "artifacts"))
+    client = MlflowClient(uri)
+    clock = iter(range(1_700_000_000_000, 1_800_000_000_000, 60_000))
+    for fingerprint, seeds in (("old", range(5)), ("new", range(3))):
+        for key in ("masked", "raw"):
+            for seed in seeds:
+                tags = {schema.KIND: "train", schema.SWEEP_MEMBER.format("sw"): "1", schema.CONFIG_KEY: key,
+                        schema.SEED: str(seed), schema.FINGERPRINT: fingerprint, schema.SPLIT_MODE: "fixed",
+                        schema.SPLIT_HASH: f"split-{fingerprint}"}
+                run_id = client.create_run(exp, start_time=next(clock), tags=tags).info.run_id
+                client.log_text(run_id, f"image_id,label\nimg-{fingerprint},0\n", schema.PREDICTIONS)
+                client.set_terminated(run_id, "FINISHED")
+    found = sweep_predictions(uri, "adaptive", "sw")
+    assert sorted(found) == [(k, s) for k in ("masked", "raw") for s in range(3)]
+    assert {frame["image_id"].iloc[0] for frame in found.values()} == {"img-new"}

@@ -91,13 +91,22 @@ def copy_artifact(run_id: str, name: str, dest: Path) -> Path | None:
 
 def sweep_predictions(uri: str, experiment: str, sweep_id: str) -> dict[tuple[str, int], pd.DataFrame]:
     """(config key, seed) -> predictions.csv of every FINISHED training run the sweep counts (its
-    own and those it found finished); a (config, seed) run twice counts its newest run."""
+    own and those it found finished) on the data of its newest run (dataset fingerprint, split
+    mode and, for a fixed split, its manifest: a rerun after the data changed retrains the planned
+    seeds, and the seeds the rounds added before are on the old data); a (config, seed) run twice
+    counts its newest run."""
     ids = [i for i, name in open_store(uri).items() if name == experiment]
     runs = search_runs(ids, **{schema.KIND: "train", schema.SWEEP_MEMBER.format(sweep_id): "1"}) if ids else []
     if len(runs) == 0:
         return {}
-    runs = runs[runs["status"] == "FINISHED"].drop_duplicates(
-        [f"tags.{schema.CONFIG_KEY}", f"tags.{schema.SEED}"])  # newest first
+    runs = runs[runs["status"] == "FINISHED"]  # newest first
+    if runs.empty:
+        return {}
+    data = [f"tags.{schema.FINGERPRINT}", f"tags.{schema.SPLIT_MODE}"]
+    if runs[data[1]].iloc[0] == "fixed":
+        data.append(f"tags.{schema.SPLIT_HASH}")
+    runs = runs[(runs[data].fillna("") == runs[data].fillna("").iloc[0]).all(axis=1)]
+    runs = runs.drop_duplicates([f"tags.{schema.CONFIG_KEY}", f"tags.{schema.SEED}"])
     found = csv_artifacts(runs["run_id"], schema.PREDICTIONS, dtype={"image_id": str})
     return {(row[f"tags.{schema.CONFIG_KEY}"], int(row[f"tags.{schema.SEED}"])): found[row["run_id"]]
             for _, row in runs.iterrows() if row["run_id"] in found}
