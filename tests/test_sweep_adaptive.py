@@ -121,3 +121,23 @@ def test_the_rounds_read_the_runs_of_the_current_data_only(tmp_path):
     found = sweep_predictions(uri, "adaptive", "sw")
     assert sorted(found) == [(k, s) for k in ("masked", "raw") for s in range(3)]
     assert {frame["image_id"].iloc[0] for frame in found.values()} == {"img-new"}
+
+
+def test_the_rounds_find_runs_that_ran_on_another_device():
+    """device=auto: a SLURM sweep submitted from a node without a GPU runs its jobs on GPU nodes,
+    whose runs carry the config key for cuda. The rounds looked them up under this process's
+    (cpu) keys, found none and stopped before the first look; they now take each configuration's
+    runs under any device's key, those with the most seeds where two devices ran it."""
+    import numpy as np
+
+    from xray_ablate.config.load import plan
+    from xray_ablate.sweep.adaptive import cell_scores, sweep_cells
+
+    cells = sweep_cells(plan(["dataset=demo", "dataset.mode=masked,raw", "sweep.until=resolved", "device=cpu"],
+                             multirun=True))
+    cuda = {key: next(k for k in cell.keys if k != key) for key, cell in cells.items()}  # (cpu, cuda, mps)
+    scores = {cuda[key]: pd.DataFrame(np.ones((3, 4))) for key in cells}
+    masked = next(iter(cells))
+    scores[masked] = pd.DataFrame(np.zeros((2, 4)))  # two seeds on the cpu too: not pooled with the 3
+    found, used = cell_scores(scores, cells)
+    assert used == cuda and all(len(found[key]) == 3 and found[key].eq(1).all().all() for key in cells)

@@ -35,14 +35,18 @@ from xray_ablate.train.device import select_device
 log = logging.getLogger(__name__)
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # a config key holds the device type its jobs ran on
+
+
 @dataclass
 class Cell:
     """One configuration of the sweep: the overrides that select it (seed left out), its levels."""
 
-    key: str
+    key: str  # its config key on this process's device
     overrides: list[str]
     levels: dict[str, str]
     seeds: list[int]
+    keys: tuple[str, ...] = ()  # its config key on each device type, this process's first
 
 
 def sweep_cells(plan: Plan) -> dict[str, Cell]:
@@ -50,11 +54,29 @@ def sweep_cells(plan: Plan) -> dict[str, Cell]:
     varied = varied_factors(plan.configs)
     cells: dict[str, Cell] = {}
     for job, config in zip(plan.jobs, plan.configs, strict=True):
-        key = config_key(config, select_device(config.device).type)
+        here = select_device(config.device).type
+        key = config_key(config, here)
+        keys = tuple(dict.fromkeys(config_key(config, d) for d in (here, *DEVICE_TYPES)))
         cell = cells.setdefault(key, Cell(key, [o for o in job if not o.startswith("seed=")],
-                                          {f.name: level(config, f) for f in FACTORS if f.name in varied}, []))
+                                          {f.name: level(config, f) for f in FACTORS if f.name in varied}, [], keys))
         cell.seeds.append(config.seed)
     return cells
+
+
+def cell_scores(scores: dict[str, pd.DataFrame], cells: dict[str, Cell]) -> tuple[dict[str, pd.DataFrame],
+                                                                                   dict[str, str]]:
+    """``scores`` (by the runs' config keys) by cell, and the run key each cell's come from. The
+    jobs may run on another device than this process (device=auto: a SLURM sweep submitted from a
+    node without a GPU to GPU nodes), and their runs then carry the key for that device; a cell
+    with runs on two device types counts those with the most seeds (they are not seeds of one
+    configuration)."""
+    found, used = {}, {}
+    for key, cell in cells.items():
+        present = [k for k in cell.keys if k in scores]
+        if present:
+            used[key] = max(present, key=lambda k: len(scores[k]))  # ties: this process's device first
+            found[key] = scores[used[key]]
+    return found, used
 
 
 def baseline_cell(cells: dict[str, Cell], config: Config) -> str:
@@ -116,16 +138,17 @@ def run_rounds(plan: Plan, sweep: Sweep, launch: Callable[[list[str]], None]) ->
     names = unique_labels({k: ", ".join(f"{f}={v}" for f, v in c.levels.items()) or "no factor varied"
                            for k, c in cells.items()})
     keep_design(sweep.recorder, design, config.sweep.delta)
-    sweep.recorder.params({"sweep.baseline": base})  # the report judges against the same configuration
     log.info("adaptive sweep: %d claims, looks at %s seeds, δ = %g pp", len(claims),
              ", ".join(map(str, design.looks)), config.sweep.delta)
     for look in range(len(design.looks)):
-        scores = scores_by_cell(sweep_predictions(config.tracking.uri, config.tracking.experiment,
-                                                  sweep.info.sweep_id), metric)
+        scores, used = cell_scores(scores_by_cell(sweep_predictions(
+            config.tracking.uri, config.tracking.experiment, sweep.info.sweep_id), metric), cells)
         missing = [names[k] for k in cells if k not in scores]
         if missing:
             log.warning("no finished run of %s: the rounds stop here", "; ".join(missing))
             return []
+        if look == 0:  # the report judges against the same configuration (its runs' key)
+            sweep.recorder.params({"sweep.baseline": used[base]})
         judged = verdicts(claims, scores, design, higher_is_better=metric not in LOWER_IS_BETTER)
         last = look + 1 == len(design.looks)
         extend = [] if last else sorted(cells_to_extend(claims, {v.claim: v for v in judged}, scores,
