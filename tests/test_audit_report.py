@@ -232,3 +232,26 @@ def test_the_report_shows_the_methods_the_runs_audited_and_leads_with_an_informa
     shown = display_audit(table, summary.lead)
     assert list(shown.columns)[3] == "outside lungs, integrated gradients"
     assert not any("input × gradient" in c for c in shown.columns)
+
+
+def test_empty_maps_are_counted_where_the_shares_leave_them_out():
+    """A map without positive mass (Grad-CAM's of the demo's masked models, on up to 32 of 60
+    images) has no share, and the shares average the other images' maps while "audited images"
+    counts all 60: the table now says how many maps each share left out."""
+    from xray_ablate.audit.shares import mass_shares
+    from xray_ablate.report.audit import audit_table, display_audit
+
+    n = 60
+    lungs = np.zeros((n, 8, 8), bool)
+    lungs[:, 2:6, 2:6] = True
+    maps = np.zeros((n, 8, 8), np.float32)
+    maps[:28, 0, 0] = 1.0  # 28 maps with all their mass outside the lungs, 32 empty
+    outside = 1 - mass_shares(maps, lungs)
+    audits = {f"run{s}": pd.DataFrame({"image_id": [f"img{i:03d}" for i in range(n)], "lung_area": 0.25,
+                                       "outside_lung_gradcam": outside, "border_gradcam": outside})
+              for s in (0, 1)}
+    runs = pd.DataFrame([{"config_key": "k", "run_id": f"run{s}", "seed": s, "audit_border_area": 0.4,
+                          "dataset": "masked"} for s in (0, 1)])
+    shown = display_audit(audit_table(runs, pd.DataFrame({"config": ["masked"], "config_key": ["k"]}), audits))
+    row = shown.iloc[0]
+    assert row["audited images"] == "60" and row["Grad-CAM: empty maps, left out of its shares (%)"] == "53.3"

@@ -124,6 +124,10 @@ def audit_table(runs: pd.DataFrame, configs: pd.DataFrame, audits: dict[str, pd.
                **_uniform(audits, sub["run_id"], _border_area(sub))}
         for column in shares_of(methods):
             row |= _interval_columns(share_matrix(audits, by_seed, column), column, confidence)
+        for method in methods:  # a map without positive mass has no share: the shares average the rest
+            tested = share_matrix(audits, by_seed, "lung_area").notna()
+            empty = share_matrix(audits, by_seed, f"outside_lung_{method}").isna() & tested
+            row[f"empty_maps_{method}"] = 100 * float(empty.to_numpy().sum() / max(tested.to_numpy().sum(), 1))
         for method in methods:  # the model-randomisation check (xray_ablate.audit.run), in pp
             change = sub.get(f"audit_randomisation_change_{method}", pd.Series(dtype=float))
             row[f"randomisation_change_{method}"] = 100 * float(change.mean()) if change.notna().any() else math.nan
@@ -273,6 +277,9 @@ def display_audit(table: pd.DataFrame, lead: str = "gradcam") -> pd.DataFrame:
                           strict=True)]
     out["uniform map: outside lungs / border"] = [
         f"{fmt(o)} / {fmt(b)}" for o, b in zip(table["uniform_outside"], table["uniform_border"], strict=True)]
+    for method, label in METHOD_LABELS.items():
+        if f"empty_maps_{method}" in table and table[f"empty_maps_{method}"].fillna(0).gt(0).any():
+            out[f"{label}: empty maps, left out of its shares (%)"] = table[f"empty_maps_{method}"].map(fmt)
     for method, label in METHOD_LABELS.items():
         if f"randomisation_change_{method}" in table:  # per configuration only (not the pooled levels)
             out[f"{label}: change with random weights (pp)"] = table[f"randomisation_change_{method}"].map(fmt)
