@@ -141,3 +141,27 @@ def test_the_rounds_find_runs_that_ran_on_another_device():
     scores[masked] = pd.DataFrame(np.zeros((2, 4)))  # two seeds on the cpu too: not pooled with the 3
     found, used = cell_scores(scores, cells)
     assert used == cuda and all(len(found[key]) == 3 and found[key].eq(1).all().all() for key in cells)
+
+
+def test_a_seed_launched_again_counts_once_with_its_last_outcome(tmp_path, monkeypatch):
+    """Seed 2 of the plan failed; a round asks for seeds 2 and 3 (after the highest finished one),
+    so seed 2 is launched again and finishes. The summary counted 5 jobs with 5 finished for 4
+    runs, and hid the failure's retry; outcome folders also sorted as text (launch-10 before
+    launch-2), so a later launch's outcome could lose to an earlier one's."""
+    from xray_ablate.sweep.lifecycle import Sweep
+    from xray_ablate.sweep.outcomes import Outcome, read_outcomes, summarize
+    from xray_ablate.sweep.state import SweepInfo
+
+    monkeypatch.setattr(SweepInfo, "export", lambda self: None)  # no environment for a sweep that is not running
+    plan = [["dataset.mode=masked", f"seed={s}"] for s in range(3)]
+    sweep = Sweep(SweepInfo("sw", "parent", str(tmp_path / "launch-0"), "1"), None, [list(j) for j in plan])
+    for s in range(3):
+        Outcome(s, plan[s], "failed" if s == 2 else "finished").write(tmp_path / "launch-0")
+    round_jobs = [["dataset.mode=masked", f"seed={s}"] for s in (2, 3)]
+    sweep.next_launch(round_jobs)
+    for i, job in enumerate(round_jobs):
+        Outcome(i, job, "finished").write(tmp_path / "launch-1")
+    for launch in range(2, 11):  # seed 3 again in launches 2-10: failed in 2-9, finished in 10
+        Outcome(0, round_jobs[1], "finished" if launch == 10 else "failed").write(tmp_path / f"launch-{launch}")
+    counts, problems = summarize(sweep.jobs, read_outcomes(tmp_path))
+    assert len(sweep.jobs) == 4 and counts["finished"] == 4 and counts["failed"] == 0 and not problems

@@ -60,9 +60,11 @@ class Sweep:
     launches: int = field(default=0)
 
     def next_launch(self, jobs: list[list[str]]) -> None:
-        """Before a further launch of ``jobs``: count them and give their outcomes a new folder."""
+        """Before a further launch of ``jobs``: count them (a job launched again, a seed that failed
+        and a round asks for, once) and give their outcomes a new folder."""
         self.launches += 1
-        self.jobs.extend(jobs)
+        known = {tuple(sorted(job)) for job in self.jobs}
+        self.jobs.extend(job for job in jobs if tuple(sorted(job)) not in known)
         replace(self.info, outcome_dir=str(Path(self.info.outcome_dir).parent / f"launch-{self.launches}")).export()
 
 

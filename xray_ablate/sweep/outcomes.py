@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,8 +27,13 @@ class Outcome:
 
 
 def read_outcomes(folder: Path) -> list[Outcome]:
-    """Every outcome under ``folder``, in the folders of all its launches."""
-    return [Outcome(**json.loads(p.read_text())) for p in sorted(Path(folder).rglob("*.json"))]
+    """Every outcome under ``folder``, in the folders of all its launches, in launch order (a job
+    launched again: its last outcome comes last)."""
+    def launch_order(path: Path) -> tuple:
+        return tuple(int(part) if part.isdigit() else part
+                     for part in re.split(r"(\d+)", path.relative_to(folder).as_posix()))
+
+    return [Outcome(**json.loads(p.read_text())) for p in sorted(Path(folder).rglob("*.json"), key=launch_order)]
 
 
 def summarize(planned: list[list[str]], outcomes: list[Outcome],
