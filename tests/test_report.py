@@ -577,3 +577,16 @@ def test_report_html_in_a_browser(tiny, tmp_path):
     assert {"run-table-test-accuracy", "methods", "power"} <= set(toc)
     text = page.read_text()
     assert "<script" not in text and "training-seed variability on that one test set" in text
+
+
+def test_names_in_report_html_cannot_make_links_or_attributes():
+    """An experiment or attribute name reaches the page's text: a [link](javascript:...) in it was
+    made a live link, also inside a code span, and a quote in an href added attributes
+    (onmouseover). Links are made to the web, a section or a file only, outside code."""
+    from xray_ablate.report.render.html import inline_html
+
+    page = inline_html('MLflow experiment `[docs](javascript:alert(1))`, sweep [x](a"onmouseover="alert(1)), '
+                       "[y](javascript:alert(2)) [csv](verdicts.csv) [ui](http://127.0.0.1:5000/#/x) [top](#verdicts)")
+    hrefs = re.findall(r'<a href="([^"]*)"', page)
+    assert hrefs == ["a&quot;onmouseover=&quot;alert(1", "verdicts.csv", "http://127.0.0.1:5000/#/x", "#verdicts"]
+    assert "<code>[docs](javascript:alert(1))</code>" in page and "onmouseover=\"" not in page

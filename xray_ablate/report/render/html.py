@@ -18,8 +18,9 @@ from xray_ablate.report.render.blocks import Block, Figure, Heading, Table, Text
 TEMPLATE = "report.html.j2"
 _NUMBER = re.compile(r"^(|–|nan|[-+−]?[\d.\[(].*)$")  # a number, an interval, or nothing
 _BOLD = (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>")
-_INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"), _BOLD,
-           (re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)"), r'<a href="\2">\1</a>')]
+_CODE = re.compile(r"`([^`]+)`")
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+_SAFE_HREF = re.compile(r"(https?://|#)|[^:]*$")  # the web, a section, or a path with no scheme
 
 
 def render_html(blocks: list[Block], folder: Path) -> str:
@@ -84,10 +85,18 @@ def inline_html(text: str) -> str:
 
 
 def _inline(text: str) -> str:
-    text = html.escape(text, quote=False)
-    for pattern, replacement in _INLINE:
-        text = pattern.sub(replacement, text)
-    return text
+    """Escaped text with `code`, **bold** and [links](href). Names from the data and the config
+    reach these lines (an experiment, an attribute), so nothing inside a code span becomes markup,
+    and a link is made only to the web, a section or a file: [x](javascript:...) stays text, and
+    quotes are escaped so an href cannot grow attributes."""
+    parts = _CODE.split(html.escape(text, quote=True))  # odd parts: the code spans' contents
+    return "".join(f"<code>{part}</code>" if i % 2 else _LINK.sub(_link, _BOLD[0].sub(_BOLD[1], part))
+                   for i, part in enumerate(parts))
+
+
+def _link(match: re.Match) -> str:
+    text, href = match.groups()
+    return f'<a href="{href}">{text}</a>' if _SAFE_HREF.match(href) else match.group(0)
 
 
 def _anchor(text: str, seen: dict[str, int]) -> str:
