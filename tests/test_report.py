@@ -590,3 +590,18 @@ def test_names_in_report_html_cannot_make_links_or_attributes():
     hrefs = re.findall(r'<a href="([^"]*)"', page)
     assert hrefs == ["a&quot;onmouseover=&quot;alert(1", "verdicts.csv", "http://127.0.0.1:5000/#/x", "#verdicts"]
     assert "<code>[docs](javascript:alert(1))</code>" in page and "onmouseover=\"" not in page
+
+
+def test_a_bar_or_line_break_in_a_name_stays_in_its_markdown_cell():
+    """A metadata level such as "A|B" or "line1\\nline2" ended a cell or a row of report.md, and
+    every later column shifted; subgroup intervals, like the run table's, are cut to [0, 100] %."""
+    from xray_ablate.report.confounds import display_subgroups
+    from xray_ablate.report.render.tables import to_markdown
+
+    frame = pd.DataFrame({"config": ["baseline"] * 2, "attribute": ["site", "site"], "level": ["A|B", "line1\nline2"],
+                          "n": [40, 12], "small": [False, True], "accuracy": [80.0, 21.7], "ci_low": [70.0, -9.6],
+                          "ci_high": [90.0, 52.9], "interval": ["seeds + test images"] * 2, "gap": [58.3] * 2,
+                          "seeds": [3, 3]})
+    lines = to_markdown(display_subgroups(frame)).splitlines()
+    assert len(lines) == 4 and len({line.replace("\\|", "").count("|") for line in lines}) == 1
+    assert "A\\|B" in lines[2] and "line1 line2" in lines[3] and "[0.0, 52.9]" in lines[3]

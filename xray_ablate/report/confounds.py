@@ -186,7 +186,7 @@ def display_subgroups(frame: pd.DataFrame, with_config: bool = True) -> pd.DataF
         "Configuration": frame["config"], "Attribute": frame["attribute"], "Level": frame["level"],
         "Test images": [f"{n}{SMALL if s else ''}" for n, s in zip(frame["n"], frame["small"], strict=True)],
         "Accuracy (%)": frame["accuracy"].map(fmt),
-        "95% CI": [fmt_ci(lo, hi) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
+        "95% CI": [fmt_ci(lo, hi, percent=True) for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)],
         "CI over": frame["interval"], "Gap (pp)": frame["gap"].map(fmt), "Seeds": frame["seeds"].astype(str)})
     return shown if with_config else shown.drop(columns=["Configuration", "Gap (pp)"])
 

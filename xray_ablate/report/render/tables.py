@@ -300,8 +300,16 @@ _LATEX = {"Δ": r"$\Delta$", "±": r"$\pm$", "−": "$-$", "×": r"$\times$", "�
 
 
 def to_markdown(shown: pd.DataFrame) -> str:
-    """A display table as Markdown, values kept as formatted (no re-parsing of numbers)."""
-    return shown.to_markdown(index=False, disable_numparse=True)
+    """A display table as Markdown, values kept as formatted (no re-parsing of numbers). A "|" or a
+    line break in a name from the data (a metadata level, an attribute) would end a cell or a row:
+    they are escaped."""
+    def cell(value):
+        if not isinstance(value, str):
+            return value
+        return value.replace("|", "\\|").replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+
+    clean = shown.rename(columns=cell).map(cell) if len(shown.columns) else shown
+    return clean.to_markdown(index=False, disable_numparse=True)
 
 
 def to_latex(shown: pd.DataFrame) -> str:
