@@ -76,6 +76,25 @@ def test_changed_image_rebuilds(data, tmp_path):
     assert second.manifest_hash == first.manifest_hash  # same images, same split
 
 
+def test_a_file_edited_in_place_with_its_old_time_rebuilds(data, tmp_path):
+    """An annotation relabelled to the same byte count and given its old mtime back (cp -p, tar -x,
+    rsync -a): the digest memo matched it by size and mtime, and the warm cache served the old
+    label. Its ctime changed, which no program can set back."""
+    cfg = config(data, tmp_path / "cache", "raw", 32)
+    first = prepare(cfg)
+    path = data / "annotations" / "synth-00003.json"
+    stat, text = path.stat(), path.read_text()
+    assert first.table.set_index("image_id").loc["synth-00003", "cls"] == "viral"
+    edited = text.replace('"name": "Viral Pneumonia"', '"name": "COVID-19"       ', 1)  # JSON spaces
+    assert len(edited) == len(text) and edited != text
+    path.write_text(edited)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    second = prepare(cfg)
+    assert second.fingerprint != first.fingerprint
+    assert second.table.set_index("image_id").loc["synth-00003", "cls"] == "covid"
+
+
 def test_changed_json_added_and_removed_files_rebuild(data, tmp_path):
     cfg = config(data, tmp_path / "cache", "raw", 32)
     fingerprints = [prepare(cfg).fingerprint]
