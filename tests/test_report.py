@@ -605,3 +605,15 @@ def test_a_bar_or_line_break_in_a_name_stays_in_its_markdown_cell():
     lines = to_markdown(display_subgroups(frame)).splitlines()
     assert len(lines) == 4 and len({line.replace("\\|", "").count("|") for line in lines}) == 1
     assert "A\\|B" in lines[2] and "line1 line2" in lines[3] and "[0.0, 52.9]" in lines[3]
+
+
+def test_report_names_get_folders_of_their_own():
+    """Names that lost every character to the old ASCII-only rule ("胸部", "肺炎") or differ only in
+    what it replaced ("my exp", "my_exp") shared one folder, and one report replaced the other; a
+    300-character name made a temporary folder name the file system refused."""
+    from xray_ablate.report.build import safe_name
+
+    names = ["demo", "胸部", "肺炎", "..", "my exp", "my_exp", "Röntgen A", "../../etc", "a" * 300, "b" * 300]
+    folders = [safe_name(n) for n in names]
+    assert len(set(folders)) == len(names) and folders[:3] == ["demo", "胸部", "肺炎"] and folders[5] == "my_exp"
+    assert all("/" not in f and f not in (".", "..") and len(f.encode()) <= 127 for f in folders)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -145,8 +146,16 @@ def choose_baseline(config: Config, selection: Selection) -> tuple[dict[str, str
 
 
 def safe_name(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._")
-    return cleaned or "report"
+    """The report's folder name: letters (any script), digits and . _ = -; where a name had to be
+    changed, a short hash of it follows, so "my exp" and "my_exp", or two names in another script
+    that lost every character, do not share a folder (one report would replace the other). At most
+    120 bytes: a longer name made a temporary folder name the file system refuses."""
+    cleaned = re.sub(r"[^\w.=-]+", "_", name).strip("._") or "report"
+    while len(cleaned.encode()) > 120:
+        cleaned = cleaned[:-1]
+    if cleaned == name:
+        return cleaned
+    return f"{cleaned}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
 @dataclass(frozen=True)
