@@ -327,3 +327,37 @@ def test_an_attribute_whose_name_extends_another_keeps_its_levels_apart():
     table = subgroup_table(runs, {"k": "baseline"}, ["source", "source_repo"], {})
     shown = {(r.attribute, r.level): (r.accuracy, r.n) for r in table.itertuples()}
     assert shown == {key: (100 * acc, n) for key, (acc, n) in metrics.items()}
+
+
+@pytest.mark.parametrize("levels", [("F", "M", "NA"), ("TRUE", "FALSE"), ("01", "02"), ("None", "Some")])
+def test_subgroup_levels_keep_their_text_from_the_predictions_file(tmp_path, levels):
+    """predictions.csv was read with pandas' type guessing: a metadata level "NA" or "None" came back
+    as NaN, "TRUE" as True, "01" as 1, so no image matched its level and the interval over seeds
+    + test images was lost ("–") under a column that still said it was there."""
+    from xray_ablate.evaluation import PROB_COLUMNS
+    from xray_ablate.references.subgroups import subgroup_scores
+    from xray_ablate.report.confounds import SEEDS_AND_IMAGES, level_names, subgroup_table
+    from xray_ablate.report.runs import load_predictions
+    from xray_ablate.tracking.names import safe_name
+    from xray_ablate.tracking.store import connect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = connect(uri, "levels", str(tmp_path / "artifacts"))  # also the process's tracking URI, as for a report
+    client, rng, rows = MlflowClient(uri), np.random.default_rng(0), []
+    values = np.array(list(levels) * 20)
+    for seed in range(3):
+        label = rng.integers(0, len(CLASSES), len(values))
+        probs = rng.dirichlet(np.ones(len(CLASSES)), len(values))
+        frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(values))], "label": label,
+                              **{c: probs[:, j] for j, c in enumerate(PROB_COLUMNS)}, "Sex": values})
+        run_id = client.create_run(exp).info.run_id
+        client.log_text(run_id, frame.to_csv(index=False), "predictions.csv")
+        row = {"run_id": run_id, "config_key": "k", "seed": seed}
+        for s in subgroup_scores(label, probs, values):
+            row[safe_name(f"subgroup_Sex_{s.level}_accuracy")] = s.accuracy.rate
+            row[safe_name(f"subgroup_Sex_{s.level}_n")] = s.accuracy.n
+        rows.append(row)
+    predictions = load_predictions([r["run_id"] for r in rows])
+    table = subgroup_table(pd.DataFrame(rows), {"k": "baseline"}, ["Sex"], level_names(predictions), predictions)
+    assert sorted(table["level"]) == sorted(levels)
+    assert (table["interval"] == SEEDS_AND_IMAGES).all() and table[["ci_low", "ci_high"]].notna().all().all()

@@ -16,7 +16,7 @@ import pandas as pd
 from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.factors import factor_names
 from xray_ablate.errors import UserError
-from xray_ablate.evaluation import PREDICTION_COLUMNS
+from xray_ablate.evaluation import PREDICTION_COLUMNS, PROB_COLUMNS
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.reader import csv_artifacts, open_store, search_runs
 
@@ -334,17 +334,21 @@ def mixing_warnings(runs: pd.DataFrame) -> list[str]:
 
 
 def load_predictions(run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
-    """run id -> its predictions.csv artifact (image_id as str, label as int, prob_<class>).
+    """run id -> its predictions.csv artifact (image_id as str, label as int, prob_<class> as float,
+    each attribute's levels as the text the metadata gave: "NA", "TRUE", "01" stay so, where
+    pandas' guessing made them NaN, True and 1, and their subgroups lost their images; an empty
+    cell is a missing level).
 
     Runs without the artifact are left out of the dict; a file without the expected columns is
     a UserError naming the run.
     """
     out = {}
-    for run_id, frame in csv_artifacts(run_ids, schema.PREDICTIONS, dtype={"image_id": str}).items():
+    for run_id, frame in csv_artifacts(run_ids, schema.PREDICTIONS, dtype=str, keep_default_na=False,
+                                       na_values=[""]).items():
         missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
         if missing:
             raise UserError(f"{schema.PREDICTIONS} of run {run_id} lacks column(s) {', '.join(missing)}")
-        out[run_id] = frame.astype({"label": int})
+        out[run_id] = frame.astype({"label": int, **dict.fromkeys(PROB_COLUMNS, float)})
     return out
 
 

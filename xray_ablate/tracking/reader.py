@@ -62,14 +62,16 @@ def _has_artifact(client: MlflowClient, run_id: str, name: str) -> bool:
     return name in {a.path for a in client.list_artifacts(run_id, folder)}
 
 
-def csv_artifacts(run_ids: Iterable[str], name: str, dtype: dict | None = None) -> dict[str, pd.DataFrame]:
-    """run id -> its CSV artifact ``name`` (a path, possibly in a folder); runs without it are left out."""
+def csv_artifacts(run_ids: Iterable[str], name: str, dtype: dict | type | None = None,
+                  **read_csv) -> dict[str, pd.DataFrame]:
+    """run id -> its CSV artifact ``name`` (a path, possibly in a folder); runs without it are left
+    out. ``dtype`` and ``read_csv`` go to pandas.read_csv."""
     client, out = MlflowClient(), {}
     with tempfile.TemporaryDirectory() as tmp:
         for run_id in run_ids:
             if not _has_artifact(client, run_id, name):
                 continue
-            out[run_id] = pd.read_csv(client.download_artifacts(run_id, name, tmp), dtype=dtype)
+            out[run_id] = pd.read_csv(client.download_artifacts(run_id, name, tmp), dtype=dtype, **read_csv)
     return out
 
 
