@@ -280,3 +280,12 @@ def test_bench_without_suites_runs_every_suite(monkeypatch, tmp_path):
     text = out.read_text()
     assert "<!-- train:start -->\n## train\n" in text
     assert "<!-- train-cuda:start -->\n## train on a GPU\n" in text and "a GPU machine" in text
+
+    # --smoke without --out prints its meaningless figures and writes no file: it rewrote the real
+    # rows of BENCHMARKS.md
+    monkeypatch.setattr(bench, "project_root", lambda: tmp_path)
+    (tmp_path / "BENCHMARKS.md").write_text("real rows\n")
+    bench.main(["train", "--smoke"])
+    assert ran[-1] == ("train", True) and (tmp_path / "BENCHMARKS.md").read_text() == "real rows\n"
+    bench.main(["train"])  # without --smoke the default file gets the rows
+    assert "<!-- train-cuda:start -->" in (tmp_path / "BENCHMARKS.md").read_text()  # still "on a GPU" here

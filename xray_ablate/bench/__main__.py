@@ -20,10 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xray_ablate.bench")
     # No default list with choices: argparse checks a list default against choices as one value.
     parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"any of {', '.join(SUITES)}; none = all")
-    parser.add_argument("--out", type=Path, default=project_root() / "BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the file to rewrite the rows in (default BENCHMARKS.md; with --smoke, none)")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, to prove every suite runs (the figures mean nothing)")
+                        help="tiny sizes, to prove every suite runs (the figures mean nothing: printed, and "
+                             "written only to an --out given)")
     args = parser.parse_args(argv)
+    out = args.out or (None if args.smoke else project_root() / "BENCHMARKS.md")
     unknown = sorted(set(args.suites) - set(SUITES))
     if unknown:
         parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = importlib.import_module(f"xray_ablate.bench.{suite}").run(smoke=args.smoke)
         for row in rows:
             print(row.markdown())
-        _write_section(args.out, suite, rows)
+        if out is not None:
+            _write_section(out, suite, rows)
 
 
 def _write_section(path: Path, suite: str, rows) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from xray_ablate.audit import audit_run
 from xray_ablate.audit.attribution import gradcam_layer
+from xray_ablate.audit.run import RANDOMISED_IMAGES
 from xray_ablate.bench.rows import Row
 from xray_ablate.config.schema import AuditConfig, BackboneConfig
 from xray_ablate.models import build_model
@@ -40,6 +41,7 @@ def run(smoke: bool = False) -> list[Row]:
         seconds.append(time.perf_counter() - started)
     per_100 = min(seconds) * 100 / n_images
     return [Row("audit", f"saliency audit, cnn16 {size} px, CPU", per_100, "s per 100 images", command=COMMAND,
-                notes=f"Grad-CAM + input x gradient for the predicted class, shares, montage; batch "
+                notes=f"Grad-CAM + input x gradient for the predicted class, shares, montage and the "
+                      f"model-randomisation check on {RANDOMISED_IMAGES} images (since 2026-12-05); batch "
                       f"{settings.batch_size}; best of {rounds} (max {max(seconds) * 100 / n_images:.1f} s); "
                       f"load average {load:.1f} before")]
