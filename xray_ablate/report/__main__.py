@@ -17,12 +17,15 @@ from xray_ablate.config.load import to_config
 from xray_ablate.errors import exit_on_user_error
 from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.report.build import write_report
+from xray_ablate.tracking.store import check_reachable
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        written = write_report(to_config(cfg))
+        config = to_config(cfg)
+        check_reachable(config.tracking.uri)  # a server that does not answer: one line, not minutes of retries
+        written = write_report(config)
     print("\n".join(written.links()))
     print(written.folder / "report.md")
 

@@ -10,8 +10,9 @@ import signal
 import threading
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.errors import STOP_SIGNALS, Stopped
@@ -60,9 +61,12 @@ def tracked_run(tracking, name: str, tags: dict[str, str], parent_run_id: str | 
             raise
         recorder = Recorder(client, run_id)
         with signals_held():
-            recorder.tags({ERROR_TAG: safe_value(f"{type(err).__name__}: {err}", MAX_TAG_VALUE)})
-            recorder.text(traceback.format_exc(), "error/traceback.txt")
-            client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt | Stopped) else "FAILED")
+            try:
+                recorder.tags({ERROR_TAG: safe_value(f"{type(err).__name__}: {err}", MAX_TAG_VALUE)})
+                with suppress(OSError, MlflowException):  # an unwritable artifact folder may be the error
+                    recorder.text(traceback.format_exc(), "error/traceback.txt")
+            finally:  # the run never stays RUNNING
+                client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt | Stopped) else "FAILED")
         raise
     else:
         with signals_held():

@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import mlflow
+import sqlalchemy.exc
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -25,11 +26,21 @@ def connect(uri: str, experiment: str, artifact_root: str | Path) -> str:
     database would both run MLflow's schema migrations and one would fail half-way.
     """
     database = sqlite_path(uri)
-    if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    with FileLock(f"{database}.lock") if database is not None else nullcontext():
-        found = mlflow.get_experiment_by_name(experiment)
+    if database is not None and database.is_dir():  # MLflow retries opening it for some 100 s first
+        raise UserError(f"tracking.uri={uri}: no MLflow store there ({database} is a folder); use "
+                        "sqlite:///<path>/mlflow.db or http://host:port of an mlflow server")
+    try:
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        with FileLock(f"{database}.lock") if database is not None else nullcontext():
+            found = mlflow.get_experiment_by_name(experiment)
+    except (OSError, MlflowException, KeyError, sqlalchemy.exc.SQLAlchemyError) as err:
+        # a folder, a file that is no database, a read-only place, an unknown scheme: the user's
+        # setting, before anything is logged
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+        raise UserError(f"tracking.uri={uri}: no MLflow store there ({detail}); use sqlite:///<path>/mlflow.db "
+                        "or http://host:port of an mlflow server") from None
     if found is not None:
         return found.experiment_id
     location = None

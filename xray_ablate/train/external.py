@@ -35,7 +35,10 @@ def prepare_external(config: Config, data: PreparedData, train_rows: np.ndarray)
     for spec in config.eval.sets:
         cfg = dataclasses.replace(main, root=Path(spec.root), metadata=None, metadata_key=None,
                                   ingest=dataclasses.replace(main.ingest, layout="auto"))
-        external = prepare(cfg)
+        try:
+            external = prepare(cfg)
+        except UserError as err:  # prepare() names dataset.root; here it is this set's root
+            raise UserError(f"eval.sets {spec.name} (root {spec.root}): {err}") from None
         check_no_training_images(data, train_rows, external, main.cache_dir, spec.name)
         out.append(ExternalSet(spec.name, external))
     return out
