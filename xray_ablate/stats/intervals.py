@@ -436,22 +436,28 @@ def seed_variance(means: np.ndarray) -> np.ndarray:
     return np.var(means, axis=-1, ddof=1) / n
 
 
-def seed_term(means: np.ndarray, y: np.ndarray) -> np.ndarray:
+def residual_share(y: np.ndarray) -> np.ndarray:
+    """MS / (n N), the seed x image residual's share of the variance of the mean of y (..., seeds,
+    images), where every seed tested every image; else 0 (and with fewer than 2 seeds or images)."""
+    n, n_images = y.shape[-2], y.shape[-1]
+    if n < 2 or n_images < 2:
+        return np.zeros(y.shape[:-2])
+    complete = np.isfinite(y).all(axis=(-2, -1))
+    return np.where(complete, interaction_mean_square(np.where(np.isfinite(y), y, 0.0)), 0.0) / (n * n_images)
+
+
+def seed_term(means: np.ndarray, residual: np.ndarray) -> np.ndarray:
     """The seed term of a mean over seeds x images: ``seed_variance(means)``, except where the run
     means agree (to rounding) while the runs differ image by image. Two seeds with the same count
     difference give that by coincidence, and a term of 0 (with the image term, which leaves the
     residual to this one, floored at 0) made a zero-width interval and a confident verdict. There
-    the term is the seed x image residual's share MS / (n N), the least it holds in expectation
-    (the seed variance component truncated at 0, as ``stats.mixed.variance_components`` does).
-    ``y``: (..., seeds, images) of the runs the means are of; leading axes are replicates."""
+    the term is ``residual`` (``residual_share`` of the runs), the least it holds in expectation
+    (the seed variance component truncated at 0, as ``stats.mixed.variance_components`` does)."""
     term = seed_variance(means)
-    n, n_images = y.shape[-2], y.shape[-1]
-    if n < 2 or n_images < 2:
+    if means.shape[-1] < 2:
         return term
-    complete = np.isfinite(y).all(axis=(-2, -1))
     agree = np.ptp(means, axis=-1) <= 1e-9 * np.maximum(1.0, np.max(np.abs(means), axis=-1))
-    residual = interaction_mean_square(np.where(np.isfinite(y), y, 0.0)) / (n * n_images)
-    return np.where(agree & complete, residual, term)
+    return np.where(agree, residual, term)
 
 
 def _record(estimate: float, seed_parts: list[tuple[float, int]], image_var: float, n_images: int,
@@ -490,7 +496,7 @@ def total_interval(scores: pd.DataFrame, confidence: float = 0.95) -> TotalInter
     y = _tested(scores).to_numpy(float)
     means = _run_means(scores)
     return _record(float(means.mean()) if len(means) else math.nan,
-                   [(float(seed_term(means, y)), len(means) - 1)],
+                   [(float(seed_term(means, residual_share(y))), len(means) - 1)],
                    float(image_variance(y)), y.shape[1], len(means), confidence)
 
 
@@ -510,7 +516,7 @@ def total_difference(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95)
     ta, tb = _tested(a), _tested(b)
     if paired and ta.columns.equals(tb.columns):  # per-image differences of matched runs
         y = ta.to_numpy(float) - tb.to_numpy(float)
-        parts = [(float(seed_term(ma - mb, y)), len(common) - 1)]
+        parts = [(float(seed_term(ma - mb, residual_share(y))), len(common) - 1)]
     else:  # contributions (see image_contributions) of each side, 0 where it lacks the image
         columns = ta.columns.union(tb.columns)
         y = np.stack([_contribution_row(ta, columns) - _contribution_row(tb, columns)])

@@ -115,16 +115,12 @@ class CellFit:
 def fit_cell(y: np.ndarray) -> CellFit:
     """CellFit of scores y (..., seeds, images), NaN where a seed did not test an image; leading
     axes are independent replicates."""
-    n, n_images = y.shape[-2], y.shape[-1]
+    n = y.shape[-2]
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a seed without images: NaN mean
         means = np.nanmean(y, axis=-1)
-        overlap = np.zeros(y.shape[:-2])
-        if n >= 2 and n_images >= 2:
-            complete = np.isfinite(y).all(axis=(-2, -1))
-            ms = intervals.interaction_mean_square(np.where(np.isfinite(y), y, 0.0))
-            overlap = np.where(complete, ms, 0.0) / (n * n_images)
-        return CellFit(means.mean(axis=-1), intervals.seed_term(means, y), intervals.image_contributions(y),
+        overlap = intervals.residual_share(y)
+        return CellFit(means.mean(axis=-1), intervals.seed_term(means, overlap), intervals.image_contributions(y),
                        overlap, n)
 
 

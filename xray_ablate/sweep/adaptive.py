@@ -55,8 +55,8 @@ def sweep_cells(plan: Plan) -> dict[str, Cell]:
     cells: dict[str, Cell] = {}
     for job, config in zip(plan.jobs, plan.configs, strict=True):
         here = select_device(config.device).type
-        key = config_key(config, here)
         keys = tuple(dict.fromkeys(config_key(config, d) for d in (here, *DEVICE_TYPES)))
+        key = keys[0]
         cell = cells.setdefault(key, Cell(key, [o for o in job if not o.startswith("seed=")],
                                           {f.name: level(config, f) for f in FACTORS if f.name in varied}, [], keys))
         cell.seeds.append(config.seed)
