@@ -243,13 +243,13 @@ def invoke_report(monkeypatch, *overrides: str) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from xray_ablate.report.__main__ import main
+    from xray_ablate.report.__main__ import cli
 
     monkeypatch.setattr(sys, "argv", ["xray_ablate.report", *overrides, "hydra/job_logging=none",
                                       "hydra/hydra_logging=none"])
     GlobalHydra.instance().clear()
     try:
-        main()
+        cli()
     finally:
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None  # no stale command line for later build_report calls

@@ -193,6 +193,20 @@ def test_missing_weights_give_a_clear_error(tmp_path, monkeypatch):
     assert "cp " in message and "TORCH_HOME" in message
 
 
+@pytest.mark.parametrize("override, message", [
+    ("quality.nope=1", "error: Could not override 'quality.nope'.; Key 'nope' not in 'QualityConfig'"),
+    ("+quality.bach_size=8", "error: quality.bach_size is not a setting; did you mean quality.batch_size?"),
+    ("quality.device=gpu", "error: quality.device must be auto, cpu, cuda or cuda:N, not 'gpu'"),
+])
+def test_cli_bad_setting_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, override, message):
+    monkeypatch.setattr(sys, "argv", ["xray_ablate.quality", override, f"paths.root_dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_:
+        quality_cli.cli()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip() == message, err
+    assert not (tmp_path / "mlruns").exists()
+
+
 def test_cli_without_weights_exits_2_with_the_message(tmp_path, cache_dir, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(sys, "argv", [

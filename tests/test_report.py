@@ -484,6 +484,21 @@ def test_cli_prints_error_and_exits_2_without_traceback(tmp_path, monkeypatch, c
     assert not missing.exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("report.nope=1", "error: Could not override 'report.nope'.; Key 'nope' not in 'ReportConfig'"),
+    ("+report.alpah=0.1", "error: report.alpah is not a setting; did you mean report.alpha?"),
+    ("report.alpha=2", "error: report.alpha must be in (0, 1), not 2.0"),
+])
+def test_cli_bad_setting_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, override, message):
+    """Checked before Hydra starts, as training's command line is (Hydra's own error: exit 1, six lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        invoke_report(monkeypatch, override, f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path}/hydra")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == message.strip() or err.strip().startswith(message), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.slow
 def test_cli_writes_a_report(store, tmp_path, monkeypatch, capsys):
     sweep = Sweep(store, "cli", "cli-sweep", baseline={**BASE, "dataset": "raw"})

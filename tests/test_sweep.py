@@ -196,8 +196,12 @@ def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_pa
     ("trainer.lr_schedule=linear", "trainer.lr_schedule must be one of none, cosine, step, not 'linear'"),
     ("trainer.lr=abc", "trainer.lr=abc; Value 'abc' of type 'str' could not be converted to Float"),
     ("trainer.batch_size=0", "trainer.batch_size must be at least 1, not 0"),
-    ("image_size=0", "image_size must be >= 1 for backbone cnn16_gap, not 0"),
+    ("image_size=4", "image_size must be >= 8 for backbone cnn16_gap, not 4"),  # data/masks' smallest
     ("trainer.lrr=1", "Key 'lrr' not in 'TrainerConfig'"),
+    ("+trainer.epochz=5", "trainer.epochz is not a setting; did you mean trainer.epochs?"),  # trained 1 epoch
+    ("+eval.sets=[{name:ext,root:x}] +eval.sets.0.rot=y", "eval.sets[0].rot is not a setting; did you mean "),
+    ("device=cuda:x", "device must be auto, cpu, cuda, cuda:N or mps, not 'cuda:x'"),
+    ("quality.device=gpu", "quality.device must be auto, cpu, cuda or cuda:N, not 'gpu'"),
     # found by building the model before anything trains (the audit itself runs after training)
     ("audit.enabled=true audit.layer=head.1",
      "audit.layer='head.1' is not a module of this model with a 2-D map; the deepest"),

@@ -19,12 +19,17 @@ BACKBONES = SCRATCH_MODELS + PRETRAINED_BACKBONES
 # Inception and Xception have unpadded stems. models/ checks cnn16's against its pooling layers.
 MIN_IMAGE_SIZE = {"cnn16": 64, "cnn16_gap": 1, "vgg16": 32, "vgg19": 32, "resnet50": 32, "inception_v3": 75,
                   "xception": 71}
+MIN_PREPARED_SIZE = 8  # the smallest side data/masks prepares an image at, whatever the backbone
 FREEZE_MODES = ("none", "all", "last_n")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 BALANCE_POLICIES = ("natural", "undersample", "oversample", "cap")
 FENCES = ("both", "upper")  # BRISQUE outlier fences
 VERIFY_MODES = ("auto", "full", "sample")  # how much of each cached array is hashed
+# What `device` and `quality.device` accept (the BRISQUE scorer has no MPS path): torch would take
+# "cuda:x" or "gpu" only to fail at the first job.
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+QUALITY_DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 # The saliency audit's methods (audit.methods; audit.run computes them): name -> label; the name
 # ends every per-method metric and column (audit_outside_lung_gradcam ...).
 ATTRIBUTION_METHODS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient", "intgrad": "integrated gradients"}

@@ -9,13 +9,15 @@ job numbers are the plan's.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import itertools
 from dataclasses import dataclass
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from xray_ablate.config.schema import Config
@@ -28,10 +30,33 @@ def to_config(cfg: DictConfig) -> Config:
     node = cfg.copy()
     with open_dict(node):
         node.pop("hydra", None)
+    unknown = next(_added_keys(node), None)
+    if unknown:
+        raise UserError(unknown)
     try:
         return OmegaConf.to_object(node)
     except OmegaConfBaseException as err:
         raise UserError(one_line(err)) from None
+
+
+def _added_keys(node, prefix: str = ""):
+    """A message for each key that ``+key=value`` added to a typed group: Hydra adds it, and the
+    typed config would drop it without a word (``+trainer.epochz=5`` trained the default epochs)."""
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            if isinstance(item, DictConfig | ListConfig):
+                yield from _added_keys(item, f"{prefix}[{i}]")
+        return
+    kind = OmegaConf.get_type(node)
+    fields = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else None
+    for key, value in node.items_ex(resolve=False):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if fields is not None and key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else ""
+            yield f"{name} is not a setting{hint}"
+        elif isinstance(value, DictConfig | ListConfig) and not value._is_none():  # e.g. dataset.synthetic: null
+            yield from _added_keys(value, name)
 
 
 NOISE = ("object_type=", "reference_type=", "Set the environment", "To append")  # hints, not the problem
@@ -71,6 +96,13 @@ def plan(overrides: list[str], multirun: bool, config_name: str = "config") -> P
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(one_line(err)) from None
     return Plan(multirun, jobs, configs, primary)
+
+
+def check_command_line(args: list[str]) -> None:
+    """A one-job command line (the report's, the quality CLI's) checked before Hydra starts, so a
+    bad key or value is a UserError, not Hydra's lines and exit 1. Hydra's own flags pass."""
+    if not any(a.startswith("-") for a in args):
+        plan(args, multirun=False)
 
 
 def _job_configs(config_name: str, jobs: list[list[str]], multirun: bool) -> list[Config]:

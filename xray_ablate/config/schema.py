@@ -21,10 +21,13 @@ from xray_ablate.config.choices import (
     BACKBONES,
     BALANCE_POLICIES,
     CLASSES,
+    DEVICE_PATTERN,
     FENCES,
     FREEZE_MODES,
     MIN_IMAGE_SIZE,
+    MIN_PREPARED_SIZE,
     OPTIMIZERS,
+    QUALITY_DEVICE_PATTERN,
     SCHEDULES,
     SCRATCH_MODELS,
     VERIFY_MODES,
@@ -40,6 +43,17 @@ def _check(ok: bool, key: str, rule: str, value) -> None:
 
 def _one_of(value, choices, key: str) -> None:
     _check(value in choices, key, f"one of {', '.join(map(str, choices))}", value)
+
+
+def check_patient_pattern(pattern: str, key: str) -> str:
+    """A file-name pattern whose first group is the patient (read where an image has no PatientID
+    tag, so a bad one would fail only at the first such image, deep in ingestion)."""
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as err:
+        raise UserError(f"{key}={pattern!r} is not a regular expression: {err}") from None
+    _check(groups >= 1, key, "a regular expression with a group (the patient ID)", pattern)
+    return pattern
 
 
 @dataclass
@@ -83,6 +97,8 @@ class DatasetConfig:
         _one_of(self.resize, ("stretch", "pad"), "dataset.resize")
         _check(self.bounds_tolerance >= 0, "dataset.bounds_tolerance", ">= 0", self.bounds_tolerance)
         _check(0 < self.train_fraction <= 1, "dataset.train_fraction", "in (0, 1]", self.train_fraction)
+        if self.patient_pattern is not None:
+            check_patient_pattern(self.patient_pattern, "dataset.patient_pattern")
 
 
 @dataclass
@@ -278,6 +294,8 @@ class QualityConfig:
         _check(self.kernel_size >= 3 and self.kernel_size % 2 == 1, "quality.kernel_size", "odd and >= 3",
                self.kernel_size)
         _check(self.batch_size >= 1, "quality.batch_size", "at least 1", self.batch_size)
+        _check(bool(re.fullmatch(QUALITY_DEVICE_PATTERN, self.device)), "quality.device", "auto, cpu, cuda or cuda:N",
+               self.device)
 
     def analysis(self) -> dict:
         """The settings a score depends on (device and batching do not change it)."""
@@ -407,7 +425,7 @@ class Config:
     full_factorial: bool = False  # experiments with a one-at-a-time design: run the 2^k design instead
 
     def __post_init__(self):
-        minimum = MIN_IMAGE_SIZE[self.backbone.name]
+        minimum = max(MIN_IMAGE_SIZE[self.backbone.name], MIN_PREPARED_SIZE)
         _check(self.image_size >= minimum, "image_size", f">= {minimum} for backbone {self.backbone.name}",
                self.image_size)
         _check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
@@ -420,8 +438,8 @@ class Config:
             _check(self.sweep.max_seeds >= self.repeats, "sweep.max_seeds", f">= repeats ({self.repeats})",
                    self.sweep.max_seeds)
         _check(self.threads is None or self.threads >= 1, "threads", "null or at least 1", self.threads)
-        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
-               "auto, cpu, cuda, cuda:N or mps", self.device)
+        _check(bool(re.fullmatch(DEVICE_PATTERN, self.device)), "device", "auto, cpu, cuda, cuda:N or mps",
+               self.device)
 
 
 ConfigStore.instance().store(name="config_schema", node=Config)

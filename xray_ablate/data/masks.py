@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from xray_ablate.config.choices import MIN_PREPARED_SIZE
 from xray_ablate.data.darwin import Shape
 from xray_ablate.data.decode import decode_grayscale
 from xray_ablate.data.ingest import ImageRecord, lung_bbox
@@ -27,8 +28,8 @@ class PreprocessOptions:
             raise ValueError(f"dataset mode must be one of {MODES}, not {self.mode!r}")
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, not {self.resize!r}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, not {self.image_size}")
+        if self.image_size < MIN_PREPARED_SIZE:
+            raise ValueError(f"image_size must be at least {MIN_PREPARED_SIZE}, not {self.image_size}")
 
     def as_dict(self) -> dict:
         return asdict(self)

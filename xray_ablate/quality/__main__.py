@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from xray_ablate.config.load import to_config
+from xray_ablate.config.load import check_command_line, to_config
 from xray_ablate.config.schema import Config
+from xray_ablate.data.atomic import check_writable
 from xray_ablate.data.prepare import prepare
 from xray_ablate.data.settings import data_config, ensure_synthetic
 from xray_ablate.errors import exit_on_user_error
@@ -40,6 +42,7 @@ def main(cfg: DictConfig) -> None:
 def run(cfg: Config) -> Path:
     """Score, write the report, log it; returns the path of quality.md."""
     data_cfg = data_config(cfg)  # first: says clearly when dataset.root is not set
+    check_writable(Path(cfg.quality.report_dir), "the quality report folder", "set quality.report_dir to a folder")
     fences, factor = cfg.brisque_filter.fences, cfg.brisque_filter.iqr_factor
     ensure_synthetic(cfg)
     data = prepare(data_cfg)
@@ -72,5 +75,11 @@ def run(cfg: Config) -> Path:
     return report.markdown
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    with exit_on_user_error():
+        check_command_line(sys.argv[1:])  # a bad key or value: one line and exit 2, before Hydra starts
     main()
+
+
+if __name__ == "__main__":
+    cli()

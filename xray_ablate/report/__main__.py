@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from xray_ablate.config import schema  # noqa: F401  registers config_schema, conf/config.yaml's first default
-from xray_ablate.config.load import to_config
+from xray_ablate.config.load import check_command_line, to_config
 from xray_ablate.errors import exit_on_user_error
 from xray_ablate.paths import CONFIG_DIR
 from xray_ablate.report.build import write_report
@@ -30,5 +32,11 @@ def main(cfg: DictConfig) -> None:
     print(written.folder / "report.md")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    with exit_on_user_error():
+        check_command_line(sys.argv[1:])  # a bad key or value: one line and exit 2, before Hydra starts
     main()
+
+
+if __name__ == "__main__":
+    cli()
