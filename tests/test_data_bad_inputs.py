@@ -279,3 +279,40 @@ def test_darwin_v2_broken_headers(tmp_path, breakage, reason, words):
     with pytest.raises(DarwinFormatError) as err:
         read_darwin(path)
     assert err.value.reason == reason and words in err.value.detail
+
+
+def test_files_and_folders_this_user_cannot_read(synthetic_root, tmp_path, monkeypatch):
+    """Permissions (tests run as root, who reads everything, so the refusal is simulated): an
+    unreadable image or JSON is excluded with the reason, and the rest is prepared (before: the
+    fingerprint's PermissionError traceback); an unreadable folder or dataset is one line."""
+    import builtins
+    import os
+    from pathlib import Path
+
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    image, doc = sorted((root / "images").iterdir())[0], sorted((root / "annotations").iterdir())[1]
+    denied = {str(image), str(doc)}
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if str(file) in denied:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    data = prepare(config(root, tmp_path / "cache", "raw"))
+    excluded = data.excluded[["source", "reason", "detail"]].itertuples(index=False)
+    reasons = {Path(source).stem: (reason, detail) for source, reason, detail in excluded}
+    assert set(reasons) == {image.stem, doc.stem} and len(data.table) == 40 - 2  # synthetic_root: 40 phantoms
+    assert reasons[image.stem][0] == "image_unreadable" and "Permission denied" in reasons[image.stem][1]
+    assert reasons[doc.stem][0] == "not_json" and "Permission denied" in reasons[doc.stem][1]
+
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: (_ for _ in ()).throw(PermissionError(13, "denied"))
+                        if Path(path) == root / "images" else real_scandir(path))
+    with pytest.raises(UserError, match=rf"^cannot list the folder {root / 'images'}: permission denied for this user"):
+        prepare(config(root, tmp_path / "cache2", "raw"))
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != root)
+    with pytest.raises(UserError, match=rf"^cannot read the dataset folder {root}: permission denied for this user$"):
+        prepare(config(root, tmp_path / "cache3", "raw"))

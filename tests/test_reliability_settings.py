@@ -56,5 +56,86 @@ def test_an_external_set_that_is_not_a_dataset_names_its_own_setting(make_cfg, t
     (tmp_path / "afile").write_text("x")
     config = make_cfg(f"eval.sets=[{{name: other, root: '{tmp_path / 'afile'}'}}]")
     data = load_data(config)
-    with pytest.raises(UserError, match=rf"^eval\.sets other \(root {tmp_path / 'afile'}\): "):
+    with pytest.raises(UserError) as err:
         prepare_external(config, data, prepare_inputs(config, data).train)
+    assert str(err.value) == (f"eval.sets other (root {tmp_path / 'afile'}): dataset root {tmp_path / 'afile'} is "
+                              "a file; a folder is expected (set eval.sets[other].root)")
+
+
+def test_a_report_folder_that_is_a_file_is_one_line_before_any_work(monkeypatch, tmp_path, capsys, migrated_store):
+    """Before: FileExistsError's traceback, after the runs had been read and analysed."""
+    db = migrated_store(tmp_path / "mlruns" / "mlflow.db")
+    (tmp_path / "reports").write_text("my notes")
+    with pytest.raises(SystemExit) as exit_info:
+        invoke_report(monkeypatch, f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path}/hydra")
+    assert exit_info.value.code == 2 and db.is_file()
+    assert capsys.readouterr().err.strip() == (f"error: cannot create the reports folder {tmp_path}/reports: "
+                                               f"{tmp_path}/reports is a file (set paths.reports_dir to a folder)")
+    assert (tmp_path / "reports").read_text() == "my notes"
+
+
+def test_a_quality_report_folder_that_is_a_file_is_one_line_before_scoring(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from xray_ablate.quality import __main__ as quality_cli
+
+    (tmp_path / "q").write_text("my notes")
+    monkeypatch.setattr(sys, "argv", ["xray_ablate.quality", "dataset=demo", "dataset.synthetic.n=40",
+                                      f"paths.root_dir={tmp_path}", f"quality.report_dir={tmp_path}/q",
+                                      f"hydra.run.dir={tmp_path}/hydra"])
+    with pytest.raises(SystemExit) as exit_info:
+        quality_cli.cli()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: cannot create the quality report folder {tmp_path}/q: "
+                                               f"{tmp_path}/q is a file (set quality.report_dir to a folder)")
+    assert not (tmp_path / ".cache").exists()  # stopped before the phantoms were made or scored
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image-size", "0"], "error: --image-size must be at least 8, not 0"),  # was a ValueError traceback
+    (["--patient-pattern", "abc"],  # was an IndexError at the first image without a PatientID tag
+     "error: --patient-pattern must be a regular expression with a group (the patient ID), not 'abc'"),
+    (["--patient-pattern", "(x"], "error: --patient-pattern='(x' is not a regular expression: missing ), "),
+])
+def test_data_summary_bad_options_are_one_line(tmp_path, capsys, args, message):
+    from xray_ablate.data.__main__ import main
+
+    try:
+        code = main(["summary", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), *args])
+    except SystemExit as stop:  # argparse's parser.error
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_dataset_patient_pattern_is_checked_with_the_config(make_cfg):
+    with pytest.raises(UserError, match=r"^dataset.patient_pattern must be a regular expression with a group"):
+        make_cfg("dataset.patient_pattern=abc")
+
+
+def test_bench_out_that_is_a_folder_is_refused_before_any_suite(tmp_path, capsys):
+    from xray_ablate.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["verdicts", "--smoke", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--out {tmp_path} is a folder: give the file to rewrite the rows in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["split.test_fraction=0.9"], "split.test_fraction=0.9, split.val_fraction=0.25 leave the val split empty"),
+    (["split.val_fraction=0.99"], "split.test_fraction=0.3, split.val_fraction=0.99 leave the train split empty"),
+])
+def test_a_split_left_empty_is_one_line_naming_the_settings(make_cfg, overrides, message):
+    """Before: torch.cat of no validation batch, or a division by zero in the normalisation of no
+    training image. Only training needs the three splits: an external set has none."""
+    from xray_ablate.sweep.job import load_data
+    from xray_ablate.train.inputs import prepare_inputs
+
+    config = make_cfg(*overrides)
+    data = load_data(config)
+    with pytest.raises(UserError) as err:
+        prepare_inputs(config, data)
+    assert str(err.value).startswith(f"{data.root}: {message} (train ")
+    assert str(err.value).endswith(f" of 40 images, {data.table['patient_id'].nunique()} patients)")

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
                              "written only to an --out given)")
     args = parser.parse_args(argv)
     out = args.out or (None if args.smoke else project_root() / "BENCHMARKS.md")
+    if out is not None and out.is_dir():
+        parser.error(f"--out {out} is a folder: give the file to rewrite the rows in")
     unknown = sorted(set(args.suites) - set(SUITES))
     if unknown:
         parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from xray_ablate.config.choices import MIN_PREPARED_SIZE
+from xray_ablate.config.schema import check_patient_pattern
 from xray_ablate.data.ingest import IngestOptions
 from xray_ablate.data.masks import PreprocessOptions
 from xray_ablate.data.prepare import DataConfig, prepare
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--metadata-key", default=None,
                          help="its column of file names (default: the first of name, image, filename, file)")
     args = parser.parse_args(argv)
+    if args.image_size < MIN_PREPARED_SIZE:
+        parser.error(f"--image-size must be at least {MIN_PREPARED_SIZE}, not {args.image_size}")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     cache_dir = args.cache_dir or Path(
@@ -43,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         root=args.root, cache_dir=cache_dir,
         ingest=IngestOptions(patient_pattern=args.patient_pattern),
         preprocess=PreprocessOptions(mode="raw", image_size=args.image_size),
-        metadata=args.metadata, metadata_key=args.metadata_key, workers=args.workers,
+        metadata=args.metadata, metadata_key=args.metadata_key, workers=args.workers, root_setting="ROOT",
     )
     try:
+        if args.patient_pattern is not None:
+            check_patient_pattern(args.patient_pattern, "--patient-pattern")
         result = summarize(prepare(config))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

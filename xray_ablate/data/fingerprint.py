@@ -57,12 +57,15 @@ def dataset_fingerprint(root: Path, cache_dir: Path, subdirs: tuple[str, ...] = 
     todo = [rel for rel, stat in files if (memo.get(rel) or [None])[:-1] != _identity(stat)]
     # Hash new and changed files in threads: file reads and blake2b release the GIL.
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        digests = dict(zip(todo, pool.map(lambda rel: file_digest(root / rel), todo), strict=True))
+        digests = dict(zip(todo, pool.map(lambda rel: _readable_digest(root / rel), todo), strict=True))
     for rel, stat in files:
         digest = digests[rel] if rel in digests else memo[rel][-1]
+        if digest is None:
+            unread.append(rel)
+            continue
         fresh[rel] = [*_identity(stat), digest]
         total.update(f"{rel}\0{digest}\n".encode())
-    for rel in unread:  # a loop added or removed changes what ingest counts
+    for rel in sorted(unread):  # a loop added or removed changes what ingest counts
         total.update(f"{rel}\0unread\n".encode())
     if todo or len(fresh) != len(memo):
         write_text_atomic(memo_path, json.dumps(fresh))
@@ -72,6 +75,14 @@ def dataset_fingerprint(root: Path, cache_dir: Path, subdirs: tuple[str, ...] = 
 def _identity(stat: os.stat_result) -> list[int]:
     """What says a file is unchanged since its digest was taken."""
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def _readable_digest(path: Path) -> str | None:
+    """None for a file this user cannot read: ingest excludes it and says why; the rest goes on."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
 
 
 def file_digest(path: Path) -> str:

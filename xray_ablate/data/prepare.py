@@ -43,6 +43,7 @@ class DataConfig:
     metadata_key: str | None = None  # its column of image file names (dataset.metadata_key)
     cache_verify: str = "auto"  # how much of a cached array to hash on load: auto | full | sample
     canary: bool = False  # plant the canary marker (data/canary.py) in a copy of the images
+    root_setting: str = "dataset.root"  # what a message about ``root`` tells the user to set
 
 
 @dataclass
@@ -82,7 +83,9 @@ class PreparedData:
 def prepare(cfg: DataConfig) -> PreparedData:
     root = Path(cfg.root)
     if not root.is_dir():
-        raise UserError(_not_a_folder(root))
+        raise UserError(_not_a_folder(root, cfg.root_setting))
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise UserError(f"cannot read the dataset folder {root}: permission denied for this user")
     check_writable(cfg.cache_dir, "the cache folder",
                    "point paths.cache_dir or XRAY_ABLATE_CACHE (--cache-dir for the summary) at a writable folder")
     root, located = locate(root, cfg.ingest)  # a darwin-py dataset or release folder
@@ -174,12 +177,12 @@ def with_canary(data: PreparedData) -> PreparedData:
                    cache_key=f"{data.cache_key}-canary{canary.VERSION}")
 
 
-def _not_a_folder(root: Path) -> str:
+def _not_a_folder(root: Path, setting: str) -> str:
     if root.exists():
-        return f"dataset root {root} is a file; a folder is expected (set dataset.root)"
+        return f"dataset root {root} is a file; a folder is expected (set {setting})"
     if never_resolves(root):
-        return f"dataset root {root} is a symbolic link loop; a folder is expected (set dataset.root)"
-    return f"dataset root {root} does not exist (set dataset.root)"
+        return f"dataset root {root} is a symbolic link loop; a folder is expected (set {setting})"
+    return f"dataset root {root} does not exist (set {setting})"
 
 
 def _fingerprint(root: Path, cfg: DataConfig) -> str:

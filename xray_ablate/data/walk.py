@@ -15,6 +15,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xray_ablate.errors import UserError
+
 
 @dataclass
 class Listing:
@@ -29,10 +31,13 @@ def list_files(start: Path) -> Listing:
     stack = [(Path(start), (os.path.realpath(start),))]  # a folder and the real folders above it
     while stack:
         folder, chain = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if not entry.name.startswith("."):
-                    _visit(entry, chain, listing, stack)
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not entry.name.startswith("."):
+                        _visit(entry, chain, listing, stack)
+        except PermissionError:  # its files are unknown, so none can be excluded by name: stop
+            raise UserError(f"cannot list the folder {folder}: permission denied for this user") from None
     return listing
 
 

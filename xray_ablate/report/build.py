@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from xray_ablate.config.factors import factor_names
 from xray_ablate.config.load import to_config
 from xray_ablate.config.schema import STUDY_BASELINE, Config
+from xray_ablate.data.atomic import check_writable
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.report.audit import LEAD_SHARE, lead_share, load_audits, summarise_audit, write_audit
 from xray_ablate.report.canary import canary_result, canary_tag
@@ -194,6 +195,7 @@ def write_report(config: Config, *, sweep_id: str | None = None) -> Written:
     name, else the sweep id. Raises UserError when nothing usable is found.
     """
     report = config.report
+    check_writable(Path(config.paths.reports_dir), "the reports folder", "set paths.reports_dir to a folder")
     settings = settings_from(config)
     sweep = sweep_id if sweep_id is not None else report.sweep_id
     exp_name = report.experiment_name

@@ -34,7 +34,8 @@ def prepare_external(config: Config, data: PreparedData, train_rows: np.ndarray)
     out = []
     for spec in config.eval.sets:
         cfg = dataclasses.replace(main, root=Path(spec.root), metadata=None, metadata_key=None,
-                                  ingest=dataclasses.replace(main.ingest, layout="auto"))
+                                  ingest=dataclasses.replace(main.ingest, layout="auto"),
+                                  root_setting=f"eval.sets[{spec.name}].root")
         try:
             external = prepare(cfg)
         except UserError as err:  # prepare() names dataset.root; here it is this set's root

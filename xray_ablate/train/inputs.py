@@ -11,6 +11,7 @@ from xray_ablate.config.schema import Config
 from xray_ablate.data.prepare import PreparedData
 from xray_ablate.data.settings import split_seed
 from xray_ablate.data.splits import class_counts, train_subset
+from xray_ablate.errors import UserError
 from xray_ablate.models import uses_training_stats
 from xray_ablate.quality.filter import brisque_filter
 
@@ -38,6 +39,7 @@ def prepare_inputs(config: Config, data: PreparedData) -> FitInputs:
         metrics.update(result.metrics())
         train, val = train[result.keep[train]], val[result.keep[val]]
         test_outlier = result.test_outlier[test]
+    check_not_empty(config, data, {"train": train, "val": val, "test": test})
     params.update({f"n_{name}": len(rows) for name, rows in (("train", train), ("val", val), ("test", test))})
     params.update({f"n_train_{cls}": n for cls, n in class_counts(data.table.iloc[train]).items()})
     stats = None
@@ -45,6 +47,22 @@ def prepare_inputs(config: Config, data: PreparedData) -> FitInputs:
         stats = normalization_stats(data, train)
         params.update({"norm_mean": round(stats[0], 6), "norm_std": round(stats[1], 6)})
     return FitInputs(train, val, test, stats, test_outlier, params, metrics)
+
+
+def check_not_empty(config: Config, data: PreparedData, rows: dict[str, np.ndarray]) -> None:
+    """A run needs images to learn from, validation images to pick its checkpoint and test images
+    to score (an empty split failed deep in training: a division by zero, torch.cat of nothing)."""
+    empty = [name for name, split_rows in rows.items() if len(split_rows) == 0]
+    if not empty:
+        return
+    settings = [f"split.test_fraction={config.split.test_fraction}", f"split.val_fraction={config.split.val_fraction}"]
+    if config.dataset.train_fraction < 1:
+        settings.append(f"dataset.train_fraction={config.dataset.train_fraction}")
+    if config.brisque_filter.enabled:
+        settings.append("brisque_filter=on")
+    counts = ", ".join(f"{name} {len(split_rows)}" for name, split_rows in rows.items())
+    raise UserError(f"{data.root}: {', '.join(settings)} leave the {' and '.join(empty)} split empty ({counts} of "
+                    f"{len(data.table)} images, {data.table['patient_id'].nunique()} patients)")
 
 
 def normalization_stats(data: PreparedData, train: np.ndarray) -> tuple[float, float]:
