@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import mlflow_runs
+from conftest import invoke_report, mlflow_runs
 from filelock import FileLock
 
 from xray_ablate.data.synthetic import generate
@@ -87,12 +87,12 @@ def make(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_make_run_and_report(tmp_path, brisque_weights, migrated_store):
+def test_make_run_and_report(tmp_path, brisque_weights, migrated_store, monkeypatch):
     # `make run` at its real size (the demo a newcomer sees), only its files moved under tmp_path.
     migrated_store(tmp_path / "mlruns" / "mlflow.db")
     done = make("run", f"ARGS=paths.root_dir={tmp_path}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    check_demo(tmp_path, done.stdout + done.stderr)
+    check_demo(tmp_path, done.stdout + done.stderr, monkeypatch)
     report = tmp_path / "reports" / "demo" / "report.md"
     first = report.stat().st_mtime_ns
     verdicts = pd.read_csv(tmp_path / "reports" / "demo" / "verdicts.csv")
@@ -128,7 +128,7 @@ def test_make_bench_smoke(tmp_path):
 DEMO_CLAIM = "dataset: raw − masked (main effect)"  # the verdict experiments/demo.md promises
 
 
-def check_demo(root, out: str) -> None:
+def check_demo(root, out: str, monkeypatch) -> None:
     """What the demo must show (experiments/demo.md): 12 to 20 runs (3 seeds, then 2 more where a
     claim needs them), every masked one learned and any raw one that did not named at the top, the
     verdict table first in the printed report, and masked beating raw: raw − masked "worse", its
@@ -167,24 +167,23 @@ def check_demo(root, out: str) -> None:
     assert "<strong>worse</strong>" in page and "**" not in page  # the verdicts bold in HTML, not asterisks
     warned = f"{len(stalled)} of {len(runs)} runs did not learn"
     assert (warned in text.split("## Verdicts", 1)[0]) == bool(stalled)
-    check_demo_shortcut(root, text)
+    check_demo_shortcut(root, text, monkeypatch)
 
 
 MONTAGE_NOTE = re.compile(r"### Montage: (.*?) \(seed \d+\)\n.*?The planted marker \(Marker=corner\) is a hot spot of "
                           r"Grad-CAM in (\d+)% and of input × gradient in (\d+)%", re.S)
 
 
-def check_demo_shortcut(root: Path, text: str) -> None:
+def check_demo_shortcut(root: Path, text: str, monkeypatch) -> None:
     """The shortcut the demo plants, seen (README, "Where the model looks"): raw − masked of input ×
     gradient's outside-lung share resolved "worse" (report.metric=audit_outside_lung_inputxgrad), the
     2 x 2's main effects and interaction of that share with intervals over seeds + audited images,
     and the raw montage lighting the phantoms' corner marker in at least half of its run's audited
     images that carry it (by a method it shows), the masked one in none. Not Grad-CAM's share (the
     method the audit leads with): its raw − masked was unresolved at two threads on machine B."""
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "xray_ablate.report", f"paths.root_dir={root}",
-                           "report.metric=audit_outside_lung_inputxgrad", "report.name=shortcuts",
-                           "report.log_to_mlflow=false"], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # in this process: a subprocess would import torch, MLflow and the rest again (some 5 s)
+    invoke_report(monkeypatch, f"paths.root_dir={root}", "report.metric=audit_outside_lung_inputxgrad",
+                  "report.name=shortcuts", "report.log_to_mlflow=false", f"hydra.run.dir={root}/hydra")
     folder = root / "reports" / "shortcuts"
     share = pd.read_csv(folder / "verdicts.csv").set_index("claim").loc[DEMO_CLAIM]
     assert share["verdict"] == "worse" and 0 < share["low"] < share["estimate"] < share["high"], share
@@ -203,7 +202,7 @@ def check_demo_shortcut(root: Path, text: str) -> None:
 
 
 @pytest.mark.slow
-def test_demo_verdict_holds_at_two_threads(tmp_path, migrated_store):
+def test_demo_verdict_holds_at_two_threads(tmp_path, migrated_store, monkeypatch):
     """The demo's verdict under the other numerics: `make run` above trains at one thread (the
     tests' OMP_NUM_THREADS), this at two, which rounds differently and moves every number.
     OMP_WAIT_POLICY=PASSIVE: beside the other pytest-xdist worker, two OpenMP threads that spin
@@ -215,7 +214,7 @@ def test_demo_verdict_holds_at_two_threads(tmp_path, migrated_store):
                            "threads=2", f"paths.root_dir={tmp_path}"], capture_output=True, text=True, timeout=1800,
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    check_demo(tmp_path, done.stdout + done.stderr)
+    check_demo(tmp_path, done.stdout + done.stderr, monkeypatch)
 
 
 def free_port() -> int:
