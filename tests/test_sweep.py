@@ -77,6 +77,29 @@ def test_sweep_runs_every_config_and_seed_once_and_resumes(monkeypatch, tmp_path
 
 
 @pytest.mark.slow
+def test_an_evaluation_added_to_a_finished_sweep_is_done_not_skipped(monkeypatch, tmp_path, synthetic_root, capsys):
+    """eval.* is not in the config key: a rerun that adds an external set or subgroup attribute
+    found the finished runs and skipped them, so the evaluation asked for was silently not done."""
+    from xray_ablate.data.synthetic import generate
+
+    assert run_sweep(monkeypatch, tmp_path, synthetic_root, "repeats=2") == 0
+    first = {r.info.run_id for r in train_runs(sqlite_uri(tmp_path), "FINISHED")}
+    external = generate(tmp_path / "ext", n=12, seed=5, size=96)
+    evaluate = [f"eval.sets=[{{name: ext, root: '{external}'}}]", "eval.subgroups=[Marker]"]
+    capsys.readouterr()
+    assert run_sweep(monkeypatch, tmp_path, synthetic_root, "repeats=2", *evaluate) == 0
+    out = capsys.readouterr().out
+    assert "2 finished, 0 skipped" in out
+    assert out.count("finished without eval.sets ext, eval.subgroups Marker (asked for since): this job trains "
+                     "again to evaluate it") == 2
+    new = [r for r in train_runs(sqlite_uri(tmp_path), "FINISHED") if r.info.run_id not in first]
+    assert len(new) == 2 and all("ext_ext_accuracy" in r.data.metrics and "probe_Marker_accuracy" in r.data.metrics
+                                 for r in new)
+    assert run_sweep(monkeypatch, tmp_path, synthetic_root, "repeats=2", *evaluate) == 0  # now evaluated: skipped
+    assert "0 finished, 2 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_others(monkeypatch, tmp_path, synthetic_root, capsys):
     from xray_ablate.sweep import job
 

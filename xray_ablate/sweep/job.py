@@ -33,7 +33,14 @@ from xray_ablate.tracking.claims import job_lock
 from xray_ablate.tracking.lifecycle import tracked_run
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.results import record_result
-from xray_ablate.tracking.resume import finished_run, logged_steps, mark_member, process_tags, resumable_run
+from xray_ablate.tracking.resume import (
+    finished_run,
+    logged_steps,
+    mark_member,
+    process_tags,
+    resumable_run,
+    unevaluated,
+)
 from xray_ablate.tracking.run_info import record_config, record_dataset, run_tags
 from xray_ablate.train.checkpoint import Checkpointer
 from xray_ablate.train.device import select_device
@@ -109,6 +116,11 @@ def skip_finished(config: Config, data: PreparedData, tags: dict[str, str], job:
     existing = finished_run(config.tracking, tags[schema.CONFIG_KEY], config.seed, data.fingerprint,
                             data.manifest_hash)
     if not existing:
+        return False
+    missing = unevaluated(config.tracking, existing, [s.name for s in config.eval.sets], list(config.eval.subgroups))
+    if missing:
+        log.warning("run %s finished without %s (asked for since): this job trains again to evaluate it",
+                    existing, ", ".join(missing))
         return False
     mark_member(config.tracking, existing, sweep.sweep_id)
     log.info("skipped: already finished as run %s", existing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -35,6 +36,17 @@ def finished_run(tracking, config_key: str, seed: int, fingerprint: str, split_h
              f"and tags.`{schema.SPLIT_HASH}` = '{split_hash}' and attributes.status = 'FINISHED'")
     runs = client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
+
+
+def unevaluated(tracking, run_id: str, sets: list[str], subgroups: list[str]) -> list[str]:
+    """The external sets and subgroup attributes asked for now that finished run ``run_id`` did
+    not evaluate (its params ``eval.sets``, ``eval.subgroups``: JSON, possibly cut, so searched
+    as text). The evaluation key is not in the config key, so a resumed sweep would otherwise
+    skip the job and never evaluate what was added."""
+    params = MlflowClient(tracking.uri).get_run(run_id).data.params
+    done_sets, done_groups = params.get("eval.sets", ""), params.get("eval.subgroups", "")
+    return ([f"eval.sets {name}" for name in sets if f'"name": {json.dumps(name)}' not in done_sets]
+            + [f"eval.subgroups {name}" for name in subgroups if json.dumps(name) not in done_groups])
 
 
 def resumable_run(tracking, run_id: str) -> str | None:
