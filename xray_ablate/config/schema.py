@@ -45,6 +45,11 @@ def _one_of(value, choices, key: str) -> None:
     _check(value in choices, key, f"one of {', '.join(map(str, choices))}", value)
 
 
+def _seed(value: int, key: str) -> None:
+    """numpy's generators take seeds in [0, 2**32) (a negative one failed at the first job)."""
+    _check(0 <= value < 2**32, key, "an integer in [0, 2**32)", value)
+
+
 def check_patient_pattern(pattern: str, key: str) -> str:
     """A file-name pattern whose first group is the patient (read where an image has no PatientID
     tag, so a bad one would fail only at the first such image, deep in ingestion)."""
@@ -71,6 +76,9 @@ class SyntheticConfig:
     n: int = 300
     seed: int = 0
     size: int = 256
+
+    def __post_init__(self):
+        _seed(self.seed, "dataset.synthetic.seed")
 
 
 @dataclass
@@ -109,6 +117,7 @@ class SplitConfig:
     vary_with_seed: bool = False
 
     def __post_init__(self):
+        _seed(self.seed, "split.seed")
         for key in ("test_fraction", "val_fraction"):
             value = getattr(self, key)
             _check(0 < value < 1, f"split.{key}", "in (0, 1)", value)
@@ -277,6 +286,9 @@ class TrackingConfig:
     system_metrics: bool = True
     log_checkpoint: bool = True
 
+    def __post_init__(self):
+        _check(bool(self.experiment.strip()), "tracking.experiment", "a name", self.experiment)
+
 
 @dataclass
 class QualityConfig:
@@ -307,6 +319,9 @@ class QualityConfig:
 class BootstrapConfig:
     n_resamples: int = 9999
     seed: int = 0
+
+    def __post_init__(self):
+        _seed(self.seed, "report.bootstrap.seed")
 
 
 # The study's benchmark run, the report's default baseline.
@@ -348,6 +363,7 @@ class AuditConfig:
     methods: list[str] = field(default_factory=lambda: ["gradcam", "inputxgrad"])
 
     def __post_init__(self):
+        _seed(self.seed, "audit.seed")
         _check(self.images >= 1, "audit.images", "at least 1", self.images)
         for method in self.methods:
             _one_of(method, tuple(ATTRIBUTION_METHODS), "audit.methods")
@@ -429,6 +445,7 @@ class Config:
         _check(self.image_size >= minimum, "image_size", f">= {minimum} for backbone {self.backbone.name}",
                self.image_size)
         _check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        _seed(self.seed, "seed")
         _one_of(self.cache_verify, VERIFY_MODES, "cache_verify")
         _check(self.repeats >= 1, "repeats", "at least 1", self.repeats)
         if self.sweep.until == "resolved":
