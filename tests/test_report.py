@@ -488,6 +488,7 @@ def test_cli_prints_error_and_exits_2_without_traceback(tmp_path, monkeypatch, c
     ("report.nope=1", "error: Could not override 'report.nope'.; Key 'nope' not in 'ReportConfig'"),
     ("+report.alpah=0.1", "error: report.alpah is not a setting; did you mean report.alpha?"),
     ("report.alpha=2", "error: report.alpha must be in (0, 1), not 2.0"),
+    ("report.detect=[2,-1]", "error: report.detect must be differences > 0 (pp), not [2.0, -1.0]"),  # "needed: ."
 ])
 def test_cli_bad_setting_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, override, message):
     """Checked before Hydra starts, as training's command line is (Hydra's own error: exit 1, six lines)."""

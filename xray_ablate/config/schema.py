@@ -347,6 +347,8 @@ class ReportConfig:
     def __post_init__(self):
         _check(0 < self.alpha < 1, "report.alpha", "in (0, 1)", self.alpha)
         _check(0 < self.power < 1, "report.power", "in (0, 1)", self.power)
+        _check(all(d > 0 for d in self.detect), "report.detect", "differences > 0 (pp)", list(self.detect))
+        _check(self.max_curves >= 0, "report.max_curves", ">= 0", self.max_curves)
         _check(self.bootstrap.n_resamples >= 100, "report.bootstrap.n_resamples", "at least 100",
                self.bootstrap.n_resamples)
 
