@@ -139,3 +139,43 @@ def test_a_split_left_empty_is_one_line_naming_the_settings(make_cfg, overrides,
         prepare_inputs(config, data)
     assert str(err.value).startswith(f"{data.root}: {message} (train ")
     assert str(err.value).endswith(f" of 40 images, {data.table['patient_id'].nunique()} patients)")
+
+
+def test_what_a_finished_run_evaluated_is_read_from_its_tag_else_its_metrics(tmp_path):
+    """A resumed sweep retrains a finished job only for an evaluation its run lacks. Params cannot
+    say (a run resumed from a checkpoint keeps its first eval.sets, '[]'; 6,000 characters cut a
+    long list), so a run tags what it evaluated; runs from before that tag are read from their
+    ext_<name>_n metrics and, for subgroups, their params' text."""
+    import json
+
+    from xray_ablate.tracking import schema
+    from xray_ablate.tracking.resume import unevaluated
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+
+    def run(tags=None, params=None, metrics=None) -> str:
+        run_id = client.create_run(experiment, tags=tags or {}).info.run_id
+        for key, value in (params or {}).items():
+            client.log_param(run_id, key, value)
+        for key, value in (metrics or {}).items():
+            client.log_metric(run_id, key, value)
+        return run_id
+
+    tracking = SimpleNamespace(uri=uri)
+    resumed = run(tags={schema.EVALUATED: json.dumps({"sets": ["ext"], "subgroups": ["Marker"]})},
+                  params={"eval.sets": "[]", "eval.subgroups": "[]"})
+    cut = '[{"name": "a", "root": "/data/' + "x" * 5960 + '...[truncated]'
+    older = run(params={"eval.sets": cut, "eval.subgroups": '["Marker"]'}, metrics={"ext_ext_n": 12, "ext_a_n": 9})
+    neither = run(params={"eval.sets": "[]", "eval.subgroups": "[]"}, metrics={"ext_extra_accuracy_n": 1})
+    assert unevaluated(tracking, resumed, ["ext"], ["Marker"]) == []
+    assert unevaluated(tracking, older, ["ext", "a"], ["Marker"]) == []
+    assert unevaluated(tracking, older, ["b"], ["View"]) == ["eval.sets b", "eval.subgroups View"]
+    assert unevaluated(tracking, neither, ["ext", "extra"], ["Marker"]) == [
+        "eval.sets ext", "eval.sets extra", "eval.subgroups Marker"]
+
+
+@pytest.mark.parametrize("device", ["cpu:0", "mps:0", "cuda:1"])
+def test_devices_torch_accepts_pass_the_schema(make_cfg, device):
+    assert make_cfg(f"device={device}").device == device

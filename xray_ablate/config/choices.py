@@ -28,8 +28,8 @@ FENCES = ("both", "upper")  # BRISQUE outlier fences
 VERIFY_MODES = ("auto", "full", "sample")  # how much of each cached array is hashed
 # What `device` and `quality.device` accept (the BRISQUE scorer has no MPS path): torch would take
 # "cuda:x" or "gpu" only to fail at the first job.
-DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
-QUALITY_DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+DEVICE_PATTERN = r"auto|(cpu|mps|cuda)(:\d+)?"
+QUALITY_DEVICE_PATTERN = r"auto|(cpu|cuda)(:\d+)?"
 # The saliency audit's methods (audit.methods; audit.run computes them): name -> label; the name
 # ends every per-method metric and column (audit_outside_lung_gradcam ...).
 ATTRIBUTION_METHODS = {"gradcam": "Grad-CAM", "inputxgrad": "input × gradient", "intgrad": "integrated gradients"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -191,6 +192,9 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
             result.metrics.update(probe_metrics(f"pixel_probe_{canary.ATTRIBUTE}", probe))
     result.metrics.update(external_metrics(result.model, external, config, device))
     record_result(recorder, result, config.tracking.log_checkpoint)
+    # what a resumed sweep reads to know this run needs no second training (params keep a resumed
+    # run's first settings and are cut when long)
+    recorder.tags({schema.EVALUATED: json.dumps({"sets": [e.name for e in external], "subgroups": attributes})})
     if probe_hits.shape[1] > 1:  # image_id and a probe_<attribute> column or more
         recorder.table(probe_hits, schema.PROBE_CSV)
     if config.audit.enabled:

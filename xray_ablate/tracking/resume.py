@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 
 from mlflow.exceptions import MlflowException
@@ -40,13 +41,26 @@ def finished_run(tracking, config_key: str, seed: int, fingerprint: str, split_h
 
 def unevaluated(tracking, run_id: str, sets: list[str], subgroups: list[str]) -> list[str]:
     """The external sets and subgroup attributes asked for now that finished run ``run_id`` did
-    not evaluate (its params ``eval.sets``, ``eval.subgroups``: JSON, possibly cut, so searched
-    as text). The evaluation key is not in the config key, so a resumed sweep would otherwise
-    skip the job and never evaluate what was added."""
-    params = MlflowClient(tracking.uri).get_run(run_id).data.params
-    done_sets, done_groups = params.get("eval.sets", ""), params.get("eval.subgroups", "")
-    return ([f"eval.sets {name}" for name in sets if f'"name": {json.dumps(name)}' not in done_sets]
-            + [f"eval.subgroups {name}" for name in subgroups if json.dumps(name) not in done_groups])
+    not evaluate. The evaluation is not in the config key, so a resumed sweep would otherwise skip
+    the job and never evaluate what was added."""
+    done_sets, done_groups = _evaluated(MlflowClient(tracking.uri).get_run(run_id))
+    return ([f"eval.sets {name}" for name in sets if name not in done_sets]
+            + [f"eval.subgroups {name}" for name in subgroups if not done_groups(name)])
+
+
+def _evaluated(run):
+    """The set names and a test of attribute names a finished run evaluated: its EVALUATED tag;
+    for a run from before that tag, the sets whose metrics (ext_<name>_n) it holds and the
+    attributes its eval.subgroups param names (params are a resumed run's first attempt's, and
+    cut when long: read as text)."""
+    try:
+        tag = json.loads(run.data.tags[schema.EVALUATED])
+        groups = set(tag["subgroups"])
+        return set(tag["sets"]), groups.__contains__
+    except (KeyError, TypeError, ValueError):
+        sets = {m[1] for key in run.data.metrics if (m := re.fullmatch(r"ext_([A-Za-z0-9.-]+)_n", key))}
+        text = run.data.params.get("eval.subgroups", "")
+        return sets, lambda name: json.dumps(name) in text
 
 
 def resumable_run(tracking, run_id: str) -> str | None:

@@ -19,6 +19,7 @@ SPLIT_MODE = "xray.split_mode"  # fixed | per_seed
 FINGERPRINT = "xray.dataset_fingerprint"
 CODE_VERSION = "xray.code_version"  # a resumed run's: each attempt's, "<first> then <next>", when they differ
 RESUMED_PARAMS = "xray.resumed_params"  # a resumed run's settings that changed, "key: first -> now; ..."
+EVALUATED = "xray.evaluated"  # JSON {"sets": [...], "subgroups": [...]}: what a finished run evaluated
 DEVICE = "xray.device"  # cpu | cuda | mps: part of the config key
 PARENT_RUN = "mlflow.parentRunId"
 LEARNED = "xray.learned"  # "true" | "false": evaluation.learning_check's verdict
