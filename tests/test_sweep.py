@@ -228,6 +228,9 @@ def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_pa
     ("seed=-1", "seed must be an integer in [0, 2**32), not -1"),  # numpy's ValueError at the first job
     ("split.seed=-5", "split.seed must be an integer in [0, 2**32), not -5"),
     ("tracking.experiment=", "tracking.experiment must be a name, not ''"),  # MLflow's AttributeError
+    # OmegaConf's AssertionError / AttributeError merging into a null typed node
+    ("+dataset.synthetic.n=40", "+dataset.synthetic.n=40: cannot be applied (AssertionError: "),
+    ("dataset.synthetic={n:40}", "dataset.synthetic={n:40}: cannot be applied (AttributeError: "),
     # found by building the model before anything trains (the audit itself runs after training)
     ("audit.enabled=true audit.layer=head.1",
      "audit.layer='head.1' is not a module of this model with a 2-D map; the deepest"),

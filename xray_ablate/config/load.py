@@ -95,7 +95,24 @@ def plan(overrides: list[str], multirun: bool, config_name: str = "config") -> P
             jobs = [[o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))] for job in jobs]
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(one_line(err)) from None
+    except (AssertionError, AttributeError) as err:  # OmegaConf's own, merging into a null typed node
+        raise UserError(f"{_first_unmergeable(config_name, list(overrides))}: cannot be applied ("
+                        f"{type(err).__name__}: {one_line(err)}); a setting that is null here (dataset.synthetic "
+                        "outside dataset=demo) takes no sub-keys") from None
     return Plan(multirun, jobs, configs, primary)
+
+
+def _first_unmergeable(config_name: str, overrides: list[str]) -> str:
+    """The first override that composing fails on (a swept one at its first value), for the
+    message; else all of them."""
+    first_values = expand_sweep(overrides)[0]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for i, override in enumerate(overrides):
+            try:
+                compose(config_name, overrides=first_values[:i + 1])
+            except Exception:  # any failure names the override; the caller says why
+                return override
+    return " ".join(overrides)
 
 
 def check_command_line(args: list[str]) -> None:
