@@ -141,11 +141,12 @@ def test_a_split_left_empty_is_one_line_naming_the_settings(make_cfg, overrides,
     assert str(err.value).endswith(f" of 40 images, {data.table['patient_id'].nunique()} patients)")
 
 
-def test_what_a_finished_run_evaluated_is_read_from_its_tag_else_its_metrics(tmp_path):
-    """A resumed sweep retrains a finished job only for an evaluation its run lacks. Params cannot
-    say (a run resumed from a checkpoint keeps its first eval.sets, '[]'; 6,000 characters cut a
-    long list), so a run tags what it evaluated; runs from before that tag are read from their
-    ext_<name>_n metrics and, for subgroups, their params' text."""
+def test_what_a_finished_run_evaluated_is_read_from_its_tag_else_its_metrics_and_params(tmp_path):
+    """A resumed sweep retrains a finished job only for an evaluation its run lacks (an external
+    set, a subgroup attribute, the audit or other audit settings). Params cannot say (a run resumed
+    from a checkpoint keeps its first eval.sets, '[]'; 6,000 characters cut a long list), so a run
+    tags what it evaluated; runs from before that tag are read from their ext_<name>_n metrics and
+    their params."""
     import json
 
     from xray_ablate.tracking import schema
@@ -163,17 +164,29 @@ def test_what_a_finished_run_evaluated_is_read_from_its_tag_else_its_metrics(tmp
             client.log_metric(run_id, key, value)
         return run_id
 
+    def asked(sets=(), subgroups=(), images=None):
+        audit = None if images is None else {"images": images, "seed": 0, "border": 0.08, "layer": None,
+                                             "methods": ["gradcam", "inputxgrad"]}
+        return {"sets": list(sets), "subgroups": list(subgroups), "audit": audit}
+
     tracking = SimpleNamespace(uri=uri)
-    resumed = run(tags={schema.EVALUATED: json.dumps({"sets": ["ext"], "subgroups": ["Marker"]})},
-                  params={"eval.sets": "[]", "eval.subgroups": "[]"})
+    resumed = run(tags={schema.EVALUATED: json.dumps(asked(["ext"], ["Marker"], 60))},
+                  params={"eval.sets": "[]", "eval.subgroups": "[]", "audit.images": "20"})
     cut = '[{"name": "a", "root": "/data/' + "x" * 5960 + '...[truncated]'
-    older = run(params={"eval.sets": cut, "eval.subgroups": '["Marker"]'}, metrics={"ext_ext_n": 12, "ext_a_n": 9})
-    neither = run(params={"eval.sets": "[]", "eval.subgroups": "[]"}, metrics={"ext_extra_accuracy_n": 1})
-    assert unevaluated(tracking, resumed, ["ext"], ["Marker"]) == []
-    assert unevaluated(tracking, older, ["ext", "a"], ["Marker"]) == []
-    assert unevaluated(tracking, older, ["b"], ["View"]) == ["eval.sets b", "eval.subgroups View"]
-    assert unevaluated(tracking, neither, ["ext", "extra"], ["Marker"]) == [
-        "eval.sets ext", "eval.sets extra", "eval.subgroups Marker"]
+    older = run(params={"eval.sets": cut, "eval.subgroups": '["Marker"]', "audit.enabled": "True",
+                        "audit.images": "60", "audit.seed": "0", "audit.border": "0.08", "audit.layer": "None",
+                        "audit.methods": '["gradcam", "inputxgrad"]'},
+                metrics={"ext_ext_n": 12, "ext_a_n": 9})
+    neither = run(params={"eval.sets": "[]", "eval.subgroups": "[]", "audit.enabled": "False"},
+                  metrics={"ext_extra_accuracy_n": 1})
+    assert unevaluated(tracking, resumed, asked(["ext"], ["Marker"], 60)) == []
+    assert unevaluated(tracking, resumed, asked(images=200)) == ["the audit with audit.images=200 (it had 60)"]
+    assert unevaluated(tracking, older, asked(["ext", "a"], ["Marker"], 60)) == []
+    assert unevaluated(tracking, older, asked(["b"], ["View"])) == ["eval.sets b", "eval.subgroups View"]
+    assert unevaluated(tracking, older, asked(images=200)) == ["the audit with audit.images=200 (it had '60')"]
+    assert unevaluated(tracking, neither, asked(["ext", "extra"], ["Marker"], 60)) == [
+        "eval.sets ext", "eval.sets extra", "eval.subgroups Marker", "the audit"]
+    assert unevaluated(tracking, neither, asked()) == []  # no audit asked: a run without one is fine
 
 
 @pytest.mark.parametrize("device", ["cpu:0", "mps:0", "cuda:1"])

@@ -118,7 +118,7 @@ def skip_finished(config: Config, data: PreparedData, tags: dict[str, str], job:
                             data.manifest_hash)
     if not existing:
         return False
-    missing = unevaluated(config.tracking, existing, [s.name for s in config.eval.sets], list(config.eval.subgroups))
+    missing = unevaluated(config.tracking, existing, evaluation_asked(config))
     if missing:
         log.warning("run %s finished without %s (asked for since): this job trains again to evaluate it",
                     existing, ", ".join(missing))
@@ -192,9 +192,6 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
             result.metrics.update(probe_metrics(f"pixel_probe_{canary.ATTRIBUTE}", probe))
     result.metrics.update(external_metrics(result.model, external, config, device))
     record_result(recorder, result, config.tracking.log_checkpoint)
-    # what a resumed sweep reads to know this run needs no second training (params keep a resumed
-    # run's first settings and are cut when long)
-    recorder.tags({schema.EVALUATED: json.dumps({"sets": [e.name for e in external], "subgroups": attributes})})
     if probe_hits.shape[1] > 1:  # image_id and a probe_<attribute> column or more
         recorder.table(probe_hits, schema.PROBE_CSV)
     if config.audit.enabled:
@@ -204,6 +201,19 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
             recorder.metrics(audit.metrics)
             recorder.table(audit.per_image, schema.AUDIT_CSV)
             recorder.figure(audit.montage, schema.AUDIT_MONTAGE)
+    # Last, once all of it is recorded: what a resumed sweep reads to know this run needs no second
+    # training (params keep a resumed run's first settings and are cut when long).
+    recorder.tags({schema.EVALUATED: json.dumps(evaluation_asked(config))})
+
+
+def evaluation_asked(config: Config) -> dict:
+    """What a run evaluates besides its test metrics, none of it in the config key: external
+    sets, subgroup attributes, the audit's settings (None: no audit)."""
+    audit = config.audit
+    settings = {"images": audit.images, "seed": audit.seed, "border": audit.border, "layer": audit.layer,
+                "methods": list(audit.methods)}
+    return {"sets": [s.name for s in config.eval.sets], "subgroups": evaluated_attributes(config),
+            "audit": settings if audit.enabled else None}
 
 
 def evaluated_attributes(config: Config) -> list[str]:

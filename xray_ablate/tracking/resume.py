@@ -39,28 +39,41 @@ def finished_run(tracking, config_key: str, seed: int, fingerprint: str, split_h
     return runs[0].info.run_id if runs else None
 
 
-def unevaluated(tracking, run_id: str, sets: list[str], subgroups: list[str]) -> list[str]:
-    """The external sets and subgroup attributes asked for now that finished run ``run_id`` did
-    not evaluate. The evaluation is not in the config key, so a resumed sweep would otherwise skip
-    the job and never evaluate what was added."""
-    done_sets, done_groups = _evaluated(MlflowClient(tracking.uri).get_run(run_id))
-    return ([f"eval.sets {name}" for name in sets if name not in done_sets]
-            + [f"eval.subgroups {name}" for name in subgroups if not done_groups(name)])
+def unevaluated(tracking, run_id: str, asked: dict) -> list[str]:
+    """What finished run ``run_id`` lacks of the evaluation ``asked`` now (external sets, subgroup
+    attributes, the audit's settings; see sweep.job.evaluation_asked). None of it is in the config
+    key, so a resumed sweep would otherwise skip the job and never do what was added or changed."""
+    done = _evaluated(MlflowClient(tracking.uri).get_run(run_id), asked)
+    missing = ([f"eval.sets {name}" for name in asked["sets"] if name not in done.get("sets", [])]
+               + [f"eval.subgroups {name}" for name in asked["subgroups"] if name not in done.get("subgroups", [])])
+    if asked["audit"] is not None and asked["audit"] != done.get("audit"):
+        had = done.get("audit") or {}
+        missing.append("the audit" + "".join(f" with audit.{key}={value!r} (it had {had.get(key, 'none')!r})"
+                                             for key, value in asked["audit"].items() if had and value != had.get(key)))
+    return missing
 
 
-def _evaluated(run):
-    """The set names and a test of attribute names a finished run evaluated: its EVALUATED tag;
-    for a run from before that tag, the sets whose metrics (ext_<name>_n) it holds and the
-    attributes its eval.subgroups param names (params are a resumed run's first attempt's, and
-    cut when long: read as text)."""
+def _evaluated(run, asked: dict) -> dict:
+    """What a finished run evaluated, as ``asked`` is written: its EVALUATED tag; for a run from
+    before that tag, the sets whose metrics (ext_<name>_n) it holds, and the subgroups and audit
+    settings its params hold (params are a resumed run's first attempt's and cut when long: the
+    subgroups are read as text, the audit settings compared as the text they were logged as)."""
     try:
-        tag = json.loads(run.data.tags[schema.EVALUATED])
-        groups = set(tag["subgroups"])
-        return set(tag["sets"]), groups.__contains__
+        return json.loads(run.data.tags[schema.EVALUATED])
     except (KeyError, TypeError, ValueError):
-        sets = {m[1] for key in run.data.metrics if (m := re.fullmatch(r"ext_([A-Za-z0-9.-]+)_n", key))}
-        text = run.data.params.get("eval.subgroups", "")
-        return sets, lambda name: json.dumps(name) in text
+        params = run.data.params
+        text = params.get("eval.subgroups", "")
+        audit = None
+        if asked["audit"] is not None and params.get("audit.enabled") != "False":
+            audit = {key: value if params.get(f"audit.{key}", _as_param(value)) == _as_param(value)
+                     else params[f"audit.{key}"] for key, value in asked["audit"].items()}
+        return {"sets": {m[1] for key in run.data.metrics if (m := re.fullmatch(r"ext_([A-Za-z0-9.-]+)_n", key))},
+                "subgroups": {name for name in asked["subgroups"] if json.dumps(name) in text}, "audit": audit}
+
+
+def _as_param(value) -> str:
+    """A setting as its param was logged (tracking.names.safe_value, uncut)."""
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
 def resumable_run(tracking, run_id: str) -> str | None:
