@@ -127,6 +127,19 @@ def test_one_epoch_run_leaves_a_complete_finished_mlflow_run(make_cfg):
     assert "head.4.weight" in state
 
 
+def test_a_run_whose_validation_loss_is_never_finite_fails_with_the_reason(make_cfg):
+    """trainer.lr=1e9 and one step per epoch: the training loss is taken before the step (finite),
+    the validation loss after it (NaN), so there is no best state: load_state_dict(None)'s
+    TypeError traceback before; now the run fails with why. (A NaN after a finite epoch keeps
+    that epoch's state.)"""
+    cfg = make_cfg("trainer.lr=1e9", "trainer.batch_size=64", "tracking.log_checkpoint=false", "audit.enabled=false")
+    with pytest.raises(loop.TrainingDiverged, match=r"^validation loss not finite at any of the 1 epochs: lower "
+                                                    r"trainer.lr \(now 1000000000.0\) or check the data$"):
+        _train(cfg)
+    run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")[0]
+    assert run.info.status == "FAILED" and "validation loss not finite" in run.data.tags["xray.error"]
+
+
 @pytest.mark.slow
 def test_same_seed_gives_identical_metrics_on_cpu(make_cfg):
     cfg = make_cfg("trainer.epochs=2", "tracking.log_checkpoint=false", "device=cpu")

@@ -27,7 +27,7 @@ from xray_ablate.models import build_model
 from xray_ablate.train.checkpoint import Checkpointer, TrainState
 from xray_ablate.train.device import place_model, seed_everything
 from xray_ablate.train.inputs import FitInputs
-from xray_ablate.train.loop import Batches, evaluate, train_one_epoch
+from xray_ablate.train.loop import Batches, TrainingDiverged, evaluate, train_one_epoch
 from xray_ablate.train.optim import build_optimizer, build_schedule
 from xray_ablate.train.progress import Progress
 
@@ -97,6 +97,9 @@ def fit(config: Config, data: PreparedData, inputs: FitInputs, device: torch.dev
             checkpoint.save_if_due()
     train_seconds = time.perf_counter() - started
 
+    if progress.best_state is None:  # no finite validation loss: there is no state to test
+        raise TrainingDiverged(f"validation loss not finite at any of the {len(progress.history)} epochs: lower "
+                               f"trainer.lr (now {trainer.lr}) or check the data")
     model.load_state_dict(progress.best_state)
     model.eval()
     losses, probs = {}, {}

@@ -17,13 +17,15 @@ from torch import nn
 from tqdm import tqdm
 
 from xray_ablate.config.schema import AugmentationConfig, ClassBalanceConfig
+from xray_ablate.errors import UserError
 from xray_ablate.train.augment import random_affine
 from xray_ablate.train.device import autocast
 from xray_ablate.train.sampling import epoch_rows
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+class TrainingDiverged(UserError):
+    """The training or validation loss became NaN or infinite: one line a user can act on
+    (trainer.lr, the data), not a traceback."""
 
 
 @dataclass
