@@ -221,6 +221,9 @@ def test_a_single_run_without_multirun_trains_seed_zero_once(monkeypatch, tmp_pa
     ("trainer.batch_size=0", "trainer.batch_size must be at least 1, not 0"),
     ("image_size=4", "image_size must be >= 8 for backbone cnn16_gap, not 4"),  # data/masks' smallest
     ("trainer.lrr=1", "Key 'lrr' not in 'TrainerConfig'"),
+    # a mistyped choice: the choices as a list, without Hydra's config search path
+    ("backbone=resnet", "Could not find 'backbone/resnet'; Available options in 'backbone': cnn16, cnn16_gap, "
+                        "inception_v3, resnet50, resnet50_ft, vgg16, vgg19, xception\n"),
     ("+trainer.epochz=5", "trainer.epochz is not a setting; did you mean trainer.epochs?"),  # trained 1 epoch
     ("+eval.sets=[{name:ext,root:x}] +eval.sets.0.rot=y", "eval.sets[0].rot is not a setting; did you mean "),
     ("device=cuda:x", "device must be auto, cpu, cuda, cuda:N or mps, not 'cuda:x'"),

@@ -59,7 +59,8 @@ def _added_keys(node, prefix: str = ""):
             yield from _added_keys(value, name)
 
 
-NOISE = ("object_type=", "reference_type=", "Set the environment", "To append")  # hints, not the problem
+NOISE = ("object_type=", "reference_type=", "Set the environment", "To append",  # hints, not the problem
+         "Config search path", "provider=")
 
 
 def one_line(err: BaseException) -> str:
@@ -68,7 +69,13 @@ def one_line(err: BaseException) -> str:
     lines = [ln.strip() for e in causes for ln in str(e).splitlines() if ln.strip()]
     keep = [ln for ln in lines if not ln.startswith(NOISE)]
     key = next((ln.removeprefix("full_key:").strip() for ln in keep if ln.startswith("full_key:")), None)
-    text = "; ".join(dict.fromkeys(ln for ln in keep if not ln.startswith("full_key:")))
+    parts: list[str] = []
+    for ln in dict.fromkeys(ln for ln in keep if not ln.startswith("full_key:")):
+        if parts and parts[-1].startswith("Available options"):  # one choice a line: a list
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + ln
+        else:
+            parts.append(ln)
+    text = "; ".join(parts)
     return f"{key}: {text}" if key and key not in text else text
 
 
