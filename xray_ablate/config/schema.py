@@ -50,7 +50,7 @@ def _seed(value: int, key: str) -> None:
     _check(0 <= value < 2**32, key, "an integer in [0, 2**32)", value)
 
 
-def check_patient_pattern(pattern: str, key: str) -> str:
+def check_patient_pattern(pattern: str, key: str) -> None:
     """A file-name pattern whose first group is the patient (read where an image has no PatientID
     tag, so a bad one would fail only at the first such image, deep in ingestion)."""
     try:
@@ -58,7 +58,6 @@ def check_patient_pattern(pattern: str, key: str) -> str:
     except re.error as err:
         raise UserError(f"{key}={pattern!r} is not a regular expression: {err}") from None
     _check(groups >= 1, key, "a regular expression with a group (the patient ID)", pattern)
-    return pattern
 
 
 @dataclass

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.lifecycle import ERROR_TAG
+from xray_ablate.tracking.names import safe_value
 from xray_ablate.tracking.store import connect
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,10 @@ def _evaluated(run, asked: dict) -> dict:
         text = params.get("eval.subgroups", "")
         audit = None
         if asked["audit"] is not None and params.get("audit.enabled") != "False":
-            audit = {key: value if params.get(f"audit.{key}", _as_param(value)) == _as_param(value)
+            audit = {key: value if params.get(f"audit.{key}", safe_value(value)) == safe_value(value)
                      else params[f"audit.{key}"] for key, value in asked["audit"].items()}
         return {"sets": {m[1] for key in run.data.metrics if (m := re.fullmatch(r"ext_([A-Za-z0-9.-]+)_n", key))},
                 "subgroups": {name for name in asked["subgroups"] if json.dumps(name) in text}, "audit": audit}
-
-
-def _as_param(value) -> str:
-    """A setting as its param was logged (tracking.names.safe_value, uncut)."""
-    return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
 def resumable_run(tracking, run_id: str) -> str | None:
