@@ -96,6 +96,8 @@ def test_a_quality_report_folder_that_is_a_file_is_one_line_before_scoring(monke
     (["--patient-pattern", "abc"],  # was an IndexError at the first image without a PatientID tag
      "error: --patient-pattern must be a regular expression with a group (the patient ID), not 'abc'"),
     (["--patient-pattern", "(x"], "error: --patient-pattern='(x' is not a regular expression: missing ), "),
+    (["--metadata-key", "path"],  # was ignored without a word
+     "error: --metadata-key names a column of the --metadata CSV: give --metadata too"),
 ])
 def test_data_summary_bad_options_are_one_line(tmp_path, capsys, args, message):
     from xray_ablate.data.__main__ import main
@@ -112,6 +114,16 @@ def test_data_summary_bad_options_are_one_line(tmp_path, capsys, args, message):
 def test_dataset_patient_pattern_is_checked_with_the_config(make_cfg):
     with pytest.raises(UserError, match=r"^dataset.patient_pattern must be a regular expression with a group"):
         make_cfg("dataset.patient_pattern=abc")
+
+
+def test_a_metadata_key_without_metadata_is_refused(make_cfg):
+    """Before: dataset.metadata_key without dataset.metadata was ignored, so a sweep ran without the
+    subgroups the user meant to read from the CSV."""
+    with pytest.raises(UserError) as err:
+        make_cfg("dataset.metadata_key=path")
+    assert str(err.value) == ("dataset.metadata_key='path' names a column of dataset.metadata, which is not set: "
+                              "set dataset.metadata to the CSV, or leave metadata_key out")
+    assert make_cfg("dataset.metadata=/tmp/meta.csv", "dataset.metadata_key=path").dataset.metadata_key == "path"
 
 
 def test_bench_out_that_is_a_folder_is_refused_before_any_suite(tmp_path, capsys):

@@ -106,6 +106,9 @@ class DatasetConfig:
         _check(0 < self.train_fraction <= 1, "dataset.train_fraction", "in (0, 1]", self.train_fraction)
         if self.patient_pattern is not None:
             check_patient_pattern(self.patient_pattern, "dataset.patient_pattern")
+        if self.metadata_key is not None and self.metadata is None:  # it would be ignored without a word
+            raise UserError(f"dataset.metadata_key={self.metadata_key!r} names a column of dataset.metadata, "
+                            "which is not set: set dataset.metadata to the CSV, or leave metadata_key out")
 
 
 @dataclass

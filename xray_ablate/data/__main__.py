@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.image_size < MIN_PREPARED_SIZE:
         parser.error(f"--image-size must be at least {MIN_PREPARED_SIZE}, not {args.image_size}")
+    if args.metadata_key is not None and args.metadata is None:
+        parser.error("--metadata-key names a column of the --metadata CSV: give --metadata too")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     cache_dir = args.cache_dir or Path(
