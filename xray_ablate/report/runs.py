@@ -329,10 +329,6 @@ def mixing_warnings(runs: pd.DataFrame) -> list[str]:
     return out
 
 
-
-
-
-
 def load_predictions(run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
     """run id -> its predictions.csv artifact (image_id as str, label as int, prob_<class> as float,
     each attribute's levels as the text the metadata gave: "NA", "TRUE", "01" stay so, where
