@@ -20,6 +20,7 @@ from xray_ablate.data.synthetic import generate
 from xray_ablate.errors import UserError
 from xray_ablate.references import wilson
 from xray_ablate.sweep.job import load_data
+from xray_ablate.tracking.names import safe_level
 from xray_ablate.train.external import prepare_external
 from xray_ablate.train.inputs import prepare_inputs
 
@@ -142,15 +143,16 @@ def test_darwin_tags_as_subgroups_without_a_csv(make_cfg, fixture_root):
     config = make_cfg(f"dataset.root={fixture_root}", "eval.subgroups=[View]")
     _, result = train_once(config)
     preds = result.predictions
-    levels = {k.removeprefix("subgroup_View_").removesuffix("_n"): v for k, v in result.metrics.items()
-              if k.startswith("subgroup_View_") and k.endswith("_n")}
-    assert {"PA", "AP"} <= set(levels)
-    assert sum(levels.values()) == len(preds)
-    for level, n in levels.items():
+    named = {k.removeprefix("subgroup_View_").removesuffix("_n"): v for k, v in result.metrics.items()
+             if k.startswith("subgroup_View_") and k.endswith("_n")}
+    levels = preds["View"].astype(str).unique()
+    assert {"PA", "AP"} <= set(levels) and len(named) == len(levels)
+    assert sum(named.values()) == len(preds)
+    for level in levels:  # 'AP Supine' as in the data, 'AP_Supine-<hash>' in the metric name
         group = preds[preds["View"].astype(str) == level]
-        assert len(group) == n
+        assert named[safe_level(level)] == len(group)
         hits = group[PROBS].to_numpy().argmax(1) == group["label"].to_numpy()
-        assert result.metrics[f"subgroup_View_{level}_accuracy"] == pytest.approx(hits.mean())
+        assert result.metrics[f"subgroup_View_{safe_level(level)}_accuracy"] == pytest.approx(hits.mean())
 
 
 def _main_dataset(layout: str, synthetic_root: Path, tmp_path: Path) -> Path:
@@ -361,3 +363,61 @@ def test_subgroup_levels_keep_their_text_from_the_predictions_file(tmp_path, lev
     table = subgroup_table(pd.DataFrame(rows), {"k": "baseline"}, ["Sex"], level_names(predictions), predictions)
     assert sorted(table["level"]) == sorted(levels)
     assert (table["interval"] == SEEDS_AND_IMAGES).all() and table[["ci_low", "ci_high"]].notna().all().all()
+
+
+def test_levels_that_sanitise_alike_keep_their_own_accuracy(tmp_path):
+    """Levels 'a/b' and 'a_b' (and 'a:b', 'a b.') were logged as one metric name, subgroup_site_a_b_*:
+    one level's accuracy overwrote the other's and the report showed a single level. The job names
+    them, MLflow logs them and the report reads them back, each with its own accuracy and n."""
+    from types import SimpleNamespace
+
+    from xray_ablate.evaluation import PROB_COLUMNS
+    from xray_ablate.report.confounds import level_names, subgroup_table
+    from xray_ablate.report.runs import load_predictions
+    from xray_ablate.sweep.job import evaluate_subgroups
+    from xray_ablate.tracking.recorder import Recorder
+    from xray_ablate.tracking.store import connect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = connect(uri, "levels", str(tmp_path / "artifacts"))
+    client, rows = MlflowClient(uri), []
+    levels = ["a/b", "a_b", "a:b", "a b."]
+    right = {"a/b": 10, "a_b": 3, "a:b": 7, "a b.": 0}  # correct predictions of each level's 10 images
+    values = np.repeat(levels, 10)
+    label = np.zeros(len(values), int)
+    correct = np.concatenate([np.arange(10) < right[lv] for lv in levels])
+    probs = np.eye(len(CLASSES))[np.where(correct, 0, 1)]
+    for seed in range(2):
+        predictions = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(values))], "label": label,
+                                    **{c: probs[:, j] for j, c in enumerate(PROB_COLUMNS)}, "site": values})
+        result = SimpleNamespace(predictions=predictions, metrics={})
+        evaluate_subgroups(["site"], SimpleNamespace(attributes=[]), None, result)
+        run_id = client.create_run(exp).info.run_id
+        Recorder(client, run_id).metrics(result.metrics)
+        client.log_text(run_id, predictions.to_csv(index=False), "predictions.csv")
+        logged = client.get_run(run_id).data.metrics
+        assert len([m for m in logged if m.endswith("_n")]) == len(levels), sorted(logged)
+        rows.append({"run_id": run_id, "config_key": "k", "seed": seed, **logged})
+    predictions = load_predictions([r["run_id"] for r in rows])
+    table = subgroup_table(pd.DataFrame(rows), {"k": "baseline"}, ["site"], level_names(predictions), predictions)
+    assert dict(zip(table["level"], table["accuracy"], strict=True)) == {lv: 10.0 * right[lv] for lv in levels}
+    assert set(table["n"]) == {10}
+
+
+def test_a_name_over_mlflows_length_limit_is_logged_not_refused(tmp_path):
+    """A key over 250 characters (a long +variant path, a long metadata level) was cut and given
+    '~' and a hash, which MLflow refuses: the run failed. Two such keys still stay apart."""
+    from xray_ablate.tracking.recorder import Recorder
+    from xray_ablate.tracking.store import connect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(connect(uri, "long", str(tmp_path / "artifacts"))).info.run_id
+    recorder = Recorder(client, run_id)
+    recorder.metrics({"subgroup_Finding_" + "x" * 300 + "_n": 4, "subgroup_Finding_" + "x" * 301 + "_n": 5})
+    recorder.params({"+variant." + "y" * 300: 1})
+    recorder.tags({"note." + "z" * 300: "t"})
+    run = client.get_run(run_id).data
+    assert sorted(run.metrics.values()) == [4, 5] and all(len(k) == 250 for k in run.metrics)
+    assert list(run.params.values()) == ["1"]
+    assert "t" in run.tags.values()

@@ -18,7 +18,7 @@ from xray_ablate.report.render.tables import fmt, fmt_ci, metric_title
 from xray_ablate.report.runs import PREDICTION_COLUMNS
 from xray_ablate.stats import intervals
 from xray_ablate.tracking import schema
-from xray_ablate.tracking.names import safe_name
+from xray_ablate.tracking.names import safe_level, safe_name
 from xray_ablate.tracking.reader import json_artifacts
 
 VARIANT_ORDER = ("raw", "masked")  # the probe sentence's order
@@ -94,13 +94,15 @@ def probe_sentences(refs: list[References]) -> list[str]:
 
 
 def level_names(predictions: dict[str, pd.DataFrame]) -> dict[tuple[str, str], str]:
-    """(attribute, level as in a metric name) -> the level as in the data ('cohen_v7json' ->
-    'cohen+v7json'), from the attribute columns of predictions.csv."""
-    names = {}
-    for frame in predictions.values():
-        for column in frame.columns.difference(list(PREDICTION_COLUMNS)):
-            names.update({(column, safe_name(v)): str(v) for v in frame[column].dropna().astype(str).unique()})
-    return names
+    """(attribute, level as in a metric name) -> the level as in the data ('cohen_v7json-dc119921'
+    -> 'cohen+v7json'), from the attribute columns of predictions.csv. Runs logged before
+    2026-12-07 named a level by safe_name alone ('cohen_v7json'): read too, where no level of
+    today has that name."""
+    levels = {(column, level) for frame in predictions.values()
+              for column in frame.columns.difference(list(PREDICTION_COLUMNS))
+              for level in frame[column].dropna().astype(str).unique()}
+    return ({(column, safe_name(level)): level for column, level in levels}
+            | {(column, safe_level(level)): level for column, level in levels})
 
 
 def subgroup_table(runs: pd.DataFrame, labels: dict[str, str], attributes: list[str],

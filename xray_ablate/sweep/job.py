@@ -32,6 +32,7 @@ from xray_ablate.sweep.state import SweepInfo
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.claims import job_lock
 from xray_ablate.tracking.lifecycle import tracked_run
+from xray_ablate.tracking.names import safe_level
 from xray_ablate.tracking.recorder import Recorder
 from xray_ablate.tracking.results import record_result
 from xray_ablate.tracking.resume import (
@@ -231,7 +232,7 @@ def evaluate_subgroups(attributes: list[str], data: PreparedData, test_rows, res
         scores = subgroup_scores(result.predictions["label"].to_numpy(), probs,
                                  result.predictions[attribute].to_numpy())
         for score in scores:
-            name = f"subgroup_{attribute}_{score.level}"
+            name = f"subgroup_{attribute}_{safe_level(score.level)}"
             result.metrics.update({f"{name}_accuracy": score.accuracy.rate, f"{name}_n": score.accuracy.n})
         gap = accuracy_gap(scores)
         if gap is not None:

@@ -22,12 +22,24 @@ _UNSAFE = re.compile(r"[^\w.\- ]")  # '/' and ':' are allowed by MLflow, but not
 def safe_name(key: str) -> str:
     """``key`` with every character MLflow (or a file system) may refuse replaced by ``_``.
 
-    A name that had to be shortened keeps a hash of the original, so two long keys stay apart."""
+    A name that had to be shortened keeps a hash of the original after a ``-``, so two long keys
+    stay apart (MLflow refuses the ``~`` used here until 2026-12-07: a long key failed the run)."""
     name = _UNSAFE.sub("_", str(key)).strip(" .") or "_"
     if len(name) > MAX_KEY:
-        digest = hashlib.sha256(str(key).encode()).hexdigest()[:8]
-        name = name[:MAX_KEY - 9] + "~" + digest
+        name = name[:MAX_KEY - 9] + "-" + _digest(key)
     return name
+
+
+def safe_level(level: str) -> str:
+    """An attribute level as part of a metric name (``subgroup_<attribute>_<level>_n``): sanitised,
+    with a hash of the level after a ``-`` where that changed it, so levels that sanitise alike
+    ('a/b', 'a_b') keep their own metrics instead of overwriting one another."""
+    name = _UNSAFE.sub("_", level).strip(" .") or "_"
+    return name if name == level else f"{name}-{_digest(level)}"
+
+
+def _digest(text) -> str:
+    return hashlib.sha256(str(text).encode()).hexdigest()[:8]
 
 
 def safe_value(value, limit: int = MAX_PARAM_VALUE) -> str:
