@@ -92,3 +92,14 @@ def test_configurations_that_share_their_factor_levels_get_claims_of_their_own()
     names = [c.name for c in ablation_claims(twice, "mo")]
     assert names == ["dataset=raw − baseline", "class_weights=on − baseline",
                      "dataset=raw, class_weights=on [rn] − baseline", "dataset=raw, class_weights=on [rn2] − baseline"]
+
+
+def test_what_rounds_to_zero_is_shown_without_a_minus():
+    """An estimate of -0.04 pp printed as '-0.0 pp' (a sign the shown number has not got), in the
+    verdict line, the tables' numbers and intervals."""
+    from xray_ablate.report.render.tables import fmt, fmt_ci, fmt_pm
+
+    v = Verdict("a − b", -0.0004, -0.0004, 0.05, 0.95, UNRESOLVED, 5, 0, float("nan"))
+    assert verdict_line(v).startswith("unresolved: +0.0 pp [+0.0, +5.0] (95.0 % CI")
+    shown = (fmt(-0.04), fmt_pm(-0.04, 0.01), fmt_ci(-0.04, 3.0), fmt(-0.06))
+    assert shown == ("0.0", "0.0 ± 0.0", "[0.0, 3.0]", "-0.1")

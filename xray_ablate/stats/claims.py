@@ -96,5 +96,5 @@ def verdict_line(v: Verdict) -> str:
         more = ("; more seeds cannot resolve it (the test images limit it)" if math.isinf(v.more_seeds)
                 else f"; about {v.more_seeds:.0f} more seeds per configuration for even odds to resolve it"
                 if math.isfinite(v.more_seeds) else "")
-    return (f"{v.verdict}: {100 * v.estimate:+.1f} pp [{100 * v.low:+.1f}, {100 * v.high:+.1f}] "
+    return (f"{v.verdict}: {100 * v.estimate:+z.1f} pp [{100 * v.low:+z.1f}, {100 * v.high:+z.1f}] "
             f"({100 * v.confidence:.1f} % CI over seeds and test images, {v.seeds} seeds){more}")

@@ -113,7 +113,7 @@ def summary(c: Content) -> list[str]:
     noise = "seed and test-sample noise" if total else "seed noise"
     groups: dict[str, list[str]] = {"yes": [], "no": [], "untestable": []}
     for _, row in table.iloc[1:].iterrows():
-        delta = f"{row['delta']:+.2f}" if np.isfinite(row["delta"]) else "–"
+        delta = f"{row['delta']:+z.2f}" if np.isfinite(row["delta"]) else "–"
         text = f"{row['config']}: Δ = {delta} {unit}"
         if np.isfinite(row["p_total_holm"]):  # the verdict uses the interval over seeds + images
             p, low, high = row["p_total_holm"], row["delta_ci_total_low"], row["delta_ci_total_high"]
@@ -156,7 +156,7 @@ def summary(c: Content) -> list[str]:
             covers = f"; {s.confidence:.0%} CI over seeds and test images" if total else ""
             blocks.append(f"**Main effects distinguishable from {noise}** (Holm p < {s.alpha:g}{covers}): "
                           + "; ".join(
-                              f"{factor_labels()[r.factor]} {r.level} − {r.reference} = {r.estimate:+.2f} {unit}"
+                              f"{factor_labels()[r.factor]} {r.level} − {r.reference} = {r.estimate:+z.2f} {unit}"
                               + (f" {fmt_ci(r.total_low, r.total_high, 2)}" if total else "")
                               for r in strong.itertuples()) + ".")
         elif main["p"].notna().any():

@@ -27,15 +27,19 @@ def metric_title(metric: str) -> str:
     return metric.replace("_", " ")
 
 
+def number(value, digits: int = 1) -> str:
+    """``value`` to ``digits`` decimals; what rounds to zero is 0.0, not -0.0 (a sign it has not got)."""
+    return f"{value:z.{digits}f}"
+
 
 def fmt(value, digits: int = 1) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+    return "–" if value is None or not np.isfinite(value) else number(value, digits)
 
 
 def fmt_pm(mean, sd, digits: int = 1) -> str:
     if mean is None or not np.isfinite(mean):
         return "–"
-    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if np.isfinite(sd) else "")
+    return number(mean, digits) + (f" ± {number(sd, digits)}" if np.isfinite(sd) else "")
 
 
 def fmt_ci(low, high, digits: int = 1, percent: bool = False) -> str:
@@ -45,7 +49,7 @@ def fmt_ci(low, high, digits: int = 1, percent: bool = False) -> str:
         return "–"
     if percent:
         low, high = max(low, 0.0), min(high, 100.0)
-    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+    return f"[{number(low, digits)}, {number(high, digits)}]"
 
 
 def overshoots(low, high) -> bool:
