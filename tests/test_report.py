@@ -71,7 +71,7 @@ class Sweep:
     def run(self, key: str, seed: int, acc: float, *, status="FINISHED", split_hash="h1",
             fingerprint="f1", split_mode="fixed", start_time=None, code_version="test",
             device: str | None = None, fallbacks: int | None = None, train_counts=TRAIN_COUNTS,
-            **factors) -> str:
+            audit_images: int | None = None, **factors) -> str:
         levels = {**BASE, **factors}
         tags = {schema.KIND: "train", schema.SEED: str(seed), schema.CONFIG_KEY: key,
                 schema.SWEEP_ID: self.sweep_id, schema.SWEEP_MEMBER.format(self.sweep_id): "1",
@@ -102,6 +102,10 @@ class Sweep:
         params = [Param("seed", str(seed)), Param("split.seed", "0"),
                   Param("dataset.mode", levels["dataset"]),
                   *(Param(f"n_train_{c}", str(n)) for c, n in zip(CLASSES, train_counts, strict=True))]
+        if audit_images is not None:  # as record_config logs them
+            params += [Param("audit.enabled", "True"), Param("audit.images", str(audit_images)),
+                       Param("audit.seed", "0"), Param("audit.border", "0.08"), Param("audit.layer", "None"),
+                       Param("audit.methods", '["gradcam", "inputxgrad"]')]
         self.client.log_batch(run_id, metrics=metrics, params=params)
         if status != "RUNNING":
             self.client.set_terminated(run_id, status)
@@ -397,9 +401,9 @@ def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
     recorded = {**BASE, "augmentation": "off"}
     sweep = Sweep(store, "recorded", "demo-sweep", baseline=recorded)
     for seed in range(2):
-        sweep.run("augon", seed, 0.80 + seed / 100, code_version="abc123", device="cpu")
+        sweep.run("augon", seed, 0.80 + seed / 100, code_version="abc123", device="cpu", audit_images=60)
         sweep.run("augoff", seed, 0.75 + seed / 100, augmentation="off",
-                  code_version="def456+dirty", device="cuda:0", fallbacks=3 * seed)
+                  code_version="def456+dirty", device="cuda:0", fallbacks=3 * seed, audit_images=8)
     sweep.run("cw", 0, 0.79, class_weights="on", code_version="abc123", device="cpu")
     off = "report.log_to_mlflow=false"
     folder = build_report(make_cfg(store, "recorded", tmp_path, off))
@@ -415,6 +419,10 @@ def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
     assert "cpu (3 runs), cuda:0 (2 runs)" in warnings
     assert "1 run(s) used data with images without a patient id (up to 3)" in warnings
     assert "patient leakage" in warnings
+    # audited with other settings (two sweeps of one experiment): the audit tables would compare them
+    assert ('The runs were audited with different settings: images=60 seed=0 border=0.08 layer=None '
+            'methods=["gradcam", "inputxgrad"] (2 runs); images=8 seed=0 border=0.08 layer=None '
+            'methods=["gradcam", "inputxgrad"] (2 runs).') in warnings
     # An explicit report.baseline beats the recorded one. Without Hydra's command line (here: the
     # compose API) "explicit" means: differs from conf/report/default.yaml; for the CLI see
     # test_cli_writes_a_report.

@@ -355,6 +355,10 @@ class ReportConfig:
                self.bootstrap.n_resamples)
 
 
+# The audit settings that change what it measures (batch_size does not; canary is its own run).
+AUDIT_SETTINGS = ("images", "seed", "border", "layer", "methods")
+
+
 @dataclass
 class AuditConfig:
     enabled: bool = True  # audit when the dataset has Lung polygons

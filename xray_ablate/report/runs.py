@@ -15,6 +15,7 @@ import pandas as pd
 
 from xray_ablate.config.choices import CLASSES
 from xray_ablate.config.factors import factor_names
+from xray_ablate.config.schema import AUDIT_SETTINGS
 from xray_ablate.errors import UserError
 from xray_ablate.evaluation import PREDICTION_COLUMNS, PROB_COLUMNS
 from xray_ablate.tracking import schema
@@ -33,7 +34,7 @@ TAG_COLUMNS = {
 # names them, they are named here. Runs without them are checked from predictions.csv.
 TAG_COLUMNS |= {schema.LEARNED: "learned_tag", schema.LEARNED_REASON: "learned_reason_tag"}
 UNKNOWN = "unknown"
-ID_COLUMNS = ("run_id", "status", *TAG_COLUMNS.values(), "split_seed")
+ID_COLUMNS = ("run_id", "status", *TAG_COLUMNS.values(), "split_seed", "audit_settings")
 # Params read as numbers: the images each run trained, validated and tested on.
 COUNT_PARAMS = ("n_train", "n_val", "n_test", *(f"n_train_{c}" for c in CLASSES))
 
@@ -188,7 +189,18 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
     out = pd.concat([out, pd.DataFrame(metrics, index=raw.index)], axis=1)
     for column in ("split_hash", "fingerprint", "split_seed"):
         out[column] = out[column].fillna(UNKNOWN).astype(str)
+    out["audit_settings"] = _audit_settings(raw)
     return out.reset_index(drop=True)
+
+
+def _audit_settings(raw: pd.DataFrame) -> pd.Series:
+    """An audited run's audit settings as text ('images=60 seed=0 ...', from its params); None
+    for a run without the audit."""
+    audited = raw.get("params.audit.enabled", pd.Series(None, index=raw.index, dtype=object)) == "True"
+    text = pd.Series("", index=raw.index, dtype=object)
+    for key in AUDIT_SETTINGS:
+        text += f"{key}=" + raw.get(f"params.audit.{key}", pd.Series(UNKNOWN, index=raw.index)).fillna(UNKNOWN) + " "
+    return text.str.strip().where(audited, None)
 
 
 def clean_runs(runs: pd.DataFrame, metric: str) -> Cleaned:
@@ -301,7 +313,8 @@ def _reason(row: pd.Series, ref: dict) -> str:
 
 def mixing_warnings(runs: pd.DataFrame) -> list[str]:
     """Warnings about what the runs in the tables mix: code versions (or uncommitted code),
-    devices, and images without a patient id (possible patient leakage across the split)."""
+    devices, audit settings (runs of several sweeps in one experiment), and images without a
+    patient id (possible patient leakage across the split)."""
     def listed(column: str) -> str:
         counts = runs[column].fillna(UNKNOWN).astype(str).value_counts().sort_index()
         return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
@@ -319,6 +332,12 @@ def mixing_warnings(runs: pd.DataFrame) -> list[str]:
     if len(devices) > 1:
         out.append(f"The runs ran on more than one device: {listed('device')}. Numerics differ "
                    "between devices, so device and factor effects may mix.")
+    audits = runs["audit_settings"].dropna() if "audit_settings" in runs else pd.Series(dtype=object)
+    if audits.nunique() > 1:
+        counts = audits.value_counts().sort_index()
+        out.append("The runs were audited with different settings: " + "; ".join(
+            f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in counts.items()) + ". The audit tables set "
+            "their shares side by side, but they measure different audits (other images or methods).")
     if PATIENT_FALLBACKS in runs:
         leaky = runs[runs[PATIENT_FALLBACKS].fillna(0) > 0]
         if len(leaky):

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from xray_ablate.audit import audit_split
 from xray_ablate.config.factors import run_name
 from xray_ablate.config.load import to_config
-from xray_ablate.config.schema import Config
+from xray_ablate.config.schema import AUDIT_SETTINGS, Config
 from xray_ablate.data import canary
 from xray_ablate.data.metadata import require_attributes
 from xray_ablate.data.prepare import PreparedData, prepare
@@ -211,8 +211,7 @@ def evaluation_asked(config: Config) -> dict:
     """What a run evaluates besides its test metrics, none of it in the config key: external
     sets, subgroup attributes, the audit's settings (None: no audit)."""
     audit = config.audit
-    settings = {"images": audit.images, "seed": audit.seed, "border": audit.border, "layer": audit.layer,
-                "methods": list(audit.methods)}
+    settings = {key: getattr(audit, key) for key in AUDIT_SETTINGS} | {"methods": list(audit.methods)}
     return {"sets": [s.name for s in config.eval.sets], "subgroups": evaluated_attributes(config),
             "audit": settings if audit.enabled else None}
 
