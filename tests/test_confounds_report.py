@@ -421,3 +421,19 @@ def test_a_name_over_mlflows_length_limit_is_logged_not_refused(tmp_path):
     assert sorted(run.metrics.values()) == [4, 5] and all(len(k) == 250 for k in run.metrics)
     assert list(run.params.values()) == ["1"]
     assert "t" in run.tags.values()
+
+
+def test_references_of_a_sweep_over_image_size_are_named_apart(make_cfg):
+    """image_size=32,48: two datasets of each variant. Their rows were both 'pixel logistic
+    regression, masked (C = …)' with other numbers, in the references table, the run table and the
+    plots, so a reader could not tell which size each one was for."""
+    from xray_ablate.report.confounds import reference_rows
+    from xray_ablate.sweep.evidence import dataset_references
+
+    refs = dataset_references([make_cfg("image_size=32"), make_cfg("image_size=48"), make_cfg("image_size=32")])
+    assert sorted(r.variant for r in refs.values()) == ["masked-32px", "masked-48px", "raw-32px", "raw-48px"]
+    assert all(p.variant == r.variant for r in refs.values() for p in r.probes)
+    pixels = reference_rows(list(refs.values())).query("reference.str.startswith('pixel')")["reference"]
+    assert pixels.is_unique and len(pixels) == 4, pixels.tolist()
+    one = dataset_references([make_cfg("image_size=32")])
+    assert sorted(r.variant for r in one.values()) == ["masked", "raw"]  # one dataset: as before

@@ -16,8 +16,9 @@ from xray_ablate.tracking.recorder import Recorder
 def dataset_references(configs: list[Config]) -> dict[str, References]:
     """Artifact name -> the references of every distinct (dataset, split, image size, attributes)
     of the sweep, raw and (with lung polygons) masked; a second dataset of one variant is told
-    apart by its references key."""
-    seen, out = set(), {}
+    apart by its references key in the artifact name, and in the rows' names by its image size
+    ('masked-64px': a sweep over image_size) or, at one size, its key."""
+    seen, out, sizes = set(), {}, {}
     for config in configs:
         attributes = list(config.eval.subgroups)
         raw_cfg = _variant(data_config(config), "raw")
@@ -33,6 +34,14 @@ def dataset_references(configs: list[Config]) -> dict[str, References]:
             taken = any(r.variant == mode for r in out.values())
             out[f"{schema.REFERENCES_DIR}/{mode}-{refs.key}.json" if taken
                 else f"{schema.REFERENCES_DIR}/{mode}.json"] = refs
+            sizes[refs.key] = raw_cfg.preprocess.image_size
+    for refs in out.values():  # 'pixel logistic regression, masked' twice, with other numbers: whose?
+        mode = refs.variant
+        alike = [sizes[r.key] for r in out.values() if r.variant.split("-")[0] == mode]
+        if len(alike) > 1:
+            refs.variant = f"{mode}-{sizes[refs.key]}px" if alike.count(sizes[refs.key]) == 1 else f"{mode}-{refs.key}"
+            for probe in refs.probes:
+                probe.variant = refs.variant
     return out
 
 
