@@ -293,3 +293,14 @@ def test_the_raw_models_maps_light_up_the_planted_marker(phantoms):
     assert rates["masked"]["gradcam"] <= 0.1 and rates["masked"]["inputxgrad"] == 0.0, rates
     # integrated gradients (audit.methods opts in): 100 % of the raw model's here, 0 % of the masked's
     assert rates["raw"]["intgrad"] >= 0.5 and rates["masked"]["intgrad"] == 0.0, rates
+
+
+def test_the_randomisation_change_is_per_image_so_opposite_moves_do_not_cancel():
+    """Half the shares up 30 pp, half down 30 pp under redrawn weights: the mean share did not move,
+    and the change of the mean said 0 (maps that moved everywhere read as maps of the input)."""
+    from xray_ablate.audit.run import randomisation_change
+
+    trained = np.array([0.2, 0.6, 0.2, 0.6, np.nan])
+    assert randomisation_change(trained, np.array([0.5, 0.3, 0.5, 0.3, 0.4])) == pytest.approx(0.3)
+    assert randomisation_change(trained, trained.copy()) == 0.0
+    assert np.isnan(randomisation_change(trained[-1:], trained[-1:]))

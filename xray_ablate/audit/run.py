@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -181,7 +182,8 @@ def _randomisation_check(model: nn.Module, layer: nn.Module, images: np.ndarray,
     """Per method, how far the outside-lung share of the first RANDOMISED_IMAGES images moves when
     the model's weights are redrawn at random (same images, same target class): a share that does
     not move shows the input, not what the model learned. Adds random_outside_lung_<method> per
-    image (NaN beyond those images); returns audit_randomisation_change_<method> (a fraction)."""
+    image (NaN beyond those images); returns audit_randomisation_change_<method> (a fraction,
+    randomisation_change's)."""
     k = min(RANDOMISED_IMAGES, len(images))
     name = next(n for n, m in model.named_modules() if m is layer)
     shuffled = randomised(model)
@@ -190,12 +192,18 @@ def _randomisation_check(model: nn.Module, layer: nn.Module, images: np.ndarray,
     for method, values in maps.items():
         random_share = 1 - mass_shares(values, lung_masks[:k])
         per_image[f"random_outside_lung_{method}"] = np.concatenate([random_share, np.full(len(images) - k, np.nan)])
-        trained = per_image[f"outside_lung_{method}"].to_numpy()[:k]
-        both = np.isfinite(trained) & np.isfinite(random_share)
-        if both.any():
-            change = abs(trained[both].mean() - random_share[both].mean())
-            metrics[f"audit_randomisation_change_{method}"] = float(change)
+        change = randomisation_change(per_image[f"outside_lung_{method}"].to_numpy()[:k], random_share)
+        if np.isfinite(change):
+            metrics[f"audit_randomisation_change_{method}"] = change
     return metrics
+
+
+def randomisation_change(trained: np.ndarray, randomised: np.ndarray) -> float:
+    """The mean over images of how far each image's share moved (NaN where no image has both).
+    Per image, so moves in opposite directions add up: the change of the mean share cancelled them,
+    and maps that moved everywhere could read as maps that showed only the input."""
+    both = np.isfinite(trained) & np.isfinite(randomised)
+    return float(np.abs(trained[both] - randomised[both]).mean()) if both.any() else math.nan
 
 
 def _attribution_maps(model: nn.Module, layer: nn.Module, images: np.ndarray, preds: np.ndarray,

@@ -370,6 +370,7 @@ def audit_section(audit: AuditSummary | None) -> list[Block]:
         "mean ± sd: over seeds of each run's mean share; CI: intervals.total_interval over seeds and "
         "audited images (pooled rows: over runs and images). Change with random weights: the "
         "model-randomisation check (Adebayo et al. 2018), |outside-lung share of the trained model − "
-        "that of a copy with every weight redrawn at random| on the first 16 audited images, mean over "
-        "runs: a method whose shares do not move shows the input, not what the model learned."))
+        "that of a copy with every weight redrawn at random| per image, mean over the first 16 audited "
+        "images and over runs: a method whose shares do not move shows the input, not what the model "
+        "learned."))
     return out
