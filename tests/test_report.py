@@ -71,7 +71,7 @@ class Sweep:
     def run(self, key: str, seed: int, acc: float, *, status="FINISHED", split_hash="h1",
             fingerprint="f1", split_mode="fixed", start_time=None, code_version="test",
             device: str | None = None, fallbacks: int | None = None, train_counts=TRAIN_COUNTS,
-            audit_images: int | None = None, **factors) -> str:
+            audit_images: int | None = None, audited: bool = True, **factors) -> str:
         levels = {**BASE, **factors}
         tags = {schema.KIND: "train", schema.SEED: str(seed), schema.CONFIG_KEY: key,
                 schema.SWEEP_ID: self.sweep_id, schema.SWEEP_MEMBER.format(self.sweep_id): "1",
@@ -102,10 +102,11 @@ class Sweep:
         params = [Param("seed", str(seed)), Param("split.seed", "0"),
                   Param("dataset.mode", levels["dataset"]),
                   *(Param(f"n_train_{c}", str(n)) for c, n in zip(CLASSES, train_counts, strict=True))]
-        if audit_images is not None:  # as record_config logs them
+        if audit_images is not None:  # as record_config logs them; audited: and the audit's metrics
             params += [Param("audit.enabled", "True"), Param("audit.images", str(audit_images)),
                        Param("audit.seed", "0"), Param("audit.border", "0.08"), Param("audit.layer", "None"),
                        Param("audit.methods", '["gradcam", "inputxgrad"]')]
+            metrics += [Metric("audit_lung_area", 0.4, now, 0)] if audited else []
         self.client.log_batch(run_id, metrics=metrics, params=params)
         if status != "RUNNING":
             self.client.set_terminated(run_id, status)
@@ -404,7 +405,9 @@ def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
         sweep.run("augon", seed, 0.80 + seed / 100, code_version="abc123", device="cpu", audit_images=60)
         sweep.run("augoff", seed, 0.75 + seed / 100, augmentation="off",
                   code_version="def456+dirty", device="cuda:0", fallbacks=3 * seed, audit_images=8)
-    sweep.run("cw", 0, 0.79, class_weights="on", code_version="abc123", device="cpu")
+    # audit on, but a dataset without Lung polygons: not audited, so no setting of its counts
+    sweep.run("cw", 0, 0.79, class_weights="on", code_version="abc123", device="cpu", audit_images=200,
+              audited=False)
     off = "report.log_to_mlflow=false"
     folder = build_report(make_cfg(store, "recorded", tmp_path, off))
     table = pd.read_csv(folder / "run_table.csv")

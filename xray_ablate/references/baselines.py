@@ -97,7 +97,9 @@ def probe_sentence(probes: list[Probe]) -> str:
 
 
 def _phrase(variant: str) -> str:
-    return VARIANT_PHRASES.get(variant, f"the {variant} images" if variant else "the images")
+    base, _, which = variant.partition("-")  # 'masked-32px': one of a sweep's datasets of a variant
+    phrase = VARIANT_PHRASES.get(base, f"the {base} images" if base else "the images")
+    return f"{phrase} ({which})" if which else phrase
 
 
 def _pct(rate: float) -> str:

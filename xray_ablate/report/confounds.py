@@ -5,6 +5,8 @@ configuration (the runs' ext_* metrics)."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -101,7 +103,8 @@ def level_names(predictions: dict[str, pd.DataFrame]) -> dict[tuple[str, str], s
     levels = {(column, level) for frame in predictions.values()
               for column in frame.columns.difference(list(PREDICTION_COLUMNS))
               for level in frame[column].dropna().astype(str).unique()}
-    return ({(column, safe_name(level)): level for column, level in levels}
+    # sorted: of old levels that sanitised alike, the last one's value is what the run logged
+    return ({(column, safe_name(level)): level for column, level in sorted(levels)}
             | {(column, safe_level(level)): level for column, level in levels})
 
 
@@ -251,6 +254,8 @@ def subgroups_section(c: Confounds | None) -> list[Block]:
     return out
 
 
-def _variant_rank(refs: References) -> int:
-    base = refs.variant.split("-")[0]
-    return VARIANT_ORDER.index(base) if base in VARIANT_ORDER else len(VARIANT_ORDER)
+def _variant_rank(refs: References) -> tuple[int, float, str]:
+    """raw before masked; a variant's datasets by image size ('masked-32px' before 'masked-128px')."""
+    base, _, rest = refs.variant.partition("-")
+    size = float(rest[:-2]) if re.fullmatch(r"\d+px", rest) else math.inf
+    return VARIANT_ORDER.index(base) if base in VARIANT_ORDER else len(VARIANT_ORDER), size, rest

@@ -8,6 +8,7 @@ and the image counts of ``COUNT_PARAMS`` (``n_train``...).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -195,8 +196,8 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
 
 def _audit_settings(raw: pd.DataFrame) -> pd.Series:
     """An audited run's audit settings as text ('images=60 seed=0 ...', from its params); None
-    for a run without the audit."""
-    audited = raw.get("params.audit.enabled", pd.Series(None, index=raw.index, dtype=object)) == "True"
+    for a run without the audit (off, or a dataset without Lung polygons: no audit metrics)."""
+    audited = raw.get("metrics.audit_lung_area", pd.Series(math.nan, index=raw.index)).notna()
     text = pd.Series("", index=raw.index, dtype=object)
     for key in AUDIT_SETTINGS:
         text += f"{key}=" + raw.get(f"params.audit.{key}", pd.Series(UNKNOWN, index=raw.index)).fillna(UNKNOWN) + " "

@@ -30,12 +30,16 @@ def safe_name(key: str) -> str:
     return name
 
 
+MAX_LEVEL = 100  # a level's part of a metric name: subgroup_<attribute>_<level>_accuracy fits MAX_KEY
+
+
 def safe_level(level: str) -> str:
-    """An attribute level as part of a metric name (``subgroup_<attribute>_<level>_n``): sanitised,
-    with a hash of the level after a ``-`` where that changed it, so levels that sanitise alike
-    ('a/b', 'a_b') keep their own metrics instead of overwriting one another."""
+    """An attribute level as part of a metric name (``subgroup_<attribute>_<level>_n``): sanitised
+    and at most MAX_LEVEL characters, with a hash of the level after a ``-`` where that changed it,
+    so levels that sanitise alike ('a/b', 'a_b') keep their own metrics instead of overwriting one
+    another, and a long level keeps its '_n' and '_accuracy' (safe_name would cut the whole name)."""
     name = _UNSAFE.sub("_", level).strip(" .") or "_"
-    return name if name == level else f"{name}-{_digest(level)}"
+    return name if name == level and len(name) <= MAX_LEVEL else f"{name[:MAX_LEVEL - 9]}-{_digest(level)}"
 
 
 def _digest(text) -> str:
