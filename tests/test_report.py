@@ -106,7 +106,8 @@ class Sweep:
             params += [Param("audit.enabled", "True"), Param("audit.images", str(audit_images)),
                        Param("audit.seed", "0"), Param("audit.border", "0.08"), Param("audit.layer", "None"),
                        Param("audit.methods", '["gradcam", "inputxgrad"]')]
-            metrics += [Metric("audit_lung_area", 0.4, now, 0)] if audited else []
+            metrics += [Metric("audit_lung_area", 0.4, now, 0),  # audit_images: how many it audited
+                        Metric("audit_images", min(audit_images, 60), now, 0)] if audited else []
         self.client.log_batch(run_id, metrics=metrics, params=params)
         if status != "RUNNING":
             self.client.set_terminated(run_id, status)
@@ -408,6 +409,8 @@ def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
     # audit on, but a dataset without Lung polygons: not audited, so no setting of its counts
     sweep.run("cw", 0, 0.79, class_weights="on", code_version="abc123", device="cpu", audit_images=200,
               audited=False)
+    # audit.images=200 on a 60-image test split audits the 60 that images=60 does: the same audit
+    sweep.run("cw", 1, 0.80, class_weights="on", code_version="abc123", device="cpu", audit_images=200)
     off = "report.log_to_mlflow=false"
     folder = build_report(make_cfg(store, "recorded", tmp_path, off))
     table = pd.read_csv(folder / "run_table.csv")
@@ -417,14 +420,14 @@ def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
     assert "augmentation=off, brisque_filter=off" in text.split("## Summary")[0]
     # Warnings: two code versions (one uncommitted), two devices, patient id fallbacks.
     warnings = text.split("## Warnings")[1].split("## Summary")[0]
-    assert "2 code versions and uncommitted changes (+dirty): abc123 (3 runs), def456+dirty " \
+    assert "2 code versions and uncommitted changes (+dirty): abc123 (4 runs), def456+dirty " \
         "(2 runs)" in warnings
-    assert "cpu (3 runs), cuda:0 (2 runs)" in warnings
+    assert "cpu (4 runs), cuda:0 (2 runs)" in warnings
     assert "1 run(s) used data with images without a patient id (up to 3)" in warnings
     assert "patient leakage" in warnings
     # audited with other settings (two sweeps of one experiment): the audit tables would compare them
     assert ('The runs were audited with different settings: images=60 seed=0 border=0.08 layer=None '
-            'methods=["gradcam", "inputxgrad"] (2 runs); images=8 seed=0 border=0.08 layer=None '
+            'methods=["gradcam", "inputxgrad"] (3 runs); images=8 seed=0 border=0.08 layer=None '
             'methods=["gradcam", "inputxgrad"] (2 runs).') in warnings
     # An explicit report.baseline beats the recorded one. Without Hydra's command line (here: the
     # compose API) "explicit" means: differs from conf/report/default.yaml; for the CLI see
