@@ -458,6 +458,41 @@ def test_the_report_judges_against_the_adaptive_rounds_baseline(store, tmp_path)
     assert "the adaptive sweep's rounds judged against (vgg16)" in (folder / "report.md").read_text()
 
 
+def test_only_a_report_judging_as_the_sweep_did_rewrites_its_parents_verdicts(store, tmp_path):
+    """The parent run holds the sweep's verdicts as tags and sweep/verdicts.csv. A later report with
+    another report.baseline or report.metric wrote its own over them (tags of the same names, the
+    metric not named), and a claim no longer judged kept its old tag beside the new table."""
+    from xray_ablate.evaluation import PROB_COLUMNS
+    from xray_ablate.tracking.reader import csv_artifacts
+    from xray_ablate.tracking.verdicts import verdict_tag
+
+    sweep = Sweep(store, "speaks", "speaks-sweep", baseline=BASE)
+    sweep.client.log_batch(sweep.parent, params=[Param("report.metric", "test_accuracy")])
+    sweep.client.set_tag(sweep.parent, verdict_tag("backbone=vgg16 − baseline"), "better: (an old claim)")
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        for key, acc, factors in (("base", 0.80, {}), ("augoff", 0.70, {"augmentation": "off"})):
+            run_id = sweep.run(key, seed, acc, **factors)
+            label = rng.integers(0, len(CLASSES), 100)  # per-image predictions: what verdicts are judged on
+            pred = np.where(rng.random(100) < acc, label, (label + 1) % len(CLASSES))
+            frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(100)], "label": label,
+                                  **{c: (pred == j).astype(float) for j, c in enumerate(PROB_COLUMNS)}})
+            sweep.client.log_text(run_id, frame.to_csv(index=False), "predictions.csv")
+
+    def parent():
+        tags = sweep.client.get_run(sweep.parent).data.tags
+        table = csv_artifacts([sweep.parent], "sweep/verdicts.csv")[sweep.parent]
+        return {k: v for k, v in tags.items() if k.startswith("verdict.")}, table
+
+    build_report(make_cfg(store, "speaks", tmp_path))  # as the sweep judged: its own verdicts
+    tags, table = parent()
+    assert set(tags) == {verdict_tag(c) for c in table["claim"]} == {verdict_tag("augmentation=off − baseline")}
+    for other in ("report.baseline.augmentation=off", "report.metric=test_macro_f1"):
+        build_report(make_cfg(store, "speaks", tmp_path, other))
+        again, table_again = parent()
+        assert again == tags and table_again.equals(table), other
+
+
 def test_loss_metric_keeps_its_unit_and_lower_is_better(store, tmp_path):
     sweep = Sweep(store, "loss", "loss-sweep")
     for seed in range(3):

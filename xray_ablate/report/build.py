@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from xray_ablate.config.factors import factor_names
 from xray_ablate.config.load import to_config
-from xray_ablate.config.schema import STUDY_BASELINE, Config
+from xray_ablate.config.schema import STUDY_BASELINE, Config, ReportConfig
 from xray_ablate.data.atomic import check_writable
 from xray_ablate.data.owned import replace_owned_dir
 from xray_ablate.report.audit import LEAD_SHARE, lead_share, load_audits, summarise_audit, write_audit
@@ -146,6 +146,14 @@ def choose_baseline(config: Config, selection: Selection) -> tuple[dict[str, str
     return configured, "report.baseline of conf/report/default.yaml"
 
 
+def speaks_for_the_sweep(selection: Selection, levels: dict[str, str | None], metric: str) -> bool:
+    """Whether a report's verdicts are the sweep's own: judged on the metric and against the
+    baseline the sweep recorded, so they may replace the verdicts its parent run holds. A report
+    with another report.metric or report.baseline wrote over them, under the same tag names."""
+    return (metric == (selection.parent_metric or ReportConfig.metric)
+            and (not selection.parent_baseline or levels == dict(selection.parent_baseline)))
+
+
 def safe_name(name: str) -> str:
     """The report's folder name: letters (any script), digits and . _ = -; where a name had to be
     changed, a short hash of it follows, so "my exp" and "my_exp", or two names in another script
@@ -219,7 +227,12 @@ def write_report(config: Config, *, sweep_id: str | None = None) -> Written:
     if report.log_to_mlflow:
         run_id = _log_run(selection, out_dir, content, uri)
         if selection.parent_run_id and content.verdicts:
-            tag_parent(uri, selection.parent_run_id, content.verdicts)
+            if speaks_for_the_sweep(selection, levels, settings.metric):
+                tag_parent(uri, selection.parent_run_id, content.verdicts)
+            else:
+                log.info("the sweep's parent run keeps its verdicts (its metric %s and baseline differ from "
+                         "this report's %s): these are in the report's own run and folder",
+                         selection.parent_metric or ReportConfig.metric, settings.metric)
         if selection.parent_run_id and content.canary:
             tag_canary(uri, selection.parent_run_id, canary_tag(content.canary))
         by_sweep = sweep is not None or exp_name is None  # as select_runs chose; else every run of exp_name

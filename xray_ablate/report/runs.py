@@ -56,6 +56,7 @@ class Selection:
     parent_baseline: dict[str, str | None] = field(default_factory=dict)
     # sweep.* params of the sweep's parent run (an adaptive sweep's design: until, delta, looks)
     parent_sweep: dict[str, str] = field(default_factory=dict)
+    parent_metric: str | None = None  # param report.metric of the sweep's parent run (None: before 2026-12-07)
     canary_requested: bool = False  # the sweep's parent run recorded audit.canary=True
     canary_runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # its xray.kind=canary runs, tidy
 
@@ -116,7 +117,7 @@ def select_runs(uri: str, experiment: str, *, sweep_id: str | None = None,
                f"{experiment!r} {'has no such runs' if configured else 'does not exist'})")
     runs = tidy_runs(raw)
     sweep_ids = [sweep_id] if sweep_id else sorted(runs["sweep_id"].dropna().unique().tolist())
-    parent, parent_baseline, parent_sweep, canary_requested = None, {}, {}, False
+    parent, parent_baseline, parent_sweep, parent_metric, canary_requested = None, {}, {}, None, False
     if len(sweep_ids) == 1:
         found = search_runs([exp_id], **{schema.KIND: "sweep", schema.SWEEP_ID: sweep_ids[0]})
         if not found.empty:
@@ -125,6 +126,8 @@ def select_runs(uri: str, experiment: str, *, sweep_id: str | None = None,
             parent_sweep = {str(k).removeprefix("params."): v for k, v in found.iloc[0].items()
                             if str(k).startswith("params.sweep.") and isinstance(v, str)}
             canary_requested = found.iloc[0].get("params.audit.canary") == "True"
+            metric = found.iloc[0].get("params.report.metric")
+            parent_metric = metric if isinstance(metric, str) else None
     canaries = [search_runs([exp_id], **{schema.KIND: schema.CANARY, schema.SWEEP_MEMBER.format(s): "1"})
                 for s in sweep_ids]
     canaries = [c for c in canaries if not c.empty]
@@ -133,7 +136,8 @@ def select_runs(uri: str, experiment: str, *, sweep_id: str | None = None,
     return Selection(experiment_id=exp_id, experiment=experiments[exp_id], by=by,
                      name=str(exp_name or sweep_id or experiments[exp_id]), sweep_ids=sweep_ids,
                      parent_run_id=parent, experiment_name=exp_name, runs=runs,
-                     parent_baseline=parent_baseline, parent_sweep=parent_sweep, canary_requested=canary_requested,
+                     parent_baseline=parent_baseline, parent_sweep=parent_sweep, parent_metric=parent_metric,
+                     canary_requested=canary_requested,
                      canary_runs=tidy_runs(pd.concat(canaries, ignore_index=True)) if canaries else pd.DataFrame())
 
 

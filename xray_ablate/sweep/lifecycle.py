@@ -104,7 +104,9 @@ def sweep_run(plan: Plan, report: Callable[[Config, str], bool] | None = None) -
             recorder.params({"planned_jobs": len(plan.jobs), "sweep.until": first.sweep.until,
                              "sweep.delta": first.sweep.delta, "sweep.max_seeds": first.sweep.max_seeds,
                              "audit.canary": first.audit.canary,
-                             # the baseline this sweep was designed around, for a later `make report`
+                             # the metric and baseline this sweep was designed around, for a later
+                             # `make report` (and which of its reports speak for the sweep)
+                             "report.metric": first.report.metric,
                              **{f"report.baseline.{k}": v for k, v in first.report.baseline.items()}})
             recorder.text("\n".join(" ".join(j) for j in plan.jobs) + "\n", "sweep/jobs.txt")
             recorder.text(OmegaConf.to_yaml(plan.primary, resolve=False), "sweep/multirun.yaml")

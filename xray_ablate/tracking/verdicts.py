@@ -23,8 +23,13 @@ def verdict_tag(claim: str) -> str:
 
 
 def record_verdicts(recorder: Recorder, verdicts: Sequence[Verdict]) -> None:
-    """The current verdict of each claim as a tag of the parent run, and the table as an artifact."""
-    recorder.tags({verdict_tag(v.claim): verdict_line(v) for v in verdicts})
+    """The current verdict of each claim as a tag of the parent run, and the table as an artifact;
+    a verdict tag of a claim no longer judged is removed, so the tags are the table's claims."""
+    tags = {verdict_tag(v.claim): verdict_line(v) for v in verdicts}
+    for stale in set(recorder.client.get_run(recorder.run_id).data.tags) - set(tags):
+        if stale.startswith(VERDICT_TAG.format("")):
+            recorder.client.delete_tag(recorder.run_id, stale)
+    recorder.tags(tags)
     recorder.table(pd.DataFrame([asdict(v) for v in verdicts]), "sweep/verdicts.csv")
 
 
