@@ -193,7 +193,7 @@ def test_manifest_hash_same_across_fresh_caches_and_modes(synthetic_root, tmp_pa
     assert runs[0].manifest_path.read_text() == runs[1].manifest_path.read_text()
 
 
-def test_identical_image_files_under_two_names_keep_only_the_first(synthetic_root, tmp_path):
+def test_identical_image_files_under_two_names_keep_only_the_first(synthetic_root, tmp_path, caplog):
     root = tmp_path / "dupes"
     shutil.copytree(synthetic_root, root)
     doc = json.loads((root / "annotations" / "synth-00005.json").read_text())
@@ -205,3 +205,6 @@ def test_identical_image_files_under_two_names_keep_only_the_first(synthetic_roo
     row = data.excluded[data.excluded["reason"] == "duplicate_image"]
     assert list(row["image_id"]) == ["zz-copy"]
     assert "synth-00005.png" in row["detail"].iloc[0]
+    # named in a one-line warning, as every other excluded file (it was only counted)
+    assert [r.getMessage() for r in caplog.records if "duplicate_image" in r.getMessage()] == [
+        f"excluded {root / 'annotations' / 'zz-copy.json'}: duplicate_image ({row['detail'].iloc[0]})"]

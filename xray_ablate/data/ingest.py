@@ -373,6 +373,7 @@ def exclude_identical_images(records: list[ImageRecord], digest_of: dict[Path, s
         if digest in first:
             rec.exclude("duplicate_image", f"same bytes as {first[digest].image_path.name} "
                                            f"({first[digest].source.name})")
+            log.warning("excluded %s: %s (%s)", rec.source, rec.reason, rec.detail)  # as ingest() names the rest
         else:
             first[digest] = rec
 
