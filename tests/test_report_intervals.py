@@ -221,3 +221,16 @@ def test_power_respects_the_test_sample_floor():
     few = intervals.seeds_needed_with_floor(2.0, 1.5, 0.05, 5000)
     assert intervals.seeds_needed(2.0, 1.5, paired=True) <= few <= intervals.seeds_needed(2.0, 1.5, paired=True) + 2
 
+
+def test_power_without_any_spread_plans_nothing():
+    """Runs that agree image for image (two seeds of models predicting one class): seed sd and
+    test-sample SE of Δ both 0. The report said 'no number of seeds reaches it (the test-sample SE
+    of Δ alone, 0.00 pp, is too large); about 0 test images would'."""
+    from xray_ablate.report.images import floor_table
+
+    assert math.isnan(intervals.seeds_needed_with_floor(1.0, 0.0, 0.0, 14))
+    assert math.isnan(intervals.images_needed(1.0, 0.0, 2, 0.0, 14))
+    table = floor_table((1.0, 2.0), 0.0, 0.0, 2, 14, 0.05, 0.8)
+    assert table["seeds_needed"].isna().all() and table["images_needed"].isna().all() and (table["note"] == "").all()
+    assert intervals.seeds_needed_with_floor(1.0, 0.0, 0.1, 14) == 2  # one term alone still plans
+

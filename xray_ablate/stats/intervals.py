@@ -688,8 +688,9 @@ def seeds_needed_with_floor(diff: float, seed_sd: float, se_image: float, n_imag
                             alpha: float = 0.05, power: float = 0.8, most: int = 100_000) -> float:
     """Seed pairs for (t_(1-alpha/2) + t_power) * SE(Δ) <= diff, SE^2 = seed_sd^2 / n + se_image^2
     with the test images fixed; df Welch-Satterthwaite. inf when the test-sample term alone is too
-    large (no number of seeds reaches it), NaN without usable inputs."""
-    if not (np.isfinite(seed_sd) and np.isfinite(se_image) and diff > 0):
+    large (no number of seeds reaches it), NaN without usable inputs or without any spread (both
+    terms 0: runs that agree image for image leave nothing to plan with)."""
+    if not (np.isfinite(seed_sd) and np.isfinite(se_image) and diff > 0) or seed_sd == se_image == 0:
         return math.nan
     if (special.ndtri(1 - alpha / 2) + special.ndtri(power)) * se_image >= diff:
         return math.inf
@@ -704,8 +705,9 @@ def seeds_needed_with_floor(diff: float, seed_sd: float, se_image: float, n_imag
 def images_needed(diff: float, seed_sd: float, n_seeds: int, se_image: float, n_images: int,
                   alpha: float = 0.05, power: float = 0.8) -> float:
     """Test images for (z_(1-alpha/2) + z_power) * SE(Δ) <= diff at ``n_seeds``, the image term
-    scaling as 1 / N; inf when the seed term alone is too large."""
-    if not (np.isfinite(seed_sd) and np.isfinite(se_image) and diff > 0 and n_seeds > 0):
+    scaling as 1 / N; inf when the seed term alone is too large; NaN without usable inputs or
+    without any spread (as seeds_needed_with_floor)."""
+    if not (np.isfinite(seed_sd) and np.isfinite(se_image) and diff > 0 and n_seeds > 0) or seed_sd == se_image == 0:
         return math.nan
     room = (diff / (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))) ** 2 - seed_sd**2 / n_seeds
     if room <= 0:
