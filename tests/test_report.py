@@ -487,8 +487,9 @@ def test_only_a_report_judging_as_the_sweep_did_rewrites_its_parents_verdicts(st
     build_report(make_cfg(store, "speaks", tmp_path))  # as the sweep judged: its own verdicts
     tags, table = parent()
     assert set(tags) == {verdict_tag(c) for c in table["claim"]} == {verdict_tag("augmentation=off − baseline")}
-    for other in ("report.baseline.augmentation=off", "report.metric=test_macro_f1"):
-        build_report(make_cfg(store, "speaks", tmp_path, other))
+    for other in ("report.baseline.augmentation=off", "report.metric=test_balanced_accuracy"):
+        folder = build_report(make_cfg(store, "speaks", tmp_path, other))
+        assert len(pd.read_csv(folder / "verdicts.csv")), other  # it judged: verdicts it could have written
         again, table_again = parent()
         assert again == tags and table_again.equals(table), other
 

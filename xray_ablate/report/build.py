@@ -230,9 +230,8 @@ def write_report(config: Config, *, sweep_id: str | None = None) -> Written:
             if speaks_for_the_sweep(selection, levels, settings.metric):
                 tag_parent(uri, selection.parent_run_id, content.verdicts)
             else:
-                log.info("the sweep's parent run keeps its verdicts (its metric %s and baseline differ from "
-                         "this report's %s): these are in the report's own run and folder",
-                         selection.parent_metric or ReportConfig.metric, settings.metric)
+                log.info("the sweep's parent run keeps its verdicts: this report's metric (%s) or baseline "
+                         "is not the sweep's, and its verdicts are in its own run and folder", settings.metric)
         if selection.parent_run_id and content.canary:
             tag_canary(uri, selection.parent_run_id, canary_tag(content.canary))
         by_sweep = sweep is not None or exp_name is None  # as select_runs chose; else every run of exp_name

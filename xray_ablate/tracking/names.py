@@ -24,7 +24,7 @@ def safe_name(key: str) -> str:
 
     A name that had to be shortened keeps a hash of the original after a ``-``, so two long keys
     stay apart (MLflow refuses the ``~`` used here until 2026-12-07: a long key failed the run)."""
-    name = _UNSAFE.sub("_", str(key)).strip(" .") or "_"
+    name = _sanitised(str(key))
     if len(name) > MAX_KEY:
         name = name[:MAX_KEY - 9] + "-" + _digest(key)
     return name
@@ -38,8 +38,12 @@ def safe_level(level: str) -> str:
     and at most MAX_LEVEL characters, with a hash of the level after a ``-`` where that changed it,
     so levels that sanitise alike ('a/b', 'a_b') keep their own metrics instead of overwriting one
     another, and a long level keeps its '_n' and '_accuracy' (safe_name would cut the whole name)."""
-    name = _UNSAFE.sub("_", level).strip(" .") or "_"
+    name = _sanitised(level)
     return name if name == level and len(name) <= MAX_LEVEL else f"{name[:MAX_LEVEL - 9]}-{_digest(level)}"
+
+
+def _sanitised(text: str) -> str:
+    return _UNSAFE.sub("_", text).strip(" .") or "_"
 
 
 def _digest(text) -> str:
