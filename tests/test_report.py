@@ -494,6 +494,40 @@ def test_only_a_report_judging_as_the_sweep_did_rewrites_its_parents_verdicts(st
         assert again == tags and table_again.equals(table), other
 
 
+def test_artifacts_are_read_with_one_lookup_per_run_and_only_a_missing_file_is_skipped(tmp_path, monkeypatch,
+                                                                                       migrated_store):
+    """The report reads a CSV of every run: a run without it is left out, a run whose file is there
+    but cannot be read is an error (not a run silently missing from the table), and each run's
+    artifact location is looked up once, however many of its files are read."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    from xray_ablate.tracking import reader
+
+    uri = f"sqlite:///{migrated_store(tmp_path / 'mlflow.db')}"
+    client = MlflowClient(uri)
+    experiment = connect(uri, "reads", tmp_path / "artifacts")
+    with_file, without = (client.create_run(experiment).info.run_id for _ in range(2))
+    for name in ("predictions.csv", "audit/audit.csv"):
+        client.log_text(with_file, "image_id,x\n007,1\n", name)
+    reader.open_store(uri)
+    lookups = []
+    monkeypatch.setattr(MlflowClient, "get_run", lambda self, run_id, real=MlflowClient.get_run: (
+        lookups.append(run_id), real(self, run_id))[1])
+    for name in ("predictions.csv", "audit/audit.csv"):
+        found = reader.csv_artifacts([with_file, without], name, dtype={"image_id": str})
+        assert list(found) == [with_file] and found[with_file]["image_id"].tolist() == ["007"]
+    assert sorted(lookups) == sorted([with_file, without])
+    assert reader.copy_artifact(without, "audit/audit.csv", tmp_path / "copy.csv") is None
+
+    def broken(self, artifact_path, dst_path=None):
+        raise OSError(f"I/O error reading {artifact_path}")
+
+    monkeypatch.setattr(LocalArtifactRepository, "download_artifacts", broken)
+    with pytest.raises(OSError, match="I/O error reading predictions.csv"):
+        reader.csv_artifacts([with_file], "predictions.csv")
+    assert reader.csv_artifacts([without], "predictions.csv") == {}
+
+
 def test_loss_metric_keeps_its_unit_and_lower_is_better(store, tmp_path):
     sweep = Sweep(store, "loss", "loss-sweep")
     for seed in range(3):

@@ -5,6 +5,7 @@ The report reads runs through these functions only.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -16,6 +17,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from xray_ablate.errors import UserError
 from xray_ablate.tracking import schema
@@ -56,39 +59,57 @@ def epoch_history(run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
     return frame.drop_duplicates(["run_id", "key", "step"], keep="last")  # a resumed run
 
 
-def _has_artifact(client: MlflowClient, run_id: str, name: str) -> bool:
-    """Whether the run holds artifact ``name`` (a path, possibly in a folder: "audit/audit.csv")."""
-    folder = posixpath.dirname(name) or None
-    return name in {a.path for a in client.list_artifacts(run_id, folder)}
+@functools.cache
+def _artifact_uri(tracking_uri: str, run_id: str) -> str:
+    """Where a run's artifacts live (fixed once the run exists), looked up once per run: each
+    MlflowClient.download_artifacts looked it up twice (two get_run, every param and metric loaded)."""
+    return MlflowClient(tracking_uri).get_run(run_id).info.artifact_uri
+
+
+def _repository(run_id: str):
+    tracking_uri = mlflow.get_tracking_uri()
+    return get_artifact_repository(_artifact_uri(tracking_uri, run_id), tracking_uri=tracking_uri)
+
+
+def _download(run_id: str, name: str, dst: str) -> Path | None:
+    """The run's artifact ``name`` (a path, possibly in a folder: "audit/audit.csv") copied under
+    ``dst``; None when the run has no such file. A file that is there but cannot be read raises."""
+    repository = _repository(run_id)
+    try:
+        return Path(repository.download_artifacts(name, dst))
+    except (OSError, MlflowException):
+        if name in {a.path for a in repository.list_artifacts(posixpath.dirname(name) or None)}:
+            raise
+        return None
 
 
 def csv_artifacts(run_ids: Iterable[str], name: str, dtype: dict | type | None = None,
                   **read_csv) -> dict[str, pd.DataFrame]:
     """run id -> its CSV artifact ``name`` (a path, possibly in a folder); runs without it are left
     out. ``dtype`` and ``read_csv`` go to pandas.read_csv."""
-    client, out = MlflowClient(), {}
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for run_id in run_ids:
-            if not _has_artifact(client, run_id, name):
-                continue
-            out[run_id] = pd.read_csv(client.download_artifacts(run_id, name, tmp), dtype=dtype, **read_csv)
+            path = _download(run_id, name, tmp)
+            if path is not None:
+                out[run_id] = pd.read_csv(path, dtype=dtype, **read_csv)
     return out
 
 
 def json_artifacts(run_id: str, folder: str) -> dict[str, dict]:
     """File name -> parsed content of the JSON artifacts in ``folder`` of a run (empty when none)."""
-    client = MlflowClient()
-    found = [a.path for a in client.list_artifacts(run_id, folder) if a.path.endswith(".json")]
+    repository = _repository(run_id)
+    found = [a.path for a in repository.list_artifacts(folder) if a.path.endswith(".json")]
     with tempfile.TemporaryDirectory() as tmp:
-        return {Path(path).name: json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+        return {Path(path).name: json.loads(Path(repository.download_artifacts(path, tmp)).read_text())
                 for path in found}
+
+
 def copy_artifact(run_id: str, name: str, dest: Path) -> Path | None:
     """Copy the run's artifact ``name`` to the file ``dest``; None when the run lacks it."""
-    client = MlflowClient()
-    if not _has_artifact(client, run_id, name):
-        return None
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(shutil.copyfile(client.download_artifacts(run_id, name, tmp), dest))
+        path = _download(run_id, name, tmp)
+        return None if path is None else Path(shutil.copyfile(path, dest))
 
 
 def sweep_predictions(uri: str, experiment: str, sweep_id: str) -> dict[tuple[str, int], pd.DataFrame]:
