@@ -76,6 +76,11 @@ def test_holm_and_probability_of_improvement():
     got = intervals.holm(p)
     ref = multipletests([0.01, 0.04, 0.03], method="holm")[1]
     assert math.isnan(got[1]) and got[[0, 2, 3]] == pytest.approx(ref)
+    rng = np.random.default_rng(7)  # ties, values the step-down lifts past 1, one and many tests
+    for m in (1, 2, 5, 40):
+        p = np.round(rng.uniform(0, 0.6, m), 2)
+        assert intervals.holm(p) == pytest.approx(multipletests(p, method="holm")[1], abs=1e-12)
+    assert intervals.holm([]).shape == (0,) and np.isnan(intervals.holm([float("nan")])).all()
     a, b = [3.0, 5.0, 7.0], [4.0, 5.0]
     wins = sum((x > y) + 0.5 * (x == y) for x in a for y in b) / 6
     assert intervals.prob_improvement(a, b) == pytest.approx(wins)

@@ -8,7 +8,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
+
+from xray_ablate.stats.intervals import holm
 
 PAIR_COLUMNS = ["a", "b", "n_a", "n_b", "u", "p", "p_holm", "reject", "rank_biserial"]
 
@@ -50,7 +51,7 @@ def compare_classes(groups: dict[str, np.ndarray], alpha: float = 0.05) -> Class
                      "p": float(pair_p), "rank_biserial": 2 * u / size - 1})
     pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
     if rows:
-        reject, holm, _, _ = multipletests(pairs["p"].to_numpy(), alpha=alpha, method="holm")
-        pairs["p_holm"], pairs["reject"] = holm, reject
+        pairs["p_holm"] = holm(pairs["p"].to_numpy())
+        pairs["reject"] = pairs["p_holm"] <= alpha  # Holm's step-down rejects where its adjusted p <= alpha
     return ClassComparison(kruskal_h=float(h), kruskal_p=float(p), df=len(clean) - 1,
                            epsilon_sq=float(eps), n=n, pairs=pairs, alpha=alpha)
