@@ -157,6 +157,7 @@ def make_cfg(tmp_path, synthetic_root):
             f"paths.cache_dir={tmp_path / 'cache'}", f"paths.reports_dir={tmp_path / 'reports'}",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"tracking.artifact_root={tmp_path / 'artifacts'}", "tracking.system_metrics=false",
+            "tracking.log_figures=false",  # tests/test_train.py asks for them where it checks them
         ]
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             return to_config(compose(config_name="config", overrides=base + list(overrides)))

@@ -155,7 +155,8 @@ def test_a_new_factor_is_one_entry_in_the_factor_table(monkeypatch, tmp_path, sy
                                                                              "optimizer", "opt")])
     code = invoke_cli(monkeypatch, tmp_path, "-m", f"dataset.root={synthetic_root}", "image_size=32",
                       "backbone=cnn16_gap", "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1",
-                      "tracking.log_checkpoint=false", "trainer.optimizer=adam,sgd", "repeats=1", "sweep.report=true")
+                      "tracking.log_checkpoint=false", "tracking.log_figures=false", "trainer.optimizer=adam,sgd",
+                      "repeats=1", "sweep.report=true")
     assert code == 0
     runs = mlflow_runs(tmp_path, "xray-ablate")
     assert sorted(r.data.tags["factor.optimizer"] for r in runs) == ["adam", "sgd"]

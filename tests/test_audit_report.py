@@ -118,7 +118,8 @@ def test_levels_paragraph_and_difference(audited):
 def test_real_fixture_raw_and_masked_audited_and_reported(monkeypatch, tmp_path, fixture_root):
     code = invoke_cli(monkeypatch, tmp_path, "-m", "dataset=masked,raw", f"dataset.root={fixture_root}",
                       "image_size=64", "trainer.epochs=1", "trainer.batch_size=16", "num_workers=1",
-                      "audit.images=16", "repeats=1", "tracking.log_checkpoint=false", "sweep.report=true")
+                      "audit.images=16", "repeats=1", "tracking.log_checkpoint=false", "tracking.log_figures=false",
+                      "sweep.report=true")
     assert code == 0
     runs = mlflow_runs(tmp_path, "xray-ablate")
     assert sorted(r.data.tags["factor.dataset"] for r in runs) == ["masked", "raw"]

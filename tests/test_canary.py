@@ -93,7 +93,8 @@ def test_the_warning_says_which_check_missed_and_when_the_canary_did_not_finish(
 
 CANARY_SWEEP = ("-m", "dataset=masked", "image_size=64", "trainer.epochs=3", "trainer.batch_size=8",
                 "trainer.lr=3e-4", "augmentation=off", "num_workers=1", "audit.images=64", "repeats=1",
-                "tracking.log_checkpoint=false", "sweep.report=true", "audit.canary=true")
+                "tracking.log_checkpoint=false", "tracking.log_figures=false", "sweep.report=true",
+                "audit.canary=true")
 
 
 def _report(root: Path) -> str:

@@ -25,7 +25,7 @@ from xray_ablate.train.external import prepare_external
 from xray_ablate.train.inputs import prepare_inputs
 
 TINY = ["image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", "repeats=1", "num_workers=1",
-        "trainer.batch_size=16", "tracking.log_checkpoint=false"]
+        "trainer.batch_size=16", "tracking.log_checkpoint=false", "tracking.log_figures=false"]
 PROBS = [f"prob_{c}" for c in CLASSES]
 
 
@@ -299,7 +299,8 @@ def test_the_feature_probe_sees_the_planted_marker_in_raw_models_only(monkeypatc
     phantoms = generate(tmp_path / "phantoms", n=120, seed=3, size=64)
     code = invoke_cli(monkeypatch, tmp_path, "-m", f"dataset.root={phantoms}", "dataset.mode=masked,raw",
                       "eval.subgroups=[Marker]", "seed=0,1", "image_size=64", "backbone=cnn16_gap", "trainer.epochs=1",
-                      "trainer.batch_size=16", "num_workers=1", "audit.enabled=false", "tracking.log_checkpoint=false")
+                      "trainer.batch_size=16", "num_workers=1", "audit.enabled=false", "tracking.log_checkpoint=false",
+                      "tracking.log_figures=false")
     assert code == 0
     for run in mlflow_runs(tmp_path, "xray-ablate"):
         m = run.data.metrics

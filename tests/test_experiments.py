@@ -19,7 +19,7 @@ from xray_ablate.data.synthetic import generate
 from xray_ablate.paths import project_root
 
 pytestmark = pytest.mark.slow
-TINY = ["trainer.epochs=1", "repeats=1", "num_workers=1", "tracking.log_checkpoint=false"]
+TINY = ["trainer.epochs=1", "repeats=1", "num_workers=1", "tracking.log_checkpoint=false", "tracking.log_figures=false"]
 # for sweeps whose test asserts nothing of the saliency audit (tests/test_audit*.py, the demo, study_phase2
 # and study_pretrained run it)
 NO_AUDIT = ["audit.enabled=false"]

@@ -197,7 +197,8 @@ def test_trade_off_sentence_names_the_leaders():
 def test_learning_curve_experiment_report_on_the_real_fixture(monkeypatch, tmp_path, capsys, fixture_root):
     code = invoke_cli(monkeypatch, tmp_path, "-m", "experiment=learning_curve", f"dataset.root={fixture_root}",
                       "image_size=32", "backbone=cnn16_gap", "trainer.epochs=1", "repeats=2", "num_workers=1",
-                      "tracking.log_checkpoint=false", "audit.enabled=false")  # 16 jobs: the audit is tested elsewhere
+                      # 16 jobs: the audit and the per-run figures are tested elsewhere
+                      "tracking.log_checkpoint=false", "tracking.log_figures=false", "audit.enabled=false")
     assert code == 0, capsys.readouterr().out[-3000:]
     folder = tmp_path / "reports" / "learning_curve"
     assert (folder / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -49,6 +49,7 @@ def sweep(root: Path, synthetic: Path, server: str, *args: str, wait: bool = Tru
     command = [sys.executable, "-m", "xray_ablate", "-m", "hydra/launcher=slurm_local", f"paths.root_dir={root}",
                "dataset=masked", f"dataset.root={synthetic}", "image_size=32", "backbone=cnn16_gap",
                "trainer.batch_size=8", "tracking.system_metrics=false", "tracking.log_checkpoint=false",
+               "tracking.log_figures=false",
                f"tracking.uri={server}", "sweep.slurm_poll_s=2", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XRAY_ABLATE_CACHE": str(root / "cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(project_root()), os.environ.get("PYTHONPATH")]))}

@@ -21,10 +21,10 @@ from xray_ablate.tracking import schema
 
 def base_overrides(root: Path, synthetic: Path) -> list[str]:
     """Tiny jobs; no saliency audit (these tests are about the sweep: tests/test_audit*.py and the
-    experiments' sweeps audit)."""
+    experiments' sweeps audit) and no per-run figures (tests/test_train.py checks them)."""
     return ["dataset=masked", f"dataset.root={synthetic}", "image_size=32", "backbone=cnn16_gap",
             "trainer.epochs=1", "trainer.batch_size=8", "num_workers=1", "tracking.log_checkpoint=false",
-            "audit.enabled=false"]
+            "tracking.log_figures=false", "audit.enabled=false"]
 
 
 def run_sweep(monkeypatch, root: Path, synthetic: Path, *args: str) -> int:

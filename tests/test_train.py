@@ -94,7 +94,7 @@ def test_augmentation_changes_training_batches_only(make_cfg, monkeypatch):
 
 @pytest.mark.slow
 def test_one_epoch_run_leaves_a_complete_finished_mlflow_run(make_cfg):
-    cfg = make_cfg()
+    cfg = make_cfg("tracking.log_figures=true")
     run_id, results = _train(cfg)
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -125,6 +125,14 @@ def test_one_epoch_run_leaves_a_complete_finished_mlflow_run(make_cfg):
     state = torch.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/best_model.pt"),
                        weights_only=True)
     assert "head.4.weight" in state
+
+
+def test_per_run_figures_are_logged_only_when_asked(make_cfg):
+    """tracking.log_figures=false (the tests' default, and debug's): no PNGs, every other record."""
+    run_id, _ = _train(make_cfg("tracking.log_checkpoint=false"))
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}
+    assert {"predictions.csv", "classification_report.json", "history.csv"} <= artifacts
+    assert not {"confusion_matrix.png", "learning_curve.png"} & artifacts
 
 
 def test_a_run_whose_validation_loss_is_never_finite_fails_with_the_reason(make_cfg):

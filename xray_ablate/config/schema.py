@@ -287,6 +287,7 @@ class TrackingConfig:
     run_name: Optional[str] = None  # noqa: UP045  (null = built from the factors and the seed)
     system_metrics: bool = True
     log_checkpoint: bool = True
+    log_figures: bool = True  # per-run confusion matrix and learning curves (PNG)
 
     def __post_init__(self):
         _check(bool(self.experiment.strip()), "tracking.experiment", "a name", self.experiment)

@@ -192,7 +192,7 @@ def record_trained(config: Config, data: PreparedData, inputs: FitInputs, result
         if probe is not None:
             result.metrics.update(probe_metrics(f"pixel_probe_{canary.ATTRIBUTE}", probe))
     result.metrics.update(external_metrics(result.model, external, config, device))
-    record_result(recorder, result, config.tracking.log_checkpoint)
+    record_result(recorder, result, config.tracking)
     if probe_hits.shape[1] > 1:  # image_id and a probe_<attribute> column or more
         recorder.table(probe_hits, schema.PROBE_CSV)
     if config.audit.enabled:
