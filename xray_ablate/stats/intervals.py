@@ -132,7 +132,7 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     out = np.full_like(p, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
     order = ok[np.argsort(p[ok])]
-    stepped = np.maximum.accumulate(p[order] * np.arange(len(order), 0, -1)) if len(order) else p[order]
+    stepped = np.maximum.accumulate(p[order] * np.arange(len(order), 0, -1))
     out[order] = np.minimum(stepped, 1.0)
     return out
 
