@@ -216,3 +216,23 @@ def test_the_reference_rows_are_what_their_predictors_score(shares):
         majority["test_balanced_accuracy"])
     assert rows.loc["reference: majority class (bacterial)", "test_accuracy"] == pytest.approx(
         majority["test_accuracy"])
+
+
+
+@pytest.mark.slow
+@BUILT_ONCE
+def test_a_row_says_so_where_any_interval_it_shows_was_cut(report):
+    """A percentage's interval is shown cut to [0, 100] %, and its row's note says so, for a
+    secondary metric's interval too: it did for the main metric only, so this store's ECE interval
+    over seeds + test images, whose low end is below 0, was shown from 0.0 without a word."""
+    from xray_ablate.report.render.tables import CLIPPED, display_run_table
+    from xray_ablate.report.tables import Settings
+
+    table = pd.read_csv(report[0] / "run_table.csv")
+    main = ["test_accuracy_t_low", "test_accuracy_t_high", "ci_total_low", "ci_total_high"]
+    shown = main + [f"{m}_ci_total_{end}" for m in ("test_balanced_accuracy", "test_roc_auc_ovr", "test_ece")
+                    for end in ("low", "high")]
+    cut = (table[shown].lt(0) | table[shown].gt(100)).any(axis=1)
+    assert cut.any() and not (table[main].lt(0) | table[main].gt(100)).any(axis=1)[cut].all()
+    notes = display_run_table(table, Settings())["note"]
+    assert notes.str.contains(CLIPPED, regex=False).tolist() == cut.tolist()

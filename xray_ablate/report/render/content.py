@@ -262,8 +262,9 @@ def methods(c: Content) -> list[str]:
          "effects come without CI or p and the ANOVA without F or p. Over seeds + test images "
          "(where every run logged predictions.csv): the same contrast taken per seed and per "
          "test image over the seeds every cell ran, with the interval of Δ below (its seed term "
-         "from the seed-matched contrasts, df = seeds − 1, so it is wider than the pooled one "
-         "with few seeds); Holm within main effects and within interactions."),
+         "from the seed-matched contrasts, df = seeds − 1: with few seeds usually wider than the "
+         "pooled one, not always, as the seed-matched contrasts can vary less than the pooled "
+         "residual); Holm within main effects and within interactions."),
         ("- What the intervals cover. **Over seeds** (t, bootstrap, paired/Welch Δ): with a "
          "fixed split every run is scored on the same test set, so these CIs, tests and power "
          "describe training-seed variability on that one test set; the sampling variability of "

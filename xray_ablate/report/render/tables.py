@@ -79,8 +79,9 @@ FEW_SEEDS = f"bootstrap CI and P(improvement) need ≥ {MIN_SEEDS_RESAMPLED} see
 def display_run_table(table: pd.DataFrame, settings: Settings,
                       references: pd.DataFrame | None = None, verdicts: Sequence[Verdict] = ()) -> pd.DataFrame:
     """The run table as text; a fraction's intervals are shown clipped to [0, 100] % (the CSV
-    keeps the unclipped bounds) and the note says so for the main metric. Headers say what each interval covers:
-    seeds only (one fixed test set) or seeds and test images. The bootstrap CI and
+    keeps the unclipped bounds) and a row's note says so where any of its shown intervals was.
+    Headers say what each interval covers: seeds only (one fixed test set) or seeds and test
+    images. The bootstrap CI and
     P(improvement) show "–" below MIN_SEEDS_RESAMPLED seeds per side. ``references`` (chance,
     majority class) are appended as rows; ``verdicts`` give each configuration's verdict against the
     baseline (its claim "<config> − baseline")."""
@@ -100,23 +101,25 @@ def display_run_table(table: pd.DataFrame, settings: Settings,
     notes = table["note"].fillna("").astype(str)
     t_low, t_high = table[f"{m}_t_low"].astype(float), table[f"{m}_t_high"].astype(float)
     total_low, total_high = table["ci_total_low"].astype(float), table["ci_total_high"].astype(float)
+    secondary = [metric for metric in SECONDARY if metric != m and f"{metric}_mean" in table]
+    shown_cut = [(table[f"{metric}_ci_total_low"], table[f"{metric}_ci_total_high"]) for metric in secondary]
     if fraction:
-        clipped = pd.Series([overshoots(*b) or overshoots(*c) for b, c in zip(
-            zip(t_low, t_high, strict=True), zip(total_low, total_high, strict=True), strict=True)],
-            index=notes.index)
-        notes = notes.where(~clipped, [f"{n}; {CLIPPED}" if n else CLIPPED for n in notes])
+        shown_cut += [(t_low, t_high), (total_low, total_high)]
+    clipped = pd.Series(False, index=notes.index)
+    for low, high in shown_cut:
+        clipped |= np.array([overshoots(a, b) for a, b in zip(low.astype(float), high.astype(float), strict=True)])
+    notes = notes.where(~clipped, [f"{n}; {CLIPPED}" if n else CLIPPED for n in notes])
     out[f"{level} CI {SEEDS_ONLY} (t)"] = [fmt_ci(a, b, percent=fraction) for a, b in zip(t_low, t_high, strict=True)]
     out[f"{level} CI {SEEDS_AND_IMAGES}"] = [fmt_ci(a, b, percent=fraction)
                                               for a, b in zip(total_low, total_high, strict=True)]
     out[f"{level} CI {SEEDS_ONLY} (bootstrap)"] = [
         "–" if f else fmt_ci(a, b)
         for f, a, b in zip(few, table[f"{m}_boot_low"], table[f"{m}_boot_high"], strict=True)]
-    for metric in SECONDARY:
-        if metric != m and f"{metric}_mean" in table:
-            out[f"{metric_title(metric)} (%) [{level} CI {SEEDS_AND_IMAGES}]"] = [
-                fmt(v) + ("" if fmt_ci(a, b) == "–" else f" {fmt_ci(a, b, percent=True)}") for v, a, b in
-                zip(table[f"{metric}_mean"], table[f"{metric}_ci_total_low"],
-                    table[f"{metric}_ci_total_high"], strict=True)]
+    for metric in secondary:
+        out[f"{metric_title(metric)} (%) [{level} CI {SEEDS_AND_IMAGES}]"] = [
+            fmt(v) + ("" if fmt_ci(a, b) == "–" else f" {fmt_ci(a, b, percent=True)}") for v, a, b in
+            zip(table[f"{metric}_mean"], table[f"{metric}_ci_total_low"],
+                table[f"{metric}_ci_total_high"], strict=True)]
     for column, label in f1_columns(settings.prefix):
         out[label + " (%)"] = [fmt_pm(a, b) for a, b in
                                zip(table[f"{column}_mean"], table[f"{column}_sd"], strict=True)]
