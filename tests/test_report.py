@@ -71,7 +71,7 @@ class Sweep:
     def run(self, key: str, seed: int, acc: float, *, status="FINISHED", split_hash="h1",
             fingerprint="f1", split_mode="fixed", start_time=None, code_version="test",
             device: str | None = None, fallbacks: int | None = None, train_counts=TRAIN_COUNTS,
-            audit_images: int | None = None, audited: bool = True, **factors) -> str:
+            audit_images: int | None = None, audited: bool = True, n_test: int = 60, **factors) -> str:
         levels = {**BASE, **factors}
         tags = {schema.KIND: "train", schema.SEED: str(seed), schema.CONFIG_KEY: key,
                 schema.SWEEP_ID: self.sweep_id, schema.SWEEP_MEMBER.format(self.sweep_id): "1",
@@ -99,7 +99,7 @@ class Sweep:
             metrics += [Metric("val_acc", acc * epoch / 3, now, epoch),
                         Metric("val_loss", 2.0 / epoch, now, epoch),
                         Metric("train_acc", acc, now, epoch), Metric("train_loss", 1.0, now, epoch)]
-        params = [Param("seed", str(seed)), Param("split.seed", "0"),
+        params = [Param("seed", str(seed)), Param("split.seed", "0"), Param("n_test", str(n_test)),
                   Param("dataset.mode", levels["dataset"]),
                   *(Param(f"n_train_{c}", str(n)) for c, n in zip(CLASSES, train_counts, strict=True))]
         if audit_images is not None:  # as record_config logs them; audited: and the audit's metrics
@@ -107,7 +107,7 @@ class Sweep:
                        Param("audit.seed", "0"), Param("audit.border", "0.08"), Param("audit.layer", "None"),
                        Param("audit.methods", '["gradcam", "inputxgrad"]')]
             metrics += [Metric("audit_lung_area", 0.4, now, 0),  # audit_images: how many it audited
-                        Metric("audit_images", min(audit_images, 60), now, 0)] if audited else []
+                        Metric("audit_images", min(audit_images, n_test), now, 0)] if audited else []
         self.client.log_batch(run_id, metrics=metrics, params=params)
         if status != "RUNNING":
             self.client.set_terminated(run_id, status)
@@ -409,8 +409,11 @@ def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
     # audit on, but a dataset without Lung polygons: not audited, so no setting of its counts
     sweep.run("cw", 0, 0.79, class_weights="on", code_version="abc123", device="cpu", audit_images=200,
               audited=False)
-    # audit.images=200 on a 60-image test split audits the 60 that images=60 does: the same audit
+    # audit.images=200 on a 60-image test split audits the 60 that images=60 does: the same audit;
+    # so does it on a 61-image split of another seed (split.vary_with_seed): each its whole split
     sweep.run("cw", 1, 0.80, class_weights="on", code_version="abc123", device="cpu", audit_images=200)
+    sweep.run("cw", 2, 0.80, class_weights="on", code_version="abc123", device="cpu", audit_images=200,
+              n_test=61)
     off = "report.log_to_mlflow=false"
     folder = build_report(make_cfg(store, "recorded", tmp_path, off))
     table = pd.read_csv(folder / "run_table.csv")
@@ -420,15 +423,15 @@ def test_baseline_recorded_by_the_sweep_and_mixing_warnings(store, tmp_path):
     assert "augmentation=off, brisque_filter=off" in text.split("## Summary")[0]
     # Warnings: two code versions (one uncommitted), two devices, patient id fallbacks.
     warnings = text.split("## Warnings")[1].split("## Summary")[0]
-    assert "2 code versions and uncommitted changes (+dirty): abc123 (4 runs), def456+dirty " \
+    assert "2 code versions and uncommitted changes (+dirty): abc123 (5 runs), def456+dirty " \
         "(2 runs)" in warnings
-    assert "cpu (4 runs), cuda:0 (2 runs)" in warnings
+    assert "cpu (5 runs), cuda:0 (2 runs)" in warnings
     assert "1 run(s) used data with images without a patient id (up to 3)" in warnings
     assert "patient leakage" in warnings
     # audited with other settings (two sweeps of one experiment): the audit tables would compare them
-    assert ('The runs were audited with different settings: images=60 seed=0 border=0.08 layer=None '
-            'methods=["gradcam", "inputxgrad"] (3 runs); images=8 seed=0 border=0.08 layer=None '
-            'methods=["gradcam", "inputxgrad"] (2 runs).') in warnings
+    assert ('The runs were audited with different settings: images=8 seed=0 border=0.08 layer=None '
+            'methods=["gradcam", "inputxgrad"] (2 runs); images=all seed=0 border=0.08 layer=None '
+            'methods=["gradcam", "inputxgrad"] (4 runs).') in warnings
     # An explicit report.baseline beats the recorded one. Without Hydra's command line (here: the
     # compose API) "explicit" means: differs from conf/report/default.yaml; for the CLI see
     # test_cli_writes_a_report.

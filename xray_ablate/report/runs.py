@@ -200,14 +200,18 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
 
 def _audit_settings(raw: pd.DataFrame) -> pd.Series:
     """An audited run's audit settings as text ('images=60 seed=0 ...', from its params; images:
-    how many it audited, which is fewer than audit.images on a smaller test split); None for a
-    run without the audit (off, or a dataset without Lung polygons: no audit metrics)."""
+    how many it audited, which is fewer than audit.images on a smaller test split, or 'all' where
+    that was its whole test split, so that per-seed splits of other sizes are one setting); None for
+    a run without the audit (off, or a dataset without Lung polygons: no audit metrics)."""
     audited = raw.get("metrics.audit_lung_area", pd.Series(math.nan, index=raw.index)).notna()
     settings = {key: raw.get(f"params.audit.{key}", pd.Series(UNKNOWN, index=raw.index)).fillna(UNKNOWN)
                 for key in AUDIT_SETTINGS}
     if "metrics.audit_images" in raw:
         counted = raw["metrics.audit_images"]
-        settings["images"] = counted.map(lambda n: f"{n:.0f}", na_action="ignore").fillna(settings["images"])
+        whole = counted >= pd.to_numeric(raw.get("params.n_test", pd.Series(math.nan, index=raw.index)),
+                                         errors="coerce")
+        shown = counted.map(lambda n: f"{n:.0f}", na_action="ignore").where(~whole, "all")
+        settings["images"] = shown.fillna(settings["images"])
     text = pd.Series("", index=raw.index, dtype=object)
     for key, values in settings.items():
         text += f"{key}=" + values + " "
