@@ -406,6 +406,25 @@ def test_levels_that_sanitise_alike_keep_their_own_accuracy(tmp_path):
     assert set(table["n"]) == {10}
 
 
+def test_a_level_named_two_ways_by_older_and_newer_runs_is_one_row():
+    """Runs logged before 2026-12-07 named the level 'cohen+v7json' subgroup_source_cohen_v7json_*,
+    newer ones subgroup_source_cohen_v7json-<hash>_*. A sweep resumed across that change (or a
+    report over both sweeps) showed the level twice, each row over part of the seeds."""
+    from xray_ablate.report.confounds import level_names, subgroup_table
+    from xray_ablate.tracking.names import safe_level, safe_name
+
+    level = "cohen+v7json"
+    rows = [{"run_id": f"r{seed}", "config_key": "k", "seed": seed,
+             f"subgroup_source_{name}_accuracy": 0.8 + 0.05 * seed, f"subgroup_source_{name}_n": 50.0,
+             "subgroup_source_kermany_accuracy": 0.7, "subgroup_source_kermany_n": 40.0}
+            for seed, name in enumerate([safe_name(level)] * 2 + [safe_level(level)] * 2)]
+    assert safe_name(level) != safe_level(level)
+    predictions = {f"r{seed}": pd.DataFrame({"image_id": ["a", "b"], "source": [level, "kermany"]})
+                   for seed in range(4)}
+    table = subgroup_table(pd.DataFrame(rows), {"k": "baseline"}, ["source"], level_names(predictions))
+    assert table[["level", "seeds", "n"]].values.tolist() == [[level, 4, 50], ["kermany", 4, 40]]
+    assert table.loc[0, "accuracy"] == pytest.approx(100 * (0.8 + 0.05 * 1.5))
+
 def test_a_name_over_mlflows_length_limit_is_logged_not_refused(tmp_path):
     """A key over 250 characters (a long +variant path, a long metadata level) was cut and given
     '~' and a hash, which MLflow refuses: the run failed. Two such keys still stay apart."""

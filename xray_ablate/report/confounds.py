@@ -123,17 +123,21 @@ def subgroup_table(runs: pd.DataFrame, labels: dict[str, str], attributes: list[
         # source_repo): theirs are not this attribute's levels
         others = tuple(p for p in (f"subgroup_{safe_name(b)}_" for b in attributes)
                        if p != prefix and p.startswith(prefix))
-        levels = [c[len(prefix):-2] for c in runs.columns
-                  if c.startswith(prefix) and c.endswith("_n") and not c.startswith(others)]
+        # a level's metric name, by the level as in the data: runs logged before and after
+        # 2026-12-07 name one level two ways (safe_name, safe_level), and a report can hold both
+        logged_as = defaultdict(list)
+        for column in runs.columns:
+            if column.startswith(prefix) and column.endswith("_n") and not column.startswith(others):
+                level = column[len(prefix):-2]
+                logged_as[names.get((attribute, level), level)].append(level)
         for key, label in labels.items():
             sub = runs[runs["config_key"] == key]
             gap = sub.get(f"{prefix}gap", pd.Series(dtype=float)).mean()
-            for level in sorted(levels, key=lambda lv: names.get((attribute, lv), lv)):
-                acc, n = sub[f"{prefix}{level}_accuracy"].dropna(), sub[f"{prefix}{level}_n"].dropna()
+            for shown, variants in sorted(logged_as.items()):
+                acc, n = (_first_logged(sub, [f"{prefix}{v}_{what}" for v in variants]) for what in ("accuracy", "n"))
                 if n.empty:
                     continue
                 mean, images = float(acc.mean()), int(round(n.mean()))
-                shown = names.get((attribute, level), level)
                 scores = level_scores(sub, predictions or {}, attribute, shown)
                 if scores is not None and len(scores) >= 2:
                     total = intervals.total_interval(scores, confidence)
@@ -148,6 +152,11 @@ def subgroup_table(runs: pd.DataFrame, labels: dict[str, str], attributes: list[
 
 
 SEEDS_AND_IMAGES, IMAGES_ONLY = "seeds + test images", "Wilson, test images only"
+
+
+def _first_logged(runs: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Per run, the first of ``columns`` it logged (one level under its names of two code versions)."""
+    return runs[columns].bfill(axis=1).iloc[:, 0].dropna()
 
 
 def level_scores(runs: pd.DataFrame, predictions: dict[str, pd.DataFrame], attribute: str,
