@@ -472,10 +472,11 @@ def test_only_a_report_judging_as_the_sweep_did_rewrites_its_parents_verdicts(st
     sweep = Sweep(store, "speaks", "speaks-sweep", baseline=BASE)
     sweep.client.log_batch(sweep.parent, params=[Param("report.metric", "test_accuracy")])
     sweep.client.set_tag(sweep.parent, verdict_tag("backbone=vgg16 − baseline"), "better: (an old claim)")
-    rng = np.random.default_rng(0)
+    rng, augoff = np.random.default_rng(0), []
     for seed in range(3):
         for key, acc, factors in (("base", 0.80, {}), ("augoff", 0.70, {"augmentation": "off"})):
             run_id = sweep.run(key, seed, acc, **factors)
+            augoff += [run_id] if key == "augoff" else []
             label = rng.integers(0, len(CLASSES), 100)  # per-image predictions: what verdicts are judged on
             pred = np.where(rng.random(100) < acc, label, (label + 1) % len(CLASSES))
             frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(100)], "label": label,
@@ -495,6 +496,14 @@ def test_only_a_report_judging_as_the_sweep_did_rewrites_its_parents_verdicts(st
         assert len(pd.read_csv(folder / "verdicts.csv")), other  # it judged: verdicts it could have written
         again, table_again = parent()
         assert again == tags and table_again.equals(table), other
+    # A report judging as the sweep did, with no claim left to judge (the user deleted the runs of
+    # every configuration but the baseline): the parent keeps no verdict (they stayed on it).
+    for run_id in augoff:
+        sweep.client.delete_run(run_id)
+    folder = build_report(make_cfg(store, "speaks", tmp_path))
+    assert pd.read_csv(folder / "run_table.csv")["config_key"].tolist() == ["base"]
+    tags, table = parent()
+    assert tags == {} and table.empty
 
 
 def test_artifacts_are_read_with_one_lookup_per_run_and_only_a_missing_file_is_skipped(tmp_path, monkeypatch,

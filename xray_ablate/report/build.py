@@ -226,10 +226,10 @@ def write_report(config: Config, *, sweep_id: str | None = None) -> Written:
     run_id, runs_link = None, links.runs_page(uri, selection.experiment_id)
     if report.log_to_mlflow:
         run_id = _log_run(selection, out_dir, content, uri)
-        if selection.parent_run_id and content.verdicts:
-            if speaks_for_the_sweep(selection, levels, settings.metric):
+        if selection.parent_run_id:
+            if speaks_for_the_sweep(selection, levels, settings.metric):  # no claim left: its old verdicts go
                 tag_parent(uri, selection.parent_run_id, content.verdicts)
-            else:
+            elif content.verdicts:
                 log.info("the sweep's parent run keeps its verdicts: this report's metric (%s) or baseline "
                          "is not the sweep's, and its verdicts are in its own run and folder", settings.metric)
         if selection.parent_run_id and content.canary:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
@@ -30,7 +30,12 @@ def record_verdicts(recorder: Recorder, verdicts: Sequence[Verdict]) -> None:
         if stale.startswith(VERDICT_TAG.format("")):
             recorder.client.delete_tag(recorder.run_id, stale)
     recorder.tags(tags)
-    recorder.table(pd.DataFrame([asdict(v) for v in verdicts]), "sweep/verdicts.csv")
+    recorder.table(verdict_table(verdicts), "sweep/verdicts.csv")
+
+
+def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
+    """One row per verdict; its columns also without any (a header-only CSV reads back)."""
+    return pd.DataFrame([asdict(v) for v in verdicts], columns=[f.name for f in fields(Verdict)])
 
 
 def tag_parent(uri: str, run_id: str, verdicts: Sequence[Verdict]) -> None:
@@ -50,6 +55,6 @@ def record_round(recorder: Recorder, round_number: int, verdicts: Sequence[Verdi
     recorder.metrics({"round_runs": float(sum(seeds.values())),
                       **{f"round_{name}": float(counts.get(name, 0))
                          for name in (BETTER, WORSE, EQUIVALENT, UNRESOLVED)}}, step=round_number)
-    recorder.table(pd.DataFrame([asdict(v) for v in verdicts]), f"sweep/rounds/round-{round_number}.csv")
+    recorder.table(verdict_table(verdicts), f"sweep/rounds/round-{round_number}.csv")
     recorder.json(dict(seeds), f"sweep/rounds/round-{round_number}-seeds.json")
     record_verdicts(recorder, verdicts)
