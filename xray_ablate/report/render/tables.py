@@ -81,10 +81,9 @@ def display_run_table(table: pd.DataFrame, settings: Settings,
     """The run table as text; a fraction's intervals are shown clipped to [0, 100] % (the CSV
     keeps the unclipped bounds) and a row's note says so where any of its shown intervals was.
     Headers say what each interval covers: seeds only (one fixed test set) or seeds and test
-    images. The bootstrap CI and
-    P(improvement) show "–" below MIN_SEEDS_RESAMPLED seeds per side. ``references`` (chance,
-    majority class) are appended as rows; ``verdicts`` give each configuration's verdict against the
-    baseline (its claim "<config> − baseline")."""
+    images. The bootstrap CI and P(improvement) show "–" below MIN_SEEDS_RESAMPLED seeds per side.
+    ``references`` (chance, majority class) are appended as rows; ``verdicts`` give each
+    configuration's verdict against the baseline (its claim "<config> − baseline")."""
     m, unit = settings.metric, settings.unit
     title = metric_title(m) + (" (%)" if unit else "")
     level = f"{settings.confidence:.0%}"
