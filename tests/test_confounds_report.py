@@ -425,6 +425,7 @@ def test_a_level_named_two_ways_by_older_and_newer_runs_is_one_row():
     assert table[["level", "seeds", "n"]].values.tolist() == [[level, 4, 50], ["kermany", 4, 40]]
     assert table.loc[0, "accuracy"] == pytest.approx(100 * (0.8 + 0.05 * 1.5))
 
+
 def test_a_name_over_mlflows_length_limit_is_logged_not_refused(tmp_path):
     """A key over 250 characters (a long +variant path, a long metadata level) was cut and given
     '~' and a hash, which MLflow refuses: the run failed. Two such keys still stay apart."""

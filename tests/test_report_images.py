@@ -218,7 +218,6 @@ def test_the_reference_rows_are_what_their_predictors_score(shares):
         majority["test_accuracy"])
 
 
-
 @pytest.mark.slow
 @BUILT_ONCE
 def test_a_row_says_so_where_any_interval_it_shows_was_cut(report):

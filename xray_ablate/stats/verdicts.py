@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -143,6 +143,11 @@ class Verdict:
     @property
     def resolved(self) -> bool:
         return self.verdict != UNRESOLVED
+
+
+def verdict_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
+    """One row per verdict, its columns also without any (a header-only CSV reads back)."""
+    return pd.DataFrame([asdict(v) for v in verdicts], columns=[f.name for f in fields(Verdict)])
 
 
 def _more_seeds(interval: TotalInterval, delta: float, design: SequentialDesign) -> float:

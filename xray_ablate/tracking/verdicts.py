@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from xray_ablate.stats.claims import verdict_line
-from xray_ablate.stats.verdicts import BETTER, EQUIVALENT, UNRESOLVED, WORSE, Verdict
+from xray_ablate.stats.verdicts import BETTER, EQUIVALENT, UNRESOLVED, WORSE, Verdict, verdict_table
 from xray_ablate.tracking import schema
 from xray_ablate.tracking.names import safe_name
 from xray_ablate.tracking.recorder import Recorder
@@ -31,11 +30,6 @@ def record_verdicts(recorder: Recorder, verdicts: Sequence[Verdict]) -> None:
             recorder.client.delete_tag(recorder.run_id, stale)
     recorder.tags(tags)
     recorder.table(verdict_table(verdicts), "sweep/verdicts.csv")
-
-
-def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    """One row per verdict; its columns also without any (a header-only CSV reads back)."""
-    return pd.DataFrame([asdict(v) for v in verdicts], columns=[f.name for f in fields(Verdict)])
 
 
 def tag_parent(uri: str, run_id: str, verdicts: Sequence[Verdict]) -> None:

@@ -3,7 +3,7 @@ the whole document as blocks (render/blocks.py) for every renderer."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,7 @@ from xray_ablate.report.tables import (
     reference_rows,
 )
 from xray_ablate.stats.intervals import VarianceSplit
+from xray_ablate.stats.verdicts import verdict_table
 
 
 @dataclass
@@ -303,7 +304,7 @@ def table_files(c: Content) -> dict[str, TableFile]:
     s = c.settings
     files: dict[str, TableFile] = {}
     if c.verdicts:
-        numeric = pd.DataFrame([asdict(v) for v in c.verdicts]).merge(
+        numeric = verdict_table(c.verdicts).merge(
             c.pooled.add_prefix("pooled_").rename(columns={"pooled_claim": "claim"}), on="claim", how="left")
         files["Verdicts"] = ("verdicts", numeric, display_verdicts(c.verdicts, c.pooled))
     files |= {"Run table": ("run_table", c.run_table, display_run_table(c.run_table, s, c.references, c.verdicts)),
